@@ -1,8 +1,13 @@
 //! The data contract between the provisioner and everything it configures.
 //!
-//! Owns: the site file (`site`), the device configuration blob written to each sensor
-//! (`device`), the LoRa link manifests of the gateway and the receiver (`link`), and the
-//! rendering of mosquitto.conf and its ACL (`mosquitto`). Loading reports precise errors:
-//! file, line, field, and what was expected.
+//! Owns: the site file ([`site`]), the device configuration blob written to each sensor
+//! ([`device`]), the LoRa link manifests of the gateway and the receiver ([`link`]), and the
+//! rendering of mosquitto.conf and its ACL ([`mosquitto`]). Loading reports precise errors:
+//! file, line, field, and what was expected ([`Error`]).
 
+pub mod device;
+pub mod error;
 pub mod link;
+pub mod topic;
+
+pub use error::{Error, Location};
