@@ -83,7 +83,11 @@ impl DeviceConfig {
         self.validate()?;
         let text = toml::to_string(self).map_err(|e| Error::Encode(e.to_string()))?;
         if text.len() > MAX_BLOB_LEN {
-            return Err(Error::TooLarge { what: "device configuration", len: text.len(), max: MAX_BLOB_LEN });
+            return Err(Error::TooLarge {
+                what: "device configuration",
+                len: text.len(),
+                max: MAX_BLOB_LEN,
+            });
         }
         Ok(text.into_bytes())
     }
@@ -91,9 +95,15 @@ impl DeviceConfig {
     /// Decodes and validates a blob read from a device (hostile input: never panics).
     pub fn from_blob(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() > MAX_BLOB_LEN {
-            return Err(Error::TooLarge { what: "device configuration", len: bytes.len(), max: MAX_BLOB_LEN });
+            return Err(Error::TooLarge {
+                what: "device configuration",
+                len: bytes.len(),
+                max: MAX_BLOB_LEN,
+            });
         }
-        let text = std::str::from_utf8(bytes).map_err(|_| Error::NotUtf8 { file: BLOB_NAME.into() })?;
+        let text = std::str::from_utf8(bytes).map_err(|_| Error::NotUtf8 {
+            file: BLOB_NAME.into(),
+        })?;
         let cfg: DeviceConfig = crate::error::parse_toml(BLOB_NAME, text)?;
         cfg.validate()?;
         Ok(cfg)
@@ -106,7 +116,10 @@ impl DeviceConfig {
             expected: expected.to_string(),
         };
         if self.format != FORMAT {
-            return Err(at("format", &format!("format {FORMAT} (this blob is format {})", self.format)));
+            return Err(at(
+                "format",
+                &format!("format {FORMAT} (this blob is format {})", self.format),
+            ));
         }
         crate::topic::check_identity(&self.device_id).map_err(|e| at("device_id", &e))?;
         if self.client_id.is_empty() || self.client_id.len() > 64 {
@@ -152,7 +165,10 @@ mod tests {
             broker_host: "127.0.0.1".into(),
             tls_server_name: "broker.maison.lan".into(),
             port: 8883,
-            readings: vec![Reading { topic: "maison/salon/temperature".into(), quantity: Quantity::Temperature }],
+            readings: vec![Reading {
+                topic: "maison/salon/temperature".into(),
+                quantity: Quantity::Temperature,
+            }],
             status_topic: Some("maison/salon/status".into()),
             qos: 1,
             retain: false,

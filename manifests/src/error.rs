@@ -19,7 +19,12 @@ pub struct Location {
 impl Location {
     /// A location naming only a field of a file.
     pub fn field(file: &str, field: &str) -> Self {
-        Location { file: file.to_string(), line: None, column: None, field: Some(field.to_string()) }
+        Location {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            field: Some(field.to_string()),
+        }
     }
 
     /// A location from a byte offset into `text`.
@@ -27,8 +32,18 @@ impl Location {
         let offset = offset.min(text.len());
         let before = &text.as_bytes()[..offset];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let column = offset - before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
-        Location { file: file.to_string(), line: Some(line), column: Some(column), field }
+        let column = offset
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+            + 1;
+        Location {
+            file: file.to_string(),
+            line: Some(line),
+            column: Some(column),
+            field,
+        }
     }
 }
 
@@ -102,18 +117,33 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Res
     toml::from_str(text).map_err(|e: toml::de::Error| {
         let at = match e.span() {
             Some(span) => Location::at_offset(file, text, span.start, None),
-            None => Location { file: file.to_string(), line: None, column: None, field: None },
+            None => Location {
+                file: file.to_string(),
+                line: None,
+                column: None,
+                field: None,
+            },
         };
-        Error::Syntax { at, message: e.message().trim().to_string() }
+        Error::Syntax {
+            at,
+            message: e.message().trim().to_string(),
+        }
     })
 }
 
 /// Reads a UTF-8 text file with a bounded size.
 pub fn read_text(path: &Path, max: usize) -> Result<String, Error> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { file: file.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        file: file.clone(),
+        source,
+    })?;
     if bytes.len() > max {
-        return Err(Error::TooLarge { what: "manifest file", len: bytes.len(), max });
+        return Err(Error::TooLarge {
+            what: "manifest file",
+            len: bytes.len(),
+            max,
+        });
     }
     String::from_utf8(bytes).map_err(|_| Error::NotUtf8 { file })
 }

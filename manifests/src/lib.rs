@@ -8,6 +8,8 @@
 pub mod device;
 pub mod error;
 pub mod link;
+pub mod mosquitto;
+pub mod site;
 pub mod topic;
 
 pub use error::{Error, Location};

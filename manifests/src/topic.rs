@@ -5,7 +5,9 @@
 pub fn check_topic_name(t: &str) -> Result<(), String> {
     check_common(t)?;
     if t.contains(['+', '#']) {
-        return Err(format!("a topic name without wildcards (`{t}` contains + or #)"));
+        return Err(format!(
+            "a topic name without wildcards (`{t}` contains + or #)"
+        ));
     }
     Ok(())
 }
@@ -37,10 +39,14 @@ fn check_common(t: &str) -> Result<(), String> {
         return Err("a topic without control characters".into());
     }
     if t.starts_with('$') {
-        return Err(format!("a topic outside the broker's `$` namespace (`{t}`)"));
+        return Err(format!(
+            "a topic outside the broker's `$` namespace (`{t}`)"
+        ));
     }
     if t.contains(char::is_whitespace) {
-        return Err(format!("a topic without spaces (`{t}`): mosquitto's ACL file splits on them"));
+        return Err(format!(
+            "a topic without spaces (`{t}`): mosquitto's ACL file splits on them"
+        ));
     }
     Ok(())
 }
@@ -50,7 +56,9 @@ fn check_common(t: &str) -> Result<(), String> {
 pub fn check_identity(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !id.starts_with(['.', '-']);
     if ok {
         Ok(())
@@ -83,8 +91,14 @@ mod tests {
     #[test]
     fn filters_match_like_mosquitto() {
         assert!(filter_matches("maison/#", "maison/salon/temperature"));
-        assert!(filter_matches("maison/+/temperature", "maison/salon/temperature"));
-        assert!(!filter_matches("maison/+/temperature", "maison/salon/humidite"));
+        assert!(filter_matches(
+            "maison/+/temperature",
+            "maison/salon/temperature"
+        ));
+        assert!(!filter_matches(
+            "maison/+/temperature",
+            "maison/salon/humidite"
+        ));
         assert!(filter_matches("#", "a"));
         assert!(!filter_matches("maison/salon", "maison/salon/x"));
     }

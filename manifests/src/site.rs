@@ -1,0 +1,479 @@
+//! The site file: one TOML file that describes a network (broker names and port, topic
+//! layout, device profiles by name, gateway and receiver identities). `provisioner init`
+//! copies it into the home; every later command reads it from there.
+//!
+//! ```
+//! let site = manifests::site::Site::from_toml_str("site.toml", manifests::site::EXAMPLE_SMART_HOME)
+//!     .expect("the example site loads");
+//! assert_eq!(site.broker.port, 8883);
+//! assert!(site.profiles.contains_key("climat"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::Quantity;
+use crate::error::{Error, Location, parse_toml, read_text};
+use crate::topic::{check_identity, check_topic_filter, check_topic_name};
+
+/// The example site shipped with the crate (`manifests/examples/smart-home.toml`).
+pub const EXAMPLE_SMART_HOME: &str = include_str!("../examples/smart-home.toml");
+
+/// Largest site file accepted.
+pub const MAX_SITE_LEN: usize = 256 * 1024;
+
+/// A whole site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Name and CA naming.
+    pub site: SiteInfo,
+    /// The MQTT broker (Pi #1).
+    pub broker: Broker,
+    /// Topic layout.
+    pub topics: Topics,
+    /// Device profiles by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, DeviceProfile>,
+    /// Gateways by id (Pi #1 forwarders).
+    #[serde(default)]
+    pub gateways: BTreeMap<String, Gateway>,
+    /// LoRa receivers by id (Pi #2).
+    #[serde(default)]
+    pub receivers: BTreeMap<String, Receiver>,
+}
+
+/// Site naming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteInfo {
+    /// Short site name, used in the CA's name.
+    pub name: String,
+    /// Organisation in certificate subjects (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// Days a device or client certificate is valid (default 825, as easy-rsa).
+    #[serde(default = "default_leaf_days")]
+    pub leaf_days: u32,
+    /// Days a CRL stays valid before it must be renewed (default 30).
+    #[serde(default = "default_crl_days")]
+    pub crl_days: u32,
+}
+
+fn default_leaf_days() -> u32 {
+    825
+}
+fn default_crl_days() -> u32 {
+    30
+}
+
+/// The broker's names and listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    /// DNS names in the broker certificate's SAN; the first is the TLS server name devices use.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP addresses in the broker certificate's SAN.
+    #[serde(default)]
+    pub ip: Vec<IpAddr>,
+    /// TLS listener port (default 8883).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Address devices connect to (default: the first DNS name, else the first IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+}
+
+fn default_port() -> u16 {
+    8883
+}
+
+impl Broker {
+    /// The TLS server name devices check the broker certificate against.
+    pub fn server_name(&self) -> Option<String> {
+        self.dns
+            .first()
+            .cloned()
+            .or_else(|| self.ip.first().map(|ip| ip.to_string()))
+    }
+
+    /// The address devices connect to.
+    pub fn connect_host(&self) -> Option<String> {
+        self.connect.clone().or_else(|| self.server_name())
+    }
+}
+
+/// Topic layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    /// Root level of every topic (`maison`).
+    pub root: String,
+    /// Rooms of the site, in the order they are used for new devices.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+}
+
+/// Where a device's TLS key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// GenKey inside the chip: the key never exists outside it (default).
+    #[default]
+    Chip,
+    /// Generated on the host, injected with an encrypted PrivWrite, then erased.
+    Host,
+}
+
+/// A device profile: chip layout and MQTT behaviour shared by devices of one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceProfile {
+    /// Human description.
+    #[serde(default)]
+    pub description: String,
+    /// Name of the chip configuration (see the `atecc` crate's profiles).
+    #[serde(default = "default_chip")]
+    pub chip: String,
+    /// Slot holding the TLS private key.
+    #[serde(default)]
+    pub key_slot: u8,
+    /// Slot holding the write key for encrypted writes.
+    #[serde(default = "default_write_key_slot")]
+    pub write_key_slot: u8,
+    /// Key source.
+    #[serde(default)]
+    pub key_source: KeySource,
+    /// Readings published, as topic templates with `{root}`, `{room}` and `{id}`, e.g.
+    /// `{root}/{room}/temperature`.
+    pub readings: Vec<ReadingTemplate>,
+    /// Retained status topic template (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_topic: Option<String>,
+    /// QoS 0, 1 or 2.
+    #[serde(default)]
+    pub qos: u8,
+    /// Retain readings.
+    #[serde(default)]
+    pub retain: bool,
+    /// Keep-alive seconds (default 60).
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u16,
+    /// Clean session (default true).
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+    /// Seconds between readings (default 30).
+    #[serde(default = "default_interval")]
+    pub interval_s: u32,
+}
+
+fn default_chip() -> String {
+    "tls-p256".into()
+}
+fn default_write_key_slot() -> u8 {
+    4
+}
+fn default_keep_alive() -> u16 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+fn default_interval() -> u32 {
+    30
+}
+
+/// One reading of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingTemplate {
+    /// Topic template.
+    pub topic: String,
+    /// Quantity.
+    pub quantity: Quantity,
+}
+
+/// A gateway identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// Topic filters the gateway subscribes to and forwards.
+    pub subscribe: Vec<String>,
+    /// The receiver it sends to.
+    pub receiver: String,
+}
+
+/// A receiver identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receiver {
+    /// Topic filters it may republish on its far-side broker.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// Values substituted in a topic template.
+pub struct TopicVars<'a> {
+    /// The site's root level.
+    pub root: &'a str,
+    /// The device's room.
+    pub room: &'a str,
+    /// The device id.
+    pub id: &'a str,
+}
+
+/// Expands `{root}`, `{room}` and `{id}` in a topic template.
+pub fn expand_topic(template: &str, vars: &TopicVars<'_>) -> String {
+    template
+        .replace("{root}", vars.root)
+        .replace("{room}", vars.room)
+        .replace("{id}", vars.id)
+}
+
+impl Site {
+    /// Loads and validates a site file.
+    pub fn load(path: &Path) -> Result<Site, Error> {
+        let text = read_text(path, MAX_SITE_LEN)?;
+        Site::from_toml_str(&path.display().to_string(), &text)
+    }
+
+    /// Parses and validates site TOML; `file` names it in errors.
+    pub fn from_toml_str(file: &str, text: &str) -> Result<Site, Error> {
+        let site: Site = parse_toml(file, text)?;
+        site.validate(file, text)?;
+        Ok(site)
+    }
+
+    /// Renders the site back to TOML.
+    pub fn to_toml(&self) -> Result<String, Error> {
+        toml::to_string_pretty(self).map_err(|e| Error::Encode(e.to_string()))
+    }
+
+    /// A profile by name, or an error listing the known names.
+    pub fn profile(&self, name: &str) -> Result<&DeviceProfile, String> {
+        self.profiles.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            format!(
+                "unknown profile `{name}`; this site defines: {}",
+                known.join(", ")
+            )
+        })
+    }
+
+    fn validate(&self, file: &str, text: &str) -> Result<(), Error> {
+        // Semantic errors point at the line where the offending key is written.
+        let invalid = |field: &str, key: &str, expected: String| {
+            let at = match find_key(text, key) {
+                Some(off) => Location::at_offset(file, text, off, Some(field.to_string())),
+                None => Location::field(file, field),
+            };
+            Error::Invalid { at, expected }
+        };
+        check_identity(&self.site.name).map_err(|e| invalid("site.name", "name", e))?;
+        if self.broker.dns.is_empty() && self.broker.ip.is_empty() {
+            return Err(invalid(
+                "broker.dns",
+                "[broker]",
+                "at least one DNS name or IP address for the broker (rustls checks the SAN)".into(),
+            ));
+        }
+        for name in &self.broker.dns {
+            if !is_dns_name(name) {
+                return Err(invalid(
+                    "broker.dns",
+                    "dns",
+                    format!("a DNS name (got `{name}`)"),
+                ));
+            }
+        }
+        if self.broker.port == 0 {
+            return Err(invalid("broker.port", "port", "a TCP port 1..65535".into()));
+        }
+        if !(1..=3650).contains(&self.site.leaf_days) {
+            return Err(invalid(
+                "site.leaf_days",
+                "leaf_days",
+                "1..3650 days".into(),
+            ));
+        }
+        if !(1..=365).contains(&self.site.crl_days) {
+            return Err(invalid("site.crl_days", "crl_days", "1..365 days".into()));
+        }
+        let root = &self.topics.root;
+        check_topic_name(root).map_err(|e| invalid("topics.root", "root", e))?;
+        for room in &self.topics.rooms {
+            if room.is_empty() || room.contains(['/', '+', '#', ' ']) {
+                return Err(invalid(
+                    "topics.rooms",
+                    "rooms",
+                    format!("a single topic level (got `{room}`)"),
+                ));
+            }
+        }
+        for (name, p) in &self.profiles {
+            let f = |k: &str| format!("profiles.{name}.{k}");
+            check_identity(name).map_err(|e| invalid(&format!("profiles.{name}"), name, e))?;
+            if p.key_slot > 7 {
+                return Err(invalid(
+                    &f("key_slot"),
+                    "key_slot",
+                    "a P-256 key slot 0..7".into(),
+                ));
+            }
+            if p.write_key_slot > 15 || p.write_key_slot == p.key_slot {
+                return Err(invalid(
+                    &f("write_key_slot"),
+                    "write_key_slot",
+                    "a slot 0..15 other than the key slot".into(),
+                ));
+            }
+            if p.qos > 2 {
+                return Err(invalid(&f("qos"), "qos", "0, 1 or 2".into()));
+            }
+            if p.readings.is_empty() {
+                return Err(invalid(
+                    &f("readings"),
+                    "readings",
+                    "at least one reading".into(),
+                ));
+            }
+            let vars = TopicVars {
+                root,
+                room: "room",
+                id: "id",
+            };
+            for r in &p.readings {
+                check_topic_name(&expand_topic(&r.topic, &vars))
+                    .map_err(|e| invalid(&f("readings.topic"), "topic", e))?;
+            }
+            if let Some(s) = &p.status_topic {
+                check_topic_name(&expand_topic(s, &vars))
+                    .map_err(|e| invalid(&f("status_topic"), "status_topic", e))?;
+            }
+            if p.interval_s == 0 {
+                return Err(invalid(
+                    &f("interval_s"),
+                    "interval_s",
+                    "at least 1 second".into(),
+                ));
+            }
+        }
+        for (id, g) in &self.gateways {
+            check_identity(id).map_err(|e| invalid(&format!("gateways.{id}"), id, e))?;
+            for s in &g.subscribe {
+                check_topic_filter(s)
+                    .map_err(|e| invalid(&format!("gateways.{id}.subscribe"), "subscribe", e))?;
+            }
+            if !self.receivers.contains_key(&g.receiver) {
+                return Err(invalid(
+                    &format!("gateways.{id}.receiver"),
+                    "receiver",
+                    format!(
+                        "a receiver defined under [receivers] (got `{}`)",
+                        g.receiver
+                    ),
+                ));
+            }
+        }
+        for (id, r) in &self.receivers {
+            check_identity(id).map_err(|e| invalid(&format!("receivers.{id}"), id, e))?;
+            for s in &r.publish {
+                check_topic_filter(s)
+                    .map_err(|e| invalid(&format!("receivers.{id}.publish"), "publish", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Byte offset of the first line that assigns or opens `key`.
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut off = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let lead = line.len() - t.len();
+        if t.starts_with(key)
+            && (key.starts_with('[') || t[key.len()..].trim_start().starts_with('='))
+        {
+            return Some(off + lead);
+        }
+        if t.starts_with('[') && t.contains(&format!(".{key}]")) {
+            return Some(off + lead);
+        }
+        off += line.len();
+    }
+    None
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_site_loads() {
+        let site = Site::from_toml_str("smart-home.toml", EXAMPLE_SMART_HOME).expect("example");
+        assert_eq!(site.topics.root, "maison");
+        assert!(site.topics.rooms.iter().any(|r| r == "chambre_1"));
+        assert_eq!(
+            site.broker.server_name().as_deref(),
+            Some("broker.maison.lan")
+        );
+        let back = Site::from_toml_str("x", &site.to_toml().expect("render")).expect("reparse");
+        assert_eq!(back, site);
+    }
+
+    #[test]
+    fn a_type_error_names_file_line_and_column() {
+        let bad = EXAMPLE_SMART_HOME.replace("port = 8883", "port = \"eighty\"");
+        let err = Site::from_toml_str("site.toml", &bad)
+            .expect_err("bad port")
+            .to_string();
+        let line = EXAMPLE_SMART_HOME
+            .lines()
+            .position(|l| l.starts_with("port = 8883"))
+            .expect("port line")
+            + 1;
+        assert!(err.starts_with(&format!("site.toml:{line}:")), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused() {
+        let bad = EXAMPLE_SMART_HOME.replace("port = 8883", "prot = 8883");
+        let err = Site::from_toml_str("site.toml", &bad)
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn a_semantic_error_names_the_field_and_line() {
+        let bad = EXAMPLE_SMART_HOME.replace("qos = 1", "qos = 7");
+        let err = Site::from_toml_str("site.toml", &bad)
+            .expect_err("qos")
+            .to_string();
+        assert!(err.contains("qos") && err.contains("0, 1 or 2"), "{err}");
+        assert!(err.starts_with("site.toml:"), "{err}");
+    }
+
+    #[test]
+    fn a_wildcard_in_a_published_topic_is_refused() {
+        let bad = EXAMPLE_SMART_HOME.replace("{root}/{room}/temperature", "{root}/+/temperature");
+        assert!(Site::from_toml_str("site.toml", &bad).is_err());
+    }
+}
