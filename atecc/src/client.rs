@@ -92,10 +92,15 @@ impl<T: Transport> Client<T> {
     }
 
     /// Sends `cmd`, which must answer exactly `N` bytes.
-    pub fn execute_exact<const N: usize>(&mut self, cmd: &Command<'_>) -> ClientResult<[u8; N], T::Error> {
+    pub fn execute_exact<const N: usize>(
+        &mut self,
+        cmd: &Command<'_>,
+    ) -> ClientResult<[u8; N], T::Error> {
         let mut out = [0u8; MAX_RESPONSE];
         let n = self.execute(cmd, &mut out)?;
-        out[..n].try_into().map_err(|_| ClientError::Chip(Error::UnexpectedResponse))
+        out[..n]
+            .try_into()
+            .map_err(|_| ClientError::Chip(Error::UnexpectedResponse))
     }
 
     /// Sends `cmd`, which must answer a bare success.
@@ -120,8 +125,11 @@ impl<T: Transport> Client<T> {
     pub fn read_config_zone(&mut self) -> ClientResult<ConfigZone, T::Error> {
         let mut zone = [0u8; 128];
         for (block, chunk) in zone.chunks_exact_mut(32).enumerate() {
-            let data: [u8; 32] =
-                self.execute_exact(&Command::read(Zone::Config, address::block_word(block as u8, 0), true))?;
+            let data: [u8; 32] = self.execute_exact(&Command::read(
+                Zone::Config,
+                address::block_word(block as u8, 0),
+                true,
+            ))?;
             chunk.copy_from_slice(&data);
         }
         Ok(ConfigZone(zone))
@@ -166,7 +174,11 @@ impl<T: Transport> Client<T> {
     /// Nonce(Random) with the host's `num_in`; returns the TempKey the chip now holds.
     pub fn nonce_random(&mut self, num_in: &[u8; 20]) -> ClientResult<Digest32, T::Error> {
         let rand_out: [u8; 32] = self.execute_exact(&Command::nonce(NonceMode::Random, num_in))?;
-        Ok(host::nonce_random_tempkey(&rand_out, num_in, NonceMode::Random as u8))
+        Ok(host::nonce_random_tempkey(
+            &rand_out,
+            num_in,
+            NonceMode::Random as u8,
+        ))
     }
 
     /// Nonce(PassThrough): TempKey = `value`.
@@ -187,7 +199,13 @@ impl<T: Transport> Client<T> {
         let id = (key_slot as u16).to_le_bytes();
         let other = [Opcode::GenDig as u8, GenDigZone::Data as u8, id[0], id[1]];
         self.execute_status(&Command::gen_dig(GenDigZone::Data, key_slot as u16, &other))?;
-        Ok(host::gen_dig(key, GenDigZone::Data as u8, key_slot as u16, sn, &tk))
+        Ok(host::gen_dig(
+            key,
+            GenDigZone::Data as u8,
+            key_slot as u16,
+            sn,
+            &tk,
+        ))
     }
 
     /// Installs the P-256 private key `scalar` in `slot` with an encrypted PrivWrite
@@ -202,13 +220,23 @@ impl<T: Transport> Client<T> {
     ) -> ClientResult<(), T::Error> {
         let sn = self.serial_number()?;
         let tk = self.authorize(write_key_slot, write_key, &sn, num_in)?;
-        let data = host::encrypt_priv_write(&tk, slot as u16, &sn, &host::private_key_value(scalar));
+        let data =
+            host::encrypt_priv_write(&tk, slot as u16, &sn, &host::private_key_value(scalar));
         self.execute_status(&Command::priv_write_encrypted(slot, &data))
     }
 
     /// Writes 32 bytes to block `block` of `slot` in clear.
-    pub fn write_slot_block(&mut self, slot: u8, block: u8, data: &[u8; 32]) -> ClientResult<(), T::Error> {
-        self.execute_status(&Command::write(Zone::Data, address::data(slot, block, 0), data))
+    pub fn write_slot_block(
+        &mut self,
+        slot: u8,
+        block: u8,
+        data: &[u8; 32],
+    ) -> ClientResult<(), T::Error> {
+        self.execute_status(&Command::write(
+            Zone::Data,
+            address::data(slot, block, 0),
+            data,
+        ))
     }
 
     /// Writes a whole slot in clear, 32 bytes at a time (`data` is zero-padded to full blocks).
@@ -244,7 +272,11 @@ impl<T: Transport> Client<T> {
 
     /// Reads 32 bytes of block `block` of `slot` in clear.
     pub fn read_slot_block(&mut self, slot: u8, block: u8) -> ClientResult<[u8; 32], T::Error> {
-        self.execute_exact(&Command::read(Zone::Data, address::data(slot, block, 0), true))
+        self.execute_exact(&Command::read(
+            Zone::Data,
+            address::data(slot, block, 0),
+            true,
+        ))
     }
 
     /// Reads 32 bytes of an EncryptRead slot with the read key, and decrypts them.
@@ -281,7 +313,12 @@ impl<T: Transport> Client<T> {
 
     /// Verifies R‖S over a 32-byte digest with the public key X‖Y in the chip:
     /// `Ok(true)` on match, `Ok(false)` on miscompare.
-    pub fn verify_external(&mut self, digest: &[u8; 32], signature: &[u8; 64], public_key: &[u8; 64]) -> ClientResult<bool, T::Error> {
+    pub fn verify_external(
+        &mut self,
+        digest: &[u8; 32],
+        signature: &[u8; 64],
+        public_key: &[u8; 64],
+    ) -> ClientResult<bool, T::Error> {
         self.nonce_load(digest)?;
         let mut data = [0u8; 128];
         data[..64].copy_from_slice(signature);

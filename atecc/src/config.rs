@@ -115,7 +115,11 @@ pub mod address {
 
     /// Splits a data-zone address into (slot, block, word).
     pub const fn split_data(address: u16) -> (usize, usize, usize) {
-        (((address >> 3) & 0x0F) as usize, (address >> 8) as usize, (address & 0x07) as usize)
+        (
+            ((address >> 3) & 0x0F) as usize,
+            (address >> 8) as usize,
+            (address & 0x07) as usize,
+        )
     }
 
     /// Splits a config/OTP address into (block, word).
@@ -544,7 +548,11 @@ impl ConfigZone {
 
     /// Counter0 or Counter1 raw bytes (8 each).
     pub fn counter_bytes(&self, counter: usize) -> [u8; 8] {
-        let at = if counter == 0 { offset::COUNTER0 } else { offset::COUNTER1 };
+        let at = if counter == 0 {
+            offset::COUNTER0
+        } else {
+            offset::COUNTER1
+        };
         let mut c = [0u8; 8];
         c.copy_from_slice(&self.0[at..at + 8]);
         c
@@ -676,23 +684,67 @@ impl ConfigZone {
     /// Compares the fields of two zones and calls `f(name, index, old, new)` for each field
     /// that differs (index is the slot for per-slot fields); values are widened to `u32`.
     /// Use it to show a config-zone diff by field name.
-    pub fn diff(&self, other: &ConfigZone, mut f: impl FnMut(&'static str, Option<usize>, u32, u32)) {
+    pub fn diff(
+        &self,
+        other: &ConfigZone,
+        mut f: impl FnMut(&'static str, Option<usize>, u32, u32),
+    ) {
         let mut cmp = |name, idx, a: u32, b: u32| {
             if a != b {
                 f(name, idx, a, b);
             }
         };
-        cmp("I2C_Address", None, self.byte(16) as u32, other.byte(16) as u32);
+        cmp(
+            "I2C_Address",
+            None,
+            self.byte(16) as u32,
+            other.byte(16) as u32,
+        );
         cmp("OTPmode", None, self.byte(18) as u32, other.byte(18) as u32);
-        cmp("ChipMode", None, self.byte(19) as u32, other.byte(19) as u32);
+        cmp(
+            "ChipMode",
+            None,
+            self.byte(19) as u32,
+            other.byte(19) as u32,
+        );
         for s in 0..SLOT_COUNT {
-            cmp("SlotConfig", Some(s), self.slot_config(s).0 as u32, other.slot_config(s).0 as u32);
-            cmp("KeyConfig", Some(s), self.key_config(s).0 as u32, other.key_config(s).0 as u32);
+            cmp(
+                "SlotConfig",
+                Some(s),
+                self.slot_config(s).0 as u32,
+                other.slot_config(s).0 as u32,
+            );
+            cmp(
+                "KeyConfig",
+                Some(s),
+                self.key_config(s).0 as u32,
+                other.key_config(s).0 as u32,
+            );
         }
-        cmp("UserExtra", None, self.user_extra() as u32, other.user_extra() as u32);
-        cmp("Selector", None, self.selector() as u32, other.selector() as u32);
-        cmp("LockValue", None, self.lock_value() as u32, other.lock_value() as u32);
-        cmp("LockConfig", None, self.lock_config() as u32, other.lock_config() as u32);
+        cmp(
+            "UserExtra",
+            None,
+            self.user_extra() as u32,
+            other.user_extra() as u32,
+        );
+        cmp(
+            "Selector",
+            None,
+            self.selector() as u32,
+            other.selector() as u32,
+        );
+        cmp(
+            "LockValue",
+            None,
+            self.lock_value() as u32,
+            other.lock_value() as u32,
+        );
+        cmp(
+            "LockConfig",
+            None,
+            self.lock_config() as u32,
+            other.lock_config() as u32,
+        );
         cmp(
             "SlotLocked",
             None,
@@ -710,7 +762,12 @@ impl ConfigZone {
             .zip(&other.0[offset::COUNTER0..offset::USER_EXTRA])
             .enumerate()
         {
-            cmp("Counter/LastKeyUse byte", Some(offset::COUNTER0 + i), *a as u32, *b as u32);
+            cmp(
+                "Counter/LastKeyUse byte",
+                Some(offset::COUNTER0 + i),
+                *a as u32,
+                *b as u32,
+            );
         }
     }
 }
@@ -757,7 +814,10 @@ mod tests {
         assert_eq!(kc.auth_key(), 9);
         assert_eq!(kc.x509_id(), 2);
         assert!(kc.is_ecc_private());
-        assert_eq!(kc.with_key_type(KeyType::NotEcc).key_type(), KeyType::NotEcc);
+        assert_eq!(
+            kc.with_key_type(KeyType::NotEcc).key_type(),
+            KeyType::NotEcc
+        );
     }
 
     #[test]

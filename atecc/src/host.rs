@@ -81,9 +81,20 @@ pub fn nonce_random_tempkey(rand_out: &[u8; 32], num_in: &[u8; 20], mode: u8) ->
 
 /// TempKey after GenDig: SHA256(stored ‖ 0x15 ‖ zone ‖ KeyID LE ‖ SN8 ‖ SN0 ‖ SN1 ‖ 25 zeros
 /// ‖ old TempKey). `stored` is the slot key, OTP block or config block.
-pub fn gen_dig(stored: &[u8; 32], zone: u8, key_id: u16, sn: &[u8; 9], tempkey: &Digest32) -> Digest32 {
+pub fn gen_dig(
+    stored: &[u8; 32],
+    zone: u8,
+    key_id: u16,
+    sn: &[u8; 9],
+    tempkey: &Digest32,
+) -> Digest32 {
     let id = key_id.to_le_bytes();
-    gen_dig_with_other_data(stored, &[Opcode::GenDig as u8, zone, id[0], id[1]], sn, tempkey)
+    gen_dig_with_other_data(
+        stored,
+        &[Opcode::GenDig as u8, zone, id[0], id[1]],
+        sn,
+        tempkey,
+    )
 }
 
 /// TempKey after GenDig with a NoMac key: the 4 OtherData bytes replace opcode‖zone‖KeyID.
@@ -93,12 +104,24 @@ pub fn gen_dig_with_other_data(
     sn: &[u8; 9],
     tempkey: &Digest32,
 ) -> Digest32 {
-    sha256(&[stored, other_data, &[sn[8], sn[0], sn[1]], &[0u8; 25], tempkey])
+    sha256(&[
+        stored,
+        other_data,
+        &[sn[8], sn[0], sn[1]],
+        &[0u8; 25],
+        tempkey,
+    ])
 }
 
 /// The MAC of an encrypted Write: SHA256(TempKey ‖ 0x12 ‖ param1 ‖ addr LE ‖ SN8 ‖ SN0 ‖ SN1
 /// ‖ 25 zeros ‖ plaintext).
-pub fn write_mac(tempkey: &Digest32, param1: u8, address: u16, sn: &[u8; 9], plaintext: &[u8; 32]) -> Digest32 {
+pub fn write_mac(
+    tempkey: &Digest32,
+    param1: u8,
+    address: u16,
+    sn: &[u8; 9],
+    plaintext: &[u8; 32],
+) -> Digest32 {
     let a = address.to_le_bytes();
     sha256(&[
         tempkey,
@@ -111,7 +134,13 @@ pub fn write_mac(tempkey: &Digest32, param1: u8, address: u16, sn: &[u8; 9], pla
 /// Encrypts a 32-byte Write to `zone` at `address` with TempKey (after Nonce and GenDig of
 /// the WriteKey): returns ciphertext ‖ MAC, the data of
 /// [`Command::write_encrypted`](crate::packet::Command::write_encrypted).
-pub fn encrypt_write(tempkey: &Digest32, zone: u8, address: u16, sn: &[u8; 9], plaintext: &[u8; 32]) -> [u8; 64] {
+pub fn encrypt_write(
+    tempkey: &Digest32,
+    zone: u8,
+    address: u16,
+    sn: &[u8; 9],
+    plaintext: &[u8; 32],
+) -> [u8; 64] {
     let param1 = zone | crate::opcode::RW_32_BYTES | crate::opcode::WRITE_ENCRYPTED;
     let mut out = [0u8; 64];
     for (o, (p, k)) in out.iter_mut().zip(plaintext.iter().zip(tempkey)) {
@@ -143,7 +172,15 @@ pub fn priv_write_mac(tempkey: &Digest32, slot: u16, sn: &[u8; 9], key36: &[u8; 
     let s = slot.to_le_bytes();
     sha256(&[
         tempkey,
-        &[Opcode::PrivWrite as u8, PRIVWRITE_ENCRYPTED, s[0], s[1], sn[8], sn[0], sn[1]],
+        &[
+            Opcode::PrivWrite as u8,
+            PRIVWRITE_ENCRYPTED,
+            s[0],
+            s[1],
+            sn[8],
+            sn[0],
+            sn[1],
+        ],
         &[0u8; 21],
         key36,
     ])
@@ -163,7 +200,12 @@ pub fn priv_write_cipher(tempkey: &Digest32, key36: &[u8; 36]) -> [u8; 36] {
 /// Encrypts a PrivWrite with TempKey (after Nonce and GenDig of the WriteKey): returns
 /// cipher36 ‖ MAC32, the data of
 /// [`Command::priv_write_encrypted`](crate::packet::Command::priv_write_encrypted).
-pub fn encrypt_priv_write(tempkey: &Digest32, slot: u16, sn: &[u8; 9], key36: &[u8; 36]) -> [u8; 68] {
+pub fn encrypt_priv_write(
+    tempkey: &Digest32,
+    slot: u16,
+    sn: &[u8; 9],
+    key36: &[u8; 36],
+) -> [u8; 68] {
     let mut out = [0u8; 68];
     out[..36].copy_from_slice(&priv_write_cipher(tempkey, key36));
     out[36..].copy_from_slice(&priv_write_mac(tempkey, slot, sn, key36));
@@ -172,7 +214,13 @@ pub fn encrypt_priv_write(tempkey: &Digest32, slot: u16, sn: &[u8; 9], key36: &[
 
 /// The public-key digest GenKey puts in TempKey: SHA256(TempKey ‖ 0x40 ‖ mode ‖ KeyID LE ‖
 /// SN8 ‖ SN0 ‖ SN1 ‖ 25 zeros ‖ X‖Y).
-pub fn pubkey_digest(tempkey: &Digest32, mode: u8, key_id: u16, sn: &[u8; 9], public_key: &[u8; 64]) -> Digest32 {
+pub fn pubkey_digest(
+    tempkey: &Digest32,
+    mode: u8,
+    key_id: u16,
+    sn: &[u8; 9],
+    public_key: &[u8; 64],
+) -> Digest32 {
     let id = key_id.to_le_bytes();
     pubkey_digest_with_other_data(tempkey, &[mode, id[0], id[1]], sn, public_key)
 }
@@ -245,7 +293,11 @@ pub fn data_lock_crc<'a>(
 pub fn mac(key: &Digest32, challenge: &Digest32, mode: u8, key_id: u16, sn: &[u8; 9]) -> Digest32 {
     let id = key_id.to_le_bytes();
     let full = mode & crate::opcode::MAC_INCLUDE_SN != 0;
-    let mid: [u8; 4] = if full { [sn[4], sn[5], sn[6], sn[7]] } else { [0; 4] };
+    let mid: [u8; 4] = if full {
+        [sn[4], sn[5], sn[6], sn[7]]
+    } else {
+        [0; 4]
+    };
     let low: [u8; 2] = if full { [sn[2], sn[3]] } else { [0; 2] };
     sha256(&[
         key,
@@ -261,7 +313,12 @@ pub fn mac(key: &Digest32, challenge: &Digest32, mode: u8, key_id: u16, sn: &[u8
 
 /// The response CheckMac expects: SHA256(key ‖ challenge ‖ OtherData[0..4] ‖ 8 zeros (OTP) ‖
 /// OtherData[4..7] ‖ SN8 ‖ OtherData[7..11] ‖ SN0 SN1 ‖ OtherData[11..13]).
-pub fn check_mac_response(key: &Digest32, challenge: &Digest32, other_data: &[u8; 13], sn: &[u8; 9]) -> Digest32 {
+pub fn check_mac_response(
+    key: &Digest32,
+    challenge: &Digest32,
+    other_data: &[u8; 13],
+    sn: &[u8; 9],
+) -> Digest32 {
     sha256(&[
         key,
         challenge,
@@ -398,6 +455,9 @@ mod tests {
         msg[..32].fill(0xAA);
         msg[32..39].copy_from_slice(&[0x15, 0x02, 0x04, 0x00, 0xEE, 0x01, 0x23]);
         msg[64..].fill(0x77);
-        assert_eq!(gen_dig(&[0xAA; 32], 2, 4, &sn, &[0x77; 32]), sha256_digest(&msg));
+        assert_eq!(
+            gen_dig(&[0xAA; 32], 2, 4, &sn, &[0x77; 32]),
+            sha256_digest(&msg)
+        );
     }
 }

@@ -81,12 +81,22 @@ pub struct Command<'a> {
 impl<'a> Command<'a> {
     /// A command with no data.
     pub const fn new(opcode: Opcode, param1: u8, param2: u16) -> Self {
-        Self { opcode, param1, param2, data: &[] }
+        Self {
+            opcode,
+            param1,
+            param2,
+            data: &[],
+        }
     }
 
     /// A command with data.
     pub const fn with_data(opcode: Opcode, param1: u8, param2: u16, data: &'a [u8]) -> Self {
-        Self { opcode, param1, param2, data }
+        Self {
+            opcode,
+            param1,
+            param2,
+            data,
+        }
     }
 
     /// Length of the encoded packet (the count byte).
@@ -214,12 +224,22 @@ impl<'a> Command<'a> {
 
     /// Verify an external P-256 signature: `sig_and_key` = R‖S‖X‖Y, message in TempKey.
     pub const fn verify_external(sig_and_key: &'a [u8; 128]) -> Self {
-        Self::with_data(Opcode::Verify, VerifyMode::External as u8, VERIFY_KEY_P256, sig_and_key)
+        Self::with_data(
+            Opcode::Verify,
+            VerifyMode::External as u8,
+            VERIFY_KEY_P256,
+            sig_and_key,
+        )
     }
 
     /// Verify with the public key stored in `slot`: `signature` = R‖S, message in TempKey.
     pub const fn verify_stored(slot: u8, signature: &'a [u8; 64]) -> Self {
-        Self::with_data(Opcode::Verify, VerifyMode::Stored as u8, slot as u16, signature)
+        Self::with_data(
+            Opcode::Verify,
+            VerifyMode::Stored as u8,
+            slot as u16,
+            signature,
+        )
     }
 
     /// ECDH with the private key in `slot` and the peer public key X‖Y.
@@ -340,9 +360,18 @@ mod tests {
     #[test]
     fn builders_produce_the_reference_packets() {
         let cases: [(Command<'_>, [u8; 7]); 6] = [
-            (Command::info_revision(), [0x07, 0x30, 0x00, 0x00, 0x00, 0x03, 0x5D]),
-            (Command::random(), [0x07, 0x1B, 0x00, 0x00, 0x00, 0x24, 0xCD]),
-            (Command::read(Zone::Config, 0, true), [0x07, 0x02, 0x80, 0x00, 0x00, 0x09, 0xAD]),
+            (
+                Command::info_revision(),
+                [0x07, 0x30, 0x00, 0x00, 0x00, 0x03, 0x5D],
+            ),
+            (
+                Command::random(),
+                [0x07, 0x1B, 0x00, 0x00, 0x00, 0x24, 0xCD],
+            ),
+            (
+                Command::read(Zone::Config, 0, true),
+                [0x07, 0x02, 0x80, 0x00, 0x00, 0x09, 0xAD],
+            ),
             (
                 Command::lock_unchecked(LockTarget::Config),
                 [0x07, 0x17, 0x80, 0x00, 0x00, 0x39, 0x8D],
@@ -351,7 +380,10 @@ mod tests {
                 Command::lock_unchecked(LockTarget::Data),
                 [0x07, 0x17, 0x81, 0x00, 0x00, 0x3A, 0x07],
             ),
-            (Command::gen_key_create(0), [0x07, 0x40, 0x04, 0x00, 0x00, 0x83, 0x87]),
+            (
+                Command::gen_key_create(0),
+                [0x07, 0x40, 0x04, 0x00, 0x00, 0x83, 0x87],
+            ),
         ];
         for (cmd, expected) in cases {
             let (buf, n) = encoded(cmd);
@@ -381,7 +413,10 @@ mod tests {
     #[test]
     fn encode_refuses_small_buffers_and_long_data() {
         let mut small = [0u8; 6];
-        assert_eq!(Command::random().encode(&mut small), Err(Error::BufferTooSmall));
+        assert_eq!(
+            Command::random().encode(&mut small),
+            Err(Error::BufferTooSmall)
+        );
         let long = [0u8; MAX_DATA + 1];
         let mut buf = [0u8; 200];
         let cmd = Command::with_data(Opcode::Sha, 1, 0, &long);
@@ -402,6 +437,9 @@ mod tests {
         let mut buf = [0u8; MAX_RESPONSE];
         let n = encode_response(&[1, 2, 3, 4], &mut buf).expect("fits");
         assert_eq!(parse_response_exact::<4>(&buf[..n]), Ok([1, 2, 3, 4]));
-        assert_eq!(parse_response_exact::<32>(&buf[..n]), Err(Error::UnexpectedResponse));
+        assert_eq!(
+            parse_response_exact::<32>(&buf[..n]),
+            Err(Error::UnexpectedResponse)
+        );
     }
 }

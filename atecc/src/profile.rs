@@ -164,7 +164,12 @@ impl fmt::Display for ProfileError {
         match self {
             ProfileError::Syntax(e) => write!(f, "profile syntax: {e}"),
             ProfileError::BadSlot(k) => write!(f, "[slot.{k}]: slots are numbered 0 to 15"),
-            ProfileError::OutOfRange { slot, field, value, max } => {
+            ProfileError::OutOfRange {
+                slot,
+                field,
+                value,
+                max,
+            } => {
                 if let Some(s) = slot {
                     write!(f, "slot {s}: ")?;
                 }
@@ -237,7 +242,11 @@ impl SlotProfile {
             is_secret: sc.is_secret(),
             write_key: sc.write_key(),
             write_config: sc.write_config().0,
-            key_type: if kc.key_type() == KeyType::P256 { KeyTypeName::P256 } else { KeyTypeName::NotEcc },
+            key_type: if kc.key_type() == KeyType::P256 {
+                KeyTypeName::P256
+            } else {
+                KeyTypeName::NotEcc
+            },
             private: kc.private(),
             pub_info: kc.pub_info(),
             lockable: kc.lockable(),
@@ -325,7 +334,11 @@ impl Profile {
         let cm = zone.chip_mode();
         let slot = (0..SLOT_COUNT)
             .map(|n| {
-                let s = SlotProfile::from_words(zone.slot_config(n), zone.key_config(n), zone.is_slot_locked(n));
+                let s = SlotProfile::from_words(
+                    zone.slot_config(n),
+                    zone.key_config(n),
+                    zone.is_slot_locked(n),
+                );
                 (n.to_string(), s)
             })
             .collect();
@@ -379,7 +392,10 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = Profile::from_toml("[slot.3]\nread_key = 16\n").expect_err("out of range");
-        assert_eq!(e.to_string(), "slot 3: read_key = 16 is out of range (0..=15)");
+        assert_eq!(
+            e.to_string(),
+            "slot 3: read_key = 16 is out of range (0..=15)"
+        );
         let e = Profile::from_toml("[slot.16]\n").expect_err("bad slot");
         assert!(matches!(e, ProfileError::BadSlot(_)));
         let e = Profile::from_toml("[slot.1]\nis_secrte = true\n").expect_err("typo");

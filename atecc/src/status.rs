@@ -98,7 +98,12 @@ impl Status {
 
 impl core::fmt::Display for Status {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "chip status 0x{:02X}: {}", self.code(), self.description())
+        write!(
+            f,
+            "chip status 0x{:02X}: {}",
+            self.code(),
+            self.description()
+        )
     }
 }
 
