@@ -1,0 +1,347 @@
+//! The provisioning story, end to end against the emulated chip through the host math:
+//! configure, lock, generate or inject keys, prove them with p256.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use atecc::client::{Client, ClientError};
+use atecc::config::{address, slot_size};
+use atecc::emulator::Chip;
+use atecc::host;
+use atecc::opcode::*;
+use atecc::packet::{Command, Error};
+use atecc::{Status, crc16};
+use common::*;
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::ecdsa::{Signature, SigningKey};
+
+fn nonce_in() -> [u8; 20] {
+    let mut n = [0u8; 20];
+    getrandom_fill(&mut n);
+    n
+}
+
+#[test]
+fn a_blank_chip_answers_like_an_atecc508a() {
+    let mut chip = Chip::new_blank();
+    assert_eq!(chip.wake(), [0x04, 0x11, 0x33, 0x43]);
+    let sn = chip.serial_number();
+    assert_eq!(&sn[..2], &[0x01, 0x23]);
+    assert_eq!(sn[8], 0xEE);
+    assert_ne!(
+        Chip::new_blank().serial_number(),
+        sn,
+        "serial numbers are unique"
+    );
+    let mut c = Client::new(&mut chip);
+    assert_eq!(c.revision().unwrap(), [0x00, 0x00, 0x50, 0x00]);
+    assert_eq!(c.serial_number().unwrap(), sn);
+    // Before the config zone is locked the RNG gives the test pattern.
+    let pattern: Vec<u8> = [0xFF, 0xFF, 0x00, 0x00].repeat(8);
+    assert_eq!(c.random().unwrap().to_vec(), pattern);
+    let rand_out = run(&mut chip, Command::nonce(NonceMode::Random, &[0; 20])).unwrap();
+    assert_eq!(rand_out, pattern);
+}
+
+#[test]
+fn locking_the_config_zone_needs_the_right_summary_and_nothing_locks_otherwise() {
+    let mut chip = configured_chip();
+    let zone = Client::new(&mut chip).read_config_zone().unwrap();
+    assert_eq!(zone, expected_zone(&mut chip), "the profile is in the chip");
+    let good = host::config_lock_crc(&zone);
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Config, good ^ 0x0101),
+        Status::ExecutionError,
+    );
+    assert!(!chip.config_zone().is_config_locked());
+    run(&mut chip, Command::lock(LockTarget::Config, good)).unwrap();
+    assert!(chip.config_zone().is_config_locked());
+    // Locked once; a second lock and any config write are refused.
+    let locked = host::config_lock_crc(&chip.config_zone());
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Config, locked),
+        Status::ExecutionError,
+    );
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Config, address::block_word(0, 4), &[0xC2, 0, 0, 0]),
+        Status::ExecutionError,
+    );
+    // After config lock the RNG is random.
+    let r1 = Client::new(&mut chip).random().unwrap();
+    let r2 = Client::new(&mut chip).random().unwrap();
+    assert_ne!(r1, r2);
+}
+
+#[test]
+fn locking_the_data_zone_checks_the_summary() {
+    let mut chip = config_locked_chip();
+    let good = data_summary(&chip);
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Data, good.wrapping_add(1)),
+        Status::ExecutionError,
+    );
+    assert!(!chip.config_zone().is_data_locked());
+    run(&mut chip, Command::lock(LockTarget::Data, good)).unwrap();
+    assert!(chip.config_zone().is_data_locked());
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Data, good),
+        Status::ExecutionError,
+    );
+}
+
+#[test]
+fn a_key_generated_in_the_chip_signs_what_p256_verifies() {
+    let mut chip = locked_chip();
+    let mut c = Client::new(&mut chip);
+    let public = c.gen_key(0).unwrap();
+    assert_eq!(
+        c.public_key(0).unwrap(),
+        public,
+        "GenKey public mode gives the same key"
+    );
+    let digest = host::sha256_digest(b"CONNECT mqtt.example:8883");
+    let rs = c.sign_digest(0, &digest).unwrap();
+    let sig = Signature::from_slice(&rs).unwrap();
+    verifying_key(&public)
+        .verify_prehash(&digest, &sig)
+        .expect("p256 accepts the chip's signature");
+    // The chip's own Verify agrees, and rejects a tampered digest.
+    assert!(c.verify_external(&digest, &rs, &public).unwrap());
+    let mut other = digest;
+    other[0] ^= 1;
+    assert!(!c.verify_external(&other, &rs, &public).unwrap());
+}
+
+#[test]
+fn genkey_digest_mode_puts_the_public_key_digest_in_tempkey() {
+    let mut chip = locked_chip();
+    let num_in = nonce_in();
+    let tk = Client::new(&mut chip).nonce_random(&num_in).unwrap();
+    let public = run(
+        &mut chip,
+        Command::gen_key(GENKEY_CREATE | GENKEY_DIGEST, 0, &[]),
+    )
+    .unwrap();
+    let public: [u8; 64] = public.try_into().unwrap();
+    let expected = host::pubkey_digest(
+        &tk,
+        GENKEY_CREATE | GENKEY_DIGEST,
+        0,
+        &chip.serial_number(),
+        &public,
+    );
+    let now = chip.tempkey().unwrap();
+    assert_eq!(now.value, expected);
+    assert!(now.gen_key_data);
+    // Internal sign of that digest is allowed (ReadKey bit 1) and verifies against the
+    // message the host reconstructs.
+    let rs = run(&mut chip, Command::sign_internal(0, false)).unwrap();
+    let zone = chip.config_zone();
+    let msg = host::sign_internal_message(
+        &now,
+        0,
+        0,
+        zone.slot_config(0).0,
+        zone.key_config(0).0,
+        &chip.serial_number(),
+        zone.is_slot_locked(0),
+        false,
+    );
+    let sig = Signature::from_slice(&rs).unwrap();
+    verifying_key(&public)
+        .verify_prehash(&host::sha256_digest(&msg), &sig)
+        .unwrap();
+}
+
+#[test]
+fn encrypted_privwrite_with_the_write_key_installs_the_key() {
+    let mut chip = locked_chip();
+    let key = p256_key();
+    let scalar: [u8; 32] = key.to_bytes().into();
+    let mut c = Client::new(&mut chip);
+    c.priv_write_encrypted(2, &scalar, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+        .unwrap();
+    assert_eq!(c.public_key(2).unwrap(), xy(key.verifying_key()));
+    let digest = host::sha256_digest(b"hello");
+    let rs = c.sign_digest(2, &digest).unwrap();
+    key.verifying_key()
+        .verify_prehash(&digest, &Signature::from_slice(&rs).unwrap())
+        .unwrap();
+    assert_eq!(&chip.slot(2).unwrap()[4..36], &scalar);
+}
+
+#[test]
+fn encrypted_privwrite_with_a_wrong_write_key_fails_and_the_slot_is_unchanged() {
+    let mut chip = locked_chip();
+    let before = chip.slot(2).unwrap().to_vec();
+    let scalar: [u8; 32] = p256_key().to_bytes().into();
+    let wrong = [0x99; 32];
+    let result = Client::new(&mut chip).priv_write_encrypted(
+        2,
+        &scalar,
+        WRITE_KEY_SLOT,
+        &wrong,
+        &nonce_in(),
+    );
+    assert_eq!(
+        result,
+        Err(ClientError::Chip(Error::Status(Status::ExecutionError)))
+    );
+    assert_eq!(chip.slot(2).unwrap(), &before[..]);
+    // Plain PrivWrite is refused after data lock, and so is a slot without PrivWrite rights.
+    let plain = [0u8; 68];
+    expect_refused(
+        &mut chip,
+        Command::priv_write(2, &plain),
+        Status::ExecutionError,
+    );
+    let r = Client::new(&mut chip).priv_write_encrypted(
+        0,
+        &scalar,
+        WRITE_KEY_SLOT,
+        &WRITE_KEY,
+        &nonce_in(),
+    );
+    assert_eq!(
+        r,
+        Err(ClientError::Chip(Error::Status(Status::ExecutionError)))
+    );
+}
+
+#[test]
+fn privwrite_before_data_lock_works_in_clear_and_encrypted() {
+    let mut chip = config_locked_chip();
+    let key = p256_key();
+    let mut data = [0u8; 68];
+    data[4..36].copy_from_slice(&key.to_bytes());
+    run(&mut chip, Command::priv_write(1, &data)).unwrap();
+    let key2 = p256_key();
+    let scalar2: [u8; 32] = key2.to_bytes().into();
+    let mut c = Client::new(&mut chip);
+    assert_eq!(c.public_key(1).unwrap(), xy(key.verifying_key()));
+    c.priv_write_encrypted(2, &scalar2, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+        .unwrap();
+    assert_eq!(c.public_key(2).unwrap(), xy(key2.verifying_key()));
+}
+
+#[test]
+fn encrypted_write_and_encrypted_read_round_trip() {
+    let mut chip = locked_chip();
+    let data = [0x3E; 32];
+    let mut c = Client::new(&mut chip);
+    c.write_slot_encrypted(9, 1, &data, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+        .unwrap();
+    assert_eq!(
+        c.read_slot_block(9, 1).unwrap(),
+        data,
+        "slot 9 is readable in clear"
+    );
+    // Slot 10 is secret: readable only encrypted with the read key.
+    assert_eq!(
+        c.read_slot_encrypted(10, 0, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+            .unwrap(),
+        SECRET
+    );
+    c.write_slot_encrypted(10, 0, &data, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+        .unwrap();
+    assert_eq!(
+        c.read_slot_encrypted(10, 0, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+            .unwrap(),
+        data
+    );
+    // A wrong read key yields garbage, never the secret.
+    let garbage = c
+        .read_slot_encrypted(10, 0, WRITE_KEY_SLOT, &[0x11; 32], &nonce_in())
+        .unwrap();
+    assert_ne!(garbage, data);
+    // Plain reads of the secret are refused.
+    let cmd = Command::read(Zone::Data, address::data(10, 0, 0), true);
+    expect_refused(&mut chip, cmd, Status::ExecutionError);
+}
+
+#[test]
+fn encrypted_write_with_a_wrong_key_fails_and_the_slot_is_unchanged() {
+    let mut chip = locked_chip();
+    let before = chip.slot(9).unwrap().to_vec();
+    let r = Client::new(&mut chip).write_slot_encrypted(
+        9,
+        0,
+        &[1; 32],
+        WRITE_KEY_SLOT,
+        &[0x12; 32],
+        &nonce_in(),
+    );
+    assert_eq!(
+        r,
+        Err(ClientError::Chip(Error::Status(Status::ExecutionError)))
+    );
+    assert_eq!(chip.slot(9).unwrap(), &before[..]);
+    // A clear write to an Encrypt slot is refused too.
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Data, address::data(9, 0, 0), &[1; 32]),
+        Status::ExecutionError,
+    );
+}
+
+#[test]
+fn ecdh_agrees_with_p256() {
+    let mut chip = locked_chip();
+    let mut c = Client::new(&mut chip);
+    let chip_public = c.gen_key(0).unwrap();
+    let peer = p256::SecretKey::from_slice(&p256_key().to_bytes()).unwrap();
+    let peer_public = xy(&p256::ecdsa::VerifyingKey::from(&SigningKey::from(&peer)));
+    let shared = c.ecdh(0, &peer_public).unwrap();
+    let chip_pk = p256::PublicKey::from(&verifying_key(&chip_public));
+    let expected = peer.diffie_hellman(&chip_pk);
+    assert_eq!(&shared[..], &expected.raw_secret_bytes()[..]);
+}
+
+#[test]
+fn stored_public_keys_verify_signatures() {
+    let mut chip = config_locked_chip();
+    let ca = p256_key();
+    let stored = host::public_key_slot_format(&xy(ca.verifying_key()));
+    Client::new(&mut chip).write_slot(14, &stored).unwrap();
+    let crc = data_summary(&chip);
+    Client::new(&mut chip).lock_data(crc).unwrap();
+    let digest = host::sha256_digest(b"firmware image");
+    let sig: Signature =
+        p256::ecdsa::signature::hazmat::PrehashSigner::sign_prehash(&ca, &digest).unwrap();
+    let rs: [u8; 64] = sig.to_bytes().into();
+    Client::new(&mut chip).nonce_load(&digest).unwrap();
+    assert_eq!(run(&mut chip, Command::verify_stored(14, &rs)), Ok(vec![0]));
+    let mut bad = rs;
+    bad[40] ^= 4;
+    expect_refused(
+        &mut chip,
+        Command::verify_stored(14, &bad),
+        Status::Miscompare,
+    );
+    // Slot 14 is lockable: lock it, then writes are refused.
+    run(&mut chip, Command::lock(LockTarget::Slot(14), 0)).unwrap();
+    assert!(chip.config_zone().is_slot_locked(14));
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Slot(14), 0),
+        Status::ExecutionError,
+    );
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Data, address::data(14, 0, 0), &[0; 32]),
+        Status::ExecutionError,
+    );
+    assert_eq!(slot_size(14), 72);
+}
+
+#[test]
+fn config_lock_summary_matches_crc16_of_the_zone() {
+    let chip = configured_chip();
+    let zone = chip.config_zone();
+    assert_eq!(host::config_lock_crc(&zone), crc16(&zone.0));
+}
