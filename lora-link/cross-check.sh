@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Cross-builds lora-link with the real SX127x backend (feature `rpi`) for a Raspberry Pi
+# running 64-bit Linux. Installs what is missing: the aarch64 GNU toolchain (apt) and the
+# Rust target (rustup). Usage: lora-link/cross-check.sh [extra cargo args]
+# Honours CARGO_TARGET_DIR. Exit code: cargo's (non-zero when the build fails).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=aarch64-unknown-linux-gnu
+LINKER=aarch64-linux-gnu-gcc
+
+if ! command -v "$LINKER" >/dev/null 2>&1; then
+    echo "cross-check: installing gcc-aarch64-linux-gnu" >&2
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    echo "cross-check: adding rust target $TARGET" >&2
+    rustup target add "$TARGET"
+fi
+
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="$LINKER"
+export CC_aarch64_unknown_linux_gnu="$LINKER"
+export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+echo "cross-check: cargo build -p lora-link --features rpi --target $TARGET" >&2
+cargo build -p lora-link --features rpi --target "$TARGET" "$@"
+bin="${CARGO_TARGET_DIR:-target}/$TARGET/debug/lora-link"
+if [ -f "$bin" ] && command -v file >/dev/null 2>&1; then
+    file "$bin" >&2
+fi
