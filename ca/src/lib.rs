@@ -1,1 +1,23 @@
-//! placeholder
+//! The PKI of a site: an EC P-256 root CA (optionally with an issuing CA), certificate
+//! profiles (broker server, device, client), idempotent issuance from a CSR, a bare public
+//! key or a key generated here, revocation and CRLs, all recorded in a SQLite ledger.
+//!
+//! This crate never touches serial ports or radios. Keys at rest are encrypted PKCS#8 (CA)
+//! or plain PKCS#8 (daemons' keys), always 0600; see [`keys`]. Every operation is crash-safe:
+//! see [`authority`].
+
+pub mod authority;
+pub mod clock;
+pub mod error;
+pub mod fault;
+pub mod fsutil;
+pub mod keys;
+pub mod ledger;
+pub mod profile;
+pub mod request;
+
+pub use authority::{Authority, InitOptions, IssueRequest, Issued, Layout, Store};
+pub use error::{Error, Result};
+pub use keys::Passphrase;
+pub use profile::{Profile, Subject};
+pub use request::{Csr, PublicKey, parse_csr};

@@ -1,2 +1,116 @@
-//! placeholder
-fn main() {}
+//! `provisioner`: the operator's command line. It creates the site's CA, issues the broker's
+//! certificate, signs CSRs, revokes, keeps the CRL fresh and emits the broker configuration.
+//! All state lives under one home directory (`--home`, env `PROVISIONER_HOME`).
+
+mod cmd;
+mod context;
+mod exit;
+
+use clap::{Parser, Subcommand};
+
+use crate::context::Context;
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+  # A new site from the example house, the broker's certificate, and its configuration
+  export PROVISIONER_HOME=~/maison-pki
+  provisioner init --site manifests/examples/smart-home.toml
+  provisioner server issue --dns broker.maison.lan --ip 192.168.1.10
+  provisioner emit broker --out ./broker && mosquitto -c ./broker/mosquitto.conf
+
+  # Certify a client whose key was made elsewhere, then revoke it
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
+      -keyout probe.key -subj /CN=probe-1 -out probe.csr
+  provisioner cert sign --csr probe.csr --profile client --out probe.crt
+  provisioner device revoke probe-1 && kill -HUP $(pidof mosquitto)
+
+PASSPHRASE:
+  The CA key is encrypted. The passphrase comes from the environment variable
+  PROVISIONER_PASSPHRASE, from --passphrase-file FILE (mode 0600), or from a prompt on the
+  terminal; never from the command line, and it is never logged.
+
+EXIT CODES:
+  0  success
+  1  failure (I/O, SQLite, certificate generation)
+  2  usage error (unknown flag, missing argument)
+  3  invalid input (site file, CSR, public key, profile): nothing was changed
+  4  credentials (wrong passphrase, key file readable by others): nothing was changed
+  5  state (no CA yet, CA expired, unknown device, conflict): nothing was changed";
+
+/// Provision an IoT sensor network: CA, broker certificate, devices, broker configuration.
+#[derive(Debug, Parser)]
+#[command(name = "provisioner", version, after_long_help = EXAMPLES)]
+pub struct Cli {
+    /// Home directory holding the CA, the ledger and the site file.
+    #[arg(
+        long,
+        env = "PROVISIONER_HOME",
+        global = true,
+        default_value = "provisioner-home"
+    )]
+    home: std::path::PathBuf,
+    /// Read the CA passphrase from this file (mode 0600) instead of PROVISIONER_PASSPHRASE or a prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<std::path::PathBuf>,
+    /// Print results as JSON on stdout (logs stay on stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the CA, the ledger and the site configuration in the home.
+    Init(cmd::init::Args),
+    /// The broker's server certificate.
+    #[command(subcommand)]
+    Server(cmd::server::ServerCommand),
+    /// Sign certificate requests made elsewhere.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
+    /// Devices and clients known to the ledger.
+    #[command(subcommand)]
+    Device(cmd::device::DeviceCommand),
+    /// Publish the certificate revocation list (renews it when due).
+    Crl(cmd::crl::Args),
+    /// Write the configuration another program consumes.
+    #[command(subcommand)]
+    Emit(cmd::emit::EmitCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PROVISIONER_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let ctx = Context::new(cli.home, cli.passphrase_file, cli.json);
+    let result = match cli.command {
+        Command::Init(a) => cmd::init::run(&ctx, a),
+        Command::Server(c) => cmd::server::run(&ctx, c),
+        Command::Cert(c) => cmd::cert::run(&ctx, c),
+        Command::Device(c) => cmd::device::run(&ctx, c),
+        Command::Crl(a) => cmd::crl::run(&ctx, a),
+        Command::Emit(c) => cmd::emit::run(&ctx, c),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        if let Some(help) = e.help() {
+            eprintln!("  help: {help}");
+        }
+        std::process::exit(e.code());
+    }
+}

@@ -1,0 +1,794 @@
+//! The certificate authority: creation, loading, idempotent issuance, revocation and CRLs.
+//!
+//! Crash safety rests on one rule: the ledger commit is the only point where an operation
+//! takes effect. Keys are written (atomically) before it and reused if a run was cut short;
+//! certificate and CRL files are materialised after it and rewritten from the ledger by the
+//! next run. So a run killed at any instant, followed by the same command, ends in exactly
+//! one certificate per request, no duplicate serial and no orphan file.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
+    RevokedCertParams, SerialNumber,
+};
+use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::FromDer;
+
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::fsutil;
+use crate::keys::{self, Passphrase};
+use crate::ledger::{CertRecord, CrlRecord, IdentityRecord, Ledger};
+use crate::profile::{self, Profile, Subject};
+use crate::request::PublicKey;
+
+/// Root CA lifetime.
+pub const ROOT_DAYS: u32 = 3650;
+/// Issuing CA lifetime.
+pub const ISSUING_DAYS: u32 = 1825;
+/// Backdating of notBefore, for devices whose clock is a little behind.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// Where everything lives under a provisioner home.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The home directory (0700).
+    pub home: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `home`.
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Layout { home: home.into() }
+    }
+    /// `ca/`: CA certificates and encrypted keys.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.home.join("ca")
+    }
+    /// The root certificate (PEM).
+    pub fn root_cert(&self) -> PathBuf {
+        self.ca_dir().join("root.crt")
+    }
+    /// The root key (encrypted PKCS#8).
+    pub fn root_key(&self) -> PathBuf {
+        self.ca_dir().join("root.key")
+    }
+    /// The issuing CA certificate (PEM), when there is one.
+    pub fn issuing_cert(&self) -> PathBuf {
+        self.ca_dir().join("issuing.crt")
+    }
+    /// The issuing CA key (encrypted PKCS#8).
+    pub fn issuing_key(&self) -> PathBuf {
+        self.ca_dir().join("issuing.key")
+    }
+    /// Trust bundle: every CA certificate, issuing first.
+    pub fn ca_bundle(&self) -> PathBuf {
+        self.ca_dir().join("ca-bundle.crt")
+    }
+    /// The SQLite ledger.
+    pub fn ledger(&self) -> PathBuf {
+        self.home.join("ledger.sqlite")
+    }
+    /// Issued certificates, `<serial>.crt`.
+    pub fn issued_dir(&self) -> PathBuf {
+        self.home.join("issued")
+    }
+    /// Host-generated leaf keys (0600).
+    pub fn keys_dir(&self) -> PathBuf {
+        self.home.join("keys")
+    }
+    /// The current CRL (PEM).
+    pub fn crl(&self) -> PathBuf {
+        self.home.join("crl.pem")
+    }
+    /// The site file.
+    pub fn site(&self) -> PathBuf {
+        self.home.join("site.toml")
+    }
+    /// Path of an issued certificate.
+    pub fn issued(&self, serial: &str) -> PathBuf {
+        self.issued_dir().join(format!("{serial}.crt"))
+    }
+}
+
+/// Settings for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// CA common name, e.g. "maison Root CA".
+    pub name: String,
+    /// Organisation.
+    pub organization: Option<String>,
+    /// Also create an issuing CA under the root, and issue leaves from it.
+    pub issuing_ca: bool,
+}
+
+/// What `init` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitReport {
+    /// False if the CA already existed (nothing was changed).
+    pub created: bool,
+    /// Root serial (hex).
+    pub root_serial: String,
+    /// SHA-256 fingerprint of the root certificate (hex, colon-separated).
+    pub root_fingerprint: String,
+    /// Issuing CA serial, if any.
+    pub issuing_serial: Option<String>,
+    /// Root expiry (RFC 3339).
+    pub root_not_after: String,
+}
+
+/// A request for a certificate.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    /// Profile.
+    pub profile: Profile,
+    /// Subject and SANs.
+    pub subject: Subject,
+    /// The key to certify.
+    pub public_key: PublicKey,
+    /// Idempotence key: the same request twice yields the same certificate.
+    pub request_id: String,
+    /// Validity in days (clamped to the issuing CA's lifetime).
+    pub days: u32,
+    /// Identity to create or update in the same transaction.
+    pub identity: Option<IdentityRecord>,
+}
+
+/// An issued (or previously issued) certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The ledger record.
+    pub record: CertRecord,
+    /// PEM text.
+    pub pem: String,
+    /// Where it is stored under the home.
+    pub path: PathBuf,
+    /// True if this request had been issued before and nothing new was signed.
+    pub existing: bool,
+}
+
+/// Outcome of a CRL run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CrlReport {
+    /// CRL number.
+    pub number: i64,
+    /// thisUpdate (RFC 3339).
+    pub this_update: String,
+    /// nextUpdate (RFC 3339).
+    pub next_update: String,
+    /// Entries.
+    pub revoked: i64,
+    /// True if a new CRL was signed by this run.
+    pub renewed: bool,
+    /// Files written.
+    pub written: Vec<PathBuf>,
+}
+
+/// Computes a request identity from its parts.
+pub fn request_id(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+use crate::clock::now;
+
+fn rfc3339(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// SHA-256 fingerprint, colon-separated upper-case hex (as `openssl x509 -fingerprint -sha256`).
+pub fn fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// PEM-encodes a certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    pkcs8::der::pem::encode_string("CERTIFICATE", pkcs8::der::pem::LineEnding::LF, der)
+        .unwrap_or_default()
+}
+
+/// A random positive serial: 16 bytes, top bit clear and second bit set (so it is always
+/// 16 bytes long and positive: 126 random bits).
+fn random_serial() -> Result<[u8; 16]> {
+    let mut s = [0u8; 16];
+    getrandom::fill(&mut s).map_err(|e| Error::Generate(format!("system RNG: {e}")))?;
+    s[0] = (s[0] & 0x7f) | 0x40;
+    Ok(s)
+}
+
+fn validity(der: &[u8]) -> Result<(i64, i64)> {
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| Error::Generate("cannot parse a certificate just made".into()))?;
+    Ok((
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    ))
+}
+
+/// The ledger and files of a home, without the CA key (enough to list, show and emit).
+pub struct Store {
+    /// The layout.
+    pub layout: Layout,
+    /// The ledger.
+    pub ledger: Ledger,
+}
+
+impl Store {
+    /// Opens an initialised home.
+    pub fn open(layout: &Layout) -> Result<Store> {
+        if !layout.ledger().exists() {
+            return Err(Error::CaUnavailable(format!(
+                "no CA in {}: run `provisioner init` first (or set --home / PROVISIONER_HOME)",
+                layout.home.display()
+            )));
+        }
+        let ledger = Ledger::open(&layout.ledger())?;
+        if ledger.meta("root_serial")?.is_none() {
+            return Err(Error::CaUnavailable(format!(
+                "the CA in {} was never completed: run `provisioner init` again",
+                layout.home.display()
+            )));
+        }
+        let store = Store {
+            layout: layout.clone(),
+            ledger,
+        };
+        store.materialise()?;
+        Ok(store)
+    }
+
+    /// Rewrites from the ledger any file a cut-short run did not write, and removes temporaries.
+    pub fn materialise(&self) -> Result<()> {
+        for dir in [
+            self.layout.ca_dir(),
+            self.layout.issued_dir(),
+            self.layout.keys_dir(),
+            self.layout.home.clone(),
+        ] {
+            fsutil::remove_stale_temps(&dir)?;
+        }
+        fsutil::private_dir(&self.layout.issued_dir())?;
+        let root = self.ca_cert_der("root_serial")?;
+        write_if_differs(&self.layout.root_cert(), cert_pem(&root).as_bytes(), 0o644)?;
+        let mut bundle = String::new();
+        if self.ledger.meta("issuing_serial")?.is_some() {
+            let issuing = self.ca_cert_der("issuing_serial")?;
+            write_if_differs(
+                &self.layout.issuing_cert(),
+                cert_pem(&issuing).as_bytes(),
+                0o644,
+            )?;
+            bundle.push_str(&cert_pem(&issuing));
+        }
+        bundle.push_str(&cert_pem(&root));
+        write_if_differs(&self.layout.ca_bundle(), bundle.as_bytes(), 0o644)?;
+        for c in self.ledger.certificates()? {
+            if Profile::parse(&c.profile).is_ok_and(Profile::is_ca) {
+                continue;
+            }
+            let path = self.layout.issued(&c.serial);
+            if !path.exists() {
+                fsutil::write_atomic(&path, cert_pem(&c.der).as_bytes(), 0o644)?;
+            }
+        }
+        if let Some(crl) = self.ledger.latest_crl()? {
+            let pem = crl_pem(&crl.der);
+            write_if_differs(&self.layout.crl(), pem.as_bytes(), 0o644)?;
+        }
+        Ok(())
+    }
+
+    fn ca_cert_der(&self, key: &str) -> Result<Vec<u8>> {
+        let serial = self
+            .ledger
+            .meta(key)?
+            .ok_or_else(|| Error::CaUnavailable(format!("ledger has no {key}")))?;
+        let rec = self
+            .ledger
+            .by_serial(&serial)?
+            .ok_or_else(|| Error::CaUnavailable(format!("ledger lost CA certificate {serial}")))?;
+        Ok(rec.der)
+    }
+
+    /// DER of the root certificate.
+    pub fn root_der(&self) -> Result<Vec<u8>> {
+        self.ca_cert_der("root_serial")
+    }
+
+    /// DER of the certificate that signs leaves (issuing CA if any, else the root).
+    pub fn issuer_der(&self) -> Result<Vec<u8>> {
+        if self.ledger.meta("issuing_serial")?.is_some() {
+            self.ca_cert_der("issuing_serial")
+        } else {
+            self.root_der()
+        }
+    }
+
+    /// PEM chain a leaf presents after its own certificate (the issuing CA, if any).
+    pub fn chain_pem(&self) -> Result<String> {
+        if self.ledger.meta("issuing_serial")?.is_some() {
+            Ok(cert_pem(&self.ca_cert_der("issuing_serial")?))
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Directories that receive a copy of every new CRL (broker configurations).
+    pub fn crl_targets(&self) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .ledger
+            .meta("crl_targets")?
+            .and_then(|s| serde_json::from_str::<Vec<PathBuf>>(&s).ok())
+            .unwrap_or_default())
+    }
+
+    /// Adds a file that receives a copy of every new CRL.
+    pub fn add_crl_target(&self, file: &Path) -> Result<()> {
+        let mut t = self.crl_targets()?;
+        if !t.iter().any(|p| p == file) {
+            t.push(file.to_path_buf());
+            self.ledger.set_meta(
+                "crl_targets",
+                &serde_json::to_string(&t).unwrap_or_else(|_| "[]".into()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn write_if_differs(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(data) {
+        return Ok(());
+    }
+    fsutil::write_atomic(path, data, mode)
+}
+
+/// PEM-encodes a CRL.
+pub fn crl_pem(der: &[u8]) -> String {
+    pkcs8::der::pem::encode_string("X509 CRL", pkcs8::der::pem::LineEnding::LF, der)
+        .unwrap_or_default()
+}
+
+/// A store with the CA's signing key loaded.
+pub struct Authority {
+    /// Ledger and files.
+    pub store: Store,
+    issuer: Issuer<'static, KeyPair>,
+    issuer_not_after: OffsetDateTime,
+}
+
+impl Authority {
+    /// Creates the CA in a new home, or completes one a crash interrupted. Running it on a
+    /// finished home changes nothing and reports the existing CA.
+    pub fn init(
+        layout: &Layout,
+        opts: &InitOptions,
+        passphrase: &Passphrase,
+    ) -> Result<InitReport> {
+        fsutil::private_dir(&layout.home)?;
+        fsutil::private_dir(&layout.ca_dir())?;
+        fsutil::private_dir(&layout.issued_dir())?;
+        fsutil::private_dir(&layout.keys_dir())?;
+        fsutil::remove_stale_temps(&layout.ca_dir())?;
+        let mut ledger = Ledger::open(&layout.ledger())?;
+        if ledger.meta("root_serial")?.is_some() {
+            drop(ledger);
+            let store = Store::open(layout)?;
+            // Prove the passphrase opens the existing key before saying all is well.
+            Authority::open(layout, passphrase)?;
+            return report(&store, false);
+        }
+        passphrase.check_strength()?;
+        // A key left by an interrupted init is reused: the ledger commit has not happened yet,
+        // so nothing was ever certified with another key.
+        let root_key = load_or_create_key(&layout.root_key(), passphrase)?;
+        fault::point("init-after-key");
+        let t = now() - BACKDATE;
+        let mut subject = Subject::named(&opts.name, opts.organization.clone());
+        subject.uris.clear();
+        let serial = random_serial()?;
+        let path_len = if opts.issuing_ca { 1 } else { 0 };
+        let root_params =
+            profile::params(Profile::RootCa, &subject, &serial, t, ROOT_DAYS, path_len)?;
+        let root_cert = root_params.self_signed(&root_key)?;
+        let root_der = root_cert.der().to_vec();
+        let mut records = vec![ca_record(&root_der, Profile::RootCa, &opts.name)?];
+        if opts.issuing_ca {
+            let issuing_key = load_or_create_key(&layout.issuing_key(), passphrase)?;
+            let root_issuer = Issuer::new(root_params, &root_key);
+            let name = opts.name.replace("Root", "Issuing");
+            let name = if name == opts.name {
+                format!("{} Issuing CA", opts.name)
+            } else {
+                name
+            };
+            let subj = Subject::named(&name, opts.organization.clone());
+            let p = profile::params(
+                Profile::IssuingCa,
+                &subj,
+                &random_serial()?,
+                t,
+                ISSUING_DAYS,
+                0,
+            )?;
+            let cert = p.signed_by(&issuing_key, &root_issuer)?;
+            records.push(ca_record(cert.der(), Profile::IssuingCa, &name)?);
+        }
+        ledger.transaction(|tx| {
+            for r in &records {
+                tx.insert_cert(r)?;
+            }
+            tx.set_meta("root_serial", &records[0].serial)?;
+            if let Some(i) = records.get(1) {
+                tx.set_meta("issuing_serial", &i.serial)?;
+            }
+            tx.set_meta("ca_name", &opts.name)?;
+            Ok(())
+        })?;
+        fault::point("init-after-ledger");
+        drop(ledger);
+        let store = Store::open(layout)?;
+        report(&store, true)
+    }
+
+    /// Loads the CA: ledger, certificates and the signing key (decrypted with `passphrase`).
+    pub fn open(layout: &Layout, passphrase: &Passphrase) -> Result<Authority> {
+        let store = Store::open(layout)?;
+        let issuing = store.ledger.meta("issuing_serial")?.is_some();
+        let der = store.issuer_der()?;
+        let key_path = if issuing {
+            layout.issuing_key()
+        } else {
+            layout.root_key()
+        };
+        if !key_path.exists() {
+            return Err(Error::CaUnavailable(format!(
+                "CA key {} is missing: restore it from your backup (the ledger alone cannot sign)",
+                key_path.display()
+            )));
+        }
+        let key = keys::read_encrypted(&key_path, passphrase)?;
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(&der).map_err(|_| {
+                Error::CaUnavailable("the CA certificate in the ledger is damaged".into())
+            })?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(Error::CaUnavailable(format!(
+                "{} does not match the CA certificate in the ledger",
+                key_path.display()
+            )));
+        }
+        let not_after = cert.validity().not_after.to_datetime();
+        if not_after <= now() {
+            return Err(Error::CaUnavailable(format!(
+                "the CA certificate expired on {}: create a new CA in a new home and re-provision",
+                rfc3339(not_after.unix_timestamp())
+            )));
+        }
+        let issuer = Issuer::from_ca_cert_der(&der.into(), key)?;
+        Ok(Authority {
+            store,
+            issuer,
+            issuer_not_after: not_after,
+        })
+    }
+
+    /// Issues one certificate (idempotent by `request_id`).
+    pub fn issue(&mut self, req: IssueRequest) -> Result<Issued> {
+        let mut out = self.issue_batch(vec![req])?;
+        out.pop()
+            .ok_or_else(|| Error::Generate("empty batch".into()))
+    }
+
+    /// Issues many certificates in one ledger transaction (one fsync for the batch).
+    pub fn issue_batch(&mut self, reqs: Vec<IssueRequest>) -> Result<Vec<Issued>> {
+        let t = now();
+        let mut results: Vec<Option<Issued>> = Vec::with_capacity(reqs.len());
+        let mut fresh: Vec<(CertRecord, Option<IdentityRecord>)> = Vec::new();
+        let mut serials_in_batch = std::collections::HashSet::new();
+        for req in &reqs {
+            if let Some(rec) = self.store.ledger.by_request(&req.request_id)? {
+                results.push(Some(self.finish(rec, true)?));
+                continue;
+            }
+            let serial = loop {
+                let s = random_serial()?;
+                let hex = hex::encode(s);
+                if !self.store.ledger.serial_exists(&hex)? && serials_in_batch.insert(hex.clone()) {
+                    break s;
+                }
+            };
+            let not_before = t - BACKDATE;
+            let max_days = ((self.issuer_not_after - not_before).whole_days()).max(1) as u32;
+            let params = profile::params(
+                req.profile,
+                &req.subject,
+                &serial,
+                not_before,
+                req.days.min(max_days),
+                0,
+            )?;
+            let cert = params.signed_by(&req.public_key, &self.issuer)?;
+            let der = cert.der().to_vec();
+            let (nb, na) = validity(&der)?;
+            let record = CertRecord {
+                serial: hex::encode(serial),
+                request_id: req.request_id.clone(),
+                identity: req
+                    .identity
+                    .as_ref()
+                    .map_or_else(|| req.subject.common_name.clone(), |i| i.id.clone()),
+                profile: req.profile.name().into(),
+                not_before: nb,
+                not_after: na,
+                der,
+                issued_at: t.unix_timestamp(),
+                revoked_at: None,
+                reason: None,
+            };
+            fresh.push((record, req.identity.clone()));
+            results.push(None);
+        }
+        fault::point("issue-after-sign");
+        if !fresh.is_empty() {
+            self.store.ledger.transaction(|tx| {
+                for (rec, ident) in &fresh {
+                    tx.insert_cert(rec)?;
+                    if let Some(i) = ident {
+                        tx.upsert_identity(i, t.unix_timestamp())?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        fault::point("issue-after-ledger");
+        let mut fresh = fresh.into_iter();
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Some(done) => out.push(done),
+                None => {
+                    let (rec, _) = fresh
+                        .next()
+                        .ok_or_else(|| Error::Generate("batch bookkeeping".into()))?;
+                    out.push(self.finish(rec, false)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn finish(&self, record: CertRecord, existing: bool) -> Result<Issued> {
+        let pem = cert_pem(&record.der);
+        let path = self.store.layout.issued(&record.serial);
+        write_if_differs(&path, pem.as_bytes(), 0o644)?;
+        Ok(Issued {
+            record,
+            pem,
+            path,
+            existing,
+        })
+    }
+
+    /// Records an identity without issuing (e.g. to change its ACL).
+    pub fn upsert_identity(&mut self, ident: &IdentityRecord) -> Result<()> {
+        let t = now().unix_timestamp();
+        self.store
+            .ledger
+            .transaction(|tx| tx.upsert_identity(ident, t))
+    }
+
+    /// Revokes every certificate of `identity` and publishes a new CRL.
+    pub fn revoke_identity(
+        &mut self,
+        identity: &str,
+        reason: &str,
+    ) -> Result<(Vec<String>, CrlReport)> {
+        reason_code(reason)?;
+        if self.store.ledger.identity(identity)?.is_none()
+            && self.store.ledger.certificates_of(identity)?.is_empty()
+        {
+            return Err(Error::Conflict(format!(
+                "no device or client `{identity}` in the ledger: see `provisioner device list`"
+            )));
+        }
+        let t = now().unix_timestamp();
+        let serials = self
+            .store
+            .ledger
+            .transaction(|tx| tx.revoke_identity(identity, reason, t))?;
+        let crl = self.crl(true)?;
+        Ok((serials, crl))
+    }
+
+    /// Revokes one certificate by serial and publishes a new CRL.
+    pub fn revoke_serial(&mut self, serial: &str, reason: &str) -> Result<CrlReport> {
+        reason_code(reason)?;
+        let t = now().unix_timestamp();
+        let done = self
+            .store
+            .ledger
+            .transaction(|tx| tx.revoke_serial(serial, reason, t))?;
+        if !done {
+            return Err(Error::Conflict(format!(
+                "no unrevoked certificate with serial {serial}"
+            )));
+        }
+        self.crl(true)
+    }
+
+    /// Signs a new CRL if `force`, if none exists, if a revocation is newer than the current
+    /// one, or if a third or less of its lifetime is left; otherwise re-materialises it.
+    pub fn crl(&mut self, force: bool) -> Result<CrlReport> {
+        let t = now();
+        let ts = t.unix_timestamp();
+        let latest = self.store.ledger.latest_crl()?;
+        let days = self
+            .store
+            .ledger
+            .meta("crl_days")?
+            .and_then(|d| d.parse::<i64>().ok())
+            .unwrap_or(30);
+        let newest_revocation = self
+            .store
+            .ledger
+            .certificates()?
+            .iter()
+            .filter_map(|c| c.revoked_at)
+            .max();
+        let due = match &latest {
+            None => true,
+            Some(c) => {
+                force
+                    || ts >= c.next_update - (c.next_update - c.this_update) / 3
+                    || newest_revocation.is_some_and(|r| r >= c.this_update)
+            }
+        };
+        let targets = self.store.crl_targets()?;
+        if !due {
+            let c = latest.ok_or_else(|| Error::Generate("no CRL".into()))?;
+            let written = self.write_crl(&c.der, &targets)?;
+            return Ok(CrlReport {
+                number: c.number,
+                this_update: rfc3339(c.this_update),
+                next_update: rfc3339(c.next_update),
+                revoked: c.revoked,
+                renewed: false,
+                written,
+            });
+        }
+        let next = (t + Duration::days(days)).min(self.issuer_not_after);
+        let issuer = &self.issuer;
+        let rec = self.store.ledger.transaction(|tx| {
+            let number = tx.next_crl_number()?;
+            let revoked = tx.revoked_unexpired(ts)?;
+            let mut entries = Vec::new();
+            for c in &revoked {
+                let when =
+                    OffsetDateTime::from_unix_timestamp(c.revoked_at.unwrap_or(ts)).unwrap_or(t);
+                let serial = hex::decode(&c.serial)
+                    .map_err(|_| Error::Generate(format!("bad serial {}", c.serial)))?;
+                entries.push(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&serial),
+                    revocation_time: when,
+                    reason_code: c.reason.as_deref().map(reason_code).transpose()?,
+                    invalidity_date: None,
+                });
+            }
+            let params = CertificateRevocationListParams {
+                this_update: t,
+                next_update: next,
+                crl_number: SerialNumber::from(number as u64),
+                issuing_distribution_point: None,
+                revoked_certs: entries,
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            let crl = params.signed_by(issuer)?;
+            let rec = CrlRecord {
+                number,
+                this_update: ts,
+                next_update: next.unix_timestamp(),
+                revoked: revoked.len() as i64,
+                der: crl.der().to_vec(),
+            };
+            tx.insert_crl(&rec)?;
+            Ok(rec)
+        })?;
+        fault::point("crl-after-ledger");
+        let written = self.write_crl(&rec.der, &targets)?;
+        Ok(CrlReport {
+            number: rec.number,
+            this_update: rfc3339(rec.this_update),
+            next_update: rfc3339(rec.next_update),
+            revoked: rec.revoked,
+            renewed: true,
+            written,
+        })
+    }
+
+    fn write_crl(&self, der: &[u8], targets: &[PathBuf]) -> Result<Vec<PathBuf>> {
+        let pem = crl_pem(der);
+        let mut written = vec![self.store.layout.crl()];
+        write_if_differs(&self.store.layout.crl(), pem.as_bytes(), 0o644)?;
+        for t in targets {
+            // A broker directory that was removed is skipped, not recreated.
+            if t.parent().is_some_and(Path::exists) {
+                write_if_differs(t, pem.as_bytes(), 0o644)?;
+                written.push(t.clone());
+            }
+        }
+        Ok(written)
+    }
+}
+
+fn reason_code(reason: &str) -> Result<RevocationReason> {
+    Ok(match reason {
+        "unspecified" => RevocationReason::Unspecified,
+        "key-compromise" => RevocationReason::KeyCompromise,
+        "ca-compromise" => RevocationReason::CaCompromise,
+        "affiliation-changed" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessation-of-operation" => RevocationReason::CessationOfOperation,
+        other => {
+            return Err(Error::BadRequest(format!(
+                "unknown revocation reason `{other}`: use unspecified, key-compromise, ca-compromise, affiliation-changed, superseded or cessation-of-operation"
+            )));
+        }
+    })
+}
+
+fn load_or_create_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair> {
+    if path.exists() {
+        return keys::read_encrypted(path, passphrase);
+    }
+    let key = keys::generate()?;
+    keys::write_encrypted(path, &key, passphrase)?;
+    Ok(key)
+}
+
+fn ca_record(der: &[u8], profile: Profile, name: &str) -> Result<CertRecord> {
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| Error::Generate("cannot parse the new CA certificate".into()))?;
+    let serial = hex::encode(c.raw_serial());
+    Ok(CertRecord {
+        request_id: format!("{}:{serial}", profile.name()),
+        serial,
+        identity: name.to_string(),
+        profile: profile.name().into(),
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+        der: der.to_vec(),
+        issued_at: now().unix_timestamp(),
+        revoked_at: None,
+        reason: None,
+    })
+}
+
+fn report(store: &Store, created: bool) -> Result<InitReport> {
+    let root_serial = store.ledger.meta("root_serial")?.unwrap_or_default();
+    let root = store.root_der()?;
+    let (_, na) = validity(&root)?;
+    Ok(InitReport {
+        created,
+        root_fingerprint: fingerprint(&root),
+        root_serial,
+        issuing_serial: store.ledger.meta("issuing_serial")?,
+        root_not_after: rfc3339(na),
+    })
+}

@@ -1,0 +1,456 @@
+//! The ledger: a SQLite database (WAL, synchronous=FULL) of every certificate issued, every
+//! identity and its ACL, every revocation and every CRL. It is the source of truth: files
+//! under the home are materialised from it and can be rewritten from it at any time.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial       TEXT PRIMARY KEY,          -- lower-case hex, as openssl prints it
+    request_id   TEXT NOT NULL UNIQUE,      -- SHA-256 of what was asked: re-running is idempotent
+    identity     TEXT NOT NULL,
+    profile      TEXT NOT NULL,
+    not_before   INTEGER NOT NULL,
+    not_after    INTEGER NOT NULL,
+    der          BLOB NOT NULL,
+    issued_at    INTEGER NOT NULL,
+    revoked_at   INTEGER,
+    reason       TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_identity ON certificates(identity);
+CREATE TABLE IF NOT EXISTS identities (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,              -- device, client, server, gateway, receiver
+    profile     TEXT NOT NULL,              -- site profile or certificate profile name
+    acl_write   TEXT NOT NULL,              -- JSON list of topic filters
+    acl_read    TEXT NOT NULL,
+    attrs       TEXT NOT NULL,              -- JSON object (room, chip serial, ...)
+    status      TEXT NOT NULL,              -- active, revoked
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crls (
+    number       INTEGER PRIMARY KEY,
+    this_update  INTEGER NOT NULL,
+    next_update  INTEGER NOT NULL,
+    revoked      INTEGER NOT NULL,
+    der          BLOB NOT NULL
+);
+";
+
+/// One issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertRecord {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// Idempotence key.
+    pub request_id: String,
+    /// Identity (CN).
+    pub identity: String,
+    /// Certificate profile name.
+    pub profile: String,
+    /// Validity start, Unix seconds.
+    pub not_before: i64,
+    /// Validity end, Unix seconds.
+    pub not_after: i64,
+    /// DER bytes.
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    /// When issued, Unix seconds.
+    pub issued_at: i64,
+    /// When revoked, Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// Revocation reason.
+    pub reason: Option<String>,
+}
+
+/// An identity known to the site: who may connect and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// Identity = certificate CN = MQTT username.
+    pub id: String,
+    /// device, client, server, gateway or receiver.
+    pub kind: String,
+    /// Profile name.
+    pub profile: String,
+    /// Topic filters it may publish to.
+    pub acl_write: Vec<String>,
+    /// Topic filters it may subscribe to.
+    pub acl_read: Vec<String>,
+    /// Free attributes (room, chip serial, ...).
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+    /// active or revoked.
+    pub status: String,
+}
+
+/// A stored CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// CRL number.
+    pub number: i64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// Number of entries.
+    pub revoked: i64,
+    /// DER bytes.
+    pub der: Vec<u8>,
+}
+
+/// The open ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        serial: r.get(0)?,
+        request_id: r.get(1)?,
+        identity: r.get(2)?,
+        profile: r.get(3)?,
+        not_before: r.get(4)?,
+        not_after: r.get(5)?,
+        der: r.get(6)?,
+        issued_at: r.get(7)?,
+        revoked_at: r.get(8)?,
+        reason: r.get(9)?,
+    })
+}
+
+const CERT_COLS: &str = "serial, request_id, identity, profile, not_before, not_after, der, issued_at, revoked_at, reason";
+
+impl Ledger {
+    /// Opens (creating, 0600) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Ledger> {
+        let fresh = !path.exists();
+        if fresh {
+            // Create it 0600 before SQLite does (SQLite would honour the umask).
+            crate::fsutil::write_atomic(path, b"", 0o600)?;
+        } else {
+            crate::fsutil::check_private(path)?;
+        }
+        let e = |source| Error::Ledger {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(e)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(e)?;
+        conn.execute_batch(SCHEMA).map_err(e)?;
+        let ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+        };
+        match ledger.meta("schema_version")? {
+            None => ledger.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(Error::Conflict(format!(
+                    "ledger {} has schema version {v}; this provisioner understands {SCHEMA_VERSION}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(ledger)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Ledger {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Reads a meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Writes a meta value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute("INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", [key, value])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// True if a certificate with this serial exists.
+    pub fn serial_exists(&self, serial: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM certificates WHERE serial = ?1",
+                [serial],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(self.err())
+    }
+
+    /// The certificate issued for a request, if any.
+    pub fn by_request(&self, request_id: &str) -> Result<Option<CertRecord>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {CERT_COLS} FROM certificates WHERE request_id = ?1"),
+                [request_id],
+                cert_from_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// A certificate by serial.
+    pub fn by_serial(&self, serial: &str) -> Result<Option<CertRecord>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {CERT_COLS} FROM certificates WHERE serial = ?1"),
+                [serial],
+                cert_from_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Every certificate, oldest first.
+    pub fn certificates(&self) -> Result<Vec<CertRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {CERT_COLS} FROM certificates ORDER BY issued_at, serial"
+            ))
+            .map_err(self.err())?;
+        let rows = st.query_map([], cert_from_row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Certificates of one identity, oldest first.
+    pub fn certificates_of(&self, identity: &str) -> Result<Vec<CertRecord>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {CERT_COLS} FROM certificates WHERE identity = ?1 ORDER BY issued_at, serial"))
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([identity], cert_from_row)
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Every identity, by id.
+    pub fn identities(&self) -> Result<Vec<IdentityRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, kind, profile, acl_write, acl_read, attrs, status FROM identities ORDER BY id")
+            .map_err(self.err())?;
+        let rows = st.query_map([], identity_from_row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// One identity.
+    pub fn identity(&self, id: &str) -> Result<Option<IdentityRecord>> {
+        self.conn
+            .query_row(
+                "SELECT id, kind, profile, acl_write, acl_read, attrs, status FROM identities WHERE id = ?1",
+                [id],
+                identity_from_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// The newest CRL.
+    pub fn latest_crl(&self) -> Result<Option<CrlRecord>> {
+        self.conn
+            .query_row(
+                "SELECT number, this_update, next_update, revoked, der FROM crls ORDER BY number DESC LIMIT 1",
+                [],
+                |r| Ok(CrlRecord { number: r.get(0)?, this_update: r.get(1)?, next_update: r.get(2)?, revoked: r.get(3)?, der: r.get(4)? }),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Runs `f` in one transaction: all of it is committed, or none.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let path = self.path.clone();
+        let e = |source| Error::Ledger {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        let out = f(&Tx {
+            tx: &tx,
+            path: &path,
+        })?;
+        tx.commit().map_err(e)?;
+        Ok(out)
+    }
+}
+
+fn identity_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdentityRecord> {
+    let json = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+    let list = |s: String| serde_json::from_str::<Vec<String>>(&s).unwrap_or_default();
+    Ok(IdentityRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        profile: r.get(2)?,
+        acl_write: list(json(3)?),
+        acl_read: list(json(4)?),
+        attrs: serde_json::from_str(&json(5)?).unwrap_or_default(),
+        status: r.get(6)?,
+    })
+}
+
+/// Writes inside a ledger transaction.
+pub struct Tx<'a> {
+    tx: &'a Transaction<'a>,
+    path: &'a Path,
+}
+
+impl Tx<'_> {
+    fn err(&self) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Ledger {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Records an issued certificate.
+    pub fn insert_cert(&self, c: &CertRecord) -> Result<()> {
+        self.tx
+            .execute(
+                &format!("INSERT INTO certificates({CERT_COLS}) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![c.serial, c.request_id, c.identity, c.profile, c.not_before, c.not_after, c.der, c.issued_at, c.revoked_at, c.reason],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Creates or updates an identity.
+    pub fn upsert_identity(&self, i: &IdentityRecord, now: i64) -> Result<()> {
+        let w = serde_json::to_string(&i.acl_write).unwrap_or_else(|_| "[]".into());
+        let r = serde_json::to_string(&i.acl_read).unwrap_or_else(|_| "[]".into());
+        let a = serde_json::to_string(&i.attrs).unwrap_or_else(|_| "{}".into());
+        self.tx
+            .execute(
+                "INSERT INTO identities(id, kind, profile, acl_write, acl_read, attrs, status, created_at, updated_at)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                 ON CONFLICT(id) DO UPDATE SET kind = ?2, profile = ?3, acl_write = ?4, acl_read = ?5, attrs = ?6,
+                                               status = ?7, updated_at = ?8",
+                params![i.id, i.kind, i.profile, w, r, a, i.status, now],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Marks every unrevoked certificate of `identity` revoked and the identity revoked.
+    /// Returns the serials revoked.
+    pub fn revoke_identity(&self, identity: &str, reason: &str, now: i64) -> Result<Vec<String>> {
+        let mut st = self
+            .tx
+            .prepare("SELECT serial FROM certificates WHERE identity = ?1 AND revoked_at IS NULL")
+            .map_err(self.err())?;
+        let serials = st
+            .query_map([identity], |r| r.get::<_, String>(0))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())?;
+        self.tx
+            .execute(
+                "UPDATE certificates SET revoked_at = ?2, reason = ?3 WHERE identity = ?1 AND revoked_at IS NULL",
+                params![identity, now, reason],
+            )
+            .map_err(self.err())?;
+        self.tx
+            .execute(
+                "UPDATE identities SET status = 'revoked', updated_at = ?2 WHERE id = ?1",
+                params![identity, now],
+            )
+            .map_err(self.err())?;
+        Ok(serials)
+    }
+
+    /// Revokes one certificate by serial.
+    pub fn revoke_serial(&self, serial: &str, reason: &str, now: i64) -> Result<bool> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE certificates SET revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND revoked_at IS NULL",
+                params![serial, now, reason],
+            )
+            .map_err(self.err())?;
+        Ok(n == 1)
+    }
+
+    /// Revoked certificates that have not expired yet (what a CRL must list).
+    pub fn revoked_unexpired(&self, now: i64) -> Result<Vec<CertRecord>> {
+        let mut st = self
+            .tx
+            .prepare(&format!(
+                "SELECT {CERT_COLS} FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ?1 ORDER BY revoked_at"
+            ))
+            .map_err(self.err())?;
+        let rows = st.query_map([now], cert_from_row).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// The next CRL number (strictly increasing).
+    pub fn next_crl_number(&self) -> Result<i64> {
+        self.tx
+            .query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM crls", [], |r| {
+                r.get(0)
+            })
+            .map_err(self.err())
+    }
+
+    /// Stores a CRL.
+    pub fn insert_crl(&self, c: &CrlRecord) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO crls(number, this_update, next_update, revoked, der) VALUES(?1, ?2, ?3, ?4, ?5)",
+                params![c.number, c.this_update, c.next_update, c.revoked, c.der],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Sets a meta value inside the transaction.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.tx
+            .execute("INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2", [key, value])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// True if a certificate with this serial exists.
+    pub fn serial_exists(&self, serial: &str) -> Result<bool> {
+        self.tx
+            .query_row(
+                "SELECT 1 FROM certificates WHERE serial = ?1",
+                [serial],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(self.err())
+    }
+}

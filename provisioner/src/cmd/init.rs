@@ -1,0 +1,97 @@
+//! `provisioner init`: the CA, the ledger and the site configuration.
+
+use std::path::PathBuf;
+
+use ca::{Authority, InitOptions};
+use manifests::site::{EXAMPLE_SMART_HOME, Site};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::exit::{CliError, Code, Result};
+
+/// Arguments of `init`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Running it again on an initialised home changes nothing and prints the CA's fingerprint."
+)]
+pub struct Args {
+    /// Site file (TOML) describing the broker, topics and device profiles. Default: the
+    /// example house of manifests/examples/smart-home.toml.
+    #[arg(long, value_name = "FILE")]
+    site: Option<PathBuf>,
+    /// Also create an issuing CA under the root; leaves are then signed by it.
+    #[arg(long)]
+    issuing_ca: bool,
+}
+
+/// Runs `init`.
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    let (site, text) = match &args.site {
+        Some(p) => {
+            let site = Site::load(p)?;
+            let text = std::fs::read_to_string(p).map_err(|e| crate::exit::io(p, e))?;
+            (site, text)
+        }
+        None => {
+            if !ctx.layout.site().exists() {
+                eprintln!(
+                    "no --site given: using the example house (edit {} to change it)",
+                    ctx.layout.site().display()
+                );
+            }
+            let text = match std::fs::read_to_string(ctx.layout.site()) {
+                Ok(t) => t,
+                Err(_) => EXAMPLE_SMART_HOME.to_string(),
+            };
+            (Site::from_toml_str("site.toml", &text)?, text)
+        }
+    };
+    let site_path = ctx.layout.site();
+    if let Ok(existing) = std::fs::read_to_string(&site_path)
+        && existing != text
+    {
+        return Err(CliError::new(
+            Code::State,
+            format!("{} already holds a different site", site_path.display()),
+        )
+        .with_help(format!(
+            "edit {} in place, or use another --home for another site",
+            site_path.display()
+        )));
+    }
+    let pass = ctx.passphrase(true)?;
+    let opts = InitOptions {
+        name: format!("{} Root CA", site.site.name),
+        organization: site.site.organization.clone(),
+        issuing_ca: args.issuing_ca,
+    };
+    let report = Authority::init(&ctx.layout, &opts, &pass)?;
+    ca::fsutil::write_atomic(&site_path, text.as_bytes(), 0o600)?;
+    let mut authority = Authority::open(&ctx.layout, &pass)?;
+    authority
+        .store
+        .ledger
+        .set_meta("crl_days", &site.site.crl_days.to_string())?;
+    let crl = authority.crl(false)?;
+    let human = format!(
+        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: provisioner server issue --dns {}",
+        if report.created {
+            "created"
+        } else {
+            "already initialised:"
+        },
+        opts.name,
+        ctx.layout.home.display(),
+        report.root_serial,
+        report.root_fingerprint,
+        report.root_not_after,
+        crl.number,
+        crl.next_update,
+        site.broker.server_name().unwrap_or_else(|| "NAME".into()),
+    );
+    ctx.print(
+        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert() }),
+        &human,
+    );
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `provisioner server issue`: the broker's certificate and key.
+
+use std::net::IpAddr;
+
+use ca::ledger::IdentityRecord;
+use ca::{IssueRequest, Profile, PublicKey, Subject};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::exit::{CliError, Code, Result};
+
+/// `server` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServerCommand {
+    /// Issue the broker's certificate (key generated here, written 0600 under keys/).
+    #[command(
+        after_help = "EXAMPLES:\n  provisioner server issue --dns broker.maison.lan --dns raspberrypi.local --ip 192.168.1.10\n\n\
+Running it again with the same names prints the existing certificate; other names give a new\n\
+certificate for the same key."
+    )]
+    Issue(IssueArgs),
+}
+
+/// Arguments of `server issue`.
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    /// DNS name in the SAN (repeatable). Default: the site's broker names.
+    #[arg(long, value_name = "NAME")]
+    dns: Vec<String>,
+    /// IP address in the SAN (repeatable). Default: the site's broker addresses.
+    #[arg(long, value_name = "IP")]
+    ip: Vec<IpAddr>,
+    /// Identity of this broker in the ledger.
+    #[arg(long, default_value = "broker")]
+    id: String,
+}
+
+/// Runs `server`.
+pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
+    let ServerCommand::Issue(args) = cmd;
+    manifests::topic::check_identity(&args.id)
+        .map_err(|e| CliError::new(Code::Input, format!("--id: expected {e}")))?;
+    let site = ctx.site()?;
+    let (mut dns, mut ips) = (args.dns, args.ip);
+    if dns.is_empty() && ips.is_empty() {
+        dns = site.broker.dns.clone();
+        ips = site.broker.ip.clone();
+    }
+    let mut authority = ctx.authority()?;
+    let key_path = ctx.layout.keys_dir().join(format!("{}.key", args.id));
+    // A key from an earlier (possibly interrupted) run is reused: same key, same request.
+    let key = if key_path.exists() {
+        ca::keys::read_plain(&key_path)?
+    } else {
+        let k = ca::keys::generate()?;
+        ca::keys::write_plain(&key_path, &k)?;
+        k
+    };
+    let public_key = PublicKey::from_sec1(key.public_key_raw())?;
+    let mut names: Vec<String> = dns
+        .iter()
+        .cloned()
+        .chain(ips.iter().map(ToString::to_string))
+        .collect();
+    names.sort();
+    let request_id = ca::authority::request_id(&[
+        b"server",
+        args.id.as_bytes(),
+        &public_key.0,
+        names.join(",").as_bytes(),
+    ]);
+    let subject = Subject {
+        common_name: dns
+            .first()
+            .cloned()
+            .or_else(|| ips.first().map(ToString::to_string))
+            .unwrap_or_default(),
+        organization: site.site.organization.clone(),
+        dns: dns.clone(),
+        ips: ips.clone(),
+        uris: vec![],
+    };
+    let identity = IdentityRecord {
+        id: args.id.clone(),
+        kind: "server".into(),
+        profile: "server".into(),
+        acl_write: vec![],
+        acl_read: vec![],
+        attrs: Default::default(),
+        status: "active".into(),
+    };
+    let issued = authority.issue(IssueRequest {
+        profile: Profile::Server,
+        subject,
+        public_key,
+        request_id,
+        days: site.site.leaf_days,
+        identity: Some(identity),
+    })?;
+    authority
+        .store
+        .ledger
+        .set_meta(&format!("server:{}", args.id), &issued.record.serial)?;
+    let human = format!(
+        "{} broker certificate {} for {}\n  certificate  {}\n  key          {} (0600)\n  next: provisioner emit broker --out DIR",
+        if issued.existing {
+            "existing"
+        } else {
+            "issued"
+        },
+        issued.record.serial,
+        names.join(", "),
+        issued.path.display(),
+        key_path.display(),
+    );
+    ctx.print(
+        &json!({ "serial": issued.record.serial, "existing": issued.existing, "certificate": issued.path, "key": key_path, "names": names }),
+        &human,
+    );
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! What every command shares: the home, where the passphrase comes from, output mode.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use ca::{Authority, Layout, Passphrase, Store};
+use manifests::site::Site;
+
+use crate::exit::{CliError, Code, Result};
+
+/// Environment variable holding the CA passphrase.
+pub const PASSPHRASE_ENV: &str = "PROVISIONER_PASSPHRASE";
+
+/// Shared command context.
+pub struct Context {
+    /// Home layout.
+    pub layout: Layout,
+    passphrase_file: Option<PathBuf>,
+    /// JSON output requested.
+    pub json: bool,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(home: PathBuf, passphrase_file: Option<PathBuf>, json: bool) -> Self {
+        Context {
+            layout: Layout::new(home),
+            passphrase_file,
+            json,
+        }
+    }
+
+    /// The CA passphrase: env, file, or prompt (twice when `new`).
+    pub fn passphrase(&self, new: bool) -> Result<Passphrase> {
+        if let Some(path) = &self.passphrase_file {
+            ca::fsutil::check_private(path)?;
+            let bytes = ca::fsutil::read_bounded(path, 4096)?;
+            let s = String::from_utf8(bytes).map_err(|_| {
+                CliError::new(
+                    Code::Input,
+                    format!("{}: passphrase file is not UTF-8", path.display()),
+                )
+            })?;
+            return Ok(Passphrase::new(s));
+        }
+        if let Ok(s) = std::env::var(PASSPHRASE_ENV) {
+            return Ok(Passphrase::new(s));
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::new(
+                Code::Credentials,
+                "the CA passphrase is needed and there is no terminal to ask on",
+            )
+            .with_help(format!(
+                "set {PASSPHRASE_ENV} or pass --passphrase-file FILE (mode 0600)"
+            )));
+        }
+        let first = rpassword::prompt_password(if new {
+            "New CA passphrase: "
+        } else {
+            "CA passphrase: "
+        })
+        .map_err(|e| {
+            CliError::new(
+                Code::Credentials,
+                format!("cannot read the passphrase: {e}"),
+            )
+        })?;
+        let first = Passphrase::new(first);
+        if new {
+            first.check_strength()?;
+            let again = rpassword::prompt_password("Repeat passphrase: ").map_err(|e| {
+                CliError::new(
+                    Code::Credentials,
+                    format!("cannot read the passphrase: {e}"),
+                )
+            })?;
+            if !Passphrase::new(again).matches(&first) {
+                return Err(CliError::new(
+                    Code::Credentials,
+                    "the two passphrases differ; nothing was created",
+                ));
+            }
+        }
+        Ok(first)
+    }
+
+    /// Opens the ledger and files without the CA key.
+    pub fn store(&self) -> Result<Store> {
+        Ok(Store::open(&self.layout).map_err(|e| CliError::from(e).with_help("run `provisioner init` to create a CA, or point --home / PROVISIONER_HOME at an existing one"))?)
+    }
+
+    /// Opens the CA with its signing key.
+    pub fn authority(&self) -> Result<Authority> {
+        let store_ok = self.layout.ledger().exists();
+        if !store_ok {
+            self.store()?;
+        }
+        let pass = self.passphrase(false)?;
+        Ok(Authority::open(&self.layout, &pass)?)
+    }
+
+    /// The site file stored in the home.
+    pub fn site(&self) -> Result<Site> {
+        let path = self.layout.site();
+        if !path.exists() {
+            return Err(
+                CliError::new(Code::State, format!("{} is missing", path.display()))
+                    .with_help("run `provisioner init` (it writes the site file)"),
+            );
+        }
+        Ok(Site::load(&path)?)
+    }
+
+    /// Prints a result: JSON on stdout in `--json` mode, otherwise the human text.
+    pub fn print(&self, value: &serde_json::Value, human: &str) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
+        } else if !human.is_empty() {
+            println!("{human}");
+        }
+    }
+}

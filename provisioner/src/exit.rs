@@ -1,0 +1,96 @@
+//! The CLI's error: a message, an optional next step, and a documented exit code.
+
+use std::fmt;
+
+/// Exit codes (documented in `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// 1: I/O, SQLite, generation failures.
+    Failure = 1,
+    /// 3: invalid input; nothing changed.
+    Input = 3,
+    /// 4: credentials; nothing changed.
+    Credentials = 4,
+    /// 5: state; nothing changed.
+    State = 5,
+}
+
+/// A CLI error.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    help: Option<String>,
+    code: Code,
+}
+
+impl CliError {
+    /// A new error.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            help: None,
+            code,
+        }
+    }
+
+    /// Adds the next thing the operator should do.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// The hint, if any.
+    pub fn help(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+
+    /// The process exit code.
+    pub fn code(&self) -> i32 {
+        self.code as i32
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<ca::Error> for CliError {
+    fn from(e: ca::Error) -> Self {
+        use ca::Error as E;
+        let code = match &e {
+            E::WrongPassphrase { .. }
+            | E::InsecurePermissions { .. }
+            | E::WeakPassphrase { .. } => Code::Credentials,
+            E::BadRequest(_) | E::BadFile { .. } => Code::Input,
+            E::CaUnavailable(_) | E::Conflict(_) => Code::State,
+            _ => Code::Failure,
+        };
+        let help = match &e {
+            E::WrongPassphrase { .. } => Some(
+                "check PROVISIONER_PASSPHRASE or the --passphrase-file; the passphrase is the one given to `provisioner init`",
+            ),
+            _ => None,
+        };
+        let err = CliError::new(code, e.to_string());
+        match help {
+            Some(h) => err.with_help(h),
+            None => err,
+        }
+    }
+}
+
+impl From<manifests::Error> for CliError {
+    fn from(e: manifests::Error) -> Self {
+        CliError::new(Code::Input, e.to_string())
+    }
+}
+
+/// Result with [`CliError`].
+pub type Result<T> = std::result::Result<T, CliError>;
+
+/// Wraps an I/O error with the file it concerns.
+pub fn io(path: &std::path::Path, e: std::io::Error) -> CliError {
+    CliError::new(Code::Failure, format!("{}: {e}", path.display()))
+}
