@@ -192,7 +192,8 @@ mod tests {
     fn ldro_only_for_long_symbols() {
         assert!(Modulation::new(11, 125_000, 5).expect("v").ldro);
         assert!(Modulation::new(12, 125_000, 5).expect("v").ldro);
-        assert!(!Modulation::new(12, 250_000, 5).expect("v").ldro);
+        assert!(Modulation::new(12, 250_000, 5).expect("v").ldro);
+        assert!(!Modulation::new(11, 250_000, 5).expect("v").ldro);
         assert!(!Modulation::new(10, 125_000, 5).expect("v").ldro);
     }
 

@@ -15,7 +15,7 @@
 //!
 //! Bytes on air for one 16-byte reading on a known topic: 9 (frame) + 2 (record) + 16 = 27,
 //! against ~129 with the JWT/AES-CBC/base64 scheme it replaces; at SF7/125 kHz that is
-//! 66.816 ms instead of 215.296 ms on air.
+//! 66.816 ms instead of 215.296 ms on air (SF12: 1646.592 ms instead of 4923.392 ms).
 
 pub mod air;
 pub mod airtime;

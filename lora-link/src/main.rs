@@ -1,0 +1,280 @@
+//! `lora-link`: the LoRa receiver daemon and the simulated-air tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use lora_link::air::{AirFrame, AirHub, AirMsg, AirPort, HubConfig};
+use lora_link::airtime::{Modulation, format_ms};
+use lora_link::link::LinkReceiver;
+use lora_link::rx::{self, JsonLinesSink};
+
+/// Secure LoRa link: receiver daemon, simulated air, frame injection and capture.
+///
+/// EXIT CODES: 0 success, 1 runtime error (radio, hub, state), 2 bad arguments or manifest.
+#[derive(Debug, Parser)]
+#[command(name = "lora-link", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Receive, verify, decrypt and de-duplicate frames; print one JSON line per record.
+    ///
+    /// Records go to stdout as {"topic","payload" (if UTF-8),"payload_hex","from","counter",
+    /// "rssi","snr"}; rejected frames go to stderr as {"rejected": reason, "error"}.
+    ///
+    /// EXAMPLES:
+    ///   lora-link rx --manifest /etc/lora-link/receiver.toml
+    ///   lora-link rx --manifest receiver.toml --count 1
+    Rx {
+        /// Receiver manifest (written by `provisioner emit receiver ID`, mode 0600).
+        #[arg(long, env = "LORA_LINK_MANIFEST")]
+        manifest: PathBuf,
+        /// Stop after this many accepted frames.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Run the simulated air: a UDP hub on 127.0.0.1 for emulated SX1276s.
+    ///
+    /// EXAMPLES:
+    ///   lora-link air --listen 127.0.0.1:7700
+    ///   lora-link air --loss 0.1 --corrupt 0.05 --record air.jsonl
+    Air {
+        /// Address to listen on (loopback only).
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// Probability of losing a frame (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Probability of corrupting a frame with 1-3 bit flips (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        corrupt: f64,
+        /// Random seed (reproducible loss and corruption).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Append every frame as a JSON line to this file (replayable with `inject --file`).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Inject raw frames into the simulated air (delivered without loss or corruption).
+    ///
+    /// EXAMPLES:
+    ///   lora-link inject --hex 010a05050000deadbeef
+    ///   lora-link inject --file air.jsonl          # replay a recording or a sniff capture
+    Inject {
+        /// Hub address.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        hub: SocketAddr,
+        /// Frame bytes as hex.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        hex: Option<String>,
+        /// JSON lines with a "hex" field (and optionally freq_hz, sf, bw_hz, cr, crc, ldro).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        phy: PhyArgs,
+    },
+    /// Print frames on the simulated air as JSON lines.
+    ///
+    /// EXAMPLES:
+    ///   lora-link sniff --count 10
+    ///   lora-link sniff --timeout 30 > capture.jsonl
+    Sniff {
+        /// Hub address.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        hub: SocketAddr,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Print the time on air of a LoRa frame (Semtech formula, preamble 8, explicit header,
+    /// LDRO when a symbol exceeds 16 ms).
+    ///
+    /// EXAMPLES:
+    ///   lora-link airtime --sf 7 --bw 125000 --cr 5 --bytes 16      # 51.456 ms
+    ///   lora-link airtime --sf 12 --bw 125000 --cr 5 --bytes 129    # 4923.392 ms
+    Airtime {
+        /// Spreading factor 7..12.
+        #[arg(long)]
+        sf: u8,
+        /// Bandwidth in Hz (125000, 250000, 500000).
+        #[arg(long, default_value_t = 125_000)]
+        bw: u32,
+        /// Coding rate denominator 5..8 (4/5..4/8).
+        #[arg(long, default_value_t = 5)]
+        cr: u8,
+        /// PHY payload length in bytes.
+        #[arg(long)]
+        bytes: usize,
+        /// Payload CRC off.
+        #[arg(long)]
+        no_crc: bool,
+        /// Preamble length in symbols.
+        #[arg(long, default_value_t = 8)]
+        preamble: u16,
+    },
+}
+
+/// PHY settings of injected frames (defaults: 868.0 MHz, SF7, 125 kHz, 4/5, CRC on).
+#[derive(Debug, clap::Args)]
+struct PhyArgs {
+    /// Frequency in MHz.
+    #[arg(long, default_value_t = 868.0)]
+    freq_mhz: f64,
+    /// Spreading factor.
+    #[arg(long, default_value_t = 7)]
+    sf: u8,
+    /// Bandwidth in Hz.
+    #[arg(long, default_value_t = 125_000)]
+    bw: u32,
+    /// Coding rate denominator.
+    #[arg(long, default_value_t = 5)]
+    cr: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("lora-link: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type CliResult = Result<(), (u8, String)>;
+
+fn rt<E: std::fmt::Display>(e: E) -> (u8, String) {
+    (1, e.to_string())
+}
+fn usage<E: std::fmt::Display>(e: E) -> (u8, String) {
+    (2, e.to_string())
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.cmd {
+        Cmd::Airtime {
+            sf,
+            bw,
+            cr,
+            bytes,
+            no_crc,
+            preamble,
+        } => {
+            let mut m = Modulation::new(sf, bw, cr).map_err(usage)?;
+            m.crc = !no_crc;
+            m.preamble = preamble;
+            println!("{}", format_ms(m.time_on_air(bytes)));
+            Ok(())
+        }
+        Cmd::Air {
+            listen,
+            loss,
+            corrupt,
+            seed,
+            record,
+        } => {
+            if !(0.0..=1.0).contains(&loss) || !(0.0..=1.0).contains(&corrupt) {
+                return Err(usage("--loss and --corrupt are probabilities in 0..1"));
+            }
+            let hub = AirHub::bind(
+                listen,
+                HubConfig {
+                    loss,
+                    corrupt,
+                    seed,
+                    record,
+                },
+            )
+            .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
+            eprintln!("lora-link air: listening on {}", hub.local_addr().map_err(rt)?);
+            let stop = AtomicBool::new(false);
+            hub.run(&stop).map_err(rt)
+        }
+        Cmd::Inject { hub, hex, file, phy } => {
+            let port = AirPort::connect(hub).map_err(usage)?;
+            let frames: Vec<AirFrame> = match (hex, file) {
+                (Some(h), _) => {
+                    let bytes = hex::decode(h.trim()).map_err(|e| usage(format!("--hex: {e}")))?;
+                    if bytes.len() > 255 {
+                        return Err(usage("--hex: a LoRa frame has at most 255 bytes"));
+                    }
+                    let mut f = AirFrame::new(bytes);
+                    f.freq_hz = (phy.freq_mhz * 1e6).round() as u32;
+                    f.sf = phy.sf;
+                    f.bw_hz = phy.bw;
+                    f.cr = phy.cr;
+                    f.ldro = Modulation::new(phy.sf, phy.bw, phy.cr).map_err(usage)?.ldro;
+                    vec![f]
+                }
+                (None, Some(p)) => {
+                    let text = std::fs::read_to_string(&p).map_err(|e| usage(format!("{}: {e}", p.display())))?;
+                    let mut v = Vec::new();
+                    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                        let mut f: AirFrame = serde_json::from_str(line)
+                            .map_err(|e| usage(format!("{}:{}: {e}", p.display(), i + 1)))?;
+                        if f.payload.len() > 255 {
+                            return Err(usage(format!("{}:{}: frame longer than 255 bytes", p.display(), i + 1)));
+                        }
+                        f.crc_error = false;
+                        f.start_us = lora_link::air::now_us();
+                        v.push(f);
+                    }
+                    v
+                }
+                (None, None) => return Err(usage("give --hex or --file")),
+            };
+            for f in &frames {
+                port.send(&AirMsg::Inject(f.clone())).map_err(rt)?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("lora-link inject: {} frame(s) sent to {hub}", frames.len());
+            Ok(())
+        }
+        Cmd::Sniff { hub, count, timeout } => {
+            let port = AirPort::connect(hub).map_err(usage)?;
+            let deadline = timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+            let mut n = 0u64;
+            let mut hello = std::time::Instant::now();
+            while count.is_none_or(|c| n < c) && deadline.is_none_or(|d| std::time::Instant::now() < d) {
+                if let Some(f) = port.recv_timeout(Duration::from_millis(200)).map_err(rt)? {
+                    println!("{}", serde_json::to_string(&f).map_err(rt)?);
+                    n += 1;
+                }
+                if hello.elapsed() > Duration::from_secs(5) {
+                    // re-attach in case the hub restarted
+                    let _ = port.send(&AirMsg::Hello);
+                    hello = std::time::Instant::now();
+                }
+            }
+            Ok(())
+        }
+        Cmd::Rx { manifest, count } => {
+            let loaded = manifests::link::LinkManifest::load(&manifest).map_err(usage)?;
+            let mut receiver = LinkReceiver::from_manifest(&loaded).map_err(usage)?;
+            let mut radio = lora_link::radio::open(&loaded.manifest.radio, loaded.manifest.air.as_ref()).map_err(rt)?;
+            let mut sink = JsonLinesSink::new(std::io::stdout().lock(), std::io::stderr());
+            let stop = Arc::new(AtomicBool::new(false));
+            let r = rx::run(&mut radio, &mut receiver, &mut sink, &stop, count);
+            let s = receiver.stats();
+            eprintln!(
+                "{}",
+                serde_json::json!({"accepted": s.frames_accepted, "records": s.records,
+                    "phy_crc_errors": s.phy_crc_errors, "rejected": s.rejected})
+            );
+            r.map_err(rt)
+        }
+    }
+}
