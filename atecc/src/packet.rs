@@ -310,10 +310,10 @@ pub fn parse_response(frame: &[u8]) -> Result<&[u8], Error> {
         return Err(Error::ResponseCrc);
     }
     let data = &body[1..];
-    if let [code] = data {
-        if let Some(status) = Status::from_code(*code) {
-            return Err(Error::Status(status));
-        }
+    if let [code] = data
+        && let Some(status) = Status::from_code(*code)
+    {
+        return Err(Error::Status(status));
     }
     Ok(data)
 }

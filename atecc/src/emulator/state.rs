@@ -69,7 +69,7 @@ fn from_hex(s: &str, what: &str) -> io::Result<Vec<u8>> {
             std::format!("state file: {what} is not hex"),
         )
     };
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..s.len())
