@@ -456,35 +456,62 @@ fn ecdh() {
 
 #[test]
 fn update_extra() {
+    // Before config lock, as cryptoauthlib's calib_write_config_zone uses it.
     let mut chip = awake_blank();
-    expect_refused(
+    run(
         &mut chip,
-        Command::update_extra(UpdateExtraMode::UserExtra, 0x42),
-        Exec,
-    );
-    let mut chip = config_locked_chip();
+        Command::update_extra(UpdateExtraMode::UserExtra, 0x00),
+    )
+    .unwrap();
     run(
         &mut chip,
         Command::update_extra(UpdateExtraMode::UserExtra, 0x42),
     )
     .unwrap();
     assert_eq!(chip.config_zone().user_extra(), 0x42);
+    // UserExtra only while it is 0.
     expect_refused(
         &mut chip,
         Command::update_extra(UpdateExtraMode::UserExtra, 0x43),
         Exec,
-    ); // only while 0
+    );
+    let mut chip = config_locked_chip();
     run(
         &mut chip,
         Command::update_extra(UpdateExtraMode::Selector, 0xC4),
     )
     .unwrap();
-    assert_eq!(chip.config_zone().selector(), 0xC4);
+    run(
+        &mut chip,
+        Command::update_extra(UpdateExtraMode::Selector, 0xC6),
+    )
+    .unwrap(); // SelectorMode 0
+    assert_eq!(chip.config_zone().selector(), 0xC6);
     expect_refused(&mut chip, Command::new(Opcode::UpdateExtra, 3, 0), Parse);
     expect_refused(
         &mut chip,
         Command::update_extra(UpdateExtraMode::DecrementLimitedUse, 16),
         Parse,
+    );
+    expect_refused(
+        &mut chip,
+        Command::with_data(Opcode::UpdateExtra, 0, 0, &[1]),
+        Parse,
+    );
+    // With SelectorMode set, Selector is written only while it is 0.
+    let mut chip = Chip::new_blank();
+    let mut zone = expected_zone(&mut chip);
+    zone.set_chip_mode(atecc::config::ChipMode(0).with_selector_mode(true));
+    Client::new(&mut chip).write_config_zone(&zone).unwrap();
+    run(
+        &mut chip,
+        Command::update_extra(UpdateExtraMode::Selector, 0xC4),
+    )
+    .unwrap();
+    expect_refused(
+        &mut chip,
+        Command::update_extra(UpdateExtraMode::Selector, 0xC6),
+        Exec,
     );
 }
 

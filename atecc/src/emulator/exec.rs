@@ -620,12 +620,14 @@ fn update_extra(cmd: &Command<'_>, nv: &mut NvState) -> Out {
     let cfg = nv.config;
     let value = (cmd.param2 & 0xFF) as u8;
     match cmd.param1 {
+        // cryptoauthlib's calib_write_config_zone runs UpdateExtra on an unlocked config zone
+        // and expects it to fail only "if either value is already non-zero", so the lock
+        // state is not checked for bytes 84 and 85 ([DS] describes use after config lock).
         0 => {
-            require(cfg.is_config_locked() && cfg.user_extra() == 0, Exec)?;
+            require(cfg.user_extra() == 0, Exec)?;
             nv.config.set_user_extra(value);
         }
         1 => {
-            require(cfg.is_config_locked(), Exec)?;
             require(
                 !cfg.chip_mode().selector_mode() || cfg.selector() == 0,
                 Exec,

@@ -76,8 +76,8 @@ impl Timing {
 /// Fault injection for tests: each counter says how many of the next events fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Faults {
-    /// Corrupt the CRC of this many next responses (the state change still happens, as on a
-    /// noisy bus: the host must re-read, not re-execute).
+    /// Corrupt the CRC of this many next responses as they are read (the command still took
+    /// effect, as on a noisy bus: the host should re-read after a Reset, not re-execute).
     pub response_crc_errors: u32,
     /// NACK this many next I2C transfers (writes or reads).
     pub nacks: u32,
@@ -110,6 +110,8 @@ pub struct Chip {
     busy_until: Instant,
     output: Vec<u8>,
     output_pos: usize,
+    /// An injected CRC error spoils the next delivery of the response's last byte.
+    corrupt_output: bool,
     timing: Timing,
     faults: Faults,
     path: Option<PathBuf>,
@@ -144,6 +146,7 @@ impl Chip {
             busy_until: now,
             output: Vec::new(),
             output_pos: 0,
+            corrupt_output: false,
             timing: Timing::None,
             faults: Faults::default(),
             path: None,
@@ -374,6 +377,11 @@ impl Chip {
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
         self.output_pos += n;
+        if n > 0 && self.corrupt_output && self.output_pos == self.output.len() {
+            // Noise on the bus: this delivery is spoilt, the chip's buffer is not.
+            buf[n - 1] ^= 0xA5;
+            self.corrupt_output = false;
+        }
         Ok(n)
     }
 
@@ -437,7 +445,7 @@ impl Chip {
                 }
             }
         };
-        let mut frame = match result {
+        let frame = match result {
             Ok(data) => {
                 let mut buf = [0u8; MAX_RESPONSE];
                 match encode_response(&data, &mut buf) {
@@ -449,9 +457,7 @@ impl Chip {
         };
         if self.faults.response_crc_errors > 0 {
             self.faults.response_crc_errors -= 1;
-            if let Some(last) = frame.last_mut() {
-                *last ^= 0xA5;
-            }
+            self.corrupt_output = true;
         }
         (frame, busy)
     }
