@@ -166,6 +166,13 @@ impl<T: Transport> Client<T> {
         self.execute_status(&Command::lock(LockTarget::Data, summary))
     }
 
+    /// Locks the data and OTP zones without the CRC summary check (what cryptoauthlib's
+    /// `atcab_lock_data_zone` does; use it only when the host cannot know every slot's
+    /// contents, e.g. factory data in slots it never wrote).
+    pub fn lock_data_unchecked(&mut self) -> ClientResult<(), T::Error> {
+        self.execute_status(&Command::lock_unchecked(LockTarget::Data))
+    }
+
     /// Locks one slot (KeyConfig.Lockable).
     pub fn lock_slot(&mut self, slot: u8) -> ClientResult<(), T::Error> {
         self.execute_status(&Command::lock(LockTarget::Slot(slot), 0))
