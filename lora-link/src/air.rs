@@ -228,7 +228,10 @@ impl AirMsg {
 struct Reader<'a>(&'a [u8]);
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], AirDecodeError> {
-        let (h, t) = self.0.split_at_checked(N).ok_or(AirDecodeError::Truncated)?;
+        let (h, t) = self
+            .0
+            .split_at_checked(N)
+            .ok_or(AirDecodeError::Truncated)?;
         self.0 = t;
         h.try_into().map_err(|_| AirDecodeError::Truncated)
     }
@@ -392,7 +395,10 @@ impl AirHub {
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let record = match &cfg.record {
             Some(p) => Some(BufWriter::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
             )),
             None => None,
         };
@@ -439,7 +445,14 @@ impl AirHub {
         while !stop.load(Ordering::SeqCst) {
             let (n, src) = match self.socket.recv_from(&mut buf) {
                 Ok(x) => x,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
                 Err(_) => continue, // e.g. ICMP port unreachable from a departed port
             };
             let msg = AirMsg::decode(&buf[..n]);
@@ -464,7 +477,12 @@ impl AirHub {
             return;
         }
         if self.ports.len() >= MAX_PORTS
-            && let Some(i) = self.ports.iter().enumerate().min_by_key(|(_, p)| p.1).map(|(i, _)| i)
+            && let Some(i) = self
+                .ports
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.1)
+                .map(|(i, _)| i)
         {
             self.ports.swap_remove(i);
         }
@@ -556,7 +574,12 @@ mod tests {
     #[test]
     fn datagram_round_trip() {
         let f = AirFrame::new(vec![1, 2, 3]);
-        for m in [AirMsg::Tx(f.clone()), AirMsg::Inject(f.clone()), AirMsg::Deliver(f), AirMsg::Hello] {
+        for m in [
+            AirMsg::Tx(f.clone()),
+            AirMsg::Inject(f.clone()),
+            AirMsg::Deliver(f),
+            AirMsg::Hello,
+        ] {
             assert_eq!(AirMsg::decode(&m.encode()), Ok(m));
         }
         assert_eq!(AirMsg::decode(b"LRA"), Err(AirDecodeError::Truncated));
@@ -569,7 +592,8 @@ mod tests {
 
     #[test]
     fn hub_refuses_non_loopback() {
-        let e = AirHub::bind("0.0.0.0:0".parse().expect("addr"), HubConfig::default()).expect_err("refused");
+        let e = AirHub::bind("0.0.0.0:0".parse().expect("addr"), HubConfig::default())
+            .expect_err("refused");
         assert!(e.to_string().contains("loopback"));
     }
 }

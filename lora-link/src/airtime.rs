@@ -118,7 +118,8 @@ impl Modulation {
     pub fn time_on_air(&self, len: usize) -> Duration {
         // 4 * (Npre + 4.25 + nPayload) symbols, kept integer.
         let quarter_symbols = 4 * (u64::from(self.preamble) + self.payload_symbols(len)) + 17;
-        let ns = (quarter_symbols * (1_000_000_000u64 << self.sf)) / (4 * u64::from(self.bw_hz.max(1)));
+        let ns =
+            (quarter_symbols * (1_000_000_000u64 << self.sf)) / (4 * u64::from(self.bw_hz.max(1)));
         Duration::from_nanos(ns)
     }
 
@@ -151,7 +152,11 @@ mod tests {
     use super::*;
 
     fn toa(sf: u8, len: usize) -> String {
-        format_ms(Modulation::new(sf, 125_000, 5).expect("valid").time_on_air(len))
+        format_ms(
+            Modulation::new(sf, 125_000, 5)
+                .expect("valid")
+                .time_on_air(len),
+        )
     }
 
     #[test]
@@ -178,7 +183,11 @@ mod tests {
 
     #[test]
     fn symbol_counts_match_the_reference() {
-        let s = |sf, len| Modulation::new(sf, 125_000, 5).expect("valid").payload_symbols(len);
+        let s = |sf, len| {
+            Modulation::new(sf, 125_000, 5)
+                .expect("valid")
+                .payload_symbols(len)
+        };
         assert_eq!(s(7, 10), 28);
         assert_eq!(s(11, 10), 23);
         assert_eq!(s(7, 16), 38);
@@ -199,8 +208,17 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        assert_eq!(Modulation::new(6, 125_000, 5), Err(ModulationError::SpreadingFactor(6)));
-        assert_eq!(Modulation::new(7, 62_500, 5), Err(ModulationError::Bandwidth(62_500)));
-        assert_eq!(Modulation::new(7, 125_000, 9), Err(ModulationError::CodingRate(9)));
+        assert_eq!(
+            Modulation::new(6, 125_000, 5),
+            Err(ModulationError::SpreadingFactor(6))
+        );
+        assert_eq!(
+            Modulation::new(7, 62_500, 5),
+            Err(ModulationError::Bandwidth(62_500))
+        );
+        assert_eq!(
+            Modulation::new(7, 125_000, 9),
+            Err(ModulationError::CodingRate(9))
+        );
     }
 }

@@ -139,7 +139,10 @@ mod tests {
     fn fips197_c1() {
         let k = h16("000102030405060708090a0b0c0d0e0f");
         let p = h16("00112233445566778899aabbccddeeff");
-        assert_eq!(hex::encode(aes_encrypt_block(&k, p)), "69c4e0d86a7b0430d8cdb78070b4c55a");
+        assert_eq!(
+            hex::encode(aes_encrypt_block(&k, p)),
+            "69c4e0d86a7b0430d8cdb78070b4c55a"
+        );
     }
 
     #[test]

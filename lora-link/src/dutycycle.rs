@@ -27,12 +27,42 @@ pub struct SubBand {
 
 /// EU868 sub-bands (ETSI EN 300 220-2 V3.2.1).
 pub const EU868_SUB_BANDS: [SubBand; 6] = [
-    SubBand { name: "K", low_hz: 863_000_000, high_hz: 865_000_000, duty_ppm: 1_000 },
-    SubBand { name: "L", low_hz: 865_000_000, high_hz: 868_000_000 - 1, duty_ppm: 10_000 },
-    SubBand { name: "M (g1)", low_hz: 868_000_000, high_hz: 868_600_000, duty_ppm: 10_000 },
-    SubBand { name: "N", low_hz: 868_700_000, high_hz: 869_200_000, duty_ppm: 1_000 },
-    SubBand { name: "P (g3)", low_hz: 869_400_000, high_hz: 869_650_000, duty_ppm: 100_000 },
-    SubBand { name: "Q", low_hz: 869_700_000, high_hz: 870_000_000, duty_ppm: 10_000 },
+    SubBand {
+        name: "K",
+        low_hz: 863_000_000,
+        high_hz: 865_000_000,
+        duty_ppm: 1_000,
+    },
+    SubBand {
+        name: "L",
+        low_hz: 865_000_000,
+        high_hz: 868_000_000 - 1,
+        duty_ppm: 10_000,
+    },
+    SubBand {
+        name: "M (g1)",
+        low_hz: 868_000_000,
+        high_hz: 868_600_000,
+        duty_ppm: 10_000,
+    },
+    SubBand {
+        name: "N",
+        low_hz: 868_700_000,
+        high_hz: 869_200_000,
+        duty_ppm: 1_000,
+    },
+    SubBand {
+        name: "P (g3)",
+        low_hz: 869_400_000,
+        high_hz: 869_650_000,
+        duty_ppm: 100_000,
+    },
+    SubBand {
+        name: "Q",
+        low_hz: 869_700_000,
+        high_hz: 870_000_000,
+        duty_ppm: 10_000,
+    },
 ];
 
 /// The EU868 sub-band holding `freq_hz`, if any (868.0 MHz lies in M / g1, 1 %).
@@ -48,7 +78,9 @@ pub fn eu868_sub_band(freq_hz: u32) -> Option<SubBand> {
 pub fn duty_ppm_for(freq_hz: u32, override_percent: Option<f64>) -> u32 {
     match override_percent {
         Some(p) => (p * 10_000.0).round().clamp(1.0, 1_000_000.0) as u32,
-        None => eu868_sub_band(freq_hz).map(|b| b.duty_ppm).unwrap_or(10_000),
+        None => eu868_sub_band(freq_hz)
+            .map(|b| b.duty_ppm)
+            .unwrap_or(10_000),
     }
 }
 
@@ -109,7 +141,10 @@ impl DutyCycleBudget {
             return Some(now);
         }
         // usage is non-increasing in the start time: binary search on microseconds.
-        let (mut lo, mut hi) = (now.as_micros() as u64, (now + self.window).as_micros() as u64);
+        let (mut lo, mut hi) = (
+            now.as_micros() as u64,
+            (now + self.window).as_micros() as u64,
+        );
         while lo + 1 < hi {
             let mid = lo + (hi - lo) / 2;
             if self.allows(Duration::from_micros(mid), toa) {

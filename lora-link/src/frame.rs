@@ -152,7 +152,13 @@ impl RawFrame<'_> {
     /// Decrypts the ciphertext (call only after [`RawFrame::mic_ok`]).
     pub fn decrypt(&self, keys: &LinkKeys, counter: u32) -> Vec<u8> {
         let mut p = self.ciphertext.to_vec();
-        lorawan_crypt(&keys.enc, DIR_UP, dev_addr(self.from, self.to), counter, &mut p);
+        lorawan_crypt(
+            &keys.enc,
+            DIR_UP,
+            dev_addr(self.from, self.to),
+            counter,
+            &mut p,
+        );
         p
     }
 }
@@ -170,7 +176,10 @@ mod tests {
         let r = parse(&f).expect("parse");
         assert_eq!(r.counter_low, 0x2345);
         assert!(r.mic_ok(&keys, 0x0001_2345));
-        assert!(!r.mic_ok(&keys, 0x0002_2345), "upper counter bits are authenticated");
+        assert!(
+            !r.mic_ok(&keys, 0x0002_2345),
+            "upper counter bits are authenticated"
+        );
         assert_eq!(r.decrypt(&keys, 0x0001_2345), b"hello");
         assert_ne!(&f[5..10], b"hello");
     }
@@ -187,7 +196,10 @@ mod tests {
     fn bad_shapes() {
         assert_eq!(parse(&[0; 8]), Err(ParseError::TooShort { len: 8 }));
         assert_eq!(parse(&[0; 256]), Err(ParseError::TooLong { len: 256 }));
-        assert_eq!(parse(&[0xff, 1, 0, 0, 0, 0, 0, 0, 0]), Err(ParseError::NotSecure { flags: 0 }));
+        assert_eq!(
+            parse(&[0xff, 1, 0, 0, 0, 0, 0, 0, 0]),
+            Err(ParseError::NotSecure { flags: 0 })
+        );
         let keys = LinkKeys::derive(&[1u8; 16]);
         assert!(seal(&keys, 1, 2, 3, &[0; 247]).is_err());
         assert!(seal(&keys, 1, 2, 3, &[0; 246]).is_ok());

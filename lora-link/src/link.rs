@@ -201,11 +201,17 @@ impl LinkSender {
         ))?;
         let cfg = SenderConfig::new(
             m.node.address,
-            m.destination().unwrap_or(manifests::link::BROADCAST_ADDRESS),
+            m.destination()
+                .unwrap_or(manifests::link::BROADCAST_ADDRESS),
             Modulation::from_params(&m.radio),
             duty_ppm_for(m.radio.frequency_hz(), m.radio.duty_cycle_percent),
         );
-        Ok(Self::new(keys, cfg, TopicTable::new(m.topic_pairs()), lease))
+        Ok(Self::new(
+            keys,
+            cfg,
+            TopicTable::new(m.topic_pairs()),
+            lease,
+        ))
     }
 
     /// Plaintext bytes one frame can carry at this spreading factor.
@@ -279,10 +285,12 @@ impl LinkSender {
             }
         }
         let counter = self.lease.next_counter()?;
-        let bytes = frame::seal(&self.keys, self.cfg.to, self.cfg.from, counter, &plain)
-            .map_err(|e| StateError::Corrupt {
-                path: "<frame>".into(),
-                why: e.to_string(),
+        let bytes =
+            frame::seal(&self.keys, self.cfg.to, self.cfg.from, counter, &plain).map_err(|e| {
+                StateError::Corrupt {
+                    path: "<frame>".into(),
+                    why: e.to_string(),
+                }
             })?;
         self.queue.drain(..n);
         self.budget.record(now, toa);
@@ -345,7 +353,9 @@ pub enum FrameError {
         last: u32,
     },
     /// Counter too far ahead of the last accepted one.
-    #[error("frame {counter} from {from} out of window (last accepted {last:?}, max gap {MAX_COUNTER_GAP})")]
+    #[error(
+        "frame {counter} from {from} out of window (last accepted {last:?}, max gap {MAX_COUNTER_GAP})"
+    )]
     OutOfWindow {
         /// Sender.
         from: u8,
@@ -602,6 +612,9 @@ mod tests {
         assert_eq!(infer_counter(Some(0xFFF0), 0x0002), Some(0x1_0002));
         assert_eq!(infer_counter(Some(0x1_0002), 0xFFF0), Some(0xFFF0));
         assert_eq!(infer_counter(Some(0x1_0010), 0x0005), Some(0x1_0005));
-        assert_eq!(infer_counter(Some(u32::MAX), 0x0000_u16.wrapping_sub(0x9000)), None);
+        assert_eq!(
+            infer_counter(Some(u32::MAX), 0x0000_u16.wrapping_sub(0x9000)),
+            None
+        );
     }
 }

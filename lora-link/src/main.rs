@@ -199,11 +199,19 @@ fn run(cli: Cli) -> CliResult {
                 },
             )
             .map_err(|e| (1, format!("cannot listen on {listen}: {e}")))?;
-            eprintln!("lora-link air: listening on {}", hub.local_addr().map_err(rt)?);
+            eprintln!(
+                "lora-link air: listening on {}",
+                hub.local_addr().map_err(rt)?
+            );
             let stop = AtomicBool::new(false);
             hub.run(&stop).map_err(rt)
         }
-        Cmd::Inject { hub, hex, file, phy } => {
+        Cmd::Inject {
+            hub,
+            hex,
+            file,
+            phy,
+        } => {
             let port = AirPort::connect(hub).map_err(usage)?;
             let frames: Vec<AirFrame> = match (hex, file) {
                 (Some(h), _) => {
@@ -220,13 +228,22 @@ fn run(cli: Cli) -> CliResult {
                     vec![f]
                 }
                 (None, Some(p)) => {
-                    let text = std::fs::read_to_string(&p).map_err(|e| usage(format!("{}: {e}", p.display())))?;
+                    let text = std::fs::read_to_string(&p)
+                        .map_err(|e| usage(format!("{}: {e}", p.display())))?;
                     let mut v = Vec::new();
-                    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    for (i, line) in text
+                        .lines()
+                        .enumerate()
+                        .filter(|(_, l)| !l.trim().is_empty())
+                    {
                         let mut f: AirFrame = serde_json::from_str(line)
                             .map_err(|e| usage(format!("{}:{}: {e}", p.display(), i + 1)))?;
                         if f.payload.len() > 255 {
-                            return Err(usage(format!("{}:{}: frame longer than 255 bytes", p.display(), i + 1)));
+                            return Err(usage(format!(
+                                "{}:{}: frame longer than 255 bytes",
+                                p.display(),
+                                i + 1
+                            )));
                         }
                         f.crc_error = false;
                         f.start_us = lora_link::air::now_us();
@@ -243,12 +260,18 @@ fn run(cli: Cli) -> CliResult {
             eprintln!("lora-link inject: {} frame(s) sent to {hub}", frames.len());
             Ok(())
         }
-        Cmd::Sniff { hub, count, timeout } => {
+        Cmd::Sniff {
+            hub,
+            count,
+            timeout,
+        } => {
             let port = AirPort::connect(hub).map_err(usage)?;
             let deadline = timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
             let mut n = 0u64;
             let mut hello = std::time::Instant::now();
-            while count.is_none_or(|c| n < c) && deadline.is_none_or(|d| std::time::Instant::now() < d) {
+            while count.is_none_or(|c| n < c)
+                && deadline.is_none_or(|d| std::time::Instant::now() < d)
+            {
                 if let Some(f) = port.recv_timeout(Duration::from_millis(200)).map_err(rt)? {
                     println!("{}", serde_json::to_string(&f).map_err(rt)?);
                     n += 1;
@@ -264,7 +287,9 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Rx { manifest, count } => {
             let loaded = manifests::link::LinkManifest::load(&manifest).map_err(usage)?;
             let mut receiver = LinkReceiver::from_manifest(&loaded).map_err(usage)?;
-            let mut radio = lora_link::radio::open(&loaded.manifest.radio, loaded.manifest.air.as_ref()).map_err(rt)?;
+            let mut radio =
+                lora_link::radio::open(&loaded.manifest.radio, loaded.manifest.air.as_ref())
+                    .map_err(rt)?;
             let mut sink = JsonLinesSink::new(std::io::stdout().lock(), std::io::stderr());
             let stop = Arc::new(AtomicBool::new(false));
             let r = rx::run(&mut radio, &mut receiver, &mut sink, &stop, count);

@@ -161,31 +161,31 @@ impl TopicTable {
                 0x80 => return Err(RecordError::Reserved { offset: off(bytes) }),
                 _ => {
                     let len = usize::from(t & 0x7F);
-                    let name = rest.get(..len).ok_or(RecordError::Truncated {
-                        offset: off(rest),
-                    })?;
+                    let name = rest
+                        .get(..len)
+                        .ok_or(RecordError::Truncated { offset: off(rest) })?;
                     let s = std::str::from_utf8(name)
                         .map_err(|_| RecordError::TopicNotUtf8 { offset: off(rest) })?
                         .to_string();
                     bytes = &rest[len..];
                     // `bytes` now starts at the length byte; re-slice below uniformly
-                    let (&plen, prest) = bytes.split_first().ok_or(RecordError::Truncated {
-                        offset: off(bytes),
-                    })?;
-                    let payload = prest.get(..usize::from(plen)).ok_or(RecordError::Truncated {
-                        offset: off(prest),
-                    })?;
+                    let (&plen, prest) = bytes
+                        .split_first()
+                        .ok_or(RecordError::Truncated { offset: off(bytes) })?;
+                    let payload = prest
+                        .get(..usize::from(plen))
+                        .ok_or(RecordError::Truncated { offset: off(prest) })?;
                     out.push(Record::new(s, payload));
                     bytes = &prest[usize::from(plen)..];
                     continue;
                 }
             };
-            let (&plen, prest) = rest.split_first().ok_or(RecordError::Truncated {
-                offset: off(rest),
-            })?;
-            let payload = prest.get(..usize::from(plen)).ok_or(RecordError::Truncated {
-                offset: off(prest),
-            })?;
+            let (&plen, prest) = rest
+                .split_first()
+                .ok_or(RecordError::Truncated { offset: off(rest) })?;
+            let payload = prest
+                .get(..usize::from(plen))
+                .ok_or(RecordError::Truncated { offset: off(prest) })?;
             out.push(Record::new(topic, payload));
             bytes = &prest[usize::from(plen)..];
         }
@@ -222,7 +222,10 @@ mod tests {
     use super::*;
 
     fn table() -> TopicTable {
-        TopicTable::new([(0, "maison/salon/temperature"), (1, "maison/salon/humidite")])
+        TopicTable::new([
+            (0, "maison/salon/temperature"),
+            (1, "maison/salon/humidite"),
+        ])
     }
 
     #[test]
@@ -238,7 +241,10 @@ mod tests {
             t.encode(r, &mut buf).expect("encode");
         }
         assert_eq!(buf[0], 0);
-        assert_eq!(buf.len(), recs.iter().map(|r| t.encoded_len(r)).sum::<usize>());
+        assert_eq!(
+            buf.len(),
+            recs.iter().map(|r| t.encoded_len(r)).sum::<usize>()
+        );
         assert_eq!(t.decode(&buf).expect("decode"), recs);
     }
 
@@ -252,13 +258,34 @@ mod tests {
     #[test]
     fn hostile_inputs() {
         let t = table();
-        assert_eq!(t.decode(&[5, 0]), Err(RecordError::UnknownTopicIndex { index: 5 }));
+        assert_eq!(
+            t.decode(&[5, 0]),
+            Err(RecordError::UnknownTopicIndex { index: 5 })
+        );
         assert_eq!(t.decode(&[0x80]), Err(RecordError::Reserved { offset: 0 }));
-        assert_eq!(t.decode(&[0, 3, 1]), Err(RecordError::Truncated { offset: 2 }));
-        assert_eq!(t.decode(&[0x83, b'a']), Err(RecordError::Truncated { offset: 1 }));
-        assert_eq!(t.decode(&[0x81, 0xff, 0]), Err(RecordError::TopicNotUtf8 { offset: 1 }));
+        assert_eq!(
+            t.decode(&[0, 3, 1]),
+            Err(RecordError::Truncated { offset: 2 })
+        );
+        assert_eq!(
+            t.decode(&[0x83, b'a']),
+            Err(RecordError::Truncated { offset: 1 })
+        );
+        assert_eq!(
+            t.decode(&[0x81, 0xff, 0]),
+            Err(RecordError::TopicNotUtf8 { offset: 1 })
+        );
         assert_eq!(t.decode(&[0]), Err(RecordError::Truncated { offset: 1 }));
-        assert!(t.encode(&Record::new("", b"x".to_vec()), &mut Vec::new()).is_err());
-        assert!(t.encode(&Record::new("a".repeat(128), b"x".to_vec()), &mut Vec::new()).is_err());
+        assert!(
+            t.encode(&Record::new("", b"x".to_vec()), &mut Vec::new())
+                .is_err()
+        );
+        assert!(
+            t.encode(
+                &Record::new("a".repeat(128), b"x".to_vec()),
+                &mut Vec::new()
+            )
+            .is_err()
+        );
     }
 }

@@ -95,8 +95,11 @@ impl<W: Write, L: Write> JsonLinesSink<W, L> {
 
 impl<W: Write, L: Write> RecordSink for JsonLinesSink<W, L> {
     fn deliver(&mut self, meta: &FrameMeta, record: &Record) -> Result<(), String> {
-        let line = serde_json::to_string(&JsonRecord::new(meta, record)).map_err(|e| e.to_string())?;
-        writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|e| e.to_string())
+        let line =
+            serde_json::to_string(&JsonRecord::new(meta, record)).map_err(|e| e.to_string())?;
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .map_err(|e| e.to_string())
     }
     fn rejected(&mut self, error: &FrameError) {
         let line = serde_json::json!({"rejected": error.reason(), "error": error.to_string()});

@@ -27,7 +27,9 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file exists but is not valid state: refuse rather than reuse counters.
-    #[error("{path}: corrupt counter state ({why}); restore it from backup or provision a new link key, never delete it")]
+    #[error(
+        "{path}: corrupt counter state ({why}); restore it from backup or provision a new link key, never delete it"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -162,14 +164,19 @@ impl ReplayState {
                 return Err(corrupt(format!("expected first line \"{REPLAY_MAGIC}\"")));
             }
             for (i, l) in lines.enumerate() {
-                let parsed = l
-                    .split_once('=')
-                    .and_then(|(a, c)| Some((a.trim().parse::<u8>().ok()?, c.trim().parse::<u32>().ok()?)));
+                let parsed = l.split_once('=').and_then(|(a, c)| {
+                    Some((a.trim().parse::<u8>().ok()?, c.trim().parse::<u32>().ok()?))
+                });
                 match parsed {
                     Some((a, c)) => {
                         last.insert(a, c);
                     }
-                    None => return Err(corrupt(format!("line {}: expected \"<sender>=<counter>\"", i + 2))),
+                    None => {
+                        return Err(corrupt(format!(
+                            "line {}: expected \"<sender>=<counter>\"",
+                            i + 2
+                        )));
+                    }
                 }
             }
         }
@@ -220,7 +227,10 @@ mod tests {
         assert!(lease.next_counter().expect("counter") > c);
         // a corrupt file is refused, not reset
         std::fs::write(&path, "garbage").expect("write");
-        assert!(matches!(CounterLease::open(path), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            CounterLease::open(path),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -245,6 +255,9 @@ mod tests {
         assert_eq!(s.last(10), Some(42));
         assert_eq!(s.last(11), Some(7));
         std::fs::write(&path, format!("{REPLAY_MAGIC}\n10=x\n")).expect("write");
-        assert!(matches!(ReplayState::open(path), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            ReplayState::open(path),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 }

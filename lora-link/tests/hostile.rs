@@ -12,7 +12,13 @@ use proptest::prelude::*;
 
 fn receiver(dir: &std::path::Path) -> LinkReceiver {
     let replay = ReplayState::open(dir.join("rx.state")).expect("state");
-    LinkReceiver::new(LinkKeys::derive(&[9; 16]), 1, [10], TopicTable::new([(0, "a/b")]), replay)
+    LinkReceiver::new(
+        LinkKeys::derive(&[9; 16]),
+        1,
+        [10],
+        TopicTable::new([(0, "a/b")]),
+        replay,
+    )
 }
 
 proptest! {
@@ -58,12 +64,21 @@ proptest! {
 
 #[test]
 fn hub_survives_garbage_datagrams() {
-    let h = lora_link::air::AirHub::bind("127.0.0.1:0".parse::<SocketAddr>().expect("addr"), Default::default())
-        .expect("bind")
-        .spawn()
-        .expect("spawn");
+    let h = lora_link::air::AirHub::bind(
+        "127.0.0.1:0".parse::<SocketAddr>().expect("addr"),
+        Default::default(),
+    )
+    .expect("bind")
+    .spawn()
+    .expect("spawn");
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    for b in [&b""[..], b"LRA1", b"LRA1\x02\x00", b"garbage garbage", &[0xFF; 600]] {
+    for b in [
+        &b""[..],
+        b"LRA1",
+        b"LRA1\x02\x00",
+        b"garbage garbage",
+        &[0xFF; 600],
+    ] {
         s.send_to(b, h.addr).expect("send");
     }
     let port = lora_link::air::AirPort::connect(h.addr).expect("port");
@@ -72,8 +87,13 @@ fn hub_survives_garbage_datagrams() {
     let sniffer = lora_link::air::AirPort::connect(h.addr).expect("port");
     let mut got = None;
     for _ in 0..50 {
-        port.send(&AirMsg::Inject(lora_link::air::AirFrame::new(vec![1, 2, 3]))).expect("inject");
-        got = sniffer.recv_timeout(std::time::Duration::from_millis(100)).expect("recv");
+        port.send(&AirMsg::Inject(lora_link::air::AirFrame::new(vec![
+            1, 2, 3,
+        ])))
+        .expect("inject");
+        got = sniffer
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .expect("recv");
         if got.is_some() {
             break;
         }

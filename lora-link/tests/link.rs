@@ -7,7 +7,9 @@ use std::time::Duration;
 use lora_link::airtime::{Modulation, max_phy_payload};
 use lora_link::crypto::LinkKeys;
 use lora_link::frame::{self, OVERHEAD};
-use lora_link::link::{FrameError, LinkReceiver, LinkSender, MAX_COUNTER_GAP, SenderConfig, Submit, TxPoll};
+use lora_link::link::{
+    FrameError, LinkReceiver, LinkSender, MAX_COUNTER_GAP, SenderConfig, Submit, TxPoll,
+};
 use lora_link::records::{OLD_SCHEME_BYTES_FOR_16, Record, TopicTable};
 use lora_link::state::{CounterLease, ReplayState};
 
@@ -23,7 +25,12 @@ fn table() -> TopicTable {
 fn sender(dir: &Path, sf: u8) -> LinkSender {
     let keys = LinkKeys::derive(&KEY);
     let lease = CounterLease::open(CounterLease::path_for(dir, &keys.id_hex(), GW)).expect("lease");
-    let cfg = SenderConfig::new(GW, RX, Modulation::new(sf, 125_000, 5).expect("modulation"), 10_000);
+    let cfg = SenderConfig::new(
+        GW,
+        RX,
+        Modulation::new(sf, 125_000, 5).expect("modulation"),
+        10_000,
+    );
     LinkSender::new(keys, cfg, table(), lease)
 }
 
@@ -52,30 +59,50 @@ fn a_reading_travels_byte_for_byte_and_only_once() {
     assert_eq!(a.records, vec![Record::new(TEMP, payload)]);
     assert_eq!((a.from, a.to, a.counter), (GW, RX, 0));
     // the same frame again is a duplicate, counted
-    assert!(matches!(rx.accept(&bytes), Err(FrameError::Duplicate { .. })));
+    assert!(matches!(
+        rx.accept(&bytes),
+        Err(FrameError::Duplicate { .. })
+    ));
     assert_eq!(rx.stats().rejected("duplicate"), 1);
     // an unknown topic travels inline, binary payload intact
-    let bytes = send_one(&mut tx, Duration::from_secs(100), Record::new("cave/porte", vec![0, 0xFF, 0x80]));
+    let bytes = send_one(
+        &mut tx,
+        Duration::from_secs(100),
+        Record::new("cave/porte", vec![0, 0xFF, 0x80]),
+    );
     let a = rx.accept(&bytes).expect("accepted");
-    assert_eq!(a.records, vec![Record::new("cave/porte", vec![0, 0xFF, 0x80])]);
+    assert_eq!(
+        a.records,
+        vec![Record::new("cave/porte", vec![0, 0xFF, 0x80])]
+    );
 }
 
 #[test]
 fn bytes_on_air_for_a_16_byte_reading_vs_the_old_scheme() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut tx = sender(dir.path(), 7);
-    let bytes = send_one(&mut tx, Duration::ZERO, Record::new(TEMP, *b"temp=21.5;h=40.0"));
+    let bytes = send_one(
+        &mut tx,
+        Duration::ZERO,
+        Record::new(TEMP, *b"temp=21.5;h=40.0"),
+    );
     assert_eq!(bytes.len(), OVERHEAD + 2 + 16);
     assert_eq!(bytes.len(), 27);
-    assert!(OVERHEAD <= 10);
+    const { assert!(OVERHEAD <= 10) };
     let sf7 = Modulation::new(7, 125_000, 5).expect("m");
     let sf12 = Modulation::new(12, 125_000, 5).expect("m");
     // ours vs JWT/AES-CBC/base64 (~129 bytes): 66.816 ms vs 215.296 ms at SF7,
     // 1646.592 ms vs 4923.392 ms at SF12
     assert_eq!(sf7.time_on_air(27), Duration::from_micros(66_816));
-    assert_eq!(sf7.time_on_air(OLD_SCHEME_BYTES_FOR_16), Duration::from_micros(215_296));
+    assert_eq!(
+        sf7.time_on_air(OLD_SCHEME_BYTES_FOR_16),
+        Duration::from_micros(215_296)
+    );
     assert_eq!(sf12.time_on_air(27), Duration::from_micros(1_646_592));
-    assert_eq!(sf12.time_on_air(OLD_SCHEME_BYTES_FOR_16), Duration::from_micros(4_923_392));
+    assert_eq!(
+        sf12.time_on_air(OLD_SCHEME_BYTES_FOR_16),
+        Duration::from_micros(4_923_392)
+    );
 }
 
 #[test]
@@ -102,7 +129,10 @@ fn every_bit_flip_truncation_and_foreign_frame_is_rejected_and_counted() {
         rejected += 1;
     }
     for len in 0..good.len() {
-        assert!(rx.accept(&good[..len]).is_err(), "truncated to {len} accepted");
+        assert!(
+            rx.accept(&good[..len]).is_err(),
+            "truncated to {len} accepted"
+        );
         rejected += 1;
     }
     let s = rx.stats();
@@ -119,14 +149,27 @@ fn every_bit_flip_truncation_and_foreign_frame_is_rejected_and_counted() {
     // unknown sender, even with the right key
     let keys = LinkKeys::derive(&KEY);
     let stranger = frame::seal(&keys, RX, 77, 0, &[0, 1, b'x']).expect("seal");
-    assert!(matches!(rx.accept(&stranger), Err(FrameError::UnknownSender { from: 77 })));
+    assert!(matches!(
+        rx.accept(&stranger),
+        Err(FrameError::UnknownSender { from: 77 })
+    ));
     // addressed to someone else
     let other = frame::seal(&keys, 2, GW, 5, &[0, 1, b'x']).expect("seal");
-    assert!(matches!(rx.accept(&other), Err(FrameError::NotForUs { to: 2 })));
+    assert!(matches!(
+        rx.accept(&other),
+        Err(FrameError::NotForUs { to: 2 })
+    ));
     // plain RadioHead datagram on the channel
-    assert!(matches!(rx.accept(&[RX, GW, 0, 0, 1, 2, 3, 4, 5, 6]), Err(FrameError::Malformed(_))));
+    assert!(matches!(
+        rx.accept(&[RX, GW, 0, 0, 1, 2, 3, 4, 5, 6]),
+        Err(FrameError::Malformed(_))
+    ));
     let s = rx.stats();
-    assert_eq!(s.rejected("unknown_sender"), 8 + 1, "8 flips of FROM + the stranger");
+    assert_eq!(
+        s.rejected("unknown_sender"),
+        8 + 1,
+        "8 flips of FROM + the stranger"
+    );
     assert!(s.rejected("not_for_us") >= 1);
     assert!(s.rejected("not_secure") >= 1);
 }
@@ -139,11 +182,24 @@ fn replays_and_out_of_window_counters_are_rejected_even_after_a_restart() {
     let f = |c: u32| frame::seal(&keys, RX, GW, c, &[0, 1, b'x']).expect("seal");
     rx.accept(&f(5)).expect("5");
     rx.accept(&f(9)).expect("9");
-    assert!(matches!(rx.accept(&f(7)), Err(FrameError::Replay { counter: 7, last: 9, .. })));
-    assert!(matches!(rx.accept(&f(9)), Err(FrameError::Duplicate { counter: 9, .. })));
+    assert!(matches!(
+        rx.accept(&f(7)),
+        Err(FrameError::Replay {
+            counter: 7,
+            last: 9,
+            ..
+        })
+    ));
+    assert!(matches!(
+        rx.accept(&f(9)),
+        Err(FrameError::Duplicate { counter: 9, .. })
+    ));
     let far = 9 + MAX_COUNTER_GAP + 1;
-    assert!(matches!(rx.accept(&f(far)), Err(FrameError::OutOfWindow { counter, .. }) if counter == far));
-    rx.accept(&f(9 + MAX_COUNTER_GAP)).expect("at the edge of the window");
+    assert!(
+        matches!(rx.accept(&f(far)), Err(FrameError::OutOfWindow { counter, .. }) if counter == far)
+    );
+    rx.accept(&f(9 + MAX_COUNTER_GAP))
+        .expect("at the edge of the window");
     // restart: the state on disk keeps rejecting old frames
     drop(rx);
     let mut rx = receiver(dir.path());
@@ -156,7 +212,10 @@ fn replays_and_out_of_window_counters_are_rejected_even_after_a_restart() {
         c = (c + MAX_COUNTER_GAP).min(0x1_0010);
         rx.accept(&f(c)).expect("forward");
     }
-    assert_eq!(rx.accept(&f(0x1_0011)).expect("past 65535").counter, 0x1_0011);
+    assert_eq!(
+        rx.accept(&f(0x1_0011)).expect("past 65535").counter,
+        0x1_0011
+    );
     assert_eq!(rx.stats().rejected("replay"), 2);
 }
 
@@ -176,8 +235,13 @@ fn a_sender_killed_between_lease_and_send_never_reuses_a_counter() {
             seen.push(a.counter);
         }
         // killed after taking a counter but before transmitting it
-        assert_eq!(tx.submit(Record::new(TEMP, b"lost".to_vec())), Submit::Queued);
-        let _ = tx.poll(Duration::from_secs(round * 1000 + 500)).expect("poll");
+        assert_eq!(
+            tx.submit(Record::new(TEMP, b"lost".to_vec())),
+            Submit::Queued
+        );
+        let _ = tx
+            .poll(Duration::from_secs(round * 1000 + 500))
+            .expect("poll");
     }
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
 }
@@ -188,7 +252,9 @@ fn records_share_a_frame_up_to_the_spreading_factor_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut tx = sender(dir.path(), sf);
         let mut rx = receiver(dir.path());
-        let recs: Vec<Record> = (0..40).map(|i| Record::new(TEMP, format!("{:016}", i))).collect();
+        let recs: Vec<Record> = (0..40)
+            .map(|i| Record::new(TEMP, format!("{:016}", i)))
+            .collect();
         for r in &recs {
             assert_eq!(tx.submit(r.clone()), Submit::Queued);
         }
@@ -198,7 +264,11 @@ fn records_share_a_frame_up_to_the_spreading_factor_limit() {
         while got.len() < recs.len() {
             match tx.poll(now).expect("poll") {
                 TxPoll::Send(f) => {
-                    assert!(f.bytes.len() <= max_phy_payload(sf), "SF{sf}: {} bytes", f.bytes.len());
+                    assert!(
+                        f.bytes.len() <= max_phy_payload(sf),
+                        "SF{sf}: {} bytes",
+                        f.bytes.len()
+                    );
                     // full frames: another 18-byte record would not have fitted
                     if got.len() + f.records < recs.len() {
                         assert!(f.bytes.len() + 18 > max_phy_payload(sf));
@@ -217,7 +287,10 @@ fn records_share_a_frame_up_to_the_spreading_factor_limit() {
     // a record that can never fit is refused and counted, not queued
     let dir = tempfile::tempdir().expect("tempdir");
     let mut tx = sender(dir.path(), 12);
-    assert!(matches!(tx.submit(Record::new(TEMP, vec![0; 60])), Submit::RejectedTooLarge { .. }));
+    assert!(matches!(
+        tx.submit(Record::new(TEMP, vec![0; 60])),
+        Submit::RejectedTooLarge { .. }
+    ));
     assert_eq!(tx.stats().rejected_too_large, 1);
 }
 
@@ -265,7 +338,10 @@ fn ten_messages_per_second_at_sf12_stay_within_one_percent_in_every_hour() {
     assert_eq!(st.dropped_queue_full, dropped);
     assert!(dropped > 0, "the bounded queue must have overflowed");
     assert_eq!(st.records_queued, i);
-    assert_eq!(st.records_sent + st.dropped_queue_full + tx.queued() as u64, i);
+    assert_eq!(
+        st.records_sent + st.dropped_queue_full + tx.queued() as u64,
+        i
+    );
     eprintln!(
         "SF12 10 msg/s for 3 h: {} frames, {} records sent, {} dropped (queue full), {} queued, airtime {:?}",
         st.frames_sent,

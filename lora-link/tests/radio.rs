@@ -25,7 +25,8 @@ fn hub(cfg: HubConfig) -> lora_link::air::HubHandle {
 
 fn radio(hub: std::net::SocketAddr, settings: &RadioSettings) -> (Sx1276, EmulatedSx127x) {
     let chip = Sx1276::new(Some(AirPort::connect(hub).expect("port")));
-    let r = Sx127x::new(chip.spi(), chip.cs(), chip.reset(), EmuDelay, settings).expect("driver init");
+    let r =
+        Sx127x::new(chip.spi(), chip.cs(), chip.reset(), EmuDelay, settings).expect("driver init");
     (chip, r)
 }
 
@@ -47,7 +48,10 @@ fn the_real_driver_sends_a_secure_frame_from_one_emulated_chip_to_another() {
     let mut other = sf7();
     other.frequency_hz = 869_525_000;
     let (cc, mut c) = radio(air.addr, &other);
-    assert_eq!(cc.frequency_hz().abs_diff(869_525_000) < 100, true, "exact Frf, not whole MHz");
+    assert!(
+        cc.frequency_hz().abs_diff(869_525_000) < 100,
+        "exact Frf, not whole MHz"
+    );
     listen(&cb, &mut b);
     listen(&cc, &mut c);
 
@@ -61,20 +65,32 @@ fn the_real_driver_sends_a_secure_frame_from_one_emulated_chip_to_another() {
     let mut rx = LinkReceiver::new(keys, 1, [10], table, replay);
 
     let payload = b"{\"temperature\":21.5}".to_vec();
-    assert_eq!(tx.submit(Record::new(TEMP, payload.clone())), Submit::Queued);
-    assert_eq!(tx.submit(Record::new("maison/cuisine/co2", b"612".to_vec())), Submit::Queued);
+    assert_eq!(
+        tx.submit(Record::new(TEMP, payload.clone())),
+        Submit::Queued
+    );
+    assert_eq!(
+        tx.submit(Record::new("maison/cuisine/co2", b"612".to_vec())),
+        Submit::Queued
+    );
     let TxPoll::Send(frame) = tx.poll(Duration::ZERO).expect("poll") else {
         panic!("no frame")
     };
     a.transmit(&frame.bytes).expect("transmit");
     assert_eq!(a.stats().tx_frames, 1);
-    let p = b.receive(Duration::from_secs(5)).expect("rx").expect("a packet");
+    let p = b
+        .receive(Duration::from_secs(5))
+        .expect("rx")
+        .expect("a packet");
     assert_eq!(p.bytes, frame.bytes);
     assert_eq!(p.rssi_dbm, -60);
     let got = rx.accept(&p.bytes).expect("accepted");
     assert_eq!(
         got.records,
-        vec![Record::new(TEMP, payload), Record::new("maison/cuisine/co2", b"612".to_vec())]
+        vec![
+            Record::new(TEMP, payload),
+            Record::new("maison/cuisine/co2", b"612".to_vec())
+        ]
     );
     // the chip on 869.525 MHz heard it on the air but not on its channel
     assert_eq!(c.receive(Duration::from_millis(50)).expect("rx"), None);
@@ -91,15 +107,24 @@ fn ldro_and_fractional_frequency_are_fixed_by_the_backend() {
     let mut s = RadioSettings::eu868(Modulation::new(11, 125_000, 5).expect("m"));
     s.frequency_hz = 868_100_000;
     let (chip, _r) = radio(air.addr, &s);
-    assert_eq!(chip.peek(reg::MODEM_CONFIG3) & 0x08, 0x08, "LDRO on at SF11/BW125");
+    assert_eq!(
+        chip.peek(reg::MODEM_CONFIG3) & 0x08,
+        0x08,
+        "LDRO on at SF11/BW125"
+    );
     let frf = frf_for(868_100_000);
     assert_eq!(
-        [chip.peek(reg::FRF_MSB), chip.peek(reg::FRF_MID), chip.peek(reg::FRF_LSB)],
+        [
+            chip.peek(reg::FRF_MSB),
+            chip.peek(reg::FRF_MID),
+            chip.peek(reg::FRF_LSB)
+        ],
         [(frf >> 16) as u8, (frf >> 8) as u8, frf as u8]
     );
     // the bare driver leaves LDRO off at SF11/BW125 (its integer-ms bug)
     let bare = Sx1276::new(None);
-    let mut lora = sx127x_lora::LoRa::new(bare.spi(), bare.cs(), bare.reset(), 868, EmuDelay).expect("driver");
+    let mut lora =
+        sx127x_lora::LoRa::new(bare.spi(), bare.cs(), bare.reset(), 868, EmuDelay).expect("driver");
     lora.set_spreading_factor(11).expect("sf");
     assert_eq!(bare.peek(reg::MODEM_CONFIG3) & 0x08, 0);
     assert_eq!(bare.peek(reg::FRF_MSB), 0xD9);
@@ -137,8 +162,14 @@ fn corrupted_and_lost_frames_are_dropped_and_counted() {
     injector
         .send(&AirMsg::Inject(lora_link::air::AirFrame::new(bad)))
         .expect("inject");
-    let p = b.receive(Duration::from_secs(5)).expect("rx").expect("packet");
-    assert!(matches!(rx.accept(&p.bytes), Err(FrameError::BadMic { .. })));
+    let p = b
+        .receive(Duration::from_secs(5))
+        .expect("rx")
+        .expect("packet");
+    assert!(matches!(
+        rx.accept(&p.bytes),
+        Err(FrameError::BadMic { .. })
+    ));
     assert_eq!(rx.stats().rejected("bad_mic"), 1);
     drop(air);
 

@@ -97,13 +97,15 @@ impl Chip {
     }
 
     fn freq_hz(&self) -> u32 {
-        let frf = u32::from(self.regs[6]) << 16 | u32::from(self.regs[7]) << 8 | u32::from(self.regs[8]);
+        let frf =
+            u32::from(self.regs[6]) << 16 | u32::from(self.regs[7]) << 8 | u32::from(self.regs[8]);
         ((u64::from(frf) * 32_000_000) >> 19) as u32
     }
 
     fn modulation(&self) -> crate::airtime::Modulation {
         let r = &self.regs;
-        let preamble = u16::from(r[usize::from(reg::PREAMBLE_MSB)]) << 8 | u16::from(r[usize::from(reg::PREAMBLE_LSB)]);
+        let preamble = u16::from(r[usize::from(reg::PREAMBLE_MSB)]) << 8
+            | u16::from(r[usize::from(reg::PREAMBLE_LSB)]);
         modulation_from_regs(
             r[usize::from(reg::MODEM_CONFIG1)],
             r[usize::from(reg::MODEM_CONFIG2)],
@@ -202,7 +204,11 @@ impl Chip {
                 *p = p.wrapping_add(1);
             }
             reg::IRQ_FLAGS => self.regs[a] &= !v,
-            reg::VERSION | reg::RX_NB_BYTES | reg::FIFO_RX_CURRENT | reg::PKT_RSSI | reg::PKT_SNR => {}
+            reg::VERSION
+            | reg::RX_NB_BYTES
+            | reg::FIFO_RX_CURRENT
+            | reg::PKT_RSSI
+            | reg::PKT_SNR => {}
             reg::OP_MODE => self.write_op_mode(v),
             _ => self.regs[a] = v,
         }
@@ -211,7 +217,11 @@ impl Chip {
     fn write_op_mode(&mut self, v: u8) {
         let old = self.regs[usize::from(reg::OP_MODE)];
         // LongRangeMode can only change in Sleep
-        let v = if old & 0x07 != 0 { (v & 0x7F) | (old & 0x80) } else { v };
+        let v = if old & 0x07 != 0 {
+            (v & 0x7F) | (old & 0x80)
+        } else {
+            v
+        };
         let mode = v & 0x07;
         self.regs[usize::from(reg::OP_MODE)] = v;
         if self.tx_end.is_some() && mode != 3 {
@@ -233,7 +243,9 @@ impl Chip {
         self.rx_since_us = None;
         let len = usize::from(self.regs[usize::from(reg::PAYLOAD_LENGTH)]);
         let base = self.regs[usize::from(reg::FIFO_TX_BASE)];
-        let payload: Vec<u8> = (0..len).map(|i| self.fifo[usize::from(base.wrapping_add(i as u8))]).collect();
+        let payload: Vec<u8> = (0..len)
+            .map(|i| self.fifo[usize::from(base.wrapping_add(i as u8))])
+            .collect();
         let m = self.modulation();
         let toa = m.time_on_air(len);
         let start = now_us();

@@ -43,13 +43,17 @@ pub enum RadioError {
     #[error("frame of {0} bytes too long for the SX127x FIFO (255)")]
     TooLong(usize),
     /// The chip did not answer with version 0x12.
-    #[error("SX127x not found: version register reads 0x{0:02x}, expected 0x12 (check wiring, SPI enabled, CS on GPIO25, RESET on GPIO17)")]
+    #[error(
+        "SX127x not found: version register reads 0x{0:02x}, expected 0x12 (check wiring, SPI enabled, CS on GPIO25, RESET on GPIO17)"
+    )]
     VersionMismatch(u8),
     /// The chip did not finish a transmission in time.
     #[error("transmission did not complete within {0:?}")]
     TxTimeout(Duration),
     /// Registers read back differ from what was configured.
-    #[error("radio configuration did not stick: register 0x{reg:02x} reads 0x{found:02x}, expected 0x{expected:02x}")]
+    #[error(
+        "radio configuration did not stick: register 0x{reg:02x} reads 0x{found:02x}, expected 0x{expected:02x}"
+    )]
     ConfigMismatch {
         /// Register.
         reg: u8,

@@ -230,7 +230,13 @@ where
 {
     /// Resets and configures the chip through the driver, then applies the workarounds and
     /// reads the modem registers back.
-    pub fn new(spi: SPI, cs: CS, reset: RST, delay: D, settings: &RadioSettings) -> Result<Self, RadioError> {
+    pub fn new(
+        spi: SPI,
+        cs: CS,
+        reset: RST,
+        delay: D,
+        settings: &RadioSettings,
+    ) -> Result<Self, RadioError> {
         let m = settings.modulation;
         if !(7..=12).contains(&m.sf) {
             return Err(RadioError::Unavailable(format!(
@@ -265,7 +271,8 @@ where
         l.set_coding_rate_4(m.cr).map_err(drv)?;
         l.set_preamble_length(i64::from(m.preamble)).map_err(drv)?;
         l.set_crc(m.crc).map_err(drv)?;
-        l.set_tx_power(i32::from(s.tx_power_dbm), u8::from(s.pa_boost)).map_err(drv)?;
+        l.set_tx_power(i32::from(s.tx_power_dbm), u8::from(s.pa_boost))
+            .map_err(drv)?;
         // exact frequency (the driver only knows whole MHz)
         let frf = frf_for(s.frequency_hz);
         self.write_reg(reg::FRF_MSB, (frf >> 16) as u8)?;
@@ -414,10 +421,20 @@ pub type EmulatedSx127x =
     Sx127x<super::emu::EmuSpi, super::emu::EmuPin, super::emu::EmuPin, super::emu::EmuDelay>;
 
 /// An emulated SX1276 on the hub at `hub`, driven by the real `sx127x_lora` driver.
-pub fn emulated(hub: std::net::SocketAddr, settings: &RadioSettings) -> Result<EmulatedSx127x, RadioError> {
-    let port = crate::air::AirPort::connect(hub).map_err(|e| RadioError::Unavailable(format!("air hub {hub}: {e}")))?;
+pub fn emulated(
+    hub: std::net::SocketAddr,
+    settings: &RadioSettings,
+) -> Result<EmulatedSx127x, RadioError> {
+    let port = crate::air::AirPort::connect(hub)
+        .map_err(|e| RadioError::Unavailable(format!("air hub {hub}: {e}")))?;
     let chip = super::emu::Sx1276::new(Some(port));
-    Sx127x::new(chip.spi(), chip.cs(), chip.reset(), super::emu::EmuDelay, settings)
+    Sx127x::new(
+        chip.spi(),
+        chip.cs(),
+        chip.reset(),
+        super::emu::EmuDelay,
+        settings,
+    )
 }
 
 /// Modulation as the chip's registers describe it (used by the emulator for time on air).
