@@ -57,10 +57,7 @@
 //! > fw:list()
 //! < 00(6465766963652E746F6D6C3A3131)       "device.toml:11"
 //! ```
-#![no_std]
-
-#[cfg(feature = "std")]
-extern crate std;
+#![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod app;
 pub mod bridge;

@@ -1,0 +1,276 @@
+//! The sensor application on the host: the core's [`SensorApp`] state machine driving
+//! rumqttc over rustls, with the TLS client key in the chip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use manifests::device::{BLOB_NAME, DeviceConfig};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
+};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::sync::watch;
+
+use super::sensor::{Sensor, Value};
+use crate::app::{Action, Qos, Schedule, SensorApp, State};
+use crate::signer::{ChipSigningKey, DigestSigner};
+
+/// Blob holding the device certificate (PEM).
+pub const DEVICE_CERT_BLOB: &str = "device.crt";
+/// Blob holding the CA certificate (PEM).
+pub const CA_CERT_BLOB: &str = "ca.crt";
+
+/// Everything the application needs from the store.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// The configuration blob, decoded.
+    pub config: DeviceConfig,
+    /// Device certificate chain (DER).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Trust anchors (DER).
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl Provisioned {
+    /// Decodes the three blobs; says which one is missing or bad.
+    pub fn from_blobs(
+        config: Option<&[u8]>,
+        cert: Option<&[u8]>,
+        ca: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let config = DeviceConfig::from_blob(config.ok_or(format!("no {BLOB_NAME} blob yet"))?)
+            .map_err(|e| format!("{BLOB_NAME}: {e}"))?;
+        let pem = |name: &str, b: Option<&[u8]>| -> Result<Vec<CertificateDer<'static>>, String> {
+            let b = b.ok_or(format!("no {name} blob yet"))?;
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(b)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{name}: not PEM certificates: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("{name}: no certificate in it"));
+            }
+            Ok(certs)
+        };
+        Ok(Provisioned {
+            chain: pem(DEVICE_CERT_BLOB, cert)?,
+            roots: pem(CA_CERT_BLOB, ca)?,
+            config,
+        })
+    }
+
+    /// The core's schedule for this configuration.
+    pub fn schedule(&self) -> Schedule {
+        let c = &self.config;
+        Schedule {
+            interval_ms: u64::from(c.interval_s) * 1000,
+            qos: Qos::from_u8(c.qos).unwrap_or(Qos::AtLeastOnce),
+            retain: c.retain,
+            keep_alive_s: c.keep_alive_s,
+            clean_session: c.clean_session,
+        }
+    }
+}
+
+/// Checks the broker certificate against the configured TLS server name rather than the
+/// address connected to (rumqttc uses the host for both).
+#[derive(Debug)]
+struct NamedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The rustls client configuration: the CA blob as the only trust anchor, the device
+/// certificate with the chip as its key.
+pub fn tls_config(p: &Provisioned, signer: Arc<dyn DigestSigner>) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for r in &p.roots {
+        roots
+            .add(r.clone())
+            .map_err(|e| format!("{CA_CERT_BLOB}: {e}"))?;
+    }
+    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| format!("TLS verifier: {e}"))?;
+    let name = ServerName::try_from(p.config.tls_server_name.clone())
+        .map_err(|e| format!("tls_server_name {:?}: {e}", p.config.tls_server_name))?;
+    let key = CertifiedKey::new(p.chain.clone(), Arc::new(ChipSigningKey::new(signer)));
+    key.keys_match()
+        .map_err(|e| format!("{DEVICE_CERT_BLOB} does not match the chip's key: {e}"))?;
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NamedServerVerifier { inner, name }))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+    Ok(cfg)
+}
+
+fn qos(q: Qos) -> QoS {
+    match q {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// Runs the application for one configuration until `changed` fires (then returns so the
+/// caller restarts it with the new blobs).
+pub async fn run(p: Provisioned, signer: Arc<dyn DigestSigner>, mut changed: watch::Receiver<u64>) {
+    let schedule = p.schedule();
+    let c = &p.config;
+    let tls = match tls_config(&p, signer) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sensor-sim: not connecting: {e}");
+            let _ = changed.changed().await;
+            return;
+        }
+    };
+    let mut opts = MqttOptions::new(c.client_id.clone(), c.broker_host.clone(), c.port);
+    let ka = if c.keep_alive_s == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(u64::from(c.keep_alive_s))
+    };
+    opts.set_keep_alive(ka);
+    opts.set_clean_session(c.clean_session);
+    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    if let Some(t) = &c.status_topic {
+        opts.set_last_will(LastWill::new(t.clone(), "offline", QoS::AtLeastOnce, true));
+    }
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let mut app = SensorApp::new();
+    app.configure(schedule, super::now_ms());
+    let mut sensor = Sensor::new(u64::from(super::now_ms() as u32) ^ c.device_id.len() as u64);
+    let mut seq: u64 = 0;
+    eprintln!(
+        "sensor-sim: configured: {} -> {}:{} (qos {}, retain {})",
+        c.device_id, c.broker_host, c.port, c.qos, c.retain
+    );
+    loop {
+        let now = super::now_ms();
+        let wait_until = match app.poll(now) {
+            Action::Idle => return,
+            Action::Publish { qos: q, retain } => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                for r in &c.readings {
+                    if !app.can_publish(q) {
+                        eprintln!(
+                            "sensor-sim: dropping a reading: too many awaiting acknowledgement"
+                        );
+                        continue;
+                    }
+                    seq += 1;
+                    let payload = match sensor.read(r.quantity, t) {
+                        Value::Number(v, unit) => {
+                            serde_json::json!({"device": c.device_id, "value": v, "unit": unit, "seq": seq, "ts": t as u64})
+                        }
+                        Value::Door(open) => {
+                            serde_json::json!({"device": c.device_id, "state": if open {"open"} else {"closed"}, "seq": seq, "ts": t as u64})
+                        }
+                    };
+                    if let Err(e) =
+                        client.try_publish(r.topic.clone(), qos(q), retain, payload.to_string())
+                    {
+                        eprintln!("sensor-sim: publish queue: {e}");
+                    }
+                }
+                continue;
+            }
+            Action::Connect { .. } | Action::Ping => continue,
+            Action::WaitUntil(t) => t,
+        };
+        let sleep = tokio::time::sleep(Duration::from_millis(
+            wait_until.saturating_sub(now).min(3_600_000),
+        ));
+        let connected = !matches!(app.state(), State::Disconnected { .. });
+        tokio::select! {
+            _ = changed.changed() => {
+                let _ = client.try_disconnect();
+                return;
+            }
+            _ = sleep => {}
+            ev = poll_if(&mut events, connected) => handle(ev, &mut app, &client, c, schedule.qos),
+        }
+    }
+}
+
+async fn poll_if(events: &mut EventLoop, enabled: bool) -> Result<Event, rumqttc::ConnectionError> {
+    if enabled {
+        events.poll().await
+    } else {
+        std::future::pending().await
+    }
+}
+
+fn handle(
+    ev: Result<Event, rumqttc::ConnectionError>,
+    app: &mut SensorApp,
+    client: &AsyncClient,
+    c: &DeviceConfig,
+    q: Qos,
+) {
+    let now = super::now_ms();
+    match ev {
+        Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+            eprintln!("sensor-sim: connected to the broker ({:?})", ack.code);
+            app.on_connected(now);
+            if let Some(t) = &c.status_topic {
+                let _ = client.try_publish(t.clone(), QoS::AtLeastOnce, true, "online");
+            }
+        }
+        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+            app.on_publish(now, pkid, if pkid == 0 { Qos::AtMostOnce } else { q });
+            eprintln!("sensor-sim: published (packet id {pkid})");
+        }
+        Ok(Event::Incoming(Incoming::PubAck(a))) => app.on_puback(a.pkid),
+        Ok(Event::Incoming(Incoming::PubRec(a))) => app.on_pubrec(a.pkid),
+        Ok(Event::Incoming(Incoming::PubComp(a))) => app.on_pubcomp(a.pkid),
+        Ok(_) => {}
+        Err(e) => {
+            let delay = app.on_connection_lost(now, now as u32);
+            eprintln!("sensor-sim: connection failed: {e}; retrying in {delay} ms");
+        }
+    }
+}

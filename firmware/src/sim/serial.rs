@@ -1,0 +1,112 @@
+//! The serial side of the simulated board: bytes from the pty master, paced at the baud
+//! rate in both directions, through the bridge, replies back.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::bus::SharedChip;
+use super::persist::FilePersist;
+use super::pty::Pty;
+use crate::bridge::{Bridge, Reply};
+use crate::pacing::Pacer;
+use crate::store::Store;
+
+/// The store shared by the bridge and the application.
+pub type SharedStore = Arc<Mutex<Box<Store<FilePersist>>>>;
+
+/// What the serial loop tells the rest of the board.
+pub trait BoardEvents: Send {
+    /// A blob was committed or deleted.
+    fn blob_changed(&self, name: &str);
+    /// `fw:reboot()` was handled.
+    fn rebooted(&self);
+}
+
+/// Runs the bridge on `pty` until `stop` is set.
+pub struct SerialLoop {
+    /// Baud rate for pacing (0 = unpaced).
+    pub baud: u32,
+    /// The chip.
+    pub chip: SharedChip,
+    /// The store.
+    pub store: SharedStore,
+    /// Updated with [`super::now_ms`] whenever a line was handled.
+    pub last_line_ms: Arc<AtomicU64>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl SerialLoop {
+    /// Runs until stopped or the pty fails.
+    pub fn run(self, pty: &Pty, events: &dyn BoardEvents) -> std::io::Result<()> {
+        let epoch = Instant::now();
+        let ns = |t: Instant| u64::try_from(t.duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        let sleep_until = |t_ns: u64| {
+            let now = ns(Instant::now());
+            if t_ns > now {
+                std::thread::sleep(Duration::from_nanos(t_ns - now));
+            }
+        };
+        let mut rx = Pacer::new(self.baud);
+        let mut tx = Pacer::new(self.baud);
+        let mut bridge = Bridge::new();
+        let mut reply = Reply::new();
+        let mut master = pty.master();
+        let mut buf = [0u8; 64];
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(100u16)).map_err(std::io::Error::from)? == 0 {
+                continue;
+            }
+            let n = match master.read(&mut buf) {
+                Ok(0) => continue,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // EIO: no process has the slave open (we keep it open, so rare).
+                Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // The bytes arrive no faster than the wire carries them.
+            sleep_until(rx.schedule(ns(Instant::now()), n as u64));
+            for &b in &buf[..n] {
+                let outcome = {
+                    let mut chip = self
+                        .chip
+                        .lock()
+                        .map_err(|_| std::io::Error::other("chip lock poisoned"))?;
+                    let mut store = self
+                        .store
+                        .lock()
+                        .map_err(|_| std::io::Error::other("store lock poisoned"))?;
+                    bridge.receive(b, &mut chip, &mut store, &mut reply)
+                };
+                let Some(outcome) = outcome else { continue };
+                self.last_line_ms
+                    .store(super::now_ms().max(1), Ordering::SeqCst);
+                for chunk in reply.as_bytes().chunks(16) {
+                    sleep_until(tx.schedule(ns(Instant::now()), chunk.len() as u64));
+                    master.write_all(chunk)?;
+                }
+                if let Some(name) = outcome.changed() {
+                    events.blob_changed(&String::from_utf8_lossy(name));
+                }
+                if outcome.reboot {
+                    bridge = Bridge::new();
+                    if let Ok(mut store) = self.store.lock() {
+                        store.reload();
+                    }
+                    events.rebooted();
+                }
+            }
+        }
+        Ok(())
+    }
+}
