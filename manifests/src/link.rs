@@ -528,15 +528,17 @@ impl LinkManifest {
         })
     }
 
-    /// Renders the manifest as TOML.
-    pub fn to_toml(&self) -> String {
-        // Serialising plain structs of strings and numbers cannot fail.
-        toml::to_string_pretty(self).unwrap_or_default()
+    /// Renders the manifest as TOML (fails only for paths that are not UTF-8).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
     }
 
     /// Writes the manifest atomically with mode 0600 (it may carry the key).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        write_secret(path, self.to_toml().as_bytes())
+        let text = self
+            .to_toml()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        write_secret(path, text.as_bytes())
     }
 
     /// The topic table as (index, topic) pairs.
@@ -939,7 +941,7 @@ topic = "maison/salon/temperature"
         assert_eq!(m.radio.preamble, 8);
         assert!(m.radio.crc);
         assert_eq!(m.radio.frequency_hz(), 868_000_000);
-        let again = parse(&m.to_toml()).expect("round trip");
+        let again = parse(&m.to_toml().expect("toml")).expect("round trip");
         assert_eq!(again, m);
     }
 
