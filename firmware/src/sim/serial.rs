@@ -58,6 +58,8 @@ impl SerialLoop {
         let mut reply = Reply::new();
         let mut master = pty.master();
         let mut buf = [0u8; 64];
+        let trace = std::env::var_os("SENSOR_SIM_TRACE").is_some();
+        let mut traced: Vec<u8> = Vec::new();
         while !self.stop.load(Ordering::SeqCst) {
             let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
             if poll(&mut fds, PollTimeout::from(100u16)).map_err(std::io::Error::from)? == 0 {
@@ -77,6 +79,9 @@ impl SerialLoop {
             // The bytes arrive no faster than the wire carries them.
             sleep_until(rx.schedule(ns(Instant::now()), n as u64));
             for &b in &buf[..n] {
+                if trace && traced.len() < 1024 {
+                    traced.push(b);
+                }
                 let outcome = {
                     let mut chip = self
                         .chip
@@ -89,6 +94,14 @@ impl SerialLoop {
                     bridge.receive(b, &mut chip, &mut store, &mut reply)
                 };
                 let Some(outcome) = outcome else { continue };
+                if trace {
+                    eprintln!(
+                        "sensor-sim: > {:?}  < {:?}",
+                        String::from_utf8_lossy(&traced),
+                        String::from_utf8_lossy(reply.as_bytes())
+                    );
+                    traced.clear();
+                }
                 self.last_line_ms
                     .store(super::now_ms().max(1), Ordering::SeqCst);
                 for chunk in reply.as_bytes().chunks(16) {
