@@ -369,6 +369,8 @@ pub fn crl_pem(der: &[u8]) -> String {
 pub struct Authority {
     /// Ledger and files.
     pub store: Store,
+    passphrase: Passphrase,
+    vault: Option<crate::vault::Vault>,
     issuer: Issuer<'static, KeyPair>,
     issuer_not_after: OffsetDateTime,
 }
@@ -484,6 +486,8 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&der.into(), key)?;
         Ok(Authority {
             store,
+            passphrase: passphrase.clone(),
+            vault: None,
             issuer,
             issuer_not_after: not_after,
         })
@@ -584,6 +588,50 @@ impl Authority {
             path,
             existing,
         })
+    }
+
+    fn vault(&mut self) -> Result<&crate::vault::Vault> {
+        if self.vault.is_none() {
+            let path = self.store.layout.ca_dir().join("vault.key");
+            self.vault = Some(crate::vault::Vault::open_or_create(
+                &path,
+                &self.passphrase,
+            )?);
+        }
+        self.vault
+            .as_ref()
+            .ok_or_else(|| Error::Generate("vault".into()))
+    }
+
+    /// A secret kept in the ledger (encrypted at rest), if it exists.
+    pub fn secret(&mut self, name: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        let Some(sealed) = self.store.ledger.sealed_secret(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.vault()?.open(name, &sealed)?))
+    }
+
+    /// The secret `name`, created with `len` random bytes (and committed) if it does not exist.
+    pub fn secret_or_create(
+        &mut self,
+        name: &str,
+        len: usize,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        if let Some(s) = self.secret(name)? {
+            return Ok(s);
+        }
+        let secret = crate::vault::random_secret(len)?;
+        self.put_secret(name, &secret)?;
+        Ok(secret)
+    }
+
+    /// Stores (or replaces) a secret, encrypted at rest.
+    pub fn put_secret(&mut self, name: &str, secret: &[u8]) -> Result<()> {
+        let sealed = self.vault()?.seal(name, secret)?;
+        let t = now().unix_timestamp();
+        self.store
+            .ledger
+            .transaction(|tx| tx.put_secret(name, &sealed, t))
     }
 
     /// Records an identity without issuing (e.g. to change its ACL).

@@ -21,6 +21,7 @@ pub const PBKDF2_ROUNDS: u32 = 600_000;
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
 /// A passphrase, wiped from memory when dropped. Never printed: `Debug` shows a placeholder.
+#[derive(Clone)]
 pub struct Passphrase(Zeroizing<String>);
 
 impl Passphrase {
@@ -50,6 +51,11 @@ impl Passphrase {
 
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    /// The passphrase bytes, for key derivation inside this crate only.
+    pub(crate) fn expose(&self) -> &[u8] {
+        self.bytes()
     }
 }
 

@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS identities (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS secrets (
+    name        TEXT PRIMARY KEY,           -- e.g. writekey:<device>, linkkey:<gateway>
+    sealed      BLOB NOT NULL,              -- AES-256-GCM under the vault key
+    created_at  INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS crls (
     number       INTEGER PRIMARY KEY,
     this_update  INTEGER NOT NULL,
@@ -276,6 +281,16 @@ impl Ledger {
             .map_err(self.err())
     }
 
+    /// A sealed secret.
+    pub fn sealed_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row("SELECT sealed FROM secrets WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())
+    }
+
     /// The newest CRL.
     pub fn latest_crl(&self) -> Result<Option<CrlRecord>> {
         self.conn
@@ -428,6 +443,18 @@ impl Tx<'_> {
             .execute(
                 "INSERT INTO crls(number, this_update, next_update, revoked, der) VALUES(?1, ?2, ?3, ?4, ?5)",
                 params![c.number, c.this_update, c.next_update, c.revoked, c.der],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Stores a sealed secret (replacing one of the same name).
+    pub fn put_secret(&self, name: &str, sealed: &[u8], now: i64) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO secrets(name, sealed, created_at) VALUES(?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET sealed = ?2",
+                params![name, sealed, now],
             )
             .map_err(self.err())?;
         Ok(())

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod ledger;
 pub mod profile;
 pub mod request;
+pub mod vault;
 
 pub use authority::{Authority, InitOptions, IssueRequest, Issued, Layout, Store};
 pub use error::{Error, Result};
