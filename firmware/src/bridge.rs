@@ -41,6 +41,9 @@ pub mod status {
     pub const STORAGE: u8 = 0xF7;
 }
 
+/// Why a line was refused: status code and a short text for the error reply.
+type Refusal = (u8, &'static str);
+
 /// Firmware version reported by `fw:info()`.
 pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Largest chunk in one `fw:put` or `fw:get`.
@@ -232,18 +235,19 @@ impl Bridge {
         chip: &mut Atecc<B>,
         store: &mut Store<P>,
         reply: &mut Reply,
-    ) -> Result<Outcome, (u8, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         // `E:physical:interface:i2c` has no parentheses; cryptoauthlib ignores the answer.
-        if let [t, b':', rest @ ..] = line {
-            if is_chip_target(*t) && rest.starts_with(b"physical:interface:") {
-                return match &rest[b"physical:interface:".len()..] {
-                    b"i2c" | b"twi" => ok(reply, &[]),
-                    _ => Err((
-                        status::NO_DEVICE,
-                        "only the i2c interface exists on this board",
-                    )),
-                };
-            }
+        if let [t, b':', rest @ ..] = line
+            && is_chip_target(*t)
+            && rest.starts_with(b"physical:interface:")
+        {
+            return match &rest[b"physical:interface:".len()..] {
+                b"i2c" | b"twi" => ok(reply, &[]),
+                _ => Err((
+                    status::NO_DEVICE,
+                    "only the i2c interface exists on this board",
+                )),
+            };
         }
         let (head, args) = split_call(line)?;
         match head {
@@ -286,7 +290,7 @@ impl Bridge {
         args: &[u8],
         chip: &mut Atecc<B>,
         reply: &mut Reply,
-    ) -> Result<Outcome, (u8, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         match cmd {
             b"physical:select" => {
                 let address = parse_hex_byte(args)?;
@@ -335,7 +339,7 @@ impl Bridge {
         chip: &mut Atecc<B>,
         store: &mut Store<P>,
         reply: &mut Reply,
-    ) -> Result<Outcome, (u8, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         no_args(args)?;
         let mut text = Text::<256>::new();
         let _ = write!(text, "version={FIRMWARE_VERSION},id=");
@@ -366,12 +370,12 @@ fn is_chip_target(t: u8) -> bool {
     matches!(t, b'E' | b'e' | b's' | b'S')
 }
 
-fn ok(reply: &mut Reply, payload: &[u8]) -> Result<Outcome, (u8, &'static str)> {
+fn ok(reply: &mut Reply, payload: &[u8]) -> Result<Outcome, Refusal> {
     reply.set(status::OK, payload);
     Ok(Outcome::default())
 }
 
-fn bus_error(e: ChipError) -> (u8, &'static str) {
+fn bus_error(e: ChipError) -> Refusal {
     match e {
         ChipError::Timeout => (status::BUS, "chip did not answer in time"),
         ChipError::BadPacket => (status::SYNTAX, "bad packet length"),
@@ -380,7 +384,7 @@ fn bus_error(e: ChipError) -> (u8, &'static str) {
 }
 
 /// Splits `head(args)`: exactly one `(`, the line ending in the only `)`.
-fn split_call(line: &[u8]) -> Result<(&[u8], &[u8]), (u8, &'static str)> {
+fn split_call(line: &[u8]) -> Result<(&[u8], &[u8]), Refusal> {
     let open = line
         .iter()
         .position(|&c| c == b'(')
@@ -396,7 +400,7 @@ fn split_call(line: &[u8]) -> Result<(&[u8], &[u8]), (u8, &'static str)> {
     Ok((head, inner))
 }
 
-fn no_args(args: &[u8]) -> Result<(), (u8, &'static str)> {
+fn no_args(args: &[u8]) -> Result<(), Refusal> {
     if args.is_empty() {
         Ok(())
     } else {
@@ -404,7 +408,7 @@ fn no_args(args: &[u8]) -> Result<(), (u8, &'static str)> {
     }
 }
 
-fn parse_hex_byte(args: &[u8]) -> Result<u8, (u8, &'static str)> {
+fn parse_hex_byte(args: &[u8]) -> Result<u8, Refusal> {
     let mut b = [0u8; 1];
     match (args.len(), hex::decode_into(args, &mut b)) {
         (2, Ok(1)) => Ok(b[0]),
@@ -413,7 +417,7 @@ fn parse_hex_byte(args: &[u8]) -> Result<u8, (u8, &'static str)> {
 }
 
 /// Parses a decimal number of at most 7 digits (no sign, no spaces).
-fn parse_decimal(s: &[u8]) -> Result<usize, (u8, &'static str)> {
+fn parse_decimal(s: &[u8]) -> Result<usize, Refusal> {
     if s.is_empty() || s.len() > 7 || !s.iter().all(u8::is_ascii_digit) {
         return Err((status::SYNTAX, "expected a decimal number"));
     }
@@ -422,7 +426,7 @@ fn parse_decimal(s: &[u8]) -> Result<usize, (u8, &'static str)> {
 }
 
 /// Splits comma-separated arguments into exactly `N` fields.
-fn fields<const N: usize>(args: &[u8]) -> Result<[&[u8]; N], (u8, &'static str)> {
+fn fields<const N: usize>(args: &[u8]) -> Result<[&[u8]; N], Refusal> {
     let mut out: [&[u8]; N] = [&[]; N];
     let mut it = args.split(|&c| c == b',');
     for slot in out.iter_mut() {
@@ -436,7 +440,7 @@ fn fields<const N: usize>(args: &[u8]) -> Result<[&[u8]; N], (u8, &'static str)>
     Ok(out)
 }
 
-fn store_error(e: StoreError) -> (u8, &'static str) {
+fn store_error(e: StoreError) -> Refusal {
     match e {
         StoreError::BadName => (
             status::BAD_NAME,
@@ -462,7 +466,7 @@ fn fw_list<P: Persist>(
     args: &[u8],
     store: &mut Store<P>,
     reply: &mut Reply,
-) -> Result<Outcome, (u8, &'static str)> {
+) -> Result<Outcome, Refusal> {
     no_args(args)?;
     let mut text = Text::<400>::new();
     let mut first = true;
@@ -481,7 +485,7 @@ fn fw_put<P: Persist>(
     args: &[u8],
     store: &mut Store<P>,
     reply: &mut Reply,
-) -> Result<Outcome, (u8, &'static str)> {
+) -> Result<Outcome, Refusal> {
     let [name, offset, data] = fields::<3>(args)?;
     let offset = parse_decimal(offset)?;
     let mut chunk = [0u8; MAX_CHUNK];
@@ -510,7 +514,7 @@ fn fw_commit<P: Persist>(
     args: &[u8],
     store: &mut Store<P>,
     reply: &mut Reply,
-) -> Result<Outcome, (u8, &'static str)> {
+) -> Result<Outcome, Refusal> {
     let [name, len, crc] = fields::<3>(args)?;
     let len = parse_decimal(len)?;
     let mut c = [0u8; 4];
@@ -528,7 +532,7 @@ fn fw_get<P: Persist>(
     args: &[u8],
     store: &mut Store<P>,
     reply: &mut Reply,
-) -> Result<Outcome, (u8, &'static str)> {
+) -> Result<Outcome, Refusal> {
     let [name, offset, len] = fields::<3>(args)?;
     let offset = parse_decimal(offset)?;
     let len = parse_decimal(len)?;
@@ -546,7 +550,7 @@ fn fw_del<P: Persist>(
     args: &[u8],
     store: &mut Store<P>,
     reply: &mut Reply,
-) -> Result<Outcome, (u8, &'static str)> {
+) -> Result<Outcome, Refusal> {
     store.delete(args).map_err(store_error)?;
     reply.set(status::OK, &[]);
     Ok(changed(args))

@@ -28,7 +28,7 @@ fn nibble(c: u8) -> Option<u8> {
 /// assert_eq!(&out[..2], &[0x0A, 0x1B]);
 /// ```
 pub fn decode_into(src: &[u8], dst: &mut [u8]) -> Result<usize, HexError> {
-    if src.len() % 2 != 0 {
+    if !src.len().is_multiple_of(2) {
         return Err(HexError::OddLength);
     }
     let n = src.len() / 2;

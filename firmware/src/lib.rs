@@ -52,7 +52,7 @@
 //! ```text
 //! > fw:put(device.toml,0,666F726D6174203D20310A)
 //! < 00(3131)                               "11" bytes staged
-//! > fw:commit(device.toml,11,8F8E1B2A)
+//! > fw:commit(device.toml,11,068643E1)
 //! < 00()
 //! > fw:list()
 //! < 00(6465766963652E746F6D6C3A3131)       "device.toml:11"

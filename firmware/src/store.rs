@@ -356,6 +356,8 @@ pub trait Flash {
 /// Bank header: magic, sequence number, image length, CRC-32 of the image; 16 bytes.
 const BANK_MAGIC: &[u8; 4] = b"FWB1";
 const BANK_HEADER: usize = 16;
+/// A valid bank header: sequence number, image length, CRC-32.
+type BankHeader = (u32, usize, u32);
 
 /// Atomic persistence on two flash banks: a save writes the image into the bank not in use,
 /// then its header (sequence number + 1, length, CRC-32) last. Loading takes the valid bank
@@ -384,7 +386,7 @@ impl<F: Flash> FlashPersist<F> {
         &mut self.flash
     }
 
-    fn header(&mut self, bank: u8) -> Option<(u32, usize, u32)> {
+    fn header(&mut self, bank: u8) -> Option<BankHeader> {
         let mut h = [0u8; BANK_HEADER];
         self.flash.read(bank, 0, &mut h).ok()?;
         if h[..4] != *BANK_MAGIC {
@@ -426,7 +428,7 @@ impl<F: Flash> Persist for FlashPersist<F> {
         let a = self.header(0);
         let b = self.header(1);
         // Newer first (wrapping comparison of sequence numbers).
-        let mut order: [(u8, Option<(u32, usize, u32)>); 2] = [(0, a), (1, b)];
+        let mut order: [(u8, Option<BankHeader>); 2] = [(0, a), (1, b)];
         if let (Some(x), Some(y)) = (a, b) {
             if y.0.wrapping_sub(x.0) as i32 > 0 {
                 order.swap(0, 1);
@@ -435,11 +437,11 @@ impl<F: Flash> Persist for FlashPersist<F> {
             order.swap(0, 1);
         }
         for (bank, h) in order {
-            if let Some((seq, len, crc)) = h {
-                if self.load_bank(bank, len, crc, buf) {
-                    self.current = Some((bank, seq));
-                    return Ok(len);
-                }
+            if let Some((seq, len, crc)) = h
+                && self.load_bank(bank, len, crc, buf)
+            {
+                self.current = Some((bank, seq));
+                return Ok(len);
             }
         }
         self.current = None;

@@ -169,7 +169,7 @@ fn payload(reply: &str, status: &str) -> Option<Vec<u8>> {
 }
 
 fn text(reply: &str) -> String {
-    String::from_utf8(payload(&reply[..], &reply[..2]).expect("payload")).expect("utf8")
+    String::from_utf8(payload(reply, &reply[..2]).expect("payload")).expect("utf8")
 }
 
 #[test]
@@ -381,7 +381,7 @@ fn a_failed_save_leaves_ram_and_medium_on_the_old_image() {
     let mut s = Box::new(Store::open(RamPersist::default()));
     s.put_chunk(b"cfg", 0, b"old").expect("stage");
     s.commit(b"cfg", 3, crc32(b"old")).expect("commit");
-    let mut p = RamPersist {
+    let p = RamPersist {
         image: s.persist().image.clone(),
         fail: true,
         saves: 0,
