@@ -71,10 +71,6 @@ impl Layout {
     pub fn ledger(&self) -> PathBuf {
         self.home.join("ledger.sqlite")
     }
-    /// Issued certificates, `<serial>.crt`.
-    pub fn issued_dir(&self) -> PathBuf {
-        self.home.join("issued")
-    }
     /// Host-generated leaf keys (0600).
     pub fn keys_dir(&self) -> PathBuf {
         self.home.join("keys")
@@ -86,10 +82,6 @@ impl Layout {
     /// The site file.
     pub fn site(&self) -> PathBuf {
         self.home.join("site.toml")
-    }
-    /// Path of an issued certificate.
-    pub fn issued(&self, serial: &str) -> PathBuf {
-        self.issued_dir().join(format!("{serial}.crt"))
     }
 }
 
@@ -143,8 +135,6 @@ pub struct Issued {
     pub record: CertRecord,
     /// PEM text.
     pub pem: String,
-    /// Where it is stored under the home.
-    pub path: PathBuf,
     /// True if this request had been issued before and nothing new was signed.
     pub existing: bool,
 }
@@ -257,13 +247,11 @@ impl Store {
     pub fn materialise(&self) -> Result<()> {
         for dir in [
             self.layout.ca_dir(),
-            self.layout.issued_dir(),
             self.layout.keys_dir(),
             self.layout.home.clone(),
         ] {
             fsutil::remove_stale_temps(&dir)?;
         }
-        fsutil::private_dir(&self.layout.issued_dir())?;
         let root = self.ca_cert_der("root_serial")?;
         write_if_differs(&self.layout.root_cert(), cert_pem(&root).as_bytes(), 0o644)?;
         let mut bundle = String::new();
@@ -278,15 +266,6 @@ impl Store {
         }
         bundle.push_str(&cert_pem(&root));
         write_if_differs(&self.layout.ca_bundle(), bundle.as_bytes(), 0o644)?;
-        for c in self.ledger.certificates()? {
-            if Profile::parse(&c.profile).is_ok_and(Profile::is_ca) {
-                continue;
-            }
-            let path = self.layout.issued(&c.serial);
-            if !path.exists() {
-                fsutil::write_atomic(&path, cert_pem(&c.der).as_bytes(), 0o644)?;
-            }
-        }
         if let Some(crl) = self.ledger.latest_crl()? {
             let pem = crl_pem(&crl.der);
             write_if_differs(&self.layout.crl(), pem.as_bytes(), 0o644)?;
@@ -385,7 +364,6 @@ impl Authority {
     ) -> Result<InitReport> {
         fsutil::private_dir(&layout.home)?;
         fsutil::private_dir(&layout.ca_dir())?;
-        fsutil::private_dir(&layout.issued_dir())?;
         fsutil::private_dir(&layout.keys_dir())?;
         fsutil::remove_stale_temps(&layout.ca_dir())?;
         let mut ledger = Ledger::open(&layout.ledger())?;
@@ -528,9 +506,12 @@ impl Authority {
                 req.days.min(max_days),
                 0,
             )?;
+            let (nb, na) = (
+                params.not_before.unix_timestamp(),
+                params.not_after.unix_timestamp(),
+            );
             let cert = params.signed_by(&req.public_key, &self.issuer)?;
             let der = cert.der().to_vec();
-            let (nb, na) = validity(&der)?;
             let record = CertRecord {
                 serial: hex::encode(serial),
                 request_id: req.request_id.clone(),
@@ -579,13 +560,12 @@ impl Authority {
     }
 
     fn finish(&self, record: CertRecord, existing: bool) -> Result<Issued> {
+        // Certificates live in the ledger; files are written only where someone asks for
+        // one (a file per certificate costs an inode allocation, the bulk of issuance time).
         let pem = cert_pem(&record.der);
-        let path = self.store.layout.issued(&record.serial);
-        write_if_differs(&path, pem.as_bytes(), 0o644)?;
         Ok(Issued {
             record,
             pem,
-            path,
             existing,
         })
     }

@@ -40,8 +40,15 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp"))
 }
 
-/// Atomically replaces `path` with `data`, created with `mode` (e.g. 0o600 for secrets).
+/// Atomically replaces `path` with `data`, created with `mode` (e.g. 0o600 for secrets),
+/// and makes it durable (file and directory fsynced).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_replace(path, data, mode, true)
+}
+
+/// Like [`write_atomic`]; with `durable = false` nothing is fsynced: for files derived from
+/// the ledger, which the next run re-materialises if a power cut lost them.
+pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> Result<()> {
     let tmp = temp_path(path);
     let _ = fs::remove_file(&tmp);
     {
@@ -55,10 +62,15 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+        if durable {
+            f.sync_all().map_err(io(&tmp))?;
+        }
     }
     crate::fault::point("write-before-rename");
     fs::rename(&tmp, path).map_err(io(path))?;
+    if !durable {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         // Persist the rename itself.
         if let Ok(d) = File::open(dir) {

@@ -351,10 +351,21 @@ impl Tx<'_> {
     /// Records an issued certificate.
     pub fn insert_cert(&self, c: &CertRecord) -> Result<()> {
         self.tx
-            .execute(
-                &format!("INSERT INTO certificates({CERT_COLS}) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![c.serial, c.request_id, c.identity, c.profile, c.not_before, c.not_after, c.der, c.issued_at, c.revoked_at, c.reason],
-            )
+            .prepare_cached(&format!("INSERT INTO certificates({CERT_COLS}) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))
+            .and_then(|mut st| {
+                st.execute(params![
+                    c.serial,
+                    c.request_id,
+                    c.identity,
+                    c.profile,
+                    c.not_before,
+                    c.not_after,
+                    c.der,
+                    c.issued_at,
+                    c.revoked_at,
+                    c.reason
+                ])
+            })
             .map_err(self.err())?;
         Ok(())
     }
@@ -365,13 +376,13 @@ impl Tx<'_> {
         let r = serde_json::to_string(&i.acl_read).unwrap_or_else(|_| "[]".into());
         let a = serde_json::to_string(&i.attrs).unwrap_or_else(|_| "{}".into());
         self.tx
-            .execute(
+            .prepare_cached(
                 "INSERT INTO identities(id, kind, profile, acl_write, acl_read, attrs, status, created_at, updated_at)
                  VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
                  ON CONFLICT(id) DO UPDATE SET kind = ?2, profile = ?3, acl_write = ?4, acl_read = ?5, attrs = ?6,
                                                status = ?7, updated_at = ?8",
-                params![i.id, i.kind, i.profile, w, r, a, i.status, now],
             )
+            .and_then(|mut st| st.execute(params![i.id, i.kind, i.profile, w, r, a, i.status, now]))
             .map_err(self.err())?;
         Ok(())
     }

@@ -32,7 +32,8 @@ pub struct SignArgs {
     /// Certificate profile: server or client.
     #[arg(long, value_name = "PROFILE")]
     profile: String,
-    /// Also write the certificate (followed by the issuing CA, if any) to this file.
+    /// Write the certificate (followed by the issuing CA, if any) to this file; without it
+    /// the PEM goes to stdout.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Topic filter the client may publish to (repeatable; client profile).
@@ -132,29 +133,33 @@ pub fn run(ctx: &Context, cmd: CertCommand) -> Result<()> {
         days: site.site.leaf_days,
         identity,
     })?;
+    let chain = format!("{}{}", issued.pem, authority.store.chain_pem()?);
     if let Some(out) = &args.out {
-        let chain = format!("{}{}", issued.pem, authority.store.chain_pem()?);
         ca::fsutil::write_atomic(out, chain.as_bytes(), 0o644)?;
     }
-    let human = format!(
-        "{} {} certificate {} for `{}`\n  certificate  {}{}",
-        if issued.existing {
-            "existing"
-        } else {
-            "issued"
-        },
+    let verb = if issued.existing {
+        "existing"
+    } else {
+        "issued"
+    };
+    let summary = format!(
+        "{verb} {} certificate {} for `{}`",
         profile.name(),
         issued.record.serial,
-        csr.common_name,
-        issued.path.display(),
-        args.out
-            .as_ref()
-            .map(|o| format!("\n  written to   {}", o.display()))
-            .unwrap_or_default(),
+        csr.common_name
     );
-    ctx.print(
-        &json!({ "serial": issued.record.serial, "existing": issued.existing, "identity": csr.common_name, "profile": profile.name(), "certificate": issued.path, "out": args.out }),
-        &human,
-    );
+    if ctx.json {
+        ctx.print(
+            &json!({ "serial": issued.record.serial, "existing": issued.existing, "identity": csr.common_name,
+                     "profile": profile.name(), "out": args.out, "pem": chain }),
+            "",
+        );
+    } else if let Some(out) = &args.out {
+        println!("{summary}\n  written to   {}", out.display());
+    } else {
+        // Like `openssl x509`: the certificate on stdout, the summary on stderr.
+        eprintln!("{summary}");
+        print!("{chain}");
+    }
     Ok(())
 }

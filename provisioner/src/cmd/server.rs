@@ -101,6 +101,10 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
         .store
         .ledger
         .set_meta(&format!("server:{}", args.id), &issued.record.serial)?;
+    // The certificate (and chain) beside its key, for operators who run the broker by hand.
+    let cert_path = ctx.layout.keys_dir().join(format!("{}.crt", args.id));
+    let chain = format!("{}{}", issued.pem, authority.store.chain_pem()?);
+    ca::fsutil::write_atomic(&cert_path, chain.as_bytes(), 0o644)?;
     let human = format!(
         "{} broker certificate {} for {}\n  certificate  {}\n  key          {} (0600)\n  next: provisioner emit broker --out DIR",
         if issued.existing {
@@ -110,11 +114,11 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
         },
         issued.record.serial,
         names.join(", "),
-        issued.path.display(),
+        cert_path.display(),
         key_path.display(),
     );
     ctx.print(
-        &json!({ "serial": issued.record.serial, "existing": issued.existing, "certificate": issued.path, "key": key_path, "names": names }),
+        &json!({ "serial": issued.record.serial, "existing": issued.existing, "certificate": cert_path, "key": key_path, "names": names }),
         &human,
     );
     Ok(())
