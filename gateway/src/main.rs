@@ -1,7 +1,165 @@
 //! `gateway`: Pi #1 daemon that subscribes to the broker with its own client certificate and
-//! forwards readings over the secure LoRa link. Filled by the LoRa issue.
+//! forwards readings over the secure LoRa link.
 
-fn main() {
-    eprintln!("gateway: not built yet (see issue 6)");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+
+use gateway::bridge::{self, BridgeConfig};
+use gateway::forward::{self, ToRadio};
+use gateway::{Counters, SHUTDOWN_GRACE, log, write_counters};
+use lora_link::LinkSender;
+use lora_link::mqtt::{Backoff, TlsFiles, client_config, mqtt_options, qos};
+use manifests::gateway::GatewayManifest;
+
+/// Forward MQTT messages from the broker over the secure LoRa link.
+///
+/// Connects to the broker of the manifest with the gateway's client certificate (mutual TLS),
+/// subscribes to the manifest's topic filters, and sends each message as a record over the
+/// LoRa link within the duty-cycle budget. Logs go to stderr; on SIGINT or SIGTERM it sends
+/// what the budget allows for a few seconds, then prints its counters as one JSON line on
+/// stdout ({"received","queued","sent","frames_sent","dropped_queue_full",...}) and exits 0.
+///
+/// EXAMPLES:
+///   gateway --manifest /etc/iot-gateway/gateway.toml
+///   gateway --manifest ./passerelle/gateway.toml --check
+///
+/// EXIT CODES:
+///   0  stopped by a signal (or --check passed)
+///   1  runtime failure (radio, counter state)
+///   2  bad arguments or manifest (the message names the file and field)
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, verbatim_doc_comment)]
+struct Cli {
+    /// Gateway manifest (written by `provisioner emit gateway ID`, mode 0600).
+    #[arg(long, env = "GATEWAY_MANIFEST", value_name = "FILE")]
+    manifest: PathBuf,
+    /// Only load and check the manifest, the certificates and the link; then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            log!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), (u8, String)> {
+    let config = |e: String| (2u8, e);
+    let g = GatewayManifest::load(&cli.manifest).map_err(|e| config(e.to_string()))?;
+    let m = &g.manifest.mqtt;
+    let tls = client_config(&TlsFiles {
+        ca_file: g.ca_file.clone(),
+        cert_file: g.cert_file.clone(),
+        key_file: g.key_file.clone(),
+        server_name: m.server_name.clone(),
+    })
+    .map_err(|e| config(format!("{}: {e}", cli.manifest.display())))?;
+    let sender = LinkSender::from_manifest(&g.link).map_err(|e| (1, e.to_string()))?;
+    if cli.check {
+        eprintln!(
+            "gateway: {} is valid: broker {}:{} (TLS name {}), {} filter(s), link node {} -> {}",
+            cli.manifest.display(),
+            m.host,
+            m.port,
+            m.tls_server_name(),
+            m.filters.len(),
+            g.link.manifest.node.address,
+            g.link.manifest.destination().unwrap_or(255),
+        );
+        return Ok(());
+    }
+    let radio = lora_link::radio::open(&g.link.manifest.radio, g.link.manifest.air.as_ref())
+        .map_err(|e| (1, format!("radio: {e}")))?;
+    log!(
+        "forwarding {} from {}:{} to LoRa node {} ({} MHz, SF{}, capacity {} bytes/frame)",
+        m.filters.join(", "),
+        m.host,
+        m.port,
+        g.link.manifest.destination().unwrap_or(255),
+        g.link.manifest.radio.frequency_mhz,
+        g.link.manifest.radio.spreading_factor.get(),
+        sender.capacity(),
+    );
+
+    let counters = Arc::new(Mutex::new(Counters::default()));
+    let radio_stopped = Arc::new(AtomicBool::new(false));
+    let (to_radio, from_mqtt) = std::sync::mpsc::channel();
+    let radio_thread = {
+        let counters = Arc::clone(&counters);
+        let stopped = Arc::clone(&radio_stopped);
+        std::thread::spawn(move || {
+            let (mut sender, mut radio) = (sender, radio);
+            let r = forward::run(
+                &mut sender,
+                &mut radio,
+                &from_mqtt,
+                &counters,
+                SHUTDOWN_GRACE,
+            );
+            stopped.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    let bridge_cfg = BridgeConfig {
+        options: mqtt_options(
+            &m.client_id,
+            &m.host,
+            m.port,
+            Duration::from_secs(u64::from(m.keep_alive_s)),
+            tls,
+        ),
+        filters: m.filters.clone(),
+        qos: qos(m.qos),
+        backoff: Backoff::new(
+            Duration::from_millis(m.reconnect_min_ms),
+            Duration::from_millis(m.reconnect_max_ms),
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| (1, format!("tokio runtime: {e}")))?;
+    let bridged = runtime.block_on(bridge::run(
+        bridge_cfg,
+        to_radio.clone(),
+        Arc::clone(&counters),
+        Arc::clone(&radio_stopped),
+        bridge::signals(),
+    ));
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    let _ = to_radio.send(ToRadio::Shutdown);
+    drop(to_radio);
+    let radio_result = radio_thread
+        .join()
+        .unwrap_or_else(|_| Err("the radio thread panicked".into()));
+    let final_counters = counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(path) = &g.counters_file
+        && let Err(e) = write_counters(path, &final_counters)
+    {
+        log!("cannot write counters to {}: {e}", path.display());
+    }
+    println!("{}", final_counters.to_json_line());
+    if !final_counters.balanced() {
+        log!("counters do not add up (received vs sent + dropped + waiting): please report");
+    }
+    match (radio_result, bridged) {
+        (Err(e), _) => Err((1, e)),
+        (Ok(()), Err(e)) => Err((1, e.to_string())),
+        (Ok(()), Ok(())) => {
+            log!("stopped cleanly");
+            Ok(())
+        }
+    }
 }

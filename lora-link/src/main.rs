@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand};
 use lora_link::air::{AirFrame, AirHub, AirMsg, AirPort, HubConfig};
 use lora_link::airtime::{Modulation, format_ms};
 use lora_link::link::LinkReceiver;
-use lora_link::rx::{self, JsonLinesSink};
+use lora_link::mqtt::{Backoff, MqttSink, TlsFiles, client_config, mqtt_options};
+use lora_link::rx::{self, JsonLinesSink, RecordSink};
 
 /// Secure LoRa link: receiver daemon, simulated air, frame injection and capture.
 ///
@@ -26,14 +27,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Receive, verify, decrypt and de-duplicate frames; print one JSON line per record.
+    /// Receive, verify, decrypt and de-duplicate frames; republish each record to the broker
+    /// of the manifest's [mqtt] section (mutual TLS, the receiver's own certificate), or print
+    /// one JSON line per record when there is none.
     ///
-    /// Records go to stdout as {"topic","payload" (if UTF-8),"payload_hex","from","counter",
-    /// "rssi","snr"}; rejected frames go to stderr as {"rejected": reason, "error"}.
+    /// JSON records go to stdout as {"topic","payload" (if UTF-8),"payload_hex","from",
+    /// "counter","rssi","snr"}; rejected frames go to stderr as {"rejected": reason, "error"}.
+    /// On SIGINT/SIGTERM (or after --count frames) it waits briefly for the broker's
+    /// acknowledgements and prints its counters as one JSON line on stderr.
     ///
     /// EXAMPLES:
     ///   lora-link rx --manifest /etc/lora-link/receiver.toml
     ///   lora-link rx --manifest receiver.toml --count 1
+    ///   lora-link rx --manifest receiver.toml --print     # republish and print
     Rx {
         /// Receiver manifest (written by `provisioner emit receiver ID`, mode 0600).
         #[arg(long, env = "LORA_LINK_MANIFEST")]
@@ -41,6 +47,9 @@ enum Cmd {
         /// Stop after this many accepted frames.
         #[arg(long)]
         count: Option<u64>,
+        /// Also print JSON lines when republishing to a broker.
+        #[arg(long)]
+        print: bool,
     },
     /// Run the simulated air: a UDP hub on 127.0.0.1 for emulated SX1276s.
     ///
@@ -141,6 +150,56 @@ struct PhyArgs {
     /// Coding rate denominator.
     #[arg(long, default_value_t = 5)]
     cr: u8,
+}
+
+/// The republishing sink of a manifest's [mqtt] section (paths relative to the manifest).
+fn republisher(
+    manifest: &std::path::Path,
+    m: &manifests::link::MqttParams,
+) -> Result<MqttSink, (u8, String)> {
+    let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
+    let resolve = |p: &std::path::Path| dir.join(p);
+    let tls = client_config(&TlsFiles {
+        ca_file: resolve(&m.ca_file),
+        cert_file: resolve(&m.cert_file),
+        key_file: resolve(&m.key_file),
+        server_name: None,
+    })
+    .map_err(|e| usage(format!("{}: [mqtt]: {e}", manifest.display())))?;
+    let opts = mqtt_options(&m.client_id, &m.host, m.port, Duration::from_secs(30), tls);
+    Ok(MqttSink::start(
+        opts,
+        lora_link::mqtt::qos(m.qos),
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+        "lora-link rx",
+    ))
+}
+
+/// Sets `stop` on SIGINT or SIGTERM (a small runtime on its own thread).
+fn stop_on_signals(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("lora-link rx: stopping");
+            stop.store(true, Ordering::SeqCst);
+        });
+    });
 }
 
 fn main() -> ExitCode {
@@ -284,21 +343,46 @@ fn run(cli: Cli) -> CliResult {
             }
             Ok(())
         }
-        Cmd::Rx { manifest, count } => {
+        Cmd::Rx {
+            manifest,
+            count,
+            print,
+        } => {
             let loaded = manifests::link::LinkManifest::load(&manifest).map_err(usage)?;
             let mut receiver = LinkReceiver::from_manifest(&loaded).map_err(usage)?;
+            let mut mqtt = match &loaded.manifest.mqtt {
+                None => None,
+                Some(m) => Some(republisher(&loaded.path, m)?),
+            };
             let mut radio =
                 lora_link::radio::open(&loaded.manifest.radio, loaded.manifest.air.as_ref())
                     .map_err(rt)?;
-            let mut sink = JsonLinesSink::new(std::io::stdout().lock(), std::io::stderr());
             let stop = Arc::new(AtomicBool::new(false));
-            let r = rx::run(&mut radio, &mut receiver, &mut sink, &stop, count);
+            stop_on_signals(Arc::clone(&stop));
+            let mut json = JsonLinesSink::new(std::io::stdout().lock(), std::io::stderr());
+            let r = match mqtt.as_mut() {
+                None => rx::run(&mut radio, &mut receiver, &mut json, &stop, count),
+                Some(m) if print => {
+                    let mut both = |meta: &rx::FrameMeta, rec: &lora_link::Record| {
+                        m.deliver(meta, rec)?;
+                        json.deliver(meta, rec)
+                    };
+                    rx::run(&mut radio, &mut receiver, &mut both, &stop, count)
+                }
+                Some(m) => rx::run(&mut radio, &mut receiver, m, &stop, count),
+            };
             let s = receiver.stats();
-            eprintln!(
-                "{}",
-                serde_json::json!({"accepted": s.frames_accepted, "records": s.records,
-                    "phy_crc_errors": s.phy_crc_errors, "rejected": s.rejected})
-            );
+            let mut line = serde_json::json!({"accepted": s.frames_accepted, "records": s.records,
+                "phy_crc_errors": s.phy_crc_errors, "rejected": s.rejected});
+            if let Some(m) = mqtt.as_mut() {
+                m.shutdown(Duration::from_secs(3));
+                let c = m.counters();
+                line["republished"] = c.published.load(Ordering::SeqCst).into();
+                line["acked"] = c.acked.load(Ordering::SeqCst).into();
+                line["republish_dropped"] = c.dropped.load(Ordering::SeqCst).into();
+                line["connections"] = c.connections.load(Ordering::SeqCst).into();
+            }
+            eprintln!("{line}");
             r.map_err(rt)
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod error;
+pub mod gateway;
 pub mod link;
 pub mod mosquitto;
 pub mod site;

@@ -1,4 +1,10 @@
-//! `provisioner emit broker`: a complete mosquitto 2.0 configuration from the ledger.
+//! `provisioner emit broker|gateway|receiver`: the configuration other programs consume.
+//!
+//! * `broker`: a complete mosquitto 2.0 configuration from the ledger.
+//! * `gateway ID`: the gateway's manifest (`gateway.toml`), its link manifest (`link.toml`),
+//!   its client certificate and key, the CA and the link key, loadable by `gateway` as is.
+//! * `receiver ID`: the receiver's link manifest (`receiver.toml`, with an `[mqtt]` section to
+//!   republish), its certificate and key, the CA and the link key, for `lora-link rx`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +24,70 @@ provisioner emit broker --out ./pi-etc --prefix /etc/mosquitto/site --run-as mos
 Re-running it rewrites every file atomically (new devices join the ACL, revoked ones leave it);\n\
 reload mosquitto with SIGHUP afterwards. `provisioner crl` keeps OUT/crl.pem fresh.")]
     Broker(BrokerArgs),
+    /// Gateway manifest, link manifest, client certificate and key, CA, link key.
+    #[command(after_help = "EXAMPLES:\n  \
+provisioner emit gateway passerelle --out ./passerelle && gateway --manifest ./passerelle/gateway.toml\n  \
+provisioner emit gateway passerelle --out ./gw --broker-host 127.0.0.1 --broker-port 18883 --air 127.0.0.1:7700\n\n\
+The gateway's certificate (CN = ID, ACL read = the site's subscribe filters) and its P-256 key\n\
+(generated here, kept 0600 under the home's keys/) are reused on every run, and so is the link\n\
+key shared with the receiver (kept encrypted in the ledger). Secrets are written 0600.")]
+    Gateway(NodeArgs),
+    /// Receiver link manifest (with the far-side broker), client certificate and key, CA, link key.
+    #[command(after_help = "EXAMPLES:\n  \
+provisioner emit receiver recepteur --out ./recepteur && lora-link rx --manifest ./recepteur/receiver.toml\n  \
+provisioner emit receiver recepteur --out ./rx --broker-host 127.0.0.1 --broker-port 18884 --air 127.0.0.1:7700\n  \
+provisioner emit receiver recepteur --out ./rx --no-mqtt     # print JSON lines instead of republishing\n\n\
+The receiver's certificate (CN = ID, ACL write = the site's publish filters) lets it republish\n\
+on the broker on its side; run `provisioner emit broker` afterwards so that broker's ACL knows it.")]
+    Receiver(NodeArgs),
+}
+
+/// Arguments of `emit gateway` and `emit receiver`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Gateway or receiver id from the site file (`[gateways.ID]` / `[receivers.ID]`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Output directory (created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+/// Options shared by `emit gateway|receiver` and `deploy gateway`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeOptions {
+    /// Broker to connect to. Gateway default: the site's broker; receiver default: localhost
+    /// (the broker on Pi #2).
+    #[arg(long, value_name = "HOST")]
+    pub broker_host: Option<String>,
+    /// Broker port. Default: the site's broker port.
+    #[arg(long, value_name = "PORT")]
+    pub broker_port: Option<u16>,
+    /// Name to check in the broker's certificate when it differs from --broker-host
+    /// (gateway only).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// MQTT QoS for subscribing (gateway) or republishing (receiver).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Use the emulated radio on this `lora-link air` hub (loopback), e.g. 127.0.0.1:7700.
+    #[arg(long, value_name = "ADDR")]
+    pub air: Option<std::net::SocketAddr>,
+    /// Spreading factor 7..=12 (both ends must agree). Default: the link schema's (SF7).
+    #[arg(long, value_name = "SF", value_parser = clap::value_parser!(u8).range(7..=12))]
+    pub sf: Option<u8>,
+    /// Directory for the counter lease / replay state. Default: OUT/state (or PREFIX/state).
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    /// Directory where the files will be on the target machine, if not OUT itself: the
+    /// manifests then name absolute paths under it.
+    #[arg(long, value_name = "PATH")]
+    pub prefix: Option<PathBuf>,
+    /// Receiver only: no [mqtt] section; `lora-link rx` prints JSON lines instead.
+    #[arg(long)]
+    pub no_mqtt: bool,
 }
 
 /// Arguments of `emit broker`.
@@ -46,7 +116,24 @@ pub struct BrokerArgs {
 
 /// Runs `emit`.
 pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
-    let EmitCommand::Broker(args) = cmd;
+    match cmd {
+        EmitCommand::Broker(args) => broker(ctx, args),
+        EmitCommand::Gateway(args) => {
+            let out = prepare_out(&args.out)?;
+            let e = write_gateway(ctx, &args.id, &args.node, &out)?;
+            print_node(ctx, "gateway", &args.id, &out, &e, "gateway --manifest");
+            Ok(())
+        }
+        EmitCommand::Receiver(args) => {
+            let out = prepare_out(&args.out)?;
+            let e = write_receiver(ctx, &args.id, &args.node, &out)?;
+            print_node(ctx, "receiver", &args.id, &out, &e, "lora-link rx --manifest");
+            Ok(())
+        }
+    }
+}
+
+fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
     let site = ctx.site()?;
     let store = ctx.store()?;
     let serial = store
@@ -188,4 +275,490 @@ fn give_to(user: &str, dir: &Path, files: &[PathBuf]) -> Result<()> {
             .map_err(|e| crate::exit::io(p, e))?;
     }
     Ok(())
+}
+
+/// Creates OUT (0700) and returns its canonical path.
+fn prepare_out(out: &Path) -> Result<PathBuf> {
+    ca::fsutil::private_dir(out)?;
+    out.canonicalize().map_err(|e| crate::exit::io(out, e))
+}
+
+/// What `write_gateway` / `write_receiver` wrote.
+#[derive(Debug, Clone)]
+pub struct NodeEmitted {
+    /// The manifest to give the daemon (`gateway.toml` or `receiver.toml`), in OUT.
+    pub manifest: PathBuf,
+    /// Every file written, in OUT.
+    pub files: Vec<PathBuf>,
+    /// Serial of the node's certificate.
+    pub serial: String,
+    /// True when the certificate existed already.
+    pub existing: bool,
+    /// This node's and the peer's RadioHead addresses.
+    pub addresses: (u8, u8),
+}
+
+fn print_node(ctx: &Context, kind: &str, id: &str, out: &Path, e: &NodeEmitted, run: &str) {
+    let human = format!(
+        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}\n  run: {run} {}",
+        out.display(),
+        e.serial,
+        if e.existing { "existing" } else { "issued" },
+        e.addresses.0,
+        e.addresses.1,
+        e.manifest.display(),
+    );
+    ctx.print(
+        &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
+                 "serial": e.serial, "existing": e.existing,
+                 "address": e.addresses.0, "peer_address": e.addresses.1 }),
+        &human,
+    );
+}
+
+/// A node's certificate and key (PEM): the key generated here once and kept under keys/.
+struct NodeIdentity {
+    chain_pem: String,
+    key_pem: zeroize::Zeroizing<String>,
+    serial: String,
+    existing: bool,
+}
+
+fn issue_node(
+    ctx: &Context,
+    authority: &mut ca::Authority,
+    site: &manifests::site::Site,
+    id: &str,
+    kind: &str,
+    acl_read: Vec<String>,
+    acl_write: Vec<String>,
+) -> Result<NodeIdentity> {
+    use ca::ledger::IdentityRecord;
+    if let Some(existing) = authority.store.ledger.identity(id)?
+        && existing.kind != kind
+    {
+        return Err(CliError::new(
+            Code::State,
+            format!(
+                "`{id}` already exists in the ledger as a {}; a {kind} needs its own name",
+                existing.kind
+            ),
+        )
+        .with_help("rename the gateway or receiver in the site file"));
+    }
+    let key_path = ctx.layout.keys_dir().join(format!("{id}.key"));
+    // A key from an earlier (possibly interrupted) run is reused: same key, same request.
+    let key = if key_path.exists() {
+        ca::keys::read_plain(&key_path)?
+    } else {
+        let k = ca::keys::generate()?;
+        ca::keys::write_plain(&key_path, &k)?;
+        k
+    };
+    let public_key = ca::PublicKey::from_sec1(key.public_key_raw())?;
+    let request_id =
+        ca::authority::request_id(&[b"node", kind.as_bytes(), id.as_bytes(), &public_key.0]);
+    let identity = IdentityRecord {
+        id: id.to_string(),
+        kind: kind.into(),
+        profile: "client".into(),
+        acl_write,
+        acl_read,
+        attrs: Default::default(),
+        status: "active".into(),
+    };
+    let issued = authority.issue(ca::IssueRequest {
+        profile: ca::Profile::Client,
+        subject: ca::Subject {
+            common_name: id.to_string(),
+            organization: site.site.organization.clone(),
+            dns: vec![],
+            ips: vec![],
+            uris: vec![format!(
+                "urn:iot-provisioner:{}:{kind}:{id}",
+                site.site.name
+            )],
+        },
+        public_key,
+        request_id,
+        days: site.site.leaf_days,
+        identity: Some(identity.clone()),
+    })?;
+    if issued.record.revoked_at.is_some() {
+        return Err(CliError::new(
+            Code::State,
+            format!("the certificate {} of `{id}` is revoked", issued.record.serial),
+        )
+        .with_help(format!(
+            "remove {} to get a new key and certificate, then emit again",
+            key_path.display()
+        )));
+    }
+    // The ACL follows the site file even when the certificate existed already.
+    authority.upsert_identity(&identity)?;
+    let chain_pem = format!("{}{}", issued.pem, authority.store.chain_pem()?);
+    Ok(NodeIdentity {
+        chain_pem,
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        serial: issued.record.serial,
+        existing: issued.existing,
+    })
+}
+
+/// RadioHead addresses handed out once and kept in the ledger: receivers from 1, gateways
+/// from 10.
+fn lora_address(authority: &ca::Authority, id: &str, kind: &str) -> Result<u8> {
+    const KEY: &str = "lora-addresses";
+    let ledger = &authority.store.ledger;
+    let mut map: std::collections::BTreeMap<String, u8> = match ledger.meta(KEY)? {
+        Some(s) => serde_json::from_str(&s).map_err(|e| {
+            CliError::new(Code::State, format!("ledger meta `{KEY}` is damaged: {e}"))
+        })?,
+        None => Default::default(),
+    };
+    if let Some(a) = map.get(id) {
+        return Ok(*a);
+    }
+    let start = if kind == "receiver" { 1 } else { 10 };
+    let a = (start..=254u8)
+        .find(|a| !map.values().any(|v| v == a))
+        .ok_or_else(|| CliError::new(Code::State, "no free LoRa address left (1..=254)"))?;
+    map.insert(id.to_string(), a);
+    let text = serde_json::to_string(&map)
+        .map_err(|e| CliError::new(Code::Failure, format!("encoding addresses: {e}")))?;
+    ledger.set_meta(KEY, &text)?;
+    Ok(a)
+}
+
+/// Concrete topics the gateway forwards, for the link's topic table: every room of the site
+/// with every reading (and status) template of every profile, where a subscribe filter
+/// matches; at most 128, sorted. Others travel inline.
+fn topic_table(
+    site: &manifests::site::Site,
+    filters: &[String],
+) -> Vec<manifests::link::TopicEntry> {
+    use manifests::site::{TopicVars, expand_topic};
+    let mut topics = std::collections::BTreeSet::new();
+    for room in &site.topics.rooms {
+        for p in site.profiles.values() {
+            let templates = p
+                .readings
+                .iter()
+                .map(|r| r.topic.as_str())
+                .chain(p.status_topic.as_deref());
+            for t in templates.filter(|t| !t.contains("{id}")) {
+                let vars = TopicVars {
+                    root: &site.topics.root,
+                    room,
+                    id: "",
+                };
+                let topic = expand_topic(t, &vars);
+                if manifests::link::check_topic(&topic).is_ok()
+                    && filters
+                        .iter()
+                        .any(|f| manifests::topic::filter_matches(f, &topic))
+                {
+                    topics.insert(topic);
+                }
+            }
+        }
+    }
+    topics
+        .into_iter()
+        .take(usize::from(manifests::link::MAX_TOPIC_INDEX) + 1)
+        .enumerate()
+        .map(|(i, topic)| manifests::link::TopicEntry {
+            index: i as u8,
+            topic,
+        })
+        .collect()
+}
+
+/// The link settings both ends share.
+fn link_manifest(
+    role: manifests::link::LinkRole,
+    node: manifests::link::Node,
+    peer: manifests::link::Peer,
+    topics: Vec<manifests::link::TopicEntry>,
+    opts: &NodeOptions,
+    state_dir: PathBuf,
+) -> Result<manifests::link::LinkManifest> {
+    use manifests::link::{AirParams, KeySource, LinkManifest, RadioBackend, SpreadingFactor};
+    let mut m = LinkManifest::new(
+        role,
+        node,
+        vec![peer],
+        KeySource {
+            hex: None,
+            file: None,
+        },
+    );
+    m.topics = topics;
+    m.state_dir = state_dir;
+    if let Some(sf) = opts.sf {
+        m.radio.spreading_factor = SpreadingFactor::try_from(sf)
+            .map_err(|e| CliError::new(Code::Input, format!("--sf: {e}")))?;
+    }
+    if let Some(hub) = opts.air {
+        if !hub.ip().is_loopback() {
+            return Err(CliError::new(
+                Code::Input,
+                format!("--air {hub}: the simulated air is loopback only"),
+            )
+            .with_help("use 127.0.0.1:PORT (the address `lora-link air --listen` prints)"));
+        }
+        m.radio.backend = RadioBackend::Emulated;
+        m.air = Some(AirParams { hub });
+    }
+    Ok(m)
+}
+
+/// A file's path as the manifests name it: relative (to the manifest's directory) without
+/// --prefix, absolute under the prefix with it.
+fn target_path(_out: &Path, opts: &NodeOptions, name: &str) -> PathBuf {
+    match &opts.prefix {
+        Some(p) => p.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+fn write_files(out: &Path, files: &[(String, &[u8], u32)]) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for (name, data, mode) in files {
+        let p = out.join(name);
+        ca::fsutil::write_atomic(&p, data, *mode)?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+fn link_key_hex(authority: &mut ca::Authority, gateway: &str) -> Result<zeroize::Zeroizing<String>> {
+    let key = authority.secret_or_create(&format!("linkkey:{gateway}"), 16)?;
+    if key.len() != 16 {
+        return Err(CliError::new(
+            Code::State,
+            format!(
+                "the ledger's link key `linkkey:{gateway}` has {} bytes, expected 16",
+                key.len()
+            ),
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(format!("{}\n", hex::encode(&key[..]))))
+}
+
+fn default_state_dir(out: &Path, opts: &NodeOptions) -> PathBuf {
+    opts.state_dir.clone().unwrap_or_else(|| match &opts.prefix {
+        Some(p) => p.join("state"),
+        None => out.join("state"),
+    })
+}
+
+/// Issues (or reuses) the gateway's certificate and link key and writes its files into
+/// `out` (an existing directory): `gateway.toml`, `link.toml`, `link.key`, `ca.crt`,
+/// `ID.crt`, `ID.key`. Used by `emit gateway` and `deploy gateway`.
+pub fn write_gateway(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -> Result<NodeEmitted> {
+    use manifests::gateway::{GATEWAY_MANIFEST_VERSION, GatewayManifest, GatewayMqtt, LinkRef};
+    use manifests::link::{KeySource, LinkRole, Node, Peer};
+    let site = ctx.site()?;
+    let g = site.gateways.get(id).ok_or_else(|| {
+        let known: Vec<&str> = site.gateways.keys().map(String::as_str).collect();
+        CliError::new(
+            Code::Input,
+            format!("no gateway `{id}` in the site file (known: {})", known.join(", ")),
+        )
+        .with_help(format!(
+            "add [gateways.{id}] with subscribe = [...] and receiver = \"...\" to {}",
+            ctx.layout.site().display()
+        ))
+    })?;
+    let mut authority = ctx.authority()?;
+    let ident = issue_node(ctx, &mut authority, &site, id, "gateway", g.subscribe.clone(), vec![])?;
+    let me = lora_address(&authority, id, "gateway")?;
+    let peer = lora_address(&authority, &g.receiver, "receiver")?;
+    let key_hex = link_key_hex(&mut authority, id)?;
+    let mut link = link_manifest(
+        LinkRole::Gateway,
+        Node {
+            name: id.to_string(),
+            address: me,
+        },
+        Peer {
+            name: g.receiver.clone(),
+            address: peer,
+        },
+        topic_table(&site, &g.subscribe),
+        opts,
+        default_state_dir(out, opts),
+    )?;
+    link.key = KeySource {
+        hex: None,
+        file: Some(target_path(out, opts, "link.key")),
+    };
+    let host = opts
+        .broker_host
+        .clone()
+        .or_else(|| site.broker.connect_host())
+        .ok_or_else(|| {
+            CliError::new(Code::Input, "the site file names no broker address")
+                .with_help("give --broker-host HOST")
+        })?;
+    let server_name = opts.server_name.clone().or_else(|| {
+        if opts.broker_host.is_some() {
+            None
+        } else {
+            site.broker.server_name().filter(|n| n != &host)
+        }
+    });
+    let state_dir = link.state_dir.clone();
+    let manifest = GatewayManifest {
+        version: GATEWAY_MANIFEST_VERSION,
+        counters_file: Some(state_dir.join("counters.json")),
+        mqtt: GatewayMqtt {
+            host,
+            port: opts.broker_port.unwrap_or(site.broker.port),
+            server_name,
+            client_id: id.to_string(),
+            ca_file: target_path(out, opts, "ca.crt"),
+            cert_file: target_path(out, opts, &format!("{id}.crt")),
+            key_file: target_path(out, opts, &format!("{id}.key")),
+            filters: g.subscribe.clone(),
+            qos: opts.qos,
+            keep_alive_s: 30,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        },
+        link: LinkRef {
+            manifest: Some(target_path(out, opts, "link.toml")),
+            embedded: None,
+        },
+    };
+    let link_text = link
+        .to_toml()
+        .map_err(|e| CliError::new(Code::Failure, format!("encoding link.toml: {e}")))?;
+    let gw_text = manifest.to_toml()?;
+    let bundle = std::fs::read(ctx.layout.ca_bundle())
+        .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
+    let files = write_files(
+        out,
+        &[
+            ("ca.crt".into(), &bundle, 0o644),
+            (format!("{id}.crt"), ident.chain_pem.as_bytes(), 0o644),
+            (format!("{id}.key"), ident.key_pem.as_bytes(), 0o600),
+            ("link.key".into(), key_hex.as_bytes(), 0o600),
+            ("link.toml".into(), link_text.as_bytes(), 0o600),
+            ("gateway.toml".into(), gw_text.as_bytes(), 0o600),
+        ],
+    )?;
+    if opts.prefix.is_none() {
+        ca::fsutil::private_dir(&state_dir)?;
+    }
+    Ok(NodeEmitted {
+        manifest: out.join("gateway.toml"),
+        files,
+        serial: ident.serial,
+        existing: ident.existing,
+        addresses: (me, peer),
+    })
+}
+
+/// Issues (or reuses) the receiver's certificate and writes `receiver.toml`, `link.key`,
+/// `ca.crt`, `ID.crt`, `ID.key` into `out`.
+pub fn write_receiver(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -> Result<NodeEmitted> {
+    use manifests::link::{KeySource, LinkRole, MqttParams, Node, Peer};
+    let site = ctx.site()?;
+    let r = site.receivers.get(id).ok_or_else(|| {
+        let known: Vec<&str> = site.receivers.keys().map(String::as_str).collect();
+        CliError::new(
+            Code::Input,
+            format!("no receiver `{id}` in the site file (known: {})", known.join(", ")),
+        )
+        .with_help(format!(
+            "add [receivers.{id}] with publish = [...] to {}",
+            ctx.layout.site().display()
+        ))
+    })?;
+    let gateways: Vec<(&String, &manifests::site::Gateway)> =
+        site.gateways.iter().filter(|(_, g)| g.receiver == id).collect();
+    let (gw_id, gw) = match gateways.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(CliError::new(
+                Code::Input,
+                format!("no gateway of the site sends to receiver `{id}`"),
+            )
+            .with_help(format!("set receiver = \"{id}\" in a [gateways.ID] table of the site file")));
+        }
+        many => {
+            return Err(CliError::new(
+                Code::Input,
+                format!(
+                    "receiver `{id}` has {} gateways ({}); one link key per receiver manifest allows one",
+                    many.len(),
+                    many.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .with_help("give each gateway its own receiver in the site file"));
+        }
+    };
+    let mut authority = ctx.authority()?;
+    let ident = issue_node(ctx, &mut authority, &site, id, "receiver", vec![], r.publish.clone())?;
+    let me = lora_address(&authority, id, "receiver")?;
+    let peer = lora_address(&authority, gw_id, "gateway")?;
+    let key_hex = link_key_hex(&mut authority, gw_id)?;
+    let mut link = link_manifest(
+        LinkRole::Receiver,
+        Node {
+            name: id.to_string(),
+            address: me,
+        },
+        Peer {
+            name: gw_id.clone(),
+            address: peer,
+        },
+        topic_table(&site, &gw.subscribe),
+        opts,
+        default_state_dir(out, opts),
+    )?;
+    link.key = KeySource {
+        hex: None,
+        file: Some(target_path(out, opts, "link.key")),
+    };
+    if !opts.no_mqtt {
+        link.mqtt = Some(MqttParams {
+            host: opts.broker_host.clone().unwrap_or_else(|| "localhost".into()),
+            port: opts.broker_port.unwrap_or(site.broker.port),
+            client_id: id.to_string(),
+            ca_file: target_path(out, opts, "ca.crt"),
+            cert_file: target_path(out, opts, &format!("{id}.crt")),
+            key_file: target_path(out, opts, &format!("{id}.key")),
+            filters: vec![],
+            qos: opts.qos,
+        });
+    }
+    let state_dir = link.state_dir.clone();
+    let text = link
+        .to_toml()
+        .map_err(|e| CliError::new(Code::Failure, format!("encoding receiver.toml: {e}")))?;
+    let bundle = std::fs::read(ctx.layout.ca_bundle())
+        .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
+    let files = write_files(
+        out,
+        &[
+            ("ca.crt".into(), &bundle, 0o644),
+            (format!("{id}.crt"), ident.chain_pem.as_bytes(), 0o644),
+            (format!("{id}.key"), ident.key_pem.as_bytes(), 0o600),
+            ("link.key".into(), key_hex.as_bytes(), 0o600),
+            ("receiver.toml".into(), text.as_bytes(), 0o600),
+        ],
+    )?;
+    if opts.prefix.is_none() {
+        ca::fsutil::private_dir(&state_dir)?;
+    }
+    Ok(NodeEmitted {
+        manifest: out.join("receiver.toml"),
+        files,
+        serial: ident.serial,
+        existing: ident.existing,
+        addresses: (me, peer),
+    })
 }

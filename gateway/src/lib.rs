@@ -1,0 +1,103 @@
+//! The gateway on Pi #1: MQTT (mutual TLS, its own client certificate) in, secure LoRa frames
+//! out.
+//!
+//! * [`forward`]: the radio side, a thread that owns the [`lora_link::LinkSender`] and the
+//!   [`lora_link::radio::Radio`]: it queues records, transmits within the duty-cycle budget and
+//!   counts everything it sends, queues and drops ([`Counters`]).
+//! * [`bridge`]: the MQTT side on tokio: connect, subscribe to the manifest's filters,
+//!   reconnect with back-off, hand every message to the radio thread, stop on SIGINT/SIGTERM.
+//!
+//! The configuration is one file, [`manifests::gateway::GatewayManifest`].
+
+pub mod bridge;
+pub mod forward;
+
+use std::time::Duration;
+
+use lora_link::link::TxStats;
+use serde::Serialize;
+
+/// Everything the gateway counts; printed as one JSON line at shutdown and written to the
+/// manifest's `counters_file`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// MQTT messages received from the broker.
+    pub received: u64,
+    /// Records accepted into the radio queue.
+    pub queued: u64,
+    /// Records transmitted (inside `frames_sent` frames).
+    pub sent: u64,
+    /// Frames transmitted.
+    pub frames_sent: u64,
+    /// Records dropped because the queue was full (the oldest goes).
+    pub dropped_queue_full: u64,
+    /// Records refused: larger than one frame at this spreading factor.
+    pub rejected_too_large: u64,
+    /// Records refused: not encodable (e.g. a topic over 127 bytes not in the topic table).
+    pub rejected_invalid: u64,
+    /// Records lost because the radio failed to transmit their frame.
+    pub dropped_radio_error: u64,
+    /// Records still queued when the gateway stopped (the duty-cycle budget did not allow
+    /// them within the shutdown grace period).
+    pub dropped_at_shutdown: u64,
+    /// Records waiting in the queue now.
+    pub waiting: u64,
+    /// Bytes transmitted.
+    pub bytes_on_air: u64,
+    /// Time on air, microseconds.
+    pub airtime_us: u64,
+    /// Radio transmit errors.
+    pub radio_errors: u64,
+    /// Successful broker connections (the first one included).
+    pub connections: u64,
+    /// Failed or lost broker connections.
+    pub connection_errors: u64,
+}
+
+impl Counters {
+    /// Copies the link sender's counters in.
+    pub fn update_from(&mut self, s: &TxStats, waiting: usize) {
+        self.queued = s.records_queued;
+        self.sent = s.records_sent;
+        self.frames_sent = s.frames_sent;
+        self.dropped_queue_full = s.dropped_queue_full;
+        self.rejected_too_large = s.rejected_too_large;
+        self.rejected_invalid = s.rejected_invalid;
+        self.bytes_on_air = s.bytes_on_air;
+        self.airtime_us = u64::try_from(s.airtime.as_micros()).unwrap_or(u64::MAX);
+        self.waiting = waiting as u64;
+    }
+
+    /// Every record received is accounted for: sent, dropped, refused or still waiting.
+    pub fn balanced(&self) -> bool {
+        self.received
+            == self.sent
+                + self.dropped_queue_full
+                + self.rejected_too_large
+                + self.rejected_invalid
+                + self.dropped_radio_error
+                + self.dropped_at_shutdown
+                + self.waiting
+    }
+
+    /// One JSON line.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Writes the counters file atomically (temporary file + rename), mode 0644.
+pub fn write_counters(path: &std::path::Path, c: &Counters) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, format!("{}\n", c.to_json_line()))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// How long the radio thread keeps transmitting queued records after a stop request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Logs one line on stderr, prefixed with `gateway:`.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => { eprintln!("gateway: {}", format_args!($($arg)*)) };
+}
