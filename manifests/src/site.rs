@@ -172,7 +172,7 @@ pub struct DeviceProfile {
 }
 
 fn default_chip() -> String {
-    "tls-p256".into()
+    "tls-device".into()
 }
 fn default_write_key_slot() -> u8 {
     4

@@ -13,6 +13,8 @@ pub enum Code {
     Credentials = 4,
     /// 5: state; nothing changed.
     State = 5,
+    /// 6: stopped before an irreversible step that was not permitted (`--lock`).
+    NeedsPermission = 6,
 }
 
 /// A CLI error.

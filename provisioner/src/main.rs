@@ -2,6 +2,7 @@
 //! certificate, signs CSRs, revokes, keeps the CRL fresh and emits the broker configuration.
 //! All state lives under one home directory (`--home`, env `PROVISIONER_HOME`).
 
+mod bench;
 mod cmd;
 mod context;
 mod exit;
@@ -83,6 +84,20 @@ enum Command {
 }
 
 fn main() {
+    // `provisioner sim-board ARGS` runs a simulated board (the `sensor-sim` of the firmware
+    // crate) as a child process of `demo` and of the tests, from this same binary.
+    let mut argv = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "sim-board") {
+        let rest: Vec<std::ffi::OsString> = argv.by_ref().skip(2).collect();
+        let code = firmware::sim::board::main_with_args(
+            std::iter::once(std::ffi::OsString::from("sensor-sim")).chain(rest),
+        );
+        std::process::exit(if code == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            1
+        });
+    }
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",

@@ -1,6 +1,7 @@
 //! The board on a host: the firmware core on a pseudo-terminal with an emulated ATECC508A,
 //! a file-backed store, serial pacing, a simulated sensor and the MQTT application.
 
+pub mod board;
 pub mod bus;
 pub mod mqtt;
 pub mod persist;

@@ -8,6 +8,10 @@ use crate::exit::{CliError, Code, Result};
 /// `device` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DeviceCommand {
+    /// Provision a board plugged in at the bench: configure and lock its ATECC508A, create
+    /// its key, prove possession, issue its certificate, write its configuration.
+    #[command(after_help = super::provision::HELP)]
+    Provision(super::provision::Args),
     /// List devices and clients with their certificate status.
     List,
     /// Show one device or client: identity, ACL, certificates.
@@ -42,6 +46,7 @@ fn ts(t: i64) -> String {
 /// Runs `device`.
 pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
     match cmd {
+        DeviceCommand::Provision(args) => return super::provision::run(ctx, args),
         DeviceCommand::List => {
             let store = ctx.store()?;
             let mut rows = Vec::new();

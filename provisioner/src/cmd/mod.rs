@@ -5,4 +5,5 @@ pub mod crl;
 pub mod device;
 pub mod emit;
 pub mod init;
+pub mod provision;
 pub mod server;

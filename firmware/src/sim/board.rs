@@ -1,0 +1,212 @@
+//! The whole simulated board, as run by `sensor-sim` (and by `provisioner demo`): a sensor board on a pseudo-terminal. The firmware core serves Microchip's
+//! kit protocol and the `fw` store target on the pty (linked at `--link`), in front of an
+//! emulated ATECC508A persisted in `--state` (the store persists in `STATE.store`). Once the
+//! store holds `device.toml`, `device.crt` and `ca.crt`, the sensor application connects to
+//! the broker over mutual TLS with the chip's key and publishes simulated readings; it
+//! restarts whenever one of them changes.
+//!
+//! Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure; 2 usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::chip::Atecc;
+use crate::sim::bus::{EmulatedBus, QuietChipSigner};
+use crate::sim::mqtt::{CA_CERT_BLOB, DEVICE_CERT_BLOB, Provisioned};
+use crate::sim::persist::FilePersist;
+use crate::sim::pty::Pty;
+use crate::sim::serial::{BoardEvents, SerialLoop, SharedStore};
+use crate::store::Store;
+use atecc::emulator::{Chip, Timing};
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+
+/// Serial protocol the simulated board speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// Microchip's kit protocol plus the `fw` store target.
+    Kit,
+    /// Mongoose OS RPC (not implemented yet).
+    Mos,
+}
+
+/// Chip execution-time model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TimingArg {
+    /// Answers at once.
+    None,
+    /// Typical datasheet times.
+    Typ,
+    /// Maximum datasheet times.
+    Max,
+}
+
+/// A simulated ESP8266 + ATECC508A sensor board on a pseudo-terminal.
+#[derive(Debug, Parser)]
+#[command(name = "sensor-sim", version)]
+pub struct Args {
+    /// Where to link the board's serial port, e.g. /tmp/ttyUSB0.
+    #[arg(long)]
+    pub link: PathBuf,
+    /// Chip state file (created blank if absent); the store lives in STATE.store.
+    #[arg(long)]
+    pub state: PathBuf,
+    /// Serial protocol.
+    #[arg(long, value_enum, default_value = "kit")]
+    pub protocol: Protocol,
+    /// Baud rate to pace the serial port at (10 bits per byte); 0 = unpaced.
+    #[arg(long, default_value_t = 115_200)]
+    pub baud: u32,
+    /// Chip command execution time.
+    #[arg(long, value_enum, default_value = "none")]
+    pub timing: TimingArg,
+}
+
+struct Events {
+    generation: watch::Sender<u64>,
+}
+
+impl BoardEvents for Events {
+    fn blob_changed(&self, name: &str) {
+        if [manifests::device::BLOB_NAME, DEVICE_CERT_BLOB, CA_CERT_BLOB].contains(&name) {
+            eprintln!("sensor-sim: {name} changed; restarting the application");
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+    fn rebooted(&self) {
+        eprintln!("sensor-sim: reboot");
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// Runs a board with command-line arguments (`argv[0]` first), as the `sensor-sim` binary does.
+pub fn main_with_args<I, T>(argv: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = match Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    if args.protocol == Protocol::Mos {
+        eprintln!(
+            "sensor-sim: --protocol mos (Mongoose OS RPC) is not implemented yet; use --protocol kit (the default)"
+        );
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sensor-sim: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs a board until SIGINT/SIGTERM.
+pub fn run(args: Args) -> Result<(), String> {
+    let mut chip =
+        Chip::open(&args.state).map_err(|e| format!("chip state {}: {e}", args.state.display()))?;
+    chip.set_timing(match args.timing {
+        TimingArg::None => Timing::None,
+        TimingArg::Typ => Timing::Typical,
+        TimingArg::Max => Timing::Maximum,
+    });
+    let bus = EmulatedBus::new(chip);
+    let signs = bus.sign_counter();
+    let chip = Arc::new(Mutex::new(Atecc::new(bus)));
+    let mut store_path = args.state.clone().into_os_string();
+    store_path.push(".store");
+    let store: SharedStore = Arc::new(Mutex::new(Box::new(Store::open(FilePersist::new(
+        store_path,
+    )))));
+
+    let pty = Pty::open(&args.link)
+        .map_err(|e| format!("serial port link {}: {e}", args.link.display()))?;
+    eprintln!(
+        "sensor-sim: board on {} (linked at {}), {} baud",
+        pty.slave_path().display(),
+        pty.link().display(),
+        args.baud
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_line_ms = Arc::new(AtomicU64::new(0));
+    let (gen_tx, gen_rx) = watch::channel(0u64);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+
+    let serial = SerialLoop {
+        baud: args.baud,
+        chip: chip.clone(),
+        store: store.clone(),
+        last_line_ms: last_line_ms.clone(),
+        stop: stop.clone(),
+    };
+    let serial_thread = std::thread::spawn(move || {
+        let events = Events { generation: gen_tx };
+        let r = serial.run(&pty, &events);
+        drop(pty); // removes the link
+        r
+    });
+
+    let app_chip = chip.clone();
+    runtime.spawn(async move {
+        let mut rx = gen_rx;
+        loop {
+            rx.borrow_and_update();
+            let provisioned = {
+                let Ok(s) = store.lock() else { return };
+                Provisioned::from_blobs(
+                    s.blob(manifests::device::BLOB_NAME.as_bytes()),
+                    s.blob(DEVICE_CERT_BLOB.as_bytes()),
+                    s.blob(CA_CERT_BLOB.as_bytes()),
+                )
+            };
+            match provisioned {
+                Ok(p) => {
+                    let signer = Arc::new(QuietChipSigner::new(
+                        app_chip.clone(),
+                        p.config.key_slot,
+                        last_line_ms.clone(),
+                        signs.clone(),
+                    ));
+                    crate::sim::mqtt::run(p, signer, rx.clone()).await;
+                }
+                Err(why) => {
+                    eprintln!("sensor-sim: waiting for provisioning: {why}");
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    let stopped = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = term.recv() => Ok::<_, String>(true),
+            _ = int.recv() => Ok(true),
+            _ = async { while !serial_thread.is_finished() { tokio::time::sleep(std::time::Duration::from_millis(100)).await; } } => Ok(false),
+        }
+    })?;
+    stop.store(true, Ordering::SeqCst);
+    let _ = stopped;
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match serial_thread.join() {
+        Ok(r) => r.map_err(|e| format!("serial port: {e}")),
+        Err(_) => Err("serial loop panicked".into()),
+    }
+}

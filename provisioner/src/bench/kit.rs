@@ -1,0 +1,375 @@
+//! Microchip's kit protocol (plus the firmware's `fw` store target) over a serial port.
+//!
+//! Lines go out as `command\n`; each gets one reply line `SS(hex)` where `SS` is a status
+//! byte in hex. The board relays `E:t(packet)` to the chip and answers with the chip's
+//! response frame; the host checks that frame's CRC and status itself.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serialport::SerialPort;
+
+use super::{Board, LinkError};
+
+/// Longest reply line accepted (a 4 KiB blob chunk is far shorter).
+const MAX_LINE: usize = 8192;
+/// Largest blob chunk the firmware accepts per `fw:put` / `fw:get`.
+const CHUNK: usize = 256;
+/// The chip falls asleep 1.3 s after a wake; re-wake well before.
+const REWAKE_AFTER: Duration = Duration::from_millis(900);
+
+/// A board reached through the kit protocol.
+pub struct KitLink {
+    port: Box<dyn SerialPort>,
+    path: String,
+    timeout: Duration,
+    last_wake: Option<Instant>,
+    pending: Vec<u8>,
+    /// Lines sent and bytes moved, for the report.
+    pub stats: LinkStats,
+}
+
+/// Traffic counters.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct LinkStats {
+    /// Command lines sent.
+    pub lines: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+}
+
+fn sanitize(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(120)
+        .collect();
+    if s.len() > 120 {
+        format!("{clean}...")
+    } else {
+        clean
+    }
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    hex::decode(s).ok()
+}
+
+/// CRC-32 (zlib), as the firmware checks on `fw:commit`.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn fw_reason(code: u8) -> &'static str {
+    match code {
+        0xE1 => "the chip did not answer",
+        0xE2 => "malformed command",
+        0xE3 => "unknown command (is this the provisioning firmware?)",
+        0xE4 => "line too long",
+        0xE5 => "no chip selected",
+        0xF0 => "invalid blob name",
+        0xF1 => "no such blob",
+        0xF2 => "blob too large for the device",
+        0xF3 => "device store full",
+        0xF4 => "wrong upload offset",
+        0xF5 => "length or CRC mismatch: the upload was damaged on the wire",
+        0xF6 => "read past the end",
+        0xF7 => "device storage failure",
+        _ => "error",
+    }
+}
+
+impl KitLink {
+    /// Opens the port and checks a kit-protocol board with an ATECC508A answers.
+    pub fn connect(path: &str, baud: u32) -> Result<KitLink, LinkError> {
+        let port = super::port::open(path, baud)?;
+        let mut link = KitLink {
+            port,
+            path: path.to_string(),
+            timeout: Duration::from_secs(5),
+            last_wake: None,
+            pending: Vec::new(),
+            stats: LinkStats::default(),
+        };
+        // A partial line left by an earlier session ends here; its error reply is skipped.
+        link.send_raw(b"\n")?;
+        std::thread::sleep(Duration::from_millis(30));
+        link.drain();
+        let (name, _) = link.exchange("board:device(00)")?;
+        if !name.contains("508") {
+            return Err(LinkError::Protocol {
+                port: link.path.clone(),
+                command: "board:device(00)".into(),
+                answer: format!("{} (this tool supports the ATECC508A)", sanitize(&name)),
+            });
+        }
+        link.expect_ok("E:physical:select(C0)")?;
+        link.wake()?;
+        Ok(link)
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = self.port.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        self.pending.clear();
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.port.write_all(bytes).map_err(|source| LinkError::Io {
+            port: self.path.clone(),
+            source,
+        })?;
+        self.stats.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn read_line(&mut self, command: &str) -> Result<String, LinkError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut buf = [0u8; 512];
+        loop {
+            if let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=pos).collect();
+                let text = String::from_utf8_lossy(&line)
+                    .trim_matches(|c| c == '\r' || c == '\n' || c == '\0')
+                    .to_string();
+                if text.is_empty() {
+                    continue;
+                }
+                return Ok(text);
+            }
+            if self.pending.len() > MAX_LINE {
+                self.pending.clear();
+                return Err(LinkError::Protocol {
+                    port: self.path.clone(),
+                    command: command.into(),
+                    answer: format!("a line longer than {MAX_LINE} bytes"),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(LinkError::Timeout {
+                    port: self.path.clone(),
+                    command: command.into(),
+                    ms: self.timeout.as_millis() as u64,
+                });
+            }
+            match self.port.read(&mut buf) {
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    self.pending.extend_from_slice(&buf[..n]);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(source) => {
+                    return Err(LinkError::Io {
+                        port: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends one line; returns the reply's head (before the parenthesis) and its hex payload.
+    fn exchange(&mut self, command: &str) -> Result<(String, Vec<u8>), LinkError> {
+        let short: String = command.chars().take(40).collect();
+        self.send_raw(format!("{command}\n").as_bytes())?;
+        self.stats.lines += 1;
+        let line = self.read_line(&short)?;
+        let bad = || LinkError::Protocol {
+            port: self.path.clone(),
+            command: short.clone(),
+            answer: sanitize(&line),
+        };
+        let open = line.find('(').ok_or_else(bad)?;
+        if !line.ends_with(')') {
+            return Err(bad());
+        }
+        let head = line[..open].to_string();
+        let body = &line[open + 1..line.len() - 1];
+        let data = if head.len() == 2 && u8::from_str_radix(&head, 16).is_ok() {
+            from_hex(body).ok_or_else(bad)?
+        } else {
+            body.as_bytes().to_vec()
+        };
+        Ok((head, data))
+    }
+
+    /// Sends a line whose reply must be `SS(...)`; a non-zero status is a refusal.
+    fn status_exchange(&mut self, command: &str) -> Result<Vec<u8>, LinkError> {
+        let (head, data) = self.exchange(command)?;
+        let short: String = command.chars().take(40).collect();
+        let code = u8::from_str_radix(&head, 16)
+            .ok()
+            .filter(|_| head.len() == 2)
+            .ok_or_else(|| LinkError::Protocol {
+                port: self.path.clone(),
+                command: short.clone(),
+                answer: sanitize(&head),
+            })?;
+        if code != 0 {
+            let detail = String::from_utf8(data)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|t| format!(" ({})", sanitize(&t)))
+                .unwrap_or_default();
+            return Err(LinkError::Refused {
+                port: self.path.clone(),
+                command: short,
+                reason: format!("{}{detail}", fw_reason(code)),
+            });
+        }
+        Ok(data)
+    }
+
+    fn expect_ok(&mut self, command: &str) -> Result<(), LinkError> {
+        self.status_exchange(command).map(|_| ())
+    }
+
+    /// Wakes the chip (checks the 04 11 33 43 wake token).
+    pub fn wake(&mut self) -> Result<(), LinkError> {
+        let token = self.status_exchange("E:w()")?;
+        if token != [0x04, 0x11, 0x33, 0x43] {
+            return Err(LinkError::Protocol {
+                port: self.path.clone(),
+                command: "E:w()".into(),
+                answer: format!(
+                    "wake token {} instead of 04113343: is the chip connected?",
+                    hex::encode(token)
+                ),
+            });
+        }
+        self.last_wake = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Puts the chip in idle (keeps TempKey) and wakes it again, restarting its watchdog.
+    fn rewake_if_due(&mut self) -> Result<(), LinkError> {
+        if self.last_wake.is_some_and(|t| t.elapsed() < REWAKE_AFTER) {
+            return Ok(());
+        }
+        if self.last_wake.is_some() {
+            // Idle fails harmlessly if the chip already fell asleep.
+            let _ = self.status_exchange("E:i()");
+        }
+        self.wake()
+    }
+
+    fn text(&mut self, command: &str) -> Result<String, LinkError> {
+        // The firmware may use the chip for `fw` commands and leave it idle or asleep.
+        self.last_wake = None;
+        let data = self.status_exchange(command)?;
+        Ok(String::from_utf8_lossy(&data).into_owned())
+    }
+}
+
+impl atecc::client::Transport for KitLink {
+    type Error = LinkError;
+
+    fn transact(&mut self, packet: &[u8], response: &mut [u8]) -> Result<usize, LinkError> {
+        self.rewake_if_due()?;
+        let frame = self.status_exchange(&format!("E:t({})", hex::encode_upper(packet)))?;
+        if frame.len() > response.len() {
+            return Err(LinkError::Protocol {
+                port: self.path.clone(),
+                command: "E:t".into(),
+                answer: format!("{}-byte frame", frame.len()),
+            });
+        }
+        response[..frame.len()].copy_from_slice(&frame);
+        Ok(frame.len())
+    }
+}
+
+impl Board for KitLink {
+    fn port(&self) -> &str {
+        &self.path
+    }
+
+    fn info(&mut self) -> Result<String, LinkError> {
+        self.text("fw:info()")
+    }
+
+    fn get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError> {
+        self.last_wake = None;
+        let mut out = Vec::new();
+        loop {
+            match self.status_exchange(&format!("fw:get({name},{},{CHUNK})", out.len())) {
+                Ok(chunk) => {
+                    let done = chunk.len() < CHUNK;
+                    out.extend_from_slice(&chunk);
+                    if done {
+                        return Ok(Some(out));
+                    }
+                    if out.len() > 1 << 20 {
+                        return Err(LinkError::Protocol {
+                            port: self.path.clone(),
+                            command: format!("fw:get({name})"),
+                            answer: "endless blob".into(),
+                        });
+                    }
+                }
+                Err(LinkError::Refused { reason, .. }) if reason.starts_with(fw_reason(0xF1)) => {
+                    return Ok(None);
+                }
+                Err(LinkError::Refused { reason, .. }) if reason.starts_with(fw_reason(0xF6)) => {
+                    return Ok(Some(out));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
+        self.last_wake = None;
+        if data.is_empty() {
+            self.expect_ok(&format!("fw:put({name},0,)"))?;
+        }
+        for (i, chunk) in data.chunks(CHUNK).enumerate() {
+            self.expect_ok(&format!(
+                "fw:put({name},{},{})",
+                i * CHUNK,
+                hex::encode_upper(chunk)
+            ))?;
+        }
+        self.expect_ok(&format!(
+            "fw:commit({name},{},{:08X})",
+            data.len(),
+            crc32(data)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn crc32_matches_zlib() {
+        assert_eq!(super::crc32(b"123456789"), 0xCBF4_3926);
+    }
+}

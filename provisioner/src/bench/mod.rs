@@ -1,0 +1,66 @@
+//! Bench provisioning: reaching a board over its USB-serial port and turning a blank
+//! ESP8266 + ATECC508A into a certified sensor.
+
+pub mod kit;
+pub mod port;
+pub mod provision;
+
+/// What a board link can do: talk to the chip, and to the firmware's blob store.
+pub trait Board: atecc::client::Transport<Error = LinkError> {
+    /// The port path (for messages).
+    fn port(&self) -> &str;
+    /// Firmware information (`version=…,id=…,free=…`).
+    fn info(&mut self) -> Result<String, LinkError>;
+    /// Reads a blob (None if absent).
+    fn get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError>;
+    /// Writes a blob atomically (the old one stays until the new one is complete).
+    fn put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError>;
+}
+
+/// A failure on the link to a board.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The port could not be opened.
+    #[error("{0}")]
+    Open(String),
+    /// I/O on an open port.
+    #[error("{port}: {source}")]
+    Io {
+        /// Port.
+        port: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No (complete) answer in time.
+    #[error(
+        "{port}: no answer to `{command}` within {ms} ms: is the board running the provisioning firmware at this baud rate?"
+    )]
+    Timeout {
+        /// Port.
+        port: String,
+        /// What was sent.
+        command: String,
+        /// Waited.
+        ms: u64,
+    },
+    /// The board answered something that is not the protocol.
+    #[error("{port}: unexpected answer to `{command}`: {answer}")]
+    Protocol {
+        /// Port.
+        port: String,
+        /// What was sent.
+        command: String,
+        /// What came back (sanitised).
+        answer: String,
+    },
+    /// The board refused (firmware status code).
+    #[error("{port}: board refused `{command}`: {reason}")]
+    Refused {
+        /// Port.
+        port: String,
+        /// What was sent.
+        command: String,
+        /// Why.
+        reason: String,
+    },
+}

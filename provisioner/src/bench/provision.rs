@@ -1,0 +1,803 @@
+//! The provisioning of one board: read its state, then do only what is missing.
+//!
+//! Order (the chip allows no other): write the configuration, read it back, lock the config
+//! zone with its CRC summary; write the write key and a known value into every other
+//! non-key slot and the OTP zone, lock the data zone with its CRC summary; create the key
+//! (GenKey in the chip, or a host key injected with an encrypted PrivWrite); prove possession
+//! (the chip signs a fresh challenge); issue the certificate; write certificate, CA and
+//! configuration to the device and read them back. Each step first checks whether it is
+//! already done, so running it again on a provisioned board verifies and reports.
+
+use std::sync::Mutex;
+
+use atecc::client::{Client, ClientError};
+use atecc::config::{ConfigZone, OTP_SIZE, SLOT_COUNT, slot_size};
+use atecc::opcode::Zone;
+use atecc::packet::Command;
+use ca::ledger::IdentityRecord;
+use ca::{Authority, IssueRequest, Profile, PublicKey, Subject};
+use manifests::device::{DeviceConfig, Reading};
+use manifests::site::{DeviceProfile, KeySource, Site, TopicVars, expand_topic};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
+
+use super::{Board, LinkError};
+
+/// What to provision on one port.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Device id (certificate CN, MQTT username).
+    pub id: String,
+    /// Room, for topic templates.
+    pub room: String,
+    /// Site profile name.
+    pub profile_name: String,
+    /// Where the key comes from.
+    pub key_source: KeySource,
+    /// Permission to lock (irreversible).
+    pub lock: bool,
+    /// Show every change, change nothing.
+    pub dry_run: bool,
+    /// New certificate for the same chip key; the old one is revoked.
+    pub reissue: bool,
+}
+
+/// One step as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Step name.
+    pub step: &'static str,
+    /// done, verified, skipped, would, stopped.
+    pub action: &'static str,
+    /// Human detail.
+    pub detail: String,
+}
+
+/// A changed config-zone field.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldChange {
+    /// Field name.
+    pub field: String,
+    /// Current value.
+    pub current: String,
+    /// Profile value.
+    pub wanted: String,
+}
+
+/// The result for one board.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Device id.
+    pub id: String,
+    /// Port.
+    pub port: String,
+    /// provisioned, verified, needs-lock, dry-run.
+    pub status: &'static str,
+    /// Chip serial number (hex).
+    pub chip_serial: String,
+    /// Steps.
+    pub steps: Vec<Step>,
+    /// Config-zone changes (empty when the chip already matches).
+    pub config_diff: Vec<FieldChange>,
+    /// Certificate serial, once issued.
+    pub certificate: Option<String>,
+    /// The key's public point (hex X‖Y).
+    pub public_key: Option<String>,
+    /// Topics the device may publish.
+    pub topics: Vec<String>,
+}
+
+/// Why provisioning a board stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The link failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The chip refused or answered wrongly.
+    #[error("{port}: chip error during {step}: {detail}")]
+    Chip {
+        /// Port.
+        port: String,
+        /// Step.
+        step: &'static str,
+        /// What.
+        detail: String,
+    },
+    /// The chip is locked with another configuration.
+    #[error("{port}: the chip's config zone is locked with a different configuration ({} field(s) differ); it cannot take profile `{profile}`:\n{diff}", .count)]
+    LockedDifferently {
+        /// Port.
+        port: String,
+        /// Profile.
+        profile: String,
+        /// Number of differences.
+        count: usize,
+        /// The differences, one per line.
+        diff: String,
+    },
+    /// A state conflict (chip already someone else, missing write key...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The site or profile is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// The CA refused.
+    #[error(transparent)]
+    Ca(#[from] ca::Error),
+}
+
+/// Something that shows progress (a progress bar per port, or nothing).
+pub trait Progress: Sync {
+    /// A step starts.
+    fn step(&self, port: &str, message: &str);
+}
+
+/// No progress display.
+pub struct Quiet;
+impl Progress for Quiet {
+    fn step(&self, _: &str, _: &str) {}
+}
+
+fn chip_err<'a>(
+    port: &'a str,
+    step: &'static str,
+) -> impl FnOnce(ClientError<LinkError>) -> ProvisionError + 'a {
+    move |e| match e {
+        ClientError::Transport(l) => ProvisionError::Link(l),
+        ClientError::Chip(c) => ProvisionError::Chip {
+            port: port.to_string(),
+            step,
+            detail: c.to_string(),
+        },
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // getrandom only fails when the OS has no RNG at all.
+    getrandom::fill(&mut b).unwrap_or_else(|e| panic!("system RNG unavailable: {e}"));
+    b
+}
+
+/// Loads the chip configuration a site profile names: a built-in or a file in the home.
+pub fn chip_profile(
+    name: &str,
+    home: &std::path::Path,
+) -> Result<atecc::profile::Profile, ProvisionError> {
+    let text = if name == "tls-device" {
+        atecc::profile::TLS_DEVICE_PROFILE.to_string()
+    } else {
+        let path = home.join("chips").join(format!("{name}.toml"));
+        std::fs::read_to_string(&path).map_err(|e| {
+            ProvisionError::Config(format!(
+                "chip profile `{name}`: {} ({e}); built-in: tls-device",
+                path.display()
+            ))
+        })?
+    };
+    atecc::profile::Profile::from_toml(&text)
+        .map_err(|e| ProvisionError::Config(format!("chip profile `{name}`: {e:?}")))
+}
+
+/// Checks a site profile against its chip configuration before touching a chip.
+pub fn check_profile(
+    p: &DeviceProfile,
+    chip: &atecc::profile::Profile,
+    source: KeySource,
+) -> Result<(), ProvisionError> {
+    let key = chip.slot(p.key_slot as usize);
+    if key.key_type != atecc::profile::KeyTypeName::P256 || !key.private {
+        return Err(ProvisionError::Config(format!(
+            "slot {} of the chip profile is not a P-256 private key slot",
+            p.key_slot
+        )));
+    }
+    let wc = key.write_config;
+    match source {
+        KeySource::Chip if wc & 0b0010 == 0 => Err(ProvisionError::Config(format!(
+            "slot {} does not allow GenKey after lock (WriteConfig bit 13); use --key-source host or a slot that does",
+            p.key_slot
+        ))),
+        KeySource::Host if wc & 0b0100 == 0 || key.write_key != p.write_key_slot => {
+            Err(ProvisionError::Config(format!(
+                "slot {} does not take an encrypted PrivWrite with the write key in slot {} (WriteConfig bit 14, WriteKey); in the built-in profile use key_slot = 2",
+                p.key_slot, p.write_key_slot
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn diff(current: &ConfigZone, wanted: &ConfigZone) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    current.diff(wanted, |name, idx, a, b| {
+        out.push(FieldChange {
+            field: match idx {
+                Some(i) => format!("{name}[{i}]"),
+                None => name.to_string(),
+            },
+            current: format!("{a:#06x}"),
+            wanted: format!("{b:#06x}"),
+        });
+    });
+    out
+}
+
+/// Everything one provisioning run shares between boards.
+pub struct Shared<'a> {
+    /// The CA (issuance and secrets are serialised through it).
+    pub authority: &'a Mutex<Authority>,
+    /// The site.
+    pub site: &'a Site,
+    /// The home (for chip profiles and device manifests).
+    pub home: std::path::PathBuf,
+    /// Progress display.
+    pub progress: &'a dyn Progress,
+}
+
+fn lock_ca<'a>(s: &'a Shared<'_>) -> std::sync::MutexGuard<'a, Authority> {
+    // A panic in another board's thread must not stop this one: the ledger is transactional.
+    s.authority
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Provisions one board.
+pub fn provision(
+    board: &mut dyn Board,
+    job: &Job,
+    shared: &Shared<'_>,
+) -> Result<Outcome, ProvisionError> {
+    let port = board.port().to_string();
+    let site = shared.site;
+    let profile = site
+        .profile(&job.profile_name)
+        .map_err(ProvisionError::Config)?
+        .clone();
+    let chip_prof = chip_profile(&profile.chip, &shared.home)?;
+    check_profile(&profile, &chip_prof, job.key_source)?;
+    let slot = profile.key_slot;
+    let wk_slot = profile.write_key_slot;
+    let vars = TopicVars {
+        root: &site.topics.root,
+        room: &job.room,
+        id: &job.id,
+    };
+    let readings: Vec<Reading> = profile
+        .readings
+        .iter()
+        .map(|r| Reading {
+            topic: expand_topic(&r.topic, &vars),
+            quantity: r.quantity,
+        })
+        .collect();
+    let status_topic = profile
+        .status_topic
+        .as_ref()
+        .map(|t| expand_topic(t, &vars));
+    let mut topics: Vec<String> = readings.iter().map(|r| r.topic.clone()).collect();
+    topics.extend(status_topic.clone());
+    let mut out = Outcome {
+        id: job.id.clone(),
+        port: port.clone(),
+        status: if job.dry_run {
+            "dry-run"
+        } else {
+            "provisioned"
+        },
+        chip_serial: String::new(),
+        steps: Vec::new(),
+        config_diff: Vec::new(),
+        certificate: None,
+        public_key: None,
+        topics: topics.clone(),
+    };
+    let step = |out: &mut Outcome, step: &'static str, action: &'static str, detail: String| {
+        shared
+            .progress
+            .step(&port, &format!("{step}: {action} {detail}"));
+        out.steps.push(Step {
+            step,
+            action,
+            detail,
+        });
+    };
+
+    shared.progress.step(&port, "reading the board");
+    let info = board.info()?;
+    step(&mut out, "board", "verified", info.clone());
+    let mut client = Client::new(&mut *board);
+    let zone = client
+        .read_config_zone()
+        .map_err(chip_err(&port, "read config"))?;
+    let rev = zone.revision();
+    if rev[2] != 0x50 {
+        return Err(ProvisionError::Conflict(format!(
+            "{port}: the chip reports revision {} : not an ATECC508A (byte 2 is 0x50 on a 508A, 0x60 on a 608)",
+            hex::encode(rev)
+        )));
+    }
+    let sn = zone.serial_number();
+    let sn_hex = hex::encode(sn);
+    out.chip_serial = sn_hex.clone();
+    step(
+        &mut out,
+        "chip",
+        "verified",
+        format!("ATECC508A serial {sn_hex}, revision {}", hex::encode(rev)),
+    );
+
+    // The chip must not already belong to another device.
+    {
+        let ca = lock_ca(shared);
+        for i in ca.store.ledger.identities()? {
+            if i.kind == "device"
+                && i.id != job.id
+                && i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex.as_str())
+                && i.status == "active"
+            {
+                return Err(ProvisionError::Conflict(format!(
+                    "{port}: this chip ({sn_hex}) is already provisioned as `{}`; revoke it first (`provisioner device revoke {}`) or use that id",
+                    i.id, i.id
+                )));
+            }
+        }
+        if let Some(existing) = ca.store.ledger.identity(&job.id)?
+            && existing.kind == "device"
+            && existing.status == "active"
+            && existing
+                .attrs
+                .get("chip_serial")
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| s != sn_hex)
+        {
+            return Err(ProvisionError::Conflict(format!(
+                "{port}: `{}` is already another chip's id; choose another --id or revoke the old device",
+                job.id
+            )));
+        }
+    }
+
+    // 1. Config zone.
+    let wanted = chip_prof
+        .to_config_zone(&zone)
+        .map_err(|e| ProvisionError::Config(format!("{e:?}")))?;
+    let changes = diff(&zone, &wanted);
+    out.config_diff = changes.clone();
+    if zone.is_config_locked() {
+        if !changes.is_empty() {
+            let text: Vec<String> = changes
+                .iter()
+                .map(|c| format!("  {}: chip {} profile {}", c.field, c.current, c.wanted))
+                .collect();
+            return Err(ProvisionError::LockedDifferently {
+                port,
+                profile: profile.chip.clone(),
+                count: changes.len(),
+                diff: text.join("\n"),
+            });
+        }
+        step(
+            &mut out,
+            "config zone",
+            "verified",
+            format!("locked with profile `{}`", profile.chip),
+        );
+    } else if job.dry_run {
+        step(
+            &mut out,
+            "config zone",
+            "would",
+            format!(
+                "write {} field(s) of profile `{}` and lock it (needs --lock)",
+                changes.len(),
+                profile.chip
+            ),
+        );
+    } else if !job.lock {
+        step(
+            &mut out,
+            "config zone",
+            "stopped",
+            format!(
+                "{} field(s) to write; locking is irreversible: re-run with --lock",
+                changes.len()
+            ),
+        );
+        out.status = "needs-lock";
+        return Ok(out);
+    } else {
+        shared.progress.step(&port, "writing the configuration");
+        client
+            .write_config_zone(&wanted)
+            .map_err(chip_err(&port, "write config"))?;
+        let back = client
+            .read_config_zone()
+            .map_err(chip_err(&port, "read back config"))?;
+        let left = diff(&back, &wanted);
+        if !left.is_empty() {
+            return Err(ProvisionError::Chip {
+                port,
+                step: "read back config",
+                detail: format!(
+                    "{} field(s) did not take: {}; nothing was locked",
+                    left.len(),
+                    left.iter()
+                        .map(|c| c.field.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        shared.progress.step(&port, "locking the config zone");
+        client
+            .lock_config(&wanted)
+            .map_err(chip_err(&port, "lock config"))?;
+        step(
+            &mut out,
+            "config zone",
+            "done",
+            format!(
+                "wrote {} field(s), read back, locked with CRC summary",
+                changes.len()
+            ),
+        );
+    }
+
+    // 2. Data zone: write key, known contents, lock.
+    let wk_name = format!("writekey:{sn_hex}");
+    if zone.is_data_locked() {
+        step(&mut out, "data zone", "verified", "locked".into());
+    } else if job.dry_run {
+        step(
+            &mut out,
+            "data zone",
+            "would",
+            format!(
+                "write a new write key to slot {wk_name_slot}, zeros to the other data slots and OTP, lock with CRC summary",
+                wk_name_slot = wk_slot
+            ),
+        );
+    } else if !job.lock {
+        step(
+            &mut out,
+            "data zone",
+            "stopped",
+            "locking is irreversible: re-run with --lock".into(),
+        );
+        out.status = "needs-lock";
+        return Ok(out);
+    } else {
+        shared
+            .progress
+            .step(&port, "writing the write key and locking the data zone");
+        let wk = lock_ca(shared).secret_or_create(&wk_name, 32)?;
+        let mut contents: Vec<Vec<u8>> = (0..SLOT_COUNT).map(|n| vec![0u8; slot_size(n)]).collect();
+        contents[wk_slot as usize][..32].copy_from_slice(&wk);
+        for (n, data) in contents.iter().enumerate() {
+            if wanted.key_config(n).is_ecc_private() {
+                continue;
+            }
+            client
+                .write_slot(n as u8, data)
+                .map_err(chip_err(&port, "write data slot"))?;
+        }
+        let otp = [0u8; OTP_SIZE];
+        for block in 0..2u8 {
+            let addr = atecc::config::address::block_word(block, 0);
+            client
+                .execute_status(&Command::write(
+                    Zone::Otp,
+                    addr,
+                    &otp[block as usize * 32..block as usize * 32 + 32],
+                ))
+                .map_err(chip_err(&port, "write OTP"))?;
+        }
+        let summary = atecc::host::data_lock_crc(&wanted, |n| contents[n].as_slice(), &otp);
+        client
+            .lock_data(summary)
+            .map_err(chip_err(&port, "lock data"))?;
+        step(
+            &mut out,
+            "data zone",
+            "done",
+            format!(
+                "write key in slot {wk_slot} (kept encrypted in the ledger), other slots zeroed, locked with CRC summary"
+            ),
+        );
+    }
+
+    // 3. The key.
+    let known = lock_ca(shared)
+        .store
+        .ledger
+        .identity(&job.id)?
+        .and_then(|i| {
+            (i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex.as_str()))
+                .then(|| {
+                    i.attrs
+                        .get("public_key")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                })
+                .flatten()
+        });
+    let public: Option<[u8; 64]> = match (&known, job.dry_run) {
+        (Some(hexkey), _) => {
+            let on_chip = client
+                .public_key(slot)
+                .map_err(chip_err(&port, "read public key"))?;
+            if hex::encode(on_chip) != *hexkey {
+                return Err(ProvisionError::Conflict(format!(
+                    "{port}: the key in slot {slot} is not the one certified for `{}`: the chip was re-keyed elsewhere; revoke the device and provision it again",
+                    job.id
+                )));
+            }
+            step(
+                &mut out,
+                "key",
+                "verified",
+                format!("slot {slot} holds the certified key"),
+            );
+            Some(on_chip)
+        }
+        (None, true) => {
+            step(
+                &mut out,
+                "key",
+                "would",
+                match job.key_source {
+                    KeySource::Chip => {
+                        format!("GenKey in slot {slot}: the private key never leaves the chip")
+                    }
+                    KeySource::Host => format!(
+                        "generate a key on this host, inject it into slot {slot} with an encrypted PrivWrite, erase it"
+                    ),
+                },
+            );
+            None
+        }
+        (None, false) => match job.key_source {
+            KeySource::Chip => {
+                shared
+                    .progress
+                    .step(&port, "generating the key in the chip");
+                let p = client.gen_key(slot).map_err(chip_err(&port, "GenKey"))?;
+                step(&mut out, "key", "done", format!("GenKey in slot {slot}"));
+                Some(p)
+            }
+            KeySource::Host => {
+                shared
+                    .progress
+                    .step(&port, "injecting a host key (encrypted PrivWrite)");
+                let wk = lock_ca(shared).secret(&wk_name)?.ok_or_else(|| {
+                    ProvisionError::Conflict(format!("{port}: no write key for chip {sn_hex} in the ledger: it was locked by another tool; use --key-source chip"))
+                })?;
+                let mut wk32 = [0u8; 32];
+                wk32.copy_from_slice(&wk[..32]);
+                let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate();
+                let mut scalar: [u8; 32] = sk.to_bytes().into();
+                let pubkey =
+                    p256::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&sk.public_key(), false);
+                let r = client.priv_write_encrypted(slot, &scalar, wk_slot, &wk32, &random::<20>());
+                scalar.zeroize();
+                wk32.zeroize();
+                drop(sk);
+                r.map_err(chip_err(&port, "PrivWrite"))?;
+                let mut p = [0u8; 64];
+                p.copy_from_slice(&pubkey.as_bytes()[1..]);
+                let on_chip = client
+                    .public_key(slot)
+                    .map_err(chip_err(&port, "read public key"))?;
+                if on_chip != p {
+                    return Err(ProvisionError::Chip {
+                        port,
+                        step: "PrivWrite",
+                        detail: "the chip's public key is not the injected key's".into(),
+                    });
+                }
+                step(
+                    &mut out,
+                    "key",
+                    "done",
+                    format!(
+                        "host key injected in slot {slot} with an encrypted PrivWrite, then erased from memory"
+                    ),
+                );
+                Some(p)
+            }
+        },
+    };
+
+    let Some(public) = public else {
+        step(
+            &mut out,
+            "certificate",
+            "would",
+            format!(
+                "prove possession, issue a device certificate for `{}`, write device.crt, ca.crt and device.toml",
+                job.id
+            ),
+        );
+        return Ok(out);
+    };
+    out.public_key = Some(hex::encode(public));
+
+    // 4. Proof of possession: the chip signs a fresh challenge.
+    let challenge = random::<32>();
+    let digest: [u8; 32] = Sha256::digest(challenge).into();
+    let rs = client
+        .sign_digest(slot, &digest)
+        .map_err(chip_err(&port, "Sign"))?;
+    let mut sec1 = [4u8; 65];
+    sec1[1..].copy_from_slice(&public);
+    let vk =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| ProvisionError::Chip {
+            port: port.clone(),
+            step: "read public key",
+            detail: "not a valid P-256 point".into(),
+        })?;
+    let sig = p256::ecdsa::Signature::from_slice(&rs).map_err(|_| ProvisionError::Chip {
+        port: port.clone(),
+        step: "Sign",
+        detail: "malformed signature".into(),
+    })?;
+    vk.verify_prehash(&digest, &sig)
+        .map_err(|_| ProvisionError::Chip {
+            port: port.clone(),
+            step: "proof of possession",
+            detail: "the chip's signature does not verify with its public key: refusing to certify"
+                .into(),
+        })?;
+    step(
+        &mut out,
+        "possession",
+        "verified",
+        "the chip signed a fresh challenge with the key".into(),
+    );
+
+    // 5. Certificate (idempotent: the same chip key and id give the same certificate).
+    let pk = PublicKey::from_xy(&public)?;
+    let nonce = if job.reissue {
+        hex::encode(random::<8>())
+    } else {
+        String::new()
+    };
+    let request_id =
+        ca::authority::request_id(&[b"device", job.id.as_bytes(), &public, nonce.as_bytes()]);
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("chip_serial".into(), sn_hex.clone().into());
+    attrs.insert("public_key".into(), hex::encode(public).into());
+    attrs.insert("room".into(), job.room.clone().into());
+    attrs.insert("key_slot".into(), slot.into());
+    attrs.insert(
+        "key_source".into(),
+        format!("{:?}", job.key_source).to_lowercase().into(),
+    );
+    let identity = IdentityRecord {
+        id: job.id.clone(),
+        kind: "device".into(),
+        profile: job.profile_name.clone(),
+        acl_write: topics.clone(),
+        acl_read: vec![],
+        attrs,
+        status: "active".into(),
+    };
+    let subject = Subject {
+        common_name: job.id.clone(),
+        organization: site.site.organization.clone(),
+        dns: vec![],
+        ips: vec![],
+        uris: vec![
+            format!("urn:iot-provisioner:{}:device:{}", site.site.name, job.id),
+            format!("urn:atecc508a:sn:{sn_hex}"),
+        ],
+    };
+    let (issued, chain, bundle) = {
+        let mut ca = lock_ca(shared);
+        let old: Vec<String> = if job.reissue {
+            ca.store
+                .ledger
+                .certificates_of(&job.id)?
+                .into_iter()
+                .filter(|c| c.revoked_at.is_none())
+                .map(|c| c.serial)
+                .collect()
+        } else {
+            vec![]
+        };
+        let issued = ca.issue(IssueRequest {
+            profile: Profile::Device,
+            subject,
+            public_key: pk,
+            request_id,
+            days: site.site.leaf_days,
+            identity: Some(identity),
+        })?;
+        for serial in old.iter().filter(|s| **s != issued.record.serial) {
+            ca.revoke_serial(serial, "superseded")?;
+        }
+        let chain = ca.store.chain_pem()?;
+        let bundle = std::fs::read(ca.store.layout.root_cert()).map_err(|e| ca::Error::Io {
+            path: ca.store.layout.root_cert(),
+            source: e,
+        })?;
+        (issued, chain, bundle)
+    };
+    out.certificate = Some(issued.record.serial.clone());
+    step(
+        &mut out,
+        "certificate",
+        if issued.existing { "verified" } else { "done" },
+        format!(
+            "{} (serial {})",
+            if issued.existing {
+                "already issued"
+            } else {
+                "issued"
+            },
+            issued.record.serial
+        ),
+    );
+
+    // 6. The device's blobs.
+    let config = DeviceConfig {
+        format: manifests::device::FORMAT,
+        device_id: job.id.clone(),
+        client_id: job.id.clone(),
+        broker_host: site.broker.connect_host().unwrap_or_default(),
+        tls_server_name: site.broker.server_name().unwrap_or_default(),
+        port: site.broker.port,
+        readings,
+        status_topic,
+        qos: profile.qos,
+        retain: profile.retain,
+        keep_alive_s: profile.keep_alive_s,
+        clean_session: profile.clean_session,
+        interval_s: profile.interval_s,
+        key_slot: slot,
+    };
+    let blobs: [(&str, Vec<u8>); 3] = [
+        ("device.crt", format!("{}{chain}", issued.pem).into_bytes()),
+        ("ca.crt", bundle),
+        (
+            manifests::device::BLOB_NAME,
+            config
+                .to_blob()
+                .map_err(|e| ProvisionError::Config(e.to_string()))?,
+        ),
+    ];
+    drop(client);
+    for (name, data) in &blobs {
+        if board.get(name)?.as_deref() == Some(data.as_slice()) {
+            step(
+                &mut out,
+                "device store",
+                "verified",
+                format!("{name} ({} bytes) already on the device", data.len()),
+            );
+            continue;
+        }
+        shared.progress.step(&port, &format!("writing {name}"));
+        board.put(name, data)?;
+        if board.get(name)?.as_deref() != Some(data.as_slice()) {
+            return Err(ProvisionError::Chip {
+                port,
+                step: "device store",
+                detail: format!("{name} reads back different from what was written"),
+            });
+        }
+        step(
+            &mut out,
+            "device store",
+            "done",
+            format!("{name} ({} bytes) written and read back", data.len()),
+        );
+    }
+    if out.steps.iter().all(|s| s.action == "verified") {
+        out.status = "verified";
+    }
+    Ok(out)
+}

@@ -1,0 +1,359 @@
+//! `provisioner device provision`: the bench job.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use manifests::site::KeySource;
+use serde_json::json;
+
+use crate::bench::kit::KitLink;
+use crate::bench::provision::{self, Job, Outcome, Progress, ProvisionError, Quiet, Shared};
+use crate::context::Context;
+use crate::exit::{CliError, Code, Result};
+
+/// Help text shown after the options.
+pub const HELP: &str = "\
+EXAMPLES:
+  # See what would change, without touching the chip
+  provisioner device provision --port /dev/ttyUSB0 --id salon-1 --profile climat --dry-run
+  # Do it: locking the chip's zones is irreversible, hence --lock
+  provisioner device provision --port /dev/ttyUSB0 --id salon-1 --profile climat --lock
+  # Three boards at once, ids from a template
+  provisioner device provision --port /dev/ttyUSB0 --port /dev/ttyUSB1 --port /dev/ttyUSB2 \\
+      --id 'cuisine-{n}' --room cuisine --profile thermometre --lock
+
+Running it again on a provisioned board verifies it and reports; a chip locked with another
+configuration is refused with the difference by field name. --reissue gives a new certificate
+for the same chip key and revokes the old one. After provisioning, re-run `emit broker` so
+the broker's ACL lets the new devices in.
+
+The private key is generated in the chip (--key-source chip, the default) or on this host and
+sent only encrypted (--key-source host, encrypted PrivWrite). The write key is generated here,
+kept encrypted in the ledger, and crosses the USB wire once, before the data zone is locked:
+the only time the chip accepts it.
+
+EXIT CODES: as `provisioner --help`, plus 6: stopped before locking (re-run with --lock).";
+
+/// Transport to the board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Microchip's kit protocol (our provisioning firmware).
+    Kit,
+    /// Mongoose OS RPC (stock Mongoose OS firmware).
+    Mos,
+}
+
+/// Arguments of `device provision`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Serial port of the board (repeatable: several boards in parallel).
+    #[arg(long, required = true, value_name = "PATH")]
+    port: Vec<String>,
+    /// Device id, one per --port, or one template with {n} (1, 2, ...).
+    #[arg(long, required = true, value_name = "ID")]
+    id: Vec<String>,
+    /// Device profile from the site file.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Room for the topic templates. Default: the site room the id starts with.
+    #[arg(long, value_name = "ROOM")]
+    room: Option<String>,
+    /// Where the private key comes from. Default: the profile's key_source.
+    #[arg(long, value_enum)]
+    key_source: Option<KeySourceArg>,
+    /// Permit locking the chip's config and data zones (irreversible).
+    #[arg(long)]
+    lock: bool,
+    /// Show every change and change nothing (no secret is printed).
+    #[arg(long)]
+    dry_run: bool,
+    /// Issue a new certificate for the same chip key and revoke the old one.
+    #[arg(long)]
+    reissue: bool,
+    /// Protocol spoken by the board's firmware.
+    #[arg(long, value_enum, default_value = "kit")]
+    transport: Transport,
+    /// Baud rate of the serial port.
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+}
+
+/// `--key-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeySourceArg {
+    /// GenKey in the chip: the key never exists outside it.
+    Chip,
+    /// Generated on this host, injected encrypted, erased.
+    Host,
+}
+
+struct Bars {
+    bars: Vec<(String, ProgressBar)>,
+}
+
+impl Progress for Bars {
+    fn step(&self, port: &str, message: &str) {
+        if let Some((_, bar)) = self.bars.iter().find(|(p, _)| p == port) {
+            bar.set_message(message.to_string());
+            bar.tick();
+        }
+    }
+}
+
+fn room_for(id: &str, rooms: &[String]) -> Option<String> {
+    rooms
+        .iter()
+        .filter(|r| id == r.as_str() || id.starts_with(&format!("{r}-")))
+        .max_by_key(|r| r.len())
+        .cloned()
+}
+
+/// Runs `device provision`.
+pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    if args.transport == Transport::Mos {
+        return Err(CliError::new(
+            Code::Input,
+            "--transport mos (Mongoose OS RPC) is not available yet",
+        )
+        .with_help("flash the provisioning firmware and use --transport kit"));
+    }
+    let site = ctx.site()?;
+    let profile_name = match &args.profile {
+        Some(p) => p.clone(),
+        None if site.profiles.len() == 1 => {
+            site.profiles.keys().next().cloned().unwrap_or_default()
+        }
+        None => {
+            return Err(CliError::new(
+                Code::Input,
+                "several device profiles in this site: choose one with --profile",
+            )
+            .with_help(format!(
+                "profiles: {}",
+                site.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    };
+    let profile = site
+        .profile(&profile_name)
+        .map_err(|e| CliError::new(Code::Input, e))?
+        .clone();
+    let ids: Vec<String> = if args.id.len() == args.port.len() {
+        args.id.clone()
+    } else if args.id.len() == 1 && args.id[0].contains("{n}") {
+        (1..=args.port.len())
+            .map(|n| args.id[0].replace("{n}", &n.to_string()))
+            .collect()
+    } else {
+        return Err(CliError::new(
+            Code::Input,
+            format!("{} --port but {} --id", args.port.len(), args.id.len()),
+        )
+        .with_help("give one --id per --port, or one template such as --id 'salon-{n}'"));
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (id, port) in ids.iter().zip(&args.port) {
+        manifests::topic::check_identity(id)
+            .map_err(|e| CliError::new(Code::Input, format!("--id: expected {e}")))?;
+        if !seen.insert(id.clone()) || !seen.insert(format!("port:{port}")) {
+            return Err(CliError::new(
+                Code::Input,
+                format!("`{id}` or `{port}` is given twice"),
+            ));
+        }
+    }
+    let key_source = match args.key_source {
+        Some(KeySourceArg::Chip) => KeySource::Chip,
+        Some(KeySourceArg::Host) => KeySource::Host,
+        None => profile.key_source,
+    };
+    let jobs: Vec<(String, Job)> = ids
+        .iter()
+        .zip(&args.port)
+        .map(|(id, port)| {
+            let room =
+                args.room
+                    .clone()
+                    .or_else(|| room_for(id, &site.topics.rooms))
+                    .ok_or_else(|| {
+                        CliError::new(Code::Input, format!("cannot tell the room of `{id}`"))
+                            .with_help(format!(
+                                "give --room (rooms of this site: {})",
+                                site.topics.rooms.join(", ")
+                            ))
+                    })?;
+            Ok((
+                port.clone(),
+                Job {
+                    id: id.clone(),
+                    room,
+                    profile_name: profile_name.clone(),
+                    key_source,
+                    lock: args.lock,
+                    dry_run: args.dry_run,
+                    reissue: args.reissue,
+                },
+            ))
+        })
+        .collect::<Result<_>>()?;
+    // Fail on the profile before touching any chip.
+    let chip = provision::chip_profile(&profile.chip, &ctx.layout.home)
+        .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
+    provision::check_profile(&profile, &chip, key_source)
+        .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
+
+    let authority = Mutex::new(ctx.authority()?);
+    let show = !ctx.json && std::io::stderr().is_terminal();
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let bars = Bars {
+        bars: jobs
+            .iter()
+            .map(|(port, job)| {
+                let bar = if show {
+                    multi.add(ProgressBar::new_spinner())
+                } else {
+                    ProgressBar::hidden()
+                };
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{port} {}", job.id));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                (port.clone(), bar)
+            })
+            .collect(),
+    };
+    let progress: &dyn Progress = if show { &bars } else { &Quiet };
+    let shared = Shared {
+        authority: &authority,
+        site: &site,
+        home: ctx.layout.home.clone(),
+        progress,
+    };
+    let started = Instant::now();
+    let results: Vec<(String, std::result::Result<Outcome, ProvisionError>, u128)> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(port, job)| {
+                    let shared = &shared;
+                    s.spawn(move || {
+                        let t = Instant::now();
+                        let r = KitLink::connect(port, args.baud)
+                            .map_err(ProvisionError::from)
+                            .and_then(|mut link| provision::provision(&mut link, job, shared));
+                        (port.clone(), r, t.elapsed().as_millis())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (
+                            String::new(),
+                            Err(ProvisionError::Conflict(
+                                "provisioning thread panicked".into(),
+                            )),
+                            0,
+                        )
+                    })
+                })
+                .collect()
+        });
+    for (port, bar) in &bars.bars {
+        let r = results.iter().find(|(p, _, _)| p == port);
+        match r {
+            Some((_, Ok(o), _)) => bar.finish_with_message(format!("{}", o.status)),
+            _ => bar.finish_with_message("failed"),
+        }
+    }
+    // Device manifests for the operator: what each device is and runs with.
+    for (_, r, _) in &results {
+        if let Ok(o) = r
+            && o.certificate.is_some()
+            && !args.dry_run
+        {
+            let dir = ctx.layout.home.join("devices");
+            ca::fsutil::private_dir(&dir)?;
+            let text = serde_json::to_string_pretty(o).unwrap_or_default();
+            ca::fsutil::write_atomic(&dir.join(format!("{}.json", o.id)), text.as_bytes(), 0o644)?;
+        }
+    }
+    let mut worst: Option<CliError> = None;
+    let mut report = Vec::new();
+    let mut human = String::new();
+    for (port, r, ms) in &results {
+        match r {
+            Ok(o) => {
+                report.push(json!({ "port": port, "ok": true, "ms": ms, "result": o }));
+                human.push_str(&format!(
+                    "{} {} on {port}: {} in {:.1} s\n",
+                    o.id,
+                    o.chip_serial,
+                    o.status,
+                    *ms as f64 / 1000.0
+                ));
+                for st in &o.steps {
+                    human.push_str(&format!(
+                        "  {:<13} {:<9} {}\n",
+                        st.step, st.action, st.detail
+                    ));
+                }
+                if !o.config_diff.is_empty() && o.status != "provisioned" {
+                    human.push_str("  config zone changes (current -> profile):\n");
+                    for c in &o.config_diff {
+                        human.push_str(&format!(
+                            "    {:<24} {} -> {}\n",
+                            c.field, c.current, c.wanted
+                        ));
+                    }
+                }
+                if o.status == "needs-lock" && worst.is_none() {
+                    worst = Some(
+                        CliError::new(
+                            Code::NeedsPermission,
+                            format!("{port}: stopped before locking the chip"),
+                        )
+                        .with_help("review the changes above, then re-run with --lock"),
+                    );
+                }
+            }
+            Err(e) => {
+                report.push(json!({ "port": port, "ok": false, "ms": ms, "error": e.to_string() }));
+                human.push_str(&format!("{port}: FAILED: {e}\n"));
+                let code = match e {
+                    ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => {
+                        Code::State
+                    }
+                    ProvisionError::Config(_) => Code::Input,
+                    ProvisionError::Ca(ca::Error::WrongPassphrase { .. }) => Code::Credentials,
+                    _ => Code::Failure,
+                };
+                worst = Some(CliError::new(
+                    code,
+                    format!(
+                        "{} of {} board(s) failed",
+                        results.iter().filter(|r| r.1.is_err()).count(),
+                        results.len()
+                    ),
+                ));
+            }
+        }
+    }
+    human.push_str(&format!(
+        "{} board(s) in {:.1} s",
+        results.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    ctx.print(
+        &json!({ "boards": report, "seconds": started.elapsed().as_secs_f64() }),
+        &human,
+    );
+    match worst {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
