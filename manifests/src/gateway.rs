@@ -461,13 +461,12 @@ pub fn check_private(path: &Path) -> Result<(), GatewayManifestError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta =
-            std::fs::metadata(path).map_err(|source| GatewayManifestError::MissingFile {
-                manifest: path.to_path_buf(),
-                field: "key",
-                file: path.to_path_buf(),
-                source,
-            })?;
+        let meta = std::fs::metadata(path).map_err(|source| GatewayManifestError::MissingFile {
+            manifest: path.to_path_buf(),
+            field: "key",
+            file: path.to_path_buf(),
+            source,
+        })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(GatewayManifestError::InsecureFile {
@@ -565,9 +564,12 @@ file = "link.key"
             .expect_err("filter")
             .to_string();
         assert!(s.contains("mqtt.filters") && s.contains('#'), "{s}");
-        let s = parse(&GOOD.replace("filters = [\"maison/#\", \"maison/+/temperature\"]", "filters = []"))
-            .expect_err("no filters")
-            .to_string();
+        let s = parse(&GOOD.replace(
+            "filters = [\"maison/#\", \"maison/+/temperature\"]",
+            "filters = []",
+        ))
+        .expect_err("no filters")
+        .to_string();
         assert!(s.contains("at least one topic filter"), "{s}");
         let s = parse(&GOOD.replace("manifest = \"link.toml\"", ""))
             .expect_err("no link")

@@ -81,6 +81,9 @@ enum Command {
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
+    /// Install a node's configuration into a root filesystem (e.g. a Pi's NFS root).
+    #[command(subcommand)]
+    Deploy(cmd::deploy::DeployCommand),
 }
 
 fn main() {
@@ -120,6 +123,7 @@ fn main() {
         Command::Device(c) => cmd::device::run(&ctx, c),
         Command::Crl(a) => cmd::crl::run(&ctx, a),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
+        Command::Deploy(c) => cmd::deploy::run(&ctx, c),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -127,7 +127,14 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
         EmitCommand::Receiver(args) => {
             let out = prepare_out(&args.out)?;
             let e = write_receiver(ctx, &args.id, &args.node, &out)?;
-            print_node(ctx, "receiver", &args.id, &out, &e, "lora-link rx --manifest");
+            print_node(
+                ctx,
+                "receiver",
+                &args.id,
+                &out,
+                &e,
+                "lora-link rx --manifest",
+            );
             Ok(())
         }
     }
@@ -387,7 +394,10 @@ fn issue_node(
     if issued.record.revoked_at.is_some() {
         return Err(CliError::new(
             Code::State,
-            format!("the certificate {} of `{id}` is revoked", issued.record.serial),
+            format!(
+                "the certificate {} of `{id}` is revoked",
+                issued.record.serial
+            ),
         )
         .with_help(format!(
             "remove {} to get a new key and certificate, then emit again",
@@ -532,7 +542,10 @@ fn write_files(out: &Path, files: &[(String, &[u8], u32)]) -> Result<Vec<PathBuf
     Ok(paths)
 }
 
-fn link_key_hex(authority: &mut ca::Authority, gateway: &str) -> Result<zeroize::Zeroizing<String>> {
+fn link_key_hex(
+    authority: &mut ca::Authority,
+    gateway: &str,
+) -> Result<zeroize::Zeroizing<String>> {
     let key = authority.secret_or_create(&format!("linkkey:{gateway}"), 16)?;
     if key.len() != 16 {
         return Err(CliError::new(
@@ -543,20 +556,30 @@ fn link_key_hex(authority: &mut ca::Authority, gateway: &str) -> Result<zeroize:
             ),
         ));
     }
-    Ok(zeroize::Zeroizing::new(format!("{}\n", hex::encode(&key[..]))))
+    Ok(zeroize::Zeroizing::new(format!(
+        "{}\n",
+        hex::encode(&key[..])
+    )))
 }
 
 fn default_state_dir(out: &Path, opts: &NodeOptions) -> PathBuf {
-    opts.state_dir.clone().unwrap_or_else(|| match &opts.prefix {
-        Some(p) => p.join("state"),
-        None => out.join("state"),
-    })
+    opts.state_dir
+        .clone()
+        .unwrap_or_else(|| match &opts.prefix {
+            Some(p) => p.join("state"),
+            None => out.join("state"),
+        })
 }
 
 /// Issues (or reuses) the gateway's certificate and link key and writes its files into
 /// `out` (an existing directory): `gateway.toml`, `link.toml`, `link.key`, `ca.crt`,
 /// `ID.crt`, `ID.key`. Used by `emit gateway` and `deploy gateway`.
-pub fn write_gateway(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -> Result<NodeEmitted> {
+pub fn write_gateway(
+    ctx: &Context,
+    id: &str,
+    opts: &NodeOptions,
+    out: &Path,
+) -> Result<NodeEmitted> {
     use manifests::gateway::{GATEWAY_MANIFEST_VERSION, GatewayManifest, GatewayMqtt, LinkRef};
     use manifests::link::{KeySource, LinkRole, Node, Peer};
     let site = ctx.site()?;
@@ -564,7 +587,10 @@ pub fn write_gateway(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) ->
         let known: Vec<&str> = site.gateways.keys().map(String::as_str).collect();
         CliError::new(
             Code::Input,
-            format!("no gateway `{id}` in the site file (known: {})", known.join(", ")),
+            format!(
+                "no gateway `{id}` in the site file (known: {})",
+                known.join(", ")
+            ),
         )
         .with_help(format!(
             "add [gateways.{id}] with subscribe = [...] and receiver = \"...\" to {}",
@@ -572,7 +598,15 @@ pub fn write_gateway(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) ->
         ))
     })?;
     let mut authority = ctx.authority()?;
-    let ident = issue_node(ctx, &mut authority, &site, id, "gateway", g.subscribe.clone(), vec![])?;
+    let ident = issue_node(
+        ctx,
+        &mut authority,
+        &site,
+        id,
+        "gateway",
+        g.subscribe.clone(),
+        vec![],
+    )?;
     let me = lora_address(&authority, id, "gateway")?;
     let peer = lora_address(&authority, &g.receiver, "receiver")?;
     let key_hex = link_key_hex(&mut authority, id)?;
@@ -663,22 +697,33 @@ pub fn write_gateway(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) ->
 
 /// Issues (or reuses) the receiver's certificate and writes `receiver.toml`, `link.key`,
 /// `ca.crt`, `ID.crt`, `ID.key` into `out`.
-pub fn write_receiver(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -> Result<NodeEmitted> {
+pub fn write_receiver(
+    ctx: &Context,
+    id: &str,
+    opts: &NodeOptions,
+    out: &Path,
+) -> Result<NodeEmitted> {
     use manifests::link::{KeySource, LinkRole, MqttParams, Node, Peer};
     let site = ctx.site()?;
     let r = site.receivers.get(id).ok_or_else(|| {
         let known: Vec<&str> = site.receivers.keys().map(String::as_str).collect();
         CliError::new(
             Code::Input,
-            format!("no receiver `{id}` in the site file (known: {})", known.join(", ")),
+            format!(
+                "no receiver `{id}` in the site file (known: {})",
+                known.join(", ")
+            ),
         )
         .with_help(format!(
             "add [receivers.{id}] with publish = [...] to {}",
             ctx.layout.site().display()
         ))
     })?;
-    let gateways: Vec<(&String, &manifests::site::Gateway)> =
-        site.gateways.iter().filter(|(_, g)| g.receiver == id).collect();
+    let gateways: Vec<(&String, &manifests::site::Gateway)> = site
+        .gateways
+        .iter()
+        .filter(|(_, g)| g.receiver == id)
+        .collect();
     let (gw_id, gw) = match gateways.as_slice() {
         [one] => *one,
         [] => {
@@ -686,7 +731,9 @@ pub fn write_receiver(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -
                 Code::Input,
                 format!("no gateway of the site sends to receiver `{id}`"),
             )
-            .with_help(format!("set receiver = \"{id}\" in a [gateways.ID] table of the site file")));
+            .with_help(format!(
+                "set receiver = \"{id}\" in a [gateways.ID] table of the site file"
+            )));
         }
         many => {
             return Err(CliError::new(
@@ -701,7 +748,15 @@ pub fn write_receiver(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -
         }
     };
     let mut authority = ctx.authority()?;
-    let ident = issue_node(ctx, &mut authority, &site, id, "receiver", vec![], r.publish.clone())?;
+    let ident = issue_node(
+        ctx,
+        &mut authority,
+        &site,
+        id,
+        "receiver",
+        vec![],
+        r.publish.clone(),
+    )?;
     let me = lora_address(&authority, id, "receiver")?;
     let peer = lora_address(&authority, gw_id, "gateway")?;
     let key_hex = link_key_hex(&mut authority, gw_id)?;
@@ -725,7 +780,10 @@ pub fn write_receiver(ctx: &Context, id: &str, opts: &NodeOptions, out: &Path) -
     };
     if !opts.no_mqtt {
         link.mqtt = Some(MqttParams {
-            host: opts.broker_host.clone().unwrap_or_else(|| "localhost".into()),
+            host: opts
+                .broker_host
+                .clone()
+                .unwrap_or_else(|| "localhost".into()),
             port: opts.broker_port.unwrap_or(site.broker.port),
             client_id: id.to_string(),
             ca_file: target_path(out, opts, "ca.crt"),

@@ -1,0 +1,44 @@
+//! The `gateway` command line on hostile and broken inputs: precise errors, exit code 2,
+//! nothing started.
+
+use std::process::Command;
+
+fn gateway(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .env_remove("GATEWAY_MANIFEST")
+        .output()
+        .expect("run gateway")
+}
+
+#[test]
+fn a_broken_manifest_is_refused_with_file_line_and_field() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path().join("gateway.toml");
+    std::fs::write(
+        &p,
+        "version = 1\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"gw\"\nca_file = \"ca.crt\"\ncert_file = \"gw.crt\"\nkey_file = \"gw.key\"\nfilters = [\"maison/#/x\"]\n[link]\nmanifest = \"link.toml\"\n",
+    )
+    .expect("write");
+    let out = gateway(&["--manifest", &p.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.toml:8:") && err.contains("mqtt.filters"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let out = gateway(&["--manifest", &d.path().join("missing.toml").to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+
+    std::fs::write(&p, [0xff, 0xfe, 0x00]).expect("write");
+    let out = gateway(&["--manifest", &p.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+}
+
+#[test]
+fn help_has_examples_and_exit_codes() {
+    let out = gateway(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("EXAMPLES") && text.contains("EXIT CODES"), "{text}");
+}
