@@ -52,7 +52,10 @@ pub fn run<R: Radio + ?Sized>(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => Some(ToRadio::Shutdown),
         };
-        for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for m in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
             match m {
                 ToRadio::Record(r) => submit(sender, r),
                 ToRadio::Shutdown => {

@@ -23,10 +23,16 @@ fn a_broken_manifest_is_refused_with_file_line_and_field() {
     let out = gateway(&["--manifest", &p.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("gateway.toml:8:") && err.contains("mqtt.filters"), "{err}");
+    assert!(
+        err.contains("gateway.toml:8:") && err.contains("mqtt.filters"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 
-    let out = gateway(&["--manifest", &d.path().join("missing.toml").to_string_lossy()]);
+    let out = gateway(&[
+        "--manifest",
+        &d.path().join("missing.toml").to_string_lossy(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 
@@ -40,5 +46,8 @@ fn a_broken_manifest_is_refused_with_file_line_and_field() {
 fn help_has_examples_and_exit_codes() {
     let out = gateway(&["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("EXAMPLES") && text.contains("EXIT CODES"), "{text}");
+    assert!(
+        text.contains("EXAMPLES") && text.contains("EXIT CODES"),
+        "{text}"
+    );
 }

@@ -21,8 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -181,15 +181,13 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsSetupErro
                 .with_custom_certificate_verifier(Arc::new(NamedServerVerifier { inner, name }))
         }
     };
-    let cfg = builder
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| {
-            TlsSetupError::Rustls(format!(
-                "{} and {} do not make a usable client identity: {e}",
-                files.cert_file.display(),
-                files.key_file.display()
-            ))
-        })?;
+    let cfg = builder.with_client_auth_cert(chain, key).map_err(|e| {
+        TlsSetupError::Rustls(format!(
+            "{} and {} do not make a usable client identity: {e}",
+            files.cert_file.display(),
+            files.key_file.display()
+        ))
+    })?;
     Ok(Arc::new(cfg))
 }
 
@@ -426,10 +424,12 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
 
 impl RecordSink for MqttSink {
     fn deliver(&mut self, meta: &FrameMeta, record: &Record) -> Result<(), String> {
-        match self
-            .client
-            .try_publish(record.topic.as_str(), self.qos, false, record.payload.clone())
-        {
+        match self.client.try_publish(
+            record.topic.as_str(),
+            self.qos,
+            false,
+            record.payload.clone(),
+        ) {
             Ok(()) => {
                 self.counters.published.fetch_add(1, Ordering::SeqCst);
             }
@@ -484,7 +484,9 @@ mod tests {
         std::fs::write(d.path().join("k"), "x").expect("write");
         std::fs::set_permissions(d.path().join("k"), std::fs::Permissions::from_mode(0o644))
             .expect("chmod");
-        let e = check_private(&d.path().join("k")).expect_err("insecure").to_string();
+        let e = check_private(&d.path().join("k"))
+            .expect_err("insecure")
+            .to_string();
         assert!(e.contains("chmod 600"), "{e}");
     }
 }

@@ -47,16 +47,29 @@ impl Daemon {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(st)) = c.try_wait()
             {
-                panic!("{} exited ({st}) before `{needle}`:\n{}", self.name, self.log_text());
+                panic!(
+                    "{} exited ({st}) before `{needle}`:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "{}: no `{needle}` within {timeout:?}:\n{}", self.name, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{}: no `{needle}` within {timeout:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     /// SIGTERM, then waits for the exit; returns (exit code, stdout).
     fn terminate(&mut self, timeout: Duration) -> (Option<i32>, String) {
         let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(st) = child.try_wait().expect("wait") {
@@ -65,7 +78,11 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{} did not stop within {timeout:?} after SIGTERM:\n{}", self.name, self.log_text());
+                panic!(
+                    "{} did not stop within {timeout:?} after SIGTERM:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -90,23 +107,53 @@ impl Drop for Daemon {
 /// them; alone: `cargo build -p gateway -p lora-link`).
 fn sibling_bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name(name);
-    assert!(p.is_file(), "{} is missing: run `cargo build -p gateway -p lora-link` (or `cargo test --workspace`) first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p gateway -p lora-link` (or `cargo test --workspace`) first",
+        p.display()
+    );
     p
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// mosquitto_sub printing `topic hex-payload` for `count` messages.
-fn subscribe_hex(port: u16, cafile: &Path, c: &Client, filter: &str, count: usize, timeout_s: u32) -> Child {
+fn subscribe_hex(
+    port: u16,
+    cafile: &Path,
+    c: &Client,
+    filter: &str,
+    count: usize,
+    timeout_s: u32,
+) -> Child {
     require("mosquitto_sub");
     Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-C", &count.to_string(), "-W", &timeout_s.to_string()])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-C",
+            &count.to_string(),
+            "-W",
+            &timeout_s.to_string(),
+        ])
         .args(["-F", "%t %x", "-t", filter, "-i", "far-side-monitor"])
         .arg("--cafile")
         .arg(cafile)
@@ -125,7 +172,17 @@ fn publish_bytes(port: u16, cafile: &Path, c: &Client, topic: &str, payload: &[u
     let f = dir.join("payload.bin");
     std::fs::write(&f, payload).expect("payload");
     let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-f"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+        ])
         .arg(&f)
         .arg("--cafile")
         .arg(cafile)
@@ -135,7 +192,11 @@ fn publish_bytes(port: u16, cafile: &Path, c: &Client, topic: &str, payload: &[u
         .arg(&c.key)
         .output()
         .expect("mosquitto_pub");
-    assert!(out.status.success(), "publish to {topic}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "publish to {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -151,56 +212,172 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
     // The simulated air.
     let air_port = free_udp_port();
     let air_addr = format!("127.0.0.1:{air_port}");
-    let mut air = Daemon::start("lora-link air", &lora_bin, &["air", "--listen", &air_addr], w.join("air.log"));
+    let mut air = Daemon::start(
+        "lora-link air",
+        &lora_bin,
+        &["air", "--listen", &air_addr],
+        w.join("air.log"),
+    );
     air.wait_for("listening on", Duration::from_secs(10));
 
     // Gateway and receiver configuration, then both brokers (their ACLs know both nodes).
     let (near_port, far_port) = (free_port(), free_port());
     let gw_dir = w.join("passerelle");
     let rx_dir = w.join("recepteur");
-    let gw = home.json(&["emit", "gateway", "passerelle", "--out", &gw_dir.to_string_lossy(), "--broker-host", "127.0.0.1", "--broker-port", &near_port.to_string(), "--air", &air_addr]);
+    let gw = home.json(&[
+        "emit",
+        "gateway",
+        "passerelle",
+        "--out",
+        &gw_dir.to_string_lossy(),
+        "--broker-host",
+        "127.0.0.1",
+        "--broker-port",
+        &near_port.to_string(),
+        "--air",
+        &air_addr,
+    ]);
     assert_eq!(gw["existing"], false, "{gw}");
-    let rx = home.json(&["emit", "receiver", "recepteur", "--out", &rx_dir.to_string_lossy(), "--broker-host", "127.0.0.1", "--broker-port", &far_port.to_string(), "--air", &air_addr]);
+    let rx = home.json(&[
+        "emit",
+        "receiver",
+        "recepteur",
+        "--out",
+        &rx_dir.to_string_lossy(),
+        "--broker-host",
+        "127.0.0.1",
+        "--broker-port",
+        &far_port.to_string(),
+        "--air",
+        &air_addr,
+    ]);
     assert_eq!(rx["peer_address"], gw["address"], "{rx} / {gw}");
     // Emitting again reuses the certificate, key and link key.
-    let again = home.json(&["emit", "gateway", "passerelle", "--out", &gw_dir.to_string_lossy(), "--broker-host", "127.0.0.1", "--broker-port", &near_port.to_string(), "--air", &air_addr]);
-    assert_eq!((again["existing"].clone(), again["serial"].clone()), (serde_json::json!(true), gw["serial"].clone()));
-    assert_eq!(std::fs::read(gw_dir.join("link.key")).expect("key"), std::fs::read(rx_dir.join("link.key")).expect("key"), "both ends share the link key");
-    for (dir, secret) in [(&gw_dir, "passerelle.key"), (&gw_dir, "link.key"), (&gw_dir, "gateway.toml"), (&gw_dir, "link.toml"), (&rx_dir, "recepteur.key"), (&rx_dir, "link.key"), (&rx_dir, "receiver.toml")] {
+    let again = home.json(&[
+        "emit",
+        "gateway",
+        "passerelle",
+        "--out",
+        &gw_dir.to_string_lossy(),
+        "--broker-host",
+        "127.0.0.1",
+        "--broker-port",
+        &near_port.to_string(),
+        "--air",
+        &air_addr,
+    ]);
+    assert_eq!(
+        (again["existing"].clone(), again["serial"].clone()),
+        (serde_json::json!(true), gw["serial"].clone())
+    );
+    assert_eq!(
+        std::fs::read(gw_dir.join("link.key")).expect("key"),
+        std::fs::read(rx_dir.join("link.key")).expect("key"),
+        "both ends share the link key"
+    );
+    for (dir, secret) in [
+        (&gw_dir, "passerelle.key"),
+        (&gw_dir, "link.key"),
+        (&gw_dir, "gateway.toml"),
+        (&gw_dir, "link.toml"),
+        (&rx_dir, "recepteur.key"),
+        (&rx_dir, "link.key"),
+        (&rx_dir, "receiver.toml"),
+    ] {
         assert_eq!(mode(&dir.join(secret)), 0o600, "{secret}");
     }
     let near_dir = w.join("broker-near");
     let far_dir = w.join("broker-far");
     for (dir, port) in [(&near_dir, near_port), (&far_dir, far_port)] {
-        home.ok(&["emit", "broker", "--out", &dir.to_string_lossy(), "--port", &port.to_string(), "--bind", "127.0.0.1", "--run-as", "root"]);
+        home.ok(&[
+            "emit",
+            "broker",
+            "--out",
+            &dir.to_string_lossy(),
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--run-as",
+            "root",
+        ]);
     }
     let acl = std::fs::read_to_string(far_dir.join("acl")).expect("acl");
-    assert!(acl.contains("user recepteur") && acl.contains("user passerelle"), "{acl}");
-    let _near = Mosquitto::start(&near_dir.join("mosquitto.conf"), near_port, &w.join("near.log"));
-    let far = Mosquitto::start(&far_dir.join("mosquitto.conf"), far_port, &w.join("far.log"));
+    assert!(
+        acl.contains("user recepteur") && acl.contains("user passerelle"),
+        "{acl}"
+    );
+    let _near = Mosquitto::start(
+        &near_dir.join("mosquitto.conf"),
+        near_port,
+        &w.join("near.log"),
+    );
+    let far = Mosquitto::start(
+        &far_dir.join("mosquitto.conf"),
+        far_port,
+        &w.join("far.log"),
+    );
     let near_ca = near_dir.join("ca.crt");
     let far_ca = far_dir.join("ca.crt");
 
     // The receiver on Pi #2, then the gateway on Pi #1, each loading what emit wrote.
-    let mut rxd = Daemon::start("lora-link rx", &lora_bin, &["rx", "--manifest", &rx_dir.join("receiver.toml").to_string_lossy()], w.join("rx.log"));
+    let mut rxd = Daemon::start(
+        "lora-link rx",
+        &lora_bin,
+        &[
+            "rx",
+            "--manifest",
+            &rx_dir.join("receiver.toml").to_string_lossy(),
+        ],
+        w.join("rx.log"),
+    );
     rxd.wait_for("connected to the broker", Duration::from_secs(10));
-    let check = Command::new(&gateway_bin).args(["--manifest", &gw_dir.join("gateway.toml").to_string_lossy(), "--check"]).output().expect("gateway --check");
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let mut gwd = Daemon::start("gateway", &gateway_bin, &["--manifest", &gw_dir.join("gateway.toml").to_string_lossy()], w.join("gateway.log"));
+    let check = Command::new(&gateway_bin)
+        .args([
+            "--manifest",
+            &gw_dir.join("gateway.toml").to_string_lossy(),
+            "--check",
+        ])
+        .output()
+        .expect("gateway --check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut gwd = Daemon::start(
+        "gateway",
+        &gateway_bin,
+        &["--manifest", &gw_dir.join("gateway.toml").to_string_lossy()],
+        w.join("gateway.log"),
+    );
     gwd.wait_for("subscribed to maison/#", Duration::from_secs(10));
 
     // The far-side subscriber.
     let messages: Vec<(&str, Vec<u8>)> = vec![
         ("maison/salon/temperature", b"21.5".to_vec()),
-        ("maison/salon/humidite", b"{\"rh\":48.2,\"t\":1718000000}".to_vec()),
-        ("maison/garage/porte", vec![0x00, 0xff, 0x7e, 0x0d, 0x0a, 0x80, 0x01, 0x20]),
+        (
+            "maison/salon/humidite",
+            b"{\"rh\":48.2,\"t\":1718000000}".to_vec(),
+        ),
+        (
+            "maison/garage/porte",
+            vec![0x00, 0xff, 0x7e, 0x0d, 0x0a, 0x80, 0x01, 0x20],
+        ),
         ("maison/salon/temperature", b"".to_vec()),
-        ("maison/cave/inconnu/mesure", b"inline topic, not in the table".to_vec()),
+        (
+            "maison/cave/inconnu/mesure",
+            b"inline topic, not in the table".to_vec(),
+        ),
     ];
     let mut sub = subscribe_hex(far_port, &far_ca, &monitor, "maison/#", messages.len(), 30);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !far.log_text().contains("as far-side-monitor") {
-        assert!(Instant::now() < deadline, "the far-side subscriber never connected:\n{}", far.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the far-side subscriber never connected:\n{}",
+            far.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300)); // its SUBSCRIBE follows the CONNECT
@@ -215,15 +392,32 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
         }
         if Instant::now() > deadline {
             let _ = sub.kill();
-            panic!("far side got fewer than {} messages\ngateway:\n{}\nrx:\n{}", messages.len(), gwd.log_text(), rxd.log_text());
+            panic!(
+                "far side got fewer than {} messages\ngateway:\n{}\nrx:\n{}",
+                messages.len(),
+                gwd.log_text(),
+                rxd.log_text()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut got = String::new();
-    sub.stdout.take().expect("stdout").read_to_string(&mut got).expect("read");
-    assert!(status.success(), "mosquitto_sub: {status}\n{got}\ngateway:\n{}\nrx:\n{}", gwd.log_text(), rxd.log_text());
+    sub.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut got)
+        .expect("read");
+    assert!(
+        status.success(),
+        "mosquitto_sub: {status}\n{got}\ngateway:\n{}\nrx:\n{}",
+        gwd.log_text(),
+        rxd.log_text()
+    );
     let got: Vec<String> = got.lines().map(|l| l.trim_end().to_string()).collect();
-    let want: Vec<String> = messages.iter().map(|(t, p)| format!("{t} {}", hex::encode(p)).trim_end().to_string()).collect();
+    let want: Vec<String> = messages
+        .iter()
+        .map(|(t, p)| format!("{t} {}", hex::encode(p)).trim_end().to_string())
+        .collect();
     assert_eq!(got, want, "topics and payloads differ across the link");
 
     // SIGTERM: the gateway prints its counters as one JSON line and exits 0.
@@ -236,23 +430,45 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
     assert_eq!(c["received"], n, "{c}");
     assert_eq!(c["queued"], n, "{c}");
     assert_eq!(c["sent"], n, "{c}");
-    for k in ["dropped_queue_full", "rejected_too_large", "rejected_invalid", "dropped_radio_error", "dropped_at_shutdown", "waiting"] {
+    for k in [
+        "dropped_queue_full",
+        "rejected_too_large",
+        "rejected_invalid",
+        "dropped_radio_error",
+        "dropped_at_shutdown",
+        "waiting",
+    ] {
         assert_eq!(c[k], 0, "{k}: {c}");
     }
-    assert!(c["frames_sent"].as_u64().is_some_and(|f| (1..=n).contains(&f)), "{c}");
-    let stored = std::fs::read_to_string(gw_dir.join("state").join("counters.json")).expect("counters file");
+    assert!(
+        c["frames_sent"]
+            .as_u64()
+            .is_some_and(|f| (1..=n).contains(&f)),
+        "{c}"
+    );
+    let stored =
+        std::fs::read_to_string(gw_dir.join("state").join("counters.json")).expect("counters file");
     assert_eq!(stored.trim(), lines[0]);
-    assert!(gwd.log_text().contains("stopped cleanly"), "{}", gwd.log_text());
+    assert!(
+        gwd.log_text().contains("stopped cleanly"),
+        "{}",
+        gwd.log_text()
+    );
 
     let (code, _) = rxd.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "rx exit\n{}", rxd.log_text());
     let rx_log = rxd.log_text();
-    let last: serde_json::Value = serde_json::from_str(rx_log.lines().last().expect("counters line")).expect("rx counters");
+    let last: serde_json::Value =
+        serde_json::from_str(rx_log.lines().last().expect("counters line")).expect("rx counters");
     assert_eq!(last["records"], n, "{rx_log}");
     assert_eq!(last["republished"], n, "{rx_log}");
     assert_eq!(last["acked"], n, "{rx_log}");
     drop(air);
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -262,24 +478,58 @@ fn the_gateway_refuses_a_key_others_can_read_and_a_broker_it_cannot_reach_is_ret
     let w = home.work();
     let dir = w.join("gw");
     let port = free_port(); // nobody listens there
-    home.ok(&["emit", "gateway", "passerelle", "--out", &dir.to_string_lossy(), "--broker-host", "127.0.0.1", "--broker-port", &port.to_string(), "--air", "127.0.0.1:9"]);
+    home.ok(&[
+        "emit",
+        "gateway",
+        "passerelle",
+        "--out",
+        &dir.to_string_lossy(),
+        "--broker-host",
+        "127.0.0.1",
+        "--broker-port",
+        &port.to_string(),
+        "--air",
+        "127.0.0.1:9",
+    ]);
     let manifest = dir.join("gateway.toml").to_string_lossy().into_owned();
 
-    std::fs::set_permissions(dir.join("passerelle.key"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let out = Command::new(&gateway_bin).args(["--manifest", &manifest]).output().expect("gateway");
+    std::fs::set_permissions(
+        dir.join("passerelle.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let out = Command::new(&gateway_bin)
+        .args(["--manifest", &manifest])
+        .output()
+        .expect("gateway");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("passerelle.key") && err.contains("chmod 600"), "{err}");
-    std::fs::set_permissions(dir.join("passerelle.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(
+        err.contains("passerelle.key") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(
+        dir.join("passerelle.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
 
     // No broker: it keeps retrying with back-off, and still stops cleanly on SIGTERM.
-    let mut g = Daemon::start("gateway", &gateway_bin, &["--manifest", &manifest], w.join("g.log"));
+    let mut g = Daemon::start(
+        "gateway",
+        &gateway_bin,
+        &["--manifest", &manifest],
+        w.join("g.log"),
+    );
     g.wait_for("retrying in 1000 ms", Duration::from_secs(10));
     let (code, out) = g.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", g.log_text());
     let c: serde_json::Value = serde_json::from_str(out.trim()).expect("counters");
     assert_eq!(c["received"], 0);
-    assert!(c["connection_errors"].as_u64().is_some_and(|e| e >= 2), "{c}");
+    assert!(
+        c["connection_errors"].as_u64().is_some_and(|e| e >= 2),
+        "{c}"
+    );
 }
 
 #[test]
@@ -288,10 +538,23 @@ fn deploy_gateway_installs_configuration_unit_and_state_directory_atomically() {
     home.ok(&["init"]);
     let root = home.work().join("pi1-root");
     std::fs::create_dir_all(&root).expect("root");
-    let first = home.json(&["deploy", "gateway", "passerelle", "--root", &root.to_string_lossy()]);
+    let first = home.json(&[
+        "deploy",
+        "gateway",
+        "passerelle",
+        "--root",
+        &root.to_string_lossy(),
+    ]);
     let etc = root.join("etc/iot-gateway");
     assert_eq!(mode(&etc), 0o700);
-    for (f, m) in [("gateway.toml", 0o600), ("link.toml", 0o600), ("link.key", 0o600), ("passerelle.key", 0o600), ("passerelle.crt", 0o644), ("ca.crt", 0o644)] {
+    for (f, m) in [
+        ("gateway.toml", 0o600),
+        ("link.toml", 0o600),
+        ("link.key", 0o600),
+        ("passerelle.key", 0o600),
+        ("passerelle.crt", 0o644),
+        ("ca.crt", 0o644),
+    ] {
         assert_eq!(mode(&etc.join(f)), m, "{f}");
     }
     assert_eq!(mode(&root.join("var/lib/iot-gateway")), 0o700);
@@ -312,39 +575,98 @@ fn deploy_gateway_installs_configuration_unit_and_state_directory_atomically() {
 
     // Paths in the manifests are the Pi's, and they parse as the daemons will read them.
     let text = std::fs::read_to_string(etc.join("gateway.toml")).expect("manifest");
-    let g = manifests::gateway::GatewayManifest::parse(&text, Path::new("gateway.toml")).expect("gateway manifest");
-    assert_eq!(g.mqtt.key_file, Path::new("/etc/iot-gateway/passerelle.key"));
+    let g = manifests::gateway::GatewayManifest::parse(&text, Path::new("gateway.toml"))
+        .expect("gateway manifest");
+    assert_eq!(
+        g.mqtt.key_file,
+        Path::new("/etc/iot-gateway/passerelle.key")
+    );
     assert_eq!(g.mqtt.ca_file, Path::new("/etc/iot-gateway/ca.crt"));
-    assert_eq!(g.link.manifest.as_deref(), Some(Path::new("/etc/iot-gateway/link.toml")));
-    assert_eq!(g.counters_file.as_deref(), Some(Path::new("/var/lib/iot-gateway/counters.json")));
+    assert_eq!(
+        g.link.manifest.as_deref(),
+        Some(Path::new("/etc/iot-gateway/link.toml"))
+    );
+    assert_eq!(
+        g.counters_file.as_deref(),
+        Some(Path::new("/var/lib/iot-gateway/counters.json"))
+    );
     assert_eq!(g.mqtt.host, "broker.maison.lan");
     assert_eq!(g.mqtt.filters, ["maison/#"]);
     let link_text = std::fs::read_to_string(etc.join("link.toml")).expect("link");
-    let link = manifests::link::LinkManifest::parse(&link_text, Path::new("link.toml")).expect("link manifest");
+    let link = manifests::link::LinkManifest::parse(&link_text, Path::new("link.toml"))
+        .expect("link manifest");
     assert_eq!(link.role, manifests::link::LinkRole::Gateway);
     assert_eq!(link.state_dir, Path::new("/var/lib/iot-gateway"));
-    assert_eq!(link.key.file.as_deref(), Some(Path::new("/etc/iot-gateway/link.key")));
+    assert_eq!(
+        link.key.file.as_deref(),
+        Some(Path::new("/etc/iot-gateway/link.key"))
+    );
     assert_eq!(link.radio.backend, manifests::link::RadioBackend::Sx127x);
-    assert_eq!((link.radio.pins.cs, link.radio.pins.reset, link.radio.pins.dio0), (25, 17, 4));
-    assert!(link.topics.iter().any(|t| t.topic == "maison/salon/temperature"), "{link_text}");
+    assert_eq!(
+        (
+            link.radio.pins.cs,
+            link.radio.pins.reset,
+            link.radio.pins.dio0
+        ),
+        (25, 17, 4)
+    );
+    assert!(
+        link.topics
+            .iter()
+            .any(|t| t.topic == "maison/salon/temperature"),
+        "{link_text}"
+    );
     let key = std::fs::read_to_string(etc.join("link.key")).expect("key");
     assert_eq!(key.trim().len(), 32);
-    assert!(!text.contains(key.trim()) && !link_text.contains(key.trim()), "the key stays in link.key");
+    assert!(
+        !text.contains(key.trim()) && !link_text.contains(key.trim()),
+        "the key stays in link.key"
+    );
 
     // Again: same certificate and key, nothing staged left over.
     let crt = std::fs::read(etc.join("passerelle.crt")).expect("crt");
-    let second = home.json(&["deploy", "gateway", "passerelle", "--root", &root.to_string_lossy()]);
+    let second = home.json(&[
+        "deploy",
+        "gateway",
+        "passerelle",
+        "--root",
+        &root.to_string_lossy(),
+    ]);
     assert_eq!(second["serial"], first["serial"]);
     assert_eq!(second["existing"], true);
     assert_eq!(std::fs::read(etc.join("passerelle.crt")).expect("crt"), crt);
-    assert_eq!(std::fs::read_to_string(etc.join("link.key")).expect("key"), key);
-    let leftovers: Vec<String> = std::fs::read_dir(root.join("etc")).expect("etc").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    assert_eq!(
+        std::fs::read_to_string(etc.join("link.key")).expect("key"),
+        key
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(root.join("etc"))
+        .expect("etc")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Unknown gateway and missing root: clear errors, nothing written.
-    let o = home.run(&["deploy", "gateway", "nope", "--root", &root.to_string_lossy()]);
+    let o = home.run(&[
+        "deploy",
+        "gateway",
+        "nope",
+        "--root",
+        &root.to_string_lossy(),
+    ]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("passerelle"), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = home.run(&["deploy", "gateway", "passerelle", "--root", "/nonexistent/root"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("passerelle"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = home.run(&[
+        "deploy",
+        "gateway",
+        "passerelle",
+        "--root",
+        "/nonexistent/root",
+    ]);
     assert_eq!(o.status.code(), Some(3));
 }

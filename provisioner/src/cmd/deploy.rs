@@ -95,7 +95,7 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
     let state = inside(STATE_DIR);
     let unit = inside(UNIT_PATH);
     for d in [&etc_parent, &state, unit.parent().unwrap_or(&root)] {
-        mkdirs(d, if d == &state { 0o700 } else { 0o755 })?;
+        mkdirs(d, if *d == state { 0o700 } else { 0o755 })?;
     }
     tighten(&state, 0o700)?;
 
