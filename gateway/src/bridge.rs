@@ -1,7 +1,9 @@
 //! The MQTT side of the gateway: one connection with the gateway's own certificate, the
 //! manifest's subscriptions renewed on every connection, reconnection with back-off, every
 //! message handed to the radio thread and acknowledged only then (manual acks: a QoS 1/2
-//! message the gateway did not take is redelivered by the broker).
+//! message the gateway did not take is redelivered by the broker). The session is persistent
+//! (clean session off, client id = gateway id): what is published at QoS 1/2 while the gateway
+//! is down is delivered when it comes back.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +49,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BridgeError> {
     let mut options = cfg.options.clone();
-    options.set_manual_acks(true);
+    // A persistent session: the broker keeps the subscriptions and queues QoS 1/2 messages
+    // while the gateway is away (restart, network loss), and redelivers what was not acked.
+    options.set_manual_acks(true).set_clean_session(false);
     let (client, mut events) = AsyncClient::new(options, 256);
     let mut backoff = cfg.backoff.clone();
     let mut connected = false;
