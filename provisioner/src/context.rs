@@ -87,7 +87,7 @@ impl Context {
 
     /// Opens the ledger and files without the CA key.
     pub fn store(&self) -> Result<Store> {
-        Ok(Store::open(&self.layout).map_err(|e| CliError::from(e).with_help("run `provisioner init` to create a CA, or point --home / PROVISIONER_HOME at an existing one"))?)
+        Store::open(&self.layout).map_err(|e| CliError::from(e).with_help("run `provisioner init` to create a CA, or point --home / PROVISIONER_HOME at an existing one"))
     }
 
     /// Opens the CA with its signing key.

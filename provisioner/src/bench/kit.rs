@@ -60,7 +60,7 @@ fn sanitize(s: &str) -> String {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     hex::decode(s).ok()

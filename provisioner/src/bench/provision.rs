@@ -435,6 +435,7 @@ pub fn provision(
         client
             .lock_config(&wanted)
             .map_err(chip_err(&port, "lock config"))?;
+        ca::fault::point("provision-after-config-lock");
         step(
             &mut out,
             "config zone",
@@ -499,6 +500,7 @@ pub fn provision(
         client
             .lock_data(summary)
             .map_err(chip_err(&port, "lock data"))?;
+        ca::fault::point("provision-after-data-lock");
         step(
             &mut out,
             "data zone",
@@ -611,6 +613,7 @@ pub fn provision(
         },
     };
 
+    ca::fault::point("provision-after-key");
     let Some(public) = public else {
         step(
             &mut out,
@@ -726,6 +729,7 @@ pub fn provision(
         })?;
         (issued, chain, bundle)
     };
+    ca::fault::point("provision-after-certificate");
     out.certificate = Some(issued.record.serial.clone());
     step(
         &mut out,
@@ -769,7 +773,7 @@ pub fn provision(
                 .map_err(|e| ProvisionError::Config(e.to_string()))?,
         ),
     ];
-    drop(client);
+    let _ = client; // the chip session ends here; the board store is next
     for (name, data) in &blobs {
         if board.get(name)?.as_deref() == Some(data.as_slice()) {
             step(
@@ -782,6 +786,7 @@ pub fn provision(
         }
         shared.progress.step(&port, &format!("writing {name}"));
         board.put(name, data)?;
+        ca::fault::point("provision-after-blob");
         if board.get(name)?.as_deref() != Some(data.as_slice()) {
             return Err(ProvisionError::Chip {
                 port,

@@ -111,7 +111,18 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                         .unwrap_or_default()
                 ));
             }
-            ctx.print(&json!({ "identity": i, "certificates": certs }), &human);
+            let certs_json: Vec<serde_json::Value> = certs
+                .iter()
+                .map(|c| {
+                    let mut v = json!(c);
+                    v["pem"] = json!(ca::authority::cert_pem(&c.der));
+                    v
+                })
+                .collect();
+            ctx.print(
+                &json!({ "identity": i, "certificates": certs_json }),
+                &human,
+            );
         }
         DeviceCommand::Revoke { id, reason } => {
             let mut authority = ctx.authority()?;

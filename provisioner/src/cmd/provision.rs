@@ -266,7 +266,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     for (port, bar) in &bars.bars {
         let r = results.iter().find(|(p, _, _)| p == port);
         match r {
-            Some((_, Ok(o), _)) => bar.finish_with_message(format!("{}", o.status)),
+            Some((_, Ok(o), _)) => bar.finish_with_message(o.status),
             _ => bar.finish_with_message("failed"),
         }
     }

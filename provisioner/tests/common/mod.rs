@@ -16,7 +16,10 @@ pub fn require(program: &str) {
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
         || Path::new("/usr/sbin").join(program).is_file();
-    assert!(found, "`{program}` is not installed: run the README's test command (it installs mosquitto, mosquitto-clients, openssl)");
+    assert!(
+        found,
+        "`{program}` is not installed: run the README's test command (it installs mosquitto, mosquitto-clients, openssl)"
+    );
 }
 
 pub struct Home {
@@ -25,7 +28,9 @@ pub struct Home {
 
 impl Home {
     pub fn new() -> Self {
-        Home { dir: tempfile::tempdir().expect("tempdir") }
+        Home {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("home")
@@ -78,7 +83,16 @@ impl Home {
         let c = openssl_client(&self.work(), cn);
         let csr = c.csr.to_string_lossy().into_owned();
         let crt = c.crt.to_string_lossy().into_owned();
-        let mut args = vec!["cert", "sign", "--csr", csr.as_str(), "--profile", "client", "--out", crt.as_str()];
+        let mut args = vec![
+            "cert",
+            "sign",
+            "--csr",
+            csr.as_str(),
+            "--profile",
+            "client",
+            "--out",
+            crt.as_str(),
+        ];
         args.extend_from_slice(extra);
         self.ok(&args);
         c
@@ -99,7 +113,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
-                out.push(p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned());
+                out.push(
+                    p.strip_prefix(root)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
     }
@@ -113,12 +132,19 @@ pub struct Client {
 
 pub fn openssl(args: &[&str]) -> Output {
     require("openssl");
-    Command::new("openssl").args(args).output().expect("run openssl")
+    Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl")
 }
 
 pub fn openssl_ok(args: &[&str]) -> String {
     let out = openssl(args);
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -127,14 +153,29 @@ pub fn openssl_client(dir: &Path, cn: &str) -> Client {
     let csr = dir.join(format!("{cn}.csr"));
     let crt = dir.join(format!("{cn}.crt"));
     openssl_ok(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", &key.to_string_lossy(), "-subj", &format!("/CN={cn}"), "-out", &csr.to_string_lossy(),
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key.to_string_lossy(),
+        "-subj",
+        &format!("/CN={cn}"),
+        "-out",
+        &csr.to_string_lossy(),
     ]);
     Client { key, csr, crt }
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A real mosquitto running the emitted configuration; killed on drop.
@@ -148,7 +189,11 @@ impl Mosquitto {
     pub fn start(conf: &Path, port: u16, log: &Path) -> Self {
         require("mosquitto");
         let log_file = std::fs::File::create(log).expect("log");
-        let bin = if Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
         let child = Command::new(bin)
             .arg("-c")
             .arg(conf)
@@ -156,10 +201,18 @@ impl Mosquitto {
             .stderr(log_file)
             .spawn()
             .expect("start mosquitto");
-        let m = Mosquitto { child, port, log: log.to_path_buf() };
+        let m = Mosquitto {
+            child,
+            port,
+            log: log.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}:\n{}", m.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}:\n{}",
+                m.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         m
@@ -168,8 +221,11 @@ impl Mosquitto {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
     pub fn reload(&self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGHUP)
-            .expect("SIGHUP");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
     }
 }
 
@@ -184,7 +240,18 @@ impl Drop for Mosquitto {
 pub fn publish(port: u16, cafile: &Path, c: &Client, topic: &str, msg: &str) -> Output {
     require("mosquitto_pub");
     Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", msg])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            msg,
+        ])
         .arg("--cafile")
         .arg(cafile)
         .arg("--cert")
@@ -199,7 +266,21 @@ pub fn publish(port: u16, cafile: &Path, c: &Client, topic: &str, msg: &str) -> 
 pub fn subscribe_one(port: u16, cafile: &Path, c: &Client, filter: &str, timeout_s: u32) -> Child {
     require("mosquitto_sub");
     Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-C", "1", "-v", "-W", &timeout_s.to_string(), "-t", filter])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-v",
+            "-W",
+            &timeout_s.to_string(),
+            "-t",
+            filter,
+        ])
         .arg("--cafile")
         .arg(cafile)
         .arg("--cert")
