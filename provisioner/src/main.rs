@@ -84,6 +84,10 @@ enum Command {
     /// Install a node's configuration into a root filesystem (e.g. a Pi's NFS root).
     #[command(subcommand)]
     Deploy(cmd::deploy::DeployCommand),
+    /// The whole network on this machine, no hardware: CA, N simulated boards provisioned
+    /// over their serial ports, both brokers, the gateway, the LoRa air and the receiver.
+    #[command(after_help = cmd::demo::HELP)]
+    Demo(cmd::demo::Args),
 }
 
 fn main() {
@@ -124,6 +128,7 @@ fn main() {
         Command::Crl(a) => cmd::crl::run(&ctx, a),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
+        Command::Demo(a) => cmd::demo::run(&ctx, a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -2,6 +2,7 @@
 
 pub mod cert;
 pub mod crl;
+pub mod demo;
 pub mod deploy;
 pub mod device;
 pub mod emit;
