@@ -58,7 +58,7 @@ every intrusion refused; 1 otherwise (or interrupted: everything is stopped eith
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Number of simulated sensor boards (rooms and profiles of the example house, in turn).
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=200))]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=100))]
     sensors: u16,
     /// Seconds of live traffic once every board is in service.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
@@ -1051,7 +1051,15 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         Mutex::new(ca::Authority::open(&layout, &pass)?)
     };
     let prov_started = Instant::now();
-    let outcomes = provision_all(&sensors, &site, &home, &authority, args.baud, ctx.json)?;
+    let outcomes = provision_all(
+        &sensors,
+        &site,
+        &home,
+        &authority,
+        args.baud,
+        ctx.json,
+        (procs, &boards),
+    )?;
     let prov_s = prov_started.elapsed().as_secs_f64();
     let failed: Vec<String> = outcomes
         .iter()
@@ -1408,7 +1416,13 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         "intrusion-outside-topic",
     )?;
     let outside_text = first_line(&text);
-    // 4 and 5. A replayed and a forged LoRa frame.
+    // 4 and 5. A replayed and a forged LoRa frame, recorded on the air.
+    wait_for(
+        "a first LoRa frame on the air",
+        Duration::from_secs(20),
+        Some(&gw_log),
+        || std::fs::read_to_string(&air_record).is_ok_and(|t| t.contains("\"hex\"")),
+    )?;
     let frames = std::fs::read_to_string(&air_record).unwrap_or_default();
     let recorded: Vec<&str> = frames.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut lora_attempts = Vec::new();
@@ -1728,6 +1742,7 @@ fn provision_all(
     authority: &Mutex<ca::Authority>,
     baud: u32,
     json_mode: bool,
+    (procs, boards): (&Procs, &[u32]),
 ) -> Result<Outcomes> {
     let tty = std::io::stderr().is_terminal() && !json_mode;
     let multi = MultiProgress::new();
@@ -1826,6 +1841,8 @@ fn provision_all(
         // Stop on SIGINT: the boards are killed, the threads' links fail, they return.
         while !handles.iter().all(|h| h.is_finished()) {
             if stopping() {
+                // The boards go: the threads' links fail at once and they return.
+                procs.stop(boards, Duration::from_secs(2));
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
