@@ -240,16 +240,24 @@ fn a_put_killed_at_any_moment_leaves_the_old_or_the_new_blob() {
 }
 
 #[test]
-fn mongoose_protocol_is_refused_for_now() {
+fn mongoose_protocol_answers_the_ready_handshake() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_sensor-sim"))
-        .args(["--protocol", "mos", "--link"])
-        .arg(dir.path().join("tty"))
-        .arg("--state")
-        .arg(dir.path().join("chip.state"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
-    assert!(!dir.path().join("tty").exists());
+    let sim = Sim::start(dir.path(), &["--protocol", "mos", "--baud", "0"]);
+    let mut port = sim.port().f;
+    port.write_all(b"\"\"\"\x04\"\"\"\n").expect("write");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.windows(5).any(|w| w == b"\"\"\"\x04\"") && Instant::now() < deadline {
+        let mut fds = [PollFd::new(port.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(50u16)).expect("poll") > 0 {
+            let n = port.read(&mut buf).expect("read");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(
+        got.windows(5).any(|w| w == b"\"\"\"\x04\""),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }

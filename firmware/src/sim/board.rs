@@ -28,7 +28,7 @@ use tokio::sync::watch;
 pub enum Protocol {
     /// Microchip's kit protocol plus the `fw` store target.
     Kit,
-    /// Mongoose OS RPC (not implemented yet).
+    /// Mongoose OS RPC over UART with the ATCA, FS and Config services.
     Mos,
 }
 
@@ -70,7 +70,14 @@ struct Events {
 
 impl BoardEvents for Events {
     fn blob_changed(&self, name: &str) {
-        if [manifests::device::BLOB_NAME, DEVICE_CERT_BLOB, CA_CERT_BLOB].contains(&name) {
+        if [
+            manifests::device::BLOB_NAME,
+            DEVICE_CERT_BLOB,
+            CA_CERT_BLOB,
+            crate::sim::mos::CONFIG_FILE,
+        ]
+        .contains(&name)
+        {
             eprintln!("sensor-sim: {name} changed; restarting the application");
             self.generation.send_modify(|g| *g += 1);
         }
@@ -94,12 +101,6 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    if args.protocol == Protocol::Mos {
-        eprintln!(
-            "sensor-sim: --protocol mos (Mongoose OS RPC) is not implemented yet; use --protocol kit (the default)"
-        );
-        return ExitCode::from(2);
-    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -152,9 +153,20 @@ pub fn run(args: Args) -> Result<(), String> {
         last_line_ms: last_line_ms.clone(),
         stop: stop.clone(),
     };
+    let protocol = args.protocol;
     let serial_thread = std::thread::spawn(move || {
         let events = Events { generation: gen_tx };
-        let r = serial.run(&pty, &events);
+        let r = match protocol {
+            Protocol::Kit => serial.run(&pty, &events),
+            Protocol::Mos => crate::sim::mos::MosLoop {
+                baud: serial.baud,
+                chip: serial.chip.clone(),
+                store: serial.store.clone(),
+                last_line_ms: serial.last_line_ms.clone(),
+                stop: serial.stop.clone(),
+            }
+            .run(&pty, &events),
+        };
         drop(pty); // removes the link
         r
     });
@@ -166,11 +178,15 @@ pub fn run(args: Args) -> Result<(), String> {
             rx.borrow_and_update();
             let provisioned = {
                 let Ok(s) = store.lock() else { return };
-                Provisioned::from_blobs(
-                    s.blob(manifests::device::BLOB_NAME.as_bytes()),
-                    s.blob(DEVICE_CERT_BLOB.as_bytes()),
-                    s.blob(CA_CERT_BLOB.as_bytes()),
-                )
+                match protocol {
+                    Protocol::Kit => Provisioned::from_blobs(
+                        s.blob(manifests::device::BLOB_NAME.as_bytes()),
+                        s.blob(DEVICE_CERT_BLOB.as_bytes()),
+                        s.blob(CA_CERT_BLOB.as_bytes()),
+                    ),
+                    // Mongoose OS: the saved configuration names the files and the key slot.
+                    Protocol::Mos => crate::sim::mos::provisioned(s.as_ref()),
+                }
             };
             match provisioned {
                 Ok(p) => {

@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod bus;
+pub mod mos;
 pub mod mqtt;
 pub mod persist;
 pub mod pty;

@@ -2,8 +2,10 @@
 //! ESP8266 + ATECC508A into a certified sensor.
 
 pub mod kit;
+pub mod mos;
 pub mod port;
 pub mod provision;
+pub mod provision_mos;
 
 /// What a board link can do: talk to the chip, and to the firmware's blob store.
 pub trait Board: atecc::client::Transport<Error = LinkError> {
@@ -42,6 +44,18 @@ pub enum LinkError {
         command: String,
         /// Waited.
         ms: u64,
+    },
+    /// No answer in time from a board running Mongoose OS (RPC over UART).
+    #[error("{port}: no answer to `{command}` within {ms} ms: {hint}")]
+    RpcTimeout {
+        /// Port.
+        port: String,
+        /// What was sent.
+        command: String,
+        /// Waited.
+        ms: u64,
+        /// What to check.
+        hint: String,
     },
     /// The board answered something that is not the protocol.
     #[error("{port}: unexpected answer to `{command}`: {answer}")]

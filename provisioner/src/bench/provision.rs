@@ -67,7 +67,7 @@ pub struct FieldChange {
 }
 
 /// The result for one board.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
     /// Device id.
     pub id: String,
@@ -140,7 +140,7 @@ impl Progress for Quiet {
     fn step(&self, _: &str, _: &str) {}
 }
 
-fn chip_err<'a>(
+pub(crate) fn chip_err<'a>(
     port: &'a str,
     step: &'static str,
 ) -> impl FnOnce(ClientError<LinkError>) -> ProvisionError + 'a {
@@ -154,7 +154,7 @@ fn chip_err<'a>(
     }
 }
 
-fn random<const N: usize>() -> [u8; N] {
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // getrandom only fails when the OS has no RNG at all.
     getrandom::fill(&mut b).unwrap_or_else(|e| panic!("system RNG unavailable: {e}"));
@@ -210,7 +210,7 @@ pub fn check_profile(
     }
 }
 
-fn diff(current: &ConfigZone, wanted: &ConfigZone) -> Vec<FieldChange> {
+pub(crate) fn diff(current: &ConfigZone, wanted: &ConfigZone) -> Vec<FieldChange> {
     let mut out = Vec::new();
     current.diff(wanted, |name, idx, a, b| {
         out.push(FieldChange {
@@ -237,29 +237,19 @@ pub struct Shared<'a> {
     pub progress: &'a dyn Progress,
 }
 
-fn lock_ca<'a>(s: &'a Shared<'_>) -> std::sync::MutexGuard<'a, Authority> {
+pub(crate) fn lock_ca<'a>(s: &'a Shared<'_>) -> std::sync::MutexGuard<'a, Authority> {
     // A panic in another board's thread must not stop this one: the ledger is transactional.
     s.authority
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Provisions one board.
-pub fn provision(
-    board: &mut dyn Board,
+/// The device's readings (topics expanded), its status topic, and every topic it may publish.
+pub(crate) fn device_topics(
+    site: &Site,
+    profile: &DeviceProfile,
     job: &Job,
-    shared: &Shared<'_>,
-) -> Result<Outcome, ProvisionError> {
-    let port = board.port().to_string();
-    let site = shared.site;
-    let profile = site
-        .profile(&job.profile_name)
-        .map_err(ProvisionError::Config)?
-        .clone();
-    let chip_prof = chip_profile(&profile.chip, &shared.home)?;
-    check_profile(&profile, &chip_prof, job.key_source)?;
-    let slot = profile.key_slot;
-    let wk_slot = profile.write_key_slot;
+) -> (Vec<Reading>, Option<String>, Vec<String>) {
     let vars = TopicVars {
         root: &site.topics.root,
         room: &job.room,
@@ -279,6 +269,232 @@ pub fn provision(
         .map(|t| expand_topic(t, &vars));
     let mut topics: Vec<String> = readings.iter().map(|r| r.topic.clone()).collect();
     topics.extend(status_topic.clone());
+    (readings, status_topic, topics)
+}
+
+/// Refuses a chip that already belongs to another device, or an id that is another chip's.
+pub(crate) fn check_ownership(
+    shared: &Shared<'_>,
+    port: &str,
+    job: &Job,
+    sn_hex: &str,
+) -> Result<(), ProvisionError> {
+    let ca = lock_ca(shared);
+    for i in ca.store.ledger.identities()? {
+        if i.kind == "device"
+            && i.id != job.id
+            && i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex)
+            && i.status == "active"
+        {
+            return Err(ProvisionError::Conflict(format!(
+                "{port}: this chip ({sn_hex}) is already provisioned as `{}`; revoke it first (`provisioner device revoke {}`) or use that id",
+                i.id, i.id
+            )));
+        }
+    }
+    if let Some(existing) = ca.store.ledger.identity(&job.id)?
+        && existing.kind == "device"
+        && existing.status == "active"
+        && existing
+            .attrs
+            .get("chip_serial")
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| s != sn_hex)
+    {
+        return Err(ProvisionError::Conflict(format!(
+            "{port}: `{}` is already another chip's id; choose another --id or revoke the old device",
+            job.id
+        )));
+    }
+    Ok(())
+}
+
+/// The public key (hex X‖Y) the ledger certified for this id on this chip, if any.
+pub(crate) fn certified_key(
+    shared: &Shared<'_>,
+    job: &Job,
+    sn_hex: &str,
+) -> Result<Option<String>, ProvisionError> {
+    Ok(lock_ca(shared)
+        .store
+        .ledger
+        .identity(&job.id)?
+        .and_then(|i| {
+            (i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex))
+                .then(|| {
+                    i.attrs
+                        .get("public_key")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                })
+                .flatten()
+        }))
+}
+
+/// Checks the chip's signature `rs` over `digest` with its public key X‖Y.
+pub(crate) fn verify_possession(
+    port: &str,
+    public: &[u8; 64],
+    digest: &[u8; 32],
+    rs: &[u8; 64],
+) -> Result<(), ProvisionError> {
+    let mut sec1 = [4u8; 65];
+    sec1[1..].copy_from_slice(public);
+    let vk =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| ProvisionError::Chip {
+            port: port.to_string(),
+            step: "read public key",
+            detail: "not a valid P-256 point".into(),
+        })?;
+    let sig = p256::ecdsa::Signature::from_slice(rs).map_err(|_| ProvisionError::Chip {
+        port: port.to_string(),
+        step: "Sign",
+        detail: "malformed signature".into(),
+    })?;
+    vk.verify_prehash(digest, &sig)
+        .map_err(|_| ProvisionError::Chip {
+            port: port.to_string(),
+            step: "proof of possession",
+            detail: "the chip's signature does not verify with its public key: refusing to certify"
+                .into(),
+        })
+}
+
+/// The device certificate, the chain and the CA bundle.
+pub(crate) struct DeviceCertificate {
+    /// What the CA issued (or found already issued).
+    pub issued: ca::authority::Issued,
+    /// The chain above the device certificate (PEM).
+    pub chain: String,
+    /// The trust anchors (PEM).
+    pub bundle: Vec<u8>,
+}
+
+/// Issues (idempotently) the device certificate for the chip's key: same identity, ACL and
+/// attributes whatever the transport.
+pub(crate) fn issue_device_certificate(
+    shared: &Shared<'_>,
+    job: &Job,
+    sn_hex: &str,
+    public: &[u8; 64],
+    slot: u8,
+    topics: &[String],
+) -> Result<DeviceCertificate, ProvisionError> {
+    let site = shared.site;
+    let pk = PublicKey::from_xy(public)?;
+    let nonce = if job.reissue {
+        hex::encode(random::<8>())
+    } else {
+        String::new()
+    };
+    let request_id =
+        ca::authority::request_id(&[b"device", job.id.as_bytes(), public, nonce.as_bytes()]);
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("chip_serial".into(), sn_hex.into());
+    attrs.insert("public_key".into(), hex::encode(public).into());
+    attrs.insert("room".into(), job.room.clone().into());
+    attrs.insert("key_slot".into(), slot.into());
+    attrs.insert(
+        "key_source".into(),
+        format!("{:?}", job.key_source).to_lowercase().into(),
+    );
+    let identity = IdentityRecord {
+        id: job.id.clone(),
+        kind: "device".into(),
+        profile: job.profile_name.clone(),
+        acl_write: topics.to_vec(),
+        acl_read: vec![],
+        attrs,
+        status: "active".into(),
+    };
+    let subject = Subject {
+        common_name: job.id.clone(),
+        organization: site.site.organization.clone(),
+        dns: vec![],
+        ips: vec![],
+        uris: vec![
+            format!("urn:iot-provisioner:{}:device:{}", site.site.name, job.id),
+            format!("urn:atecc508a:sn:{sn_hex}"),
+        ],
+    };
+    let mut ca = lock_ca(shared);
+    let old: Vec<String> = if job.reissue {
+        ca.store
+            .ledger
+            .certificates_of(&job.id)?
+            .into_iter()
+            .filter(|c| c.revoked_at.is_none())
+            .map(|c| c.serial)
+            .collect()
+    } else {
+        vec![]
+    };
+    let issued = ca.issue(IssueRequest {
+        profile: Profile::Device,
+        subject,
+        public_key: pk,
+        request_id,
+        days: site.site.leaf_days,
+        identity: Some(identity),
+    })?;
+    for serial in old.iter().filter(|s| **s != issued.record.serial) {
+        ca.revoke_serial(serial, "superseded")?;
+    }
+    let chain = ca.store.chain_pem()?;
+    let bundle = std::fs::read(ca.store.layout.root_cert()).map_err(|e| ca::Error::Io {
+        path: ca.store.layout.root_cert(),
+        source: e,
+    })?;
+    Ok(DeviceCertificate {
+        issued,
+        chain,
+        bundle,
+    })
+}
+
+/// The configuration the device runs with.
+pub(crate) fn device_config(
+    site: &Site,
+    profile: &DeviceProfile,
+    job: &Job,
+    readings: Vec<Reading>,
+    status_topic: Option<String>,
+) -> DeviceConfig {
+    DeviceConfig {
+        format: manifests::device::FORMAT,
+        device_id: job.id.clone(),
+        client_id: job.id.clone(),
+        broker_host: site.broker.connect_host().unwrap_or_default(),
+        tls_server_name: site.broker.server_name().unwrap_or_default(),
+        port: site.broker.port,
+        readings,
+        status_topic,
+        qos: profile.qos,
+        retain: profile.retain,
+        keep_alive_s: profile.keep_alive_s,
+        clean_session: profile.clean_session,
+        interval_s: profile.interval_s,
+        key_slot: profile.key_slot,
+    }
+}
+
+/// Provisions one board.
+pub fn provision(
+    board: &mut dyn Board,
+    job: &Job,
+    shared: &Shared<'_>,
+) -> Result<Outcome, ProvisionError> {
+    let port = board.port().to_string();
+    let site = shared.site;
+    let profile = site
+        .profile(&job.profile_name)
+        .map_err(ProvisionError::Config)?
+        .clone();
+    let chip_prof = chip_profile(&profile.chip, &shared.home)?;
+    check_profile(&profile, &chip_prof, job.key_source)?;
+    let slot = profile.key_slot;
+    let wk_slot = profile.write_key_slot;
+    let (readings, status_topic, topics) = device_topics(site, &profile, job);
     let mut out = Outcome {
         id: job.id.clone(),
         port: port.clone(),
@@ -330,35 +546,7 @@ pub fn provision(
     );
 
     // The chip must not already belong to another device.
-    {
-        let ca = lock_ca(shared);
-        for i in ca.store.ledger.identities()? {
-            if i.kind == "device"
-                && i.id != job.id
-                && i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex.as_str())
-                && i.status == "active"
-            {
-                return Err(ProvisionError::Conflict(format!(
-                    "{port}: this chip ({sn_hex}) is already provisioned as `{}`; revoke it first (`provisioner device revoke {}`) or use that id",
-                    i.id, i.id
-                )));
-            }
-        }
-        if let Some(existing) = ca.store.ledger.identity(&job.id)?
-            && existing.kind == "device"
-            && existing.status == "active"
-            && existing
-                .attrs
-                .get("chip_serial")
-                .and_then(|v| v.as_str())
-                .is_some_and(|s| s != sn_hex)
-        {
-            return Err(ProvisionError::Conflict(format!(
-                "{port}: `{}` is already another chip's id; choose another --id or revoke the old device",
-                job.id
-            )));
-        }
-    }
+    check_ownership(shared, &port, job, &sn_hex)?;
 
     // 1. Config zone.
     let wanted = chip_prof
@@ -512,20 +700,7 @@ pub fn provision(
     }
 
     // 3. The key.
-    let known = lock_ca(shared)
-        .store
-        .ledger
-        .identity(&job.id)?
-        .and_then(|i| {
-            (i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex.as_str()))
-                .then(|| {
-                    i.attrs
-                        .get("public_key")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string)
-                })
-                .flatten()
-        });
+    let known = certified_key(shared, job, &sn_hex)?;
     let public: Option<[u8; 64]> = match (&known, job.dry_run) {
         (Some(hexkey), _) => {
             let on_chip = client
@@ -634,26 +809,7 @@ pub fn provision(
     let rs = client
         .sign_digest(slot, &digest)
         .map_err(chip_err(&port, "Sign"))?;
-    let mut sec1 = [4u8; 65];
-    sec1[1..].copy_from_slice(&public);
-    let vk =
-        p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| ProvisionError::Chip {
-            port: port.clone(),
-            step: "read public key",
-            detail: "not a valid P-256 point".into(),
-        })?;
-    let sig = p256::ecdsa::Signature::from_slice(&rs).map_err(|_| ProvisionError::Chip {
-        port: port.clone(),
-        step: "Sign",
-        detail: "malformed signature".into(),
-    })?;
-    vk.verify_prehash(&digest, &sig)
-        .map_err(|_| ProvisionError::Chip {
-            port: port.clone(),
-            step: "proof of possession",
-            detail: "the chip's signature does not verify with its public key: refusing to certify"
-                .into(),
-        })?;
+    verify_possession(&port, &public, &digest, &rs)?;
     step(
         &mut out,
         "possession",
@@ -662,73 +818,11 @@ pub fn provision(
     );
 
     // 5. Certificate (idempotent: the same chip key and id give the same certificate).
-    let pk = PublicKey::from_xy(&public)?;
-    let nonce = if job.reissue {
-        hex::encode(random::<8>())
-    } else {
-        String::new()
-    };
-    let request_id =
-        ca::authority::request_id(&[b"device", job.id.as_bytes(), &public, nonce.as_bytes()]);
-    let mut attrs = serde_json::Map::new();
-    attrs.insert("chip_serial".into(), sn_hex.clone().into());
-    attrs.insert("public_key".into(), hex::encode(public).into());
-    attrs.insert("room".into(), job.room.clone().into());
-    attrs.insert("key_slot".into(), slot.into());
-    attrs.insert(
-        "key_source".into(),
-        format!("{:?}", job.key_source).to_lowercase().into(),
-    );
-    let identity = IdentityRecord {
-        id: job.id.clone(),
-        kind: "device".into(),
-        profile: job.profile_name.clone(),
-        acl_write: topics.clone(),
-        acl_read: vec![],
-        attrs,
-        status: "active".into(),
-    };
-    let subject = Subject {
-        common_name: job.id.clone(),
-        organization: site.site.organization.clone(),
-        dns: vec![],
-        ips: vec![],
-        uris: vec![
-            format!("urn:iot-provisioner:{}:device:{}", site.site.name, job.id),
-            format!("urn:atecc508a:sn:{sn_hex}"),
-        ],
-    };
-    let (issued, chain, bundle) = {
-        let mut ca = lock_ca(shared);
-        let old: Vec<String> = if job.reissue {
-            ca.store
-                .ledger
-                .certificates_of(&job.id)?
-                .into_iter()
-                .filter(|c| c.revoked_at.is_none())
-                .map(|c| c.serial)
-                .collect()
-        } else {
-            vec![]
-        };
-        let issued = ca.issue(IssueRequest {
-            profile: Profile::Device,
-            subject,
-            public_key: pk,
-            request_id,
-            days: site.site.leaf_days,
-            identity: Some(identity),
-        })?;
-        for serial in old.iter().filter(|s| **s != issued.record.serial) {
-            ca.revoke_serial(serial, "superseded")?;
-        }
-        let chain = ca.store.chain_pem()?;
-        let bundle = std::fs::read(ca.store.layout.root_cert()).map_err(|e| ca::Error::Io {
-            path: ca.store.layout.root_cert(),
-            source: e,
-        })?;
-        (issued, chain, bundle)
-    };
+    let DeviceCertificate {
+        issued,
+        chain,
+        bundle,
+    } = issue_device_certificate(shared, job, &sn_hex, &public, slot, &topics)?;
     ca::fault::point("provision-after-certificate");
     out.certificate = Some(issued.record.serial.clone());
     step(
@@ -747,22 +841,7 @@ pub fn provision(
     );
 
     // 6. The device's blobs.
-    let config = DeviceConfig {
-        format: manifests::device::FORMAT,
-        device_id: job.id.clone(),
-        client_id: job.id.clone(),
-        broker_host: site.broker.connect_host().unwrap_or_default(),
-        tls_server_name: site.broker.server_name().unwrap_or_default(),
-        port: site.broker.port,
-        readings,
-        status_topic,
-        qos: profile.qos,
-        retain: profile.retain,
-        keep_alive_s: profile.keep_alive_s,
-        clean_session: profile.clean_session,
-        interval_s: profile.interval_s,
-        key_slot: slot,
-    };
+    let config = device_config(site, &profile, job, readings, status_topic);
     let blobs: [(&str, Vec<u8>); 3] = [
         ("device.crt", format!("{}{chain}", issued.pem).into_bytes()),
         ("ca.crt", bundle),

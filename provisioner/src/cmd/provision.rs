@@ -9,7 +9,9 @@ use manifests::site::KeySource;
 use serde_json::json;
 
 use crate::bench::kit::KitLink;
+use crate::bench::mos::MosLink;
 use crate::bench::provision::{self, Job, Outcome, Progress, ProvisionError, Quiet, Shared};
+use crate::bench::provision_mos;
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
 
@@ -33,6 +35,11 @@ The private key is generated in the chip (--key-source chip, the default) or on 
 sent only encrypted (--key-source host, encrypted PrivWrite). The write key is generated here,
 kept encrypted in the ledger, and crosses the USB wire once, before the data zone is locked:
 the only time the chip accepts it.
+
+--transport mos provisions a board that runs stock Mongoose OS with its ATCA RPC service
+(Sys.GetInfo, ATCA.*, FS.Put, Config.Set/Save) to the same state, and sets mqtt.ssl_key to
+ATCA:<slot>. That firmware takes keys only in clear (ATCA.SetKey), so --key-source host
+needs --allow-plaintext-key-over-serial; the default, --key-source chip, sends no secret.
 
 EXIT CODES: as `provisioner --help`, plus 6: stopped before locking (re-run with --lock).";
 
@@ -75,6 +82,10 @@ pub struct Args {
     /// Protocol spoken by the board's firmware.
     #[arg(long, value_enum, default_value = "kit")]
     transport: Transport,
+    /// With --transport mos: let Mongoose OS's ATCA.SetKey carry a host key and the write key
+    /// IN CLEAR over the serial line (needed for --key-source host on that firmware).
+    #[arg(long)]
+    allow_plaintext_key_over_serial: bool,
     /// Baud rate of the serial port.
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
@@ -112,13 +123,6 @@ fn room_for(id: &str, rooms: &[String]) -> Option<String> {
 
 /// Runs `device provision`.
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
-    if args.transport == Transport::Mos {
-        return Err(CliError::new(
-            Code::Input,
-            "--transport mos (Mongoose OS RPC) is not available yet",
-        )
-        .with_help("flash the provisioning firmware and use --transport kit"));
-    }
     let site = ctx.site()?;
     let profile_name = match &args.profile {
         Some(p) => p.clone(),
@@ -203,6 +207,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
     provision::check_profile(&profile, &chip, key_source)
         .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
+    // A secret in clear on the wire needs the operator's word, before any port is opened.
+    if args.transport == Transport::Mos {
+        for (_, job) in &jobs {
+            provision_mos::check_mos_job(job, args.allow_plaintext_key_over_serial)
+                .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
+        }
+    }
 
     let authority = Mutex::new(ctx.authority()?);
     let show = !ctx.json && std::io::stderr().is_terminal();
@@ -241,9 +252,21 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                     let shared = &shared;
                     s.spawn(move || {
                         let t = Instant::now();
-                        let r = KitLink::connect(port, args.baud)
-                            .map_err(ProvisionError::from)
-                            .and_then(|mut link| provision::provision(&mut link, job, shared));
+                        let r = match args.transport {
+                            Transport::Kit => KitLink::connect(port, args.baud)
+                                .map_err(ProvisionError::from)
+                                .and_then(|mut link| provision::provision(&mut link, job, shared)),
+                            Transport::Mos => MosLink::connect(port, args.baud)
+                                .map_err(ProvisionError::from)
+                                .and_then(|mut link| {
+                                    provision_mos::provision_mos(
+                                        &mut link,
+                                        job,
+                                        shared,
+                                        args.allow_plaintext_key_over_serial,
+                                    )
+                                }),
+                        };
                         (port.clone(), r, t.elapsed().as_millis())
                     })
                 })

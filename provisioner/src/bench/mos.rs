@@ -1,0 +1,914 @@
+//! Mongoose OS RPC over UART (the `mos` tool's serial channel), host side.
+//!
+//! Frames are JSON objects between delimiters: a newline (the current format) or three double
+//! quotes (the legacy format, which we send, as `mos` does: `\n"""{json}crc"""\n`). After the
+//! last `}` comes comma-separated metadata whose first field is the CRC-32 (zlib) of the JSON
+//! bytes, 8 lowercase hex digits. Before each frame the host asks "ready?" with a frame holding
+//! only 0x04 and waits for the same frame back (the board has no hardware flow control at
+//! 115200 and may be busy logging). Everything else on the UART is the board's log: skipped.
+//!
+//! Every byte from the port is hostile: buffers are bounded, frames with a wrong CRC are
+//! dropped and counted, replies to other requests are ignored, and a silent board gives a
+//! timeout naming the port and the call.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use serialport::SerialPort;
+
+use super::LinkError;
+use super::kit::crc32;
+
+/// The board's `rpc.max_frame_size`: it drops a frame longer than this.
+pub const MAX_FRAME: usize = 4096;
+/// Longest token accepted from the board before the buffer is thrown away.
+const MAX_INCOMING: usize = 64 * 1024;
+/// The "end of file" byte of the ready handshake.
+const EOF: u8 = 0x04;
+/// How often the ready question is repeated, as `mos` does.
+const READY_EVERY: Duration = Duration::from_millis(200);
+/// Raw bytes per `FS.Put` call: base64 makes 1024 of them 1368 characters, well inside a frame.
+pub const PUT_CHUNK: usize = 1024;
+/// Bytes asked per `FS.Get` call.
+const GET_CHUNK: usize = 1024;
+/// Largest file read back.
+const MAX_FILE: usize = 64 * 1024;
+
+/// Standard base64 (what Mongoose's `%V` and frozen's `%V` use).
+pub mod b64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Encodes with padding.
+    pub fn encode(data: &[u8]) -> String {
+        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    fn value(c: u8) -> Option<u32> {
+        ALPHABET.iter().position(|&a| a == c).map(|p| p as u32)
+    }
+
+    /// Decodes padded or unpadded base64; `None` on any other character.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        let t = text.trim_end_matches('=').as_bytes();
+        if t.len() % 4 == 1 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(t.len() * 3 / 4);
+        for chunk in t.chunks(4) {
+            let mut n = 0u32;
+            for (i, &c) in chunk.iter().enumerate() {
+                n |= value(c)? << (18 - 6 * i);
+            }
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..chunk.len() - 1]);
+        }
+        Some(out)
+    }
+}
+
+/// JSON text that is pure ASCII: the board throws its whole receive buffer away on any byte
+/// of 0x80 or more, so non-ASCII characters (only possible inside strings) are escaped.
+pub fn ascii_json(v: &Value) -> String {
+    let text = v.to_string();
+    if text.is_ascii() {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// A request as it goes on the wire: `\n"""{json}crc"""\n`.
+pub fn encode_frame(json: &str) -> Vec<u8> {
+    format!("\n\"\"\"{json}{:08x}\"\"\"\n", crc32(json.as_bytes())).into_bytes()
+}
+
+/// One thing read from the board's UART.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Token {
+    /// A JSON object whose CRC matched.
+    Frame(Value),
+    /// The ready answer (a frame holding only 0x04).
+    Ready,
+    /// A log line (or any other text): skipped.
+    Log(String),
+    /// A frame that was dropped, and why (CRC mismatch, no CRC, not JSON).
+    Corrupt(String),
+    /// A token longer than the limit was thrown away (its length so far).
+    Oversized(usize),
+}
+
+/// Splits the byte stream into tokens at `\n` and `"""`, with a bounded buffer.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    limit: usize,
+    /// Dropping the rest of an oversized token, up to the next delimiter.
+    skipping: bool,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(MAX_INCOMING)
+    }
+}
+
+/// Printable, bounded text of untrusted bytes (for messages and logs).
+pub fn sanitize(bytes: &[u8]) -> String {
+    let text: String = bytes
+        .iter()
+        .take(160)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if bytes.len() > 160 {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
+impl Decoder {
+    /// A decoder that throws away tokens longer than `limit` bytes.
+    pub fn new(limit: usize) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            limit,
+            skipping: false,
+        }
+    }
+
+    /// Feeds bytes; complete tokens are appended to `out`.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Token>) {
+        for &b in data {
+            // XON/XOFF flow control bytes are not data (the board's UART uses fc_type 2).
+            if b == 0x11 || b == 0x13 {
+                continue;
+            }
+            self.buf.push(b);
+            let end = if b == b'\n' {
+                Some(1)
+            } else if self.buf.ends_with(b"\"\"\"") {
+                Some(3)
+            } else {
+                None
+            };
+            if let Some(d) = end {
+                let len = self.buf.len() - d;
+                if self.skipping {
+                    self.skipping = false;
+                } else if let Some(t) = token(&self.buf[..len]) {
+                    out.push(t);
+                }
+                self.buf.clear();
+            } else if self.buf.len() > self.limit {
+                if !self.skipping {
+                    out.push(Token::Oversized(self.buf.len()));
+                }
+                self.skipping = true;
+                self.buf.clear();
+            }
+        }
+    }
+}
+
+fn token(raw: &[u8]) -> Option<Token> {
+    let t = raw.trim_ascii();
+    if t.is_empty() {
+        return None;
+    }
+    if t == [EOF] {
+        return Some(Token::Ready);
+    }
+    if t[0] != b'{' {
+        return Some(Token::Log(sanitize(t)));
+    }
+    let Some(close) = t.iter().rposition(|&b| b == b'}') else {
+        return Some(Token::Corrupt("unterminated JSON".into()));
+    };
+    let (body, meta) = t.split_at(close + 1);
+    let crc_field = meta.split(|&b| b == b',').next().unwrap_or_default();
+    if crc_field.len() != 8 {
+        return Some(Token::Corrupt(format!(
+            "no CRC after the JSON (metadata `{}`)",
+            sanitize(meta)
+        )));
+    }
+    let crc = std::str::from_utf8(crc_field)
+        .ok()
+        .and_then(|s| u32::from_str_radix(s, 16).ok());
+    if crc != Some(crc32(body)) {
+        return Some(Token::Corrupt(format!(
+            "CRC mismatch (frame says {}, data has {:08x})",
+            sanitize(crc_field),
+            crc32(body)
+        )));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.is_object() => Some(Token::Frame(v)),
+        _ => Some(Token::Corrupt("not a JSON object".into())),
+    }
+}
+
+/// Traffic counters of a link.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct MosStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Log lines skipped.
+    pub log_lines: u64,
+    /// Frames dropped for a CRC mismatch or bad JSON.
+    pub corrupt: u64,
+    /// Tokens thrown away for their size.
+    pub oversized: u64,
+}
+
+/// The arguments of `ATCA.SetKey`.
+#[derive(Debug, Clone, Copy)]
+pub struct SetKey<'a> {
+    /// Target slot.
+    pub slot: u8,
+    /// Block of a non-ECC slot.
+    pub block: u8,
+    /// A P-256 private key (the firmware runs PrivWrite).
+    pub ecc: bool,
+    /// The value. SECRET: never logged.
+    pub key: &'a [u8],
+    /// The write key and its slot, for an encrypted write made by the board. SECRET.
+    pub write_key: Option<(u8, &'a [u8; 32])>,
+}
+
+/// What the board sends when it does not know a method.
+const HINT_404: &str = "the firmware has no handler for it: build Mongoose OS with rpc-service-atca (and rpc-service-fs, rpc-service-config), set sys.atca.enable=true and i2c.enable=true, and check that it logs the ATECC508A at boot";
+
+/// A board running Mongoose OS, reached over its RPC UART.
+pub struct MosLink {
+    port: Box<dyn SerialPort>,
+    path: String,
+    timeout: Duration,
+    chunk_gap: Duration,
+    decoder: Decoder,
+    next_id: u64,
+    /// Counters.
+    pub stats: MosStats,
+}
+
+impl MosLink {
+    /// Opens the port and checks that the board answers the ready handshake.
+    pub fn connect(path: &str, baud: u32) -> Result<MosLink, LinkError> {
+        Self::connect_with(path, baud, Duration::from_secs(5))
+    }
+
+    /// As [`MosLink::connect`], with a timeout per call.
+    pub fn connect_with(path: &str, baud: u32, timeout: Duration) -> Result<MosLink, LinkError> {
+        let port = super::port::open(path, baud)?;
+        // mos deasserts DTR and RTS: on most ESP boards they drive reset and GPIO0.
+        let mut port = port;
+        let _ = port.write_data_terminal_ready(false);
+        let _ = port.write_request_to_send(false);
+        let mut link = MosLink::with_port(port, path, timeout);
+        link.ready("ready handshake")?;
+        Ok(link)
+    }
+
+    /// A link over an already open port.
+    pub fn with_port(port: Box<dyn SerialPort>, path: &str, timeout: Duration) -> MosLink {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        // Request ids as mos makes them: in [2^40, 2^41).
+        let next_id = (1u64 << 40) | (u64::from_le_bytes(seed) & ((1u64 << 40) - 1));
+        MosLink {
+            port,
+            path: path.to_string(),
+            timeout,
+            chunk_gap: Duration::from_millis(5),
+            decoder: Decoder::default(),
+            next_id,
+            stats: MosStats::default(),
+        }
+    }
+
+    /// The port path.
+    pub fn port(&self) -> &str {
+        &self.path
+    }
+
+    /// Sets the pause between 16-byte chunks (the board's UART FIFO is small and there is no
+    /// hardware flow control); zero writes whole frames.
+    #[cfg(test)]
+    pub fn set_chunk_gap(&mut self, gap: Duration) {
+        self.chunk_gap = gap;
+    }
+
+    fn write_paced(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        let io = |source| LinkError::Io {
+            port: self.path.clone(),
+            source,
+        };
+        if self.chunk_gap.is_zero() {
+            self.port.write_all(bytes).map_err(io)?;
+        } else {
+            for (i, chunk) in bytes.chunks(16).enumerate() {
+                if i > 0 {
+                    std::thread::sleep(self.chunk_gap);
+                }
+                self.port.write_all(chunk).map_err(io)?;
+            }
+        }
+        self.stats.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Reads what is there (up to the port's short read timeout) into tokens.
+    fn read_tokens(&mut self, out: &mut Vec<Token>) -> Result<(), LinkError> {
+        let mut buf = [0u8; 512];
+        match self.port.read(&mut buf) {
+            Ok(n) => {
+                self.stats.bytes_in += n as u64;
+                self.decoder.push(&buf[..n], out);
+                Ok(())
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::TimedOut
+                    || e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(LinkError::Io {
+                port: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn count(&mut self, t: &Token) {
+        match t {
+            Token::Log(line) => {
+                self.stats.log_lines += 1;
+                tracing::debug!(port = %self.path, "board log: {line}");
+            }
+            Token::Corrupt(why) => {
+                self.stats.corrupt += 1;
+                tracing::warn!(port = %self.path, "dropped a frame from the board: {why}");
+            }
+            Token::Oversized(n) => {
+                self.stats.oversized += 1;
+                tracing::warn!(port = %self.path, "dropped {n}+ bytes without a delimiter");
+            }
+            Token::Frame(_) | Token::Ready => {}
+        }
+    }
+
+    fn timeout_error(&self, command: &str) -> LinkError {
+        let mut hint = String::from(
+            "is the board running Mongoose OS with RPC over UART (rpc-uart) at this baud rate, and is no other program (mos console, a serial monitor) reading the port?",
+        );
+        if self.stats.corrupt > 0 || self.stats.oversized > 0 {
+            hint.push_str(&format!(
+                " ({} frame(s) dropped for a CRC mismatch or bad JSON, {} oversized: the line is noisy)",
+                self.stats.corrupt, self.stats.oversized
+            ));
+        }
+        LinkError::RpcTimeout {
+            port: self.path.clone(),
+            command: command.to_string(),
+            ms: self.timeout.as_millis() as u64,
+            hint,
+        }
+    }
+
+    /// Asks "ready?" every 200 ms until the board answers.
+    fn ready(&mut self, command: &str) -> Result<(), LinkError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut tokens = Vec::new();
+        loop {
+            self.write_paced(b"\"\"\"\x04\"\"\"\n")?;
+            let again = (Instant::now() + READY_EVERY).min(deadline);
+            while Instant::now() < again {
+                self.read_tokens(&mut tokens)?;
+                let mut ready = false;
+                for t in tokens.drain(..) {
+                    self.count(&t);
+                    ready |= t == Token::Ready;
+                }
+                if ready {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error(command));
+            }
+        }
+    }
+
+    /// One call: handshake, request, the reply with the same id. An error object becomes
+    /// [`LinkError::Refused`] with its code and message.
+    pub fn call(&mut self, method: &str, params: Value) -> Result<Value, LinkError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({ "id": id, "src": "provisioner", "method": method, "params": params });
+        let text = ascii_json(&request);
+        if text.len() > MAX_FRAME {
+            return Err(LinkError::Protocol {
+                port: self.path.clone(),
+                command: method.into(),
+                answer: format!(
+                    "the request is {} bytes, more than the board's rpc.max_frame_size ({MAX_FRAME}): not sent",
+                    text.len()
+                ),
+            });
+        }
+        self.ready(&format!("ready handshake before {method}"))?;
+        self.write_paced(&encode_frame(&text))?;
+        self.stats.requests += 1;
+        let deadline = Instant::now() + self.timeout;
+        let mut tokens = Vec::new();
+        while Instant::now() < deadline {
+            self.read_tokens(&mut tokens)?;
+            let got = std::mem::take(&mut tokens);
+            for t in got {
+                self.count(&t);
+                let Token::Frame(v) = t else { continue };
+                let same = match &v["id"] {
+                    Value::Number(n) => n.as_u64() == Some(id),
+                    Value::String(s) => s.parse::<u64>().ok() == Some(id),
+                    _ => false,
+                };
+                if !same {
+                    continue;
+                }
+                if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+                    let code = err["code"].as_i64().unwrap_or(0);
+                    let message = err["message"].as_str().unwrap_or("");
+                    let hint = if code == 404 {
+                        format!(": {HINT_404}")
+                    } else {
+                        String::new()
+                    };
+                    return Err(LinkError::Refused {
+                        port: self.path.clone(),
+                        command: method.into(),
+                        reason: format!("error {code}: {}{hint}", sanitize(message.as_bytes())),
+                    });
+                }
+                return Ok(v.get("result").cloned().unwrap_or(Value::Null));
+            }
+        }
+        Err(self.timeout_error(method))
+    }
+
+    fn bytes_field<const N: usize>(
+        &self,
+        method: &str,
+        result: &Value,
+        field: &str,
+    ) -> Result<[u8; N], LinkError> {
+        result[field]
+            .as_str()
+            .and_then(b64::decode)
+            .and_then(|b| <[u8; N]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| LinkError::Protocol {
+                port: self.path.clone(),
+                command: method.into(),
+                answer: format!("`{field}` is not {N} bytes of base64"),
+            })
+    }
+
+    /// `Sys.GetInfo`: the firmware's description of itself.
+    pub fn sys_get_info(&mut self) -> Result<Value, LinkError> {
+        self.call("Sys.GetInfo", json!({}))
+    }
+
+    /// `ATCA.GetConfig`: the 128-byte config zone.
+    pub fn get_config(&mut self) -> Result<[u8; 128], LinkError> {
+        let r = self.call("ATCA.GetConfig", json!({}))?;
+        self.bytes_field("ATCA.GetConfig", &r, "config")
+    }
+
+    /// `ATCA.SetConfig`: the board writes bytes 16..127 (not 84..87), then UserExtra and
+    /// Selector with UpdateExtra.
+    pub fn set_config(&mut self, zone: &[u8; 128]) -> Result<(), LinkError> {
+        self.call("ATCA.SetConfig", json!({ "config": b64::encode(zone) }))
+            .map(|_| ())
+    }
+
+    /// `ATCA.LockZone`: 0 config, 1 data (the board locks without a CRC summary).
+    pub fn lock_zone(&mut self, zone: u8) -> Result<(), LinkError> {
+        self.call("ATCA.LockZone", json!({ "zone": zone }))
+            .map(|_| ())
+    }
+
+    /// `ATCA.SetKey`. The key (and write key) cross the wire in clear: callers must have the
+    /// operator's permission.
+    pub fn set_key(&mut self, k: SetKey<'_>) -> Result<(), LinkError> {
+        let mut params = json!({ "slot": k.slot, "key": b64::encode(k.key) });
+        // mos omits block, ecc and wkslot when they are 0/false.
+        if k.block != 0 {
+            params["block"] = json!(k.block);
+        }
+        if k.ecc {
+            params["ecc"] = json!(true);
+        }
+        if let Some((slot, wkey)) = k.write_key {
+            params["wkey"] = json!(b64::encode(wkey));
+            if slot != 0 {
+                params["wkslot"] = json!(slot);
+            }
+        }
+        self.call("ATCA.SetKey", params).map(|_| ())
+    }
+
+    /// `ATCA.GenKey`: a new private key in the slot; its public key X‖Y.
+    pub fn gen_key(&mut self, slot: u8) -> Result<[u8; 64], LinkError> {
+        let r = self.call("ATCA.GenKey", json!({ "slot": slot }))?;
+        self.bytes_field("ATCA.GenKey", &r, "pubkey")
+    }
+
+    /// `ATCA.GetPubKey`: the public key X‖Y of the slot's private key.
+    pub fn get_pub_key(&mut self, slot: u8) -> Result<[u8; 64], LinkError> {
+        let r = self.call("ATCA.GetPubKey", json!({ "slot": slot }))?;
+        self.bytes_field("ATCA.GetPubKey", &r, "pubkey")
+    }
+
+    /// `ATCA.Sign`: R‖S over a 32-byte digest.
+    pub fn sign(&mut self, slot: u8, digest: &[u8; 32]) -> Result<[u8; 64], LinkError> {
+        let r = self.call(
+            "ATCA.Sign",
+            json!({ "slot": slot, "digest": b64::encode(digest) }),
+        )?;
+        self.bytes_field("ATCA.Sign", &r, "signature")
+    }
+
+    /// `FS.Put` in chunks (the first one replaces the file, the others append).
+    pub fn fs_put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
+        if data.is_empty() {
+            return self
+                .call(
+                    "FS.Put",
+                    json!({ "filename": name, "data": "", "append": false }),
+                )
+                .map(|_| ());
+        }
+        for (i, chunk) in data.chunks(PUT_CHUNK).enumerate() {
+            self.call(
+                "FS.Put",
+                json!({ "filename": name, "data": b64::encode(chunk), "append": i > 0 }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `FS.Get` until the board says nothing is left. `None` if the board cannot open it.
+    pub fn fs_get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError> {
+        let mut out = Vec::new();
+        loop {
+            let r = match self.call(
+                "FS.Get",
+                json!({ "filename": name, "offset": out.len(), "len": GET_CHUNK }),
+            ) {
+                Ok(r) => r,
+                Err(LinkError::Refused { .. }) if out.is_empty() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let bad = |what: &str| LinkError::Protocol {
+                port: self.path.clone(),
+                command: format!("FS.Get {name}"),
+                answer: what.to_string(),
+            };
+            let data = r["data"]
+                .as_str()
+                .and_then(b64::decode)
+                .ok_or_else(|| bad("`data` is not base64"))?;
+            let left = r["left"].as_u64().unwrap_or(0);
+            if data.len() > GET_CHUNK {
+                return Err(bad("more bytes than asked"));
+            }
+            out.extend_from_slice(&data);
+            if out.len() > MAX_FILE {
+                return Err(bad("file larger than 64 KiB"));
+            }
+            if left == 0 {
+                return Ok(Some(out));
+            }
+            if data.is_empty() {
+                return Err(bad("no data but bytes left"));
+            }
+        }
+    }
+
+    /// `Config.Set` (not saved).
+    pub fn config_set(&mut self, config: Value) -> Result<(), LinkError> {
+        self.call("Config.Set", json!({ "config": config }))
+            .map(|_| ())
+    }
+
+    /// `Config.Get` of one key (dotted path) or everything.
+    pub fn config_get(&mut self, key: Option<&str>) -> Result<Value, LinkError> {
+        let params = match key {
+            Some(k) => json!({ "key": k }),
+            None => json!({}),
+        };
+        self.call("Config.Get", params)
+    }
+
+    /// `Config.Save` without reboot.
+    pub fn config_save(&mut self) -> Result<(), LinkError> {
+        self.call("Config.Save", json!({ "reboot": false }))
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(input: &[u8]) -> Vec<Token> {
+        let mut d = Decoder::new(MAX_FRAME + 6);
+        let mut out = Vec::new();
+        // Byte by byte and all at once must agree.
+        for b in input {
+            d.push(std::slice::from_ref(b), &mut out);
+        }
+        let mut d2 = Decoder::new(MAX_FRAME + 6);
+        let mut out2 = Vec::new();
+        d2.push(input, &mut out2);
+        assert_eq!(out, out2);
+        out
+    }
+
+    fn framed(json: &str) -> Vec<u8> {
+        encode_frame(json)
+    }
+
+    #[test]
+    fn base64_round_trips_and_matches_the_standard() {
+        assert_eq!(b64::encode(b""), "");
+        assert_eq!(b64::encode(b"f"), "Zg==");
+        assert_eq!(b64::encode(b"fo"), "Zm8=");
+        assert_eq!(b64::encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(b64::encode(&[0xFB, 0xFF]), "+/8=");
+        for n in 0..70u8 {
+            let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(b64::decode(&b64::encode(&data)), Some(data));
+        }
+        assert_eq!(b64::decode("Zg=="), Some(b"f".to_vec()));
+        assert_eq!(b64::decode("Z"), None);
+        assert_eq!(b64::decode("Zm9v!"), None);
+    }
+
+    #[test]
+    fn crc_is_zlibs_in_eight_lowercase_hex_digits() {
+        let f = encode_frame("{\"id\":1}");
+        let text = String::from_utf8(f).expect("ascii");
+        assert_eq!(
+            text,
+            format!("\n\"\"\"{{\"id\":1}}{:08x}\"\"\"\n", crc32(b"{\"id\":1}"))
+        );
+        assert!(text.chars().all(|c| !c.is_ascii_uppercase() || c == 'I'));
+    }
+
+    #[test]
+    fn frames_in_both_framings_are_read() {
+        let body = r#"{"id":7,"result":null}"#;
+        let line = format!("{body}{:08x}\n", crc32(body.as_bytes()));
+        let t = tokens(line.as_bytes());
+        assert_eq!(t, vec![Token::Frame(json!({"id":7,"result":null}))]);
+        let t = tokens(&framed(body));
+        assert_eq!(t, vec![Token::Frame(json!({"id":7,"result":null}))]);
+        // Extra metadata fields after the CRC are allowed.
+        let line = format!("{body}{:08x},1,2\n", crc32(body.as_bytes()));
+        assert_eq!(tokens(line.as_bytes()).len(), 1);
+    }
+
+    #[test]
+    fn a_crc_mismatch_is_dropped_not_accepted() {
+        let body = r#"{"id":7,"result":{"pubkey":"AAAA"}}"#;
+        let good = crc32(body.as_bytes());
+        let line = format!("{body}{:08x}\n", good ^ 1);
+        let t = tokens(line.as_bytes());
+        assert!(matches!(&t[..], [Token::Corrupt(why)] if why.contains("CRC mismatch")));
+        // A flipped byte in the JSON with the old CRC.
+        let bad = body.replace("AAAA", "AAAB");
+        let t = tokens(format!("{bad}{good:08x}\n").as_bytes());
+        assert!(matches!(&t[..], [Token::Corrupt(_)]));
+        // No CRC at all: we always send one, so the board must too.
+        let t = tokens(format!("{body}\n").as_bytes());
+        assert!(matches!(&t[..], [Token::Corrupt(why)] if why.contains("no CRC")));
+    }
+
+    #[test]
+    fn log_lines_and_junk_between_frames_are_skipped() {
+        let body = r#"{"id":9,"result":null}"#;
+        let mut input = Vec::new();
+        input.extend_from_slice(b"[Jan  1 00:00:01.123] mgos_init  Mongoose OS 2.20.0\r\n");
+        input.extend_from_slice(b"\x00\xff\xfegarbage");
+        input.extend_from_slice(&framed(body));
+        input.extend_from_slice(b"ets Jan  8 2013,rst cause:2, boot mode:(3,6)\n\x11\x13");
+        input.extend_from_slice(&framed(body));
+        let t = tokens(&input);
+        let frames = t.iter().filter(|t| matches!(t, Token::Frame(_))).count();
+        let logs = t.iter().filter(|t| matches!(t, Token::Log(_))).count();
+        assert_eq!(frames, 2, "{t:?}");
+        assert_eq!(logs, 3, "{t:?}");
+        assert!(t.iter().all(|t| !matches!(t, Token::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_ready_answer_is_recognised() {
+        assert_eq!(tokens(b"\n\"\"\"\x04\"\"\"\n"), vec![Token::Ready]);
+        assert_eq!(tokens(b"\x04\n"), vec![Token::Ready]);
+    }
+
+    #[test]
+    fn oversized_tokens_are_thrown_away_and_the_stream_recovers() {
+        let body = r#"{"id":1,"result":null}"#;
+        let mut input = vec![b'{'; MAX_FRAME + 100];
+        input.extend_from_slice(b"\n");
+        input.extend_from_slice(&framed(body));
+        let t = tokens(&input);
+        assert!(matches!(t[0], Token::Oversized(_)), "{t:?}");
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t[1], Token::Frame(json!({"id":1,"result":null})));
+    }
+
+    #[test]
+    fn requests_are_pure_ascii() {
+        let v = json!({"topic": "maison/séjour/température", "emoji": "🌡"});
+        let text = ascii_json(&v);
+        assert!(text.is_ascii());
+        assert_eq!(serde_json::from_str::<Value>(&text).expect("json"), v);
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_before_sending() {
+        let (mut link, _master) = pty_link(Duration::from_millis(300));
+        let big = "x".repeat(MAX_FRAME);
+        let e = link
+            .call("FS.Put", json!({ "data": big }))
+            .expect_err("too big");
+        assert!(e.to_string().contains("max_frame_size"), "{e}");
+        assert_eq!(link.stats.bytes_out, 0);
+    }
+
+    /// A pty whose master nobody reads or answers: a board that is not there.
+    fn pty_link(timeout: Duration) -> (MosLink, std::os::fd::OwnedFd) {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let path = nix::unistd::ttyname(&pty.slave).expect("ttyname");
+        let path = path.to_string_lossy().into_owned();
+        let port = crate::bench::port::open(&path, 115_200).expect("open pty");
+        drop(pty.slave);
+        (MosLink::with_port(port, &path, timeout), pty.master)
+    }
+
+    #[test]
+    fn a_silent_board_times_out_naming_the_port() {
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let path = nix::unistd::ttyname(&pty.slave)
+            .expect("ttyname")
+            .to_string_lossy()
+            .into_owned();
+        let t = Instant::now();
+        let e = match MosLink::connect_with(&path, 115_200, Duration::from_millis(500)) {
+            Ok(_) => panic!("nothing answers on {path}"),
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        assert!(matches!(e, LinkError::RpcTimeout { .. }), "{text}");
+        assert!(text.starts_with(&path), "{text}");
+        assert!(text.contains("ready handshake"), "{text}");
+        assert!(text.contains("Mongoose OS"), "{text}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        drop(pty);
+    }
+
+    /// A scripted board on the master side of a pty.
+    fn scripted(reply: impl Fn(&Value) -> Vec<u8> + Send + 'static) -> MosLink {
+        use std::os::fd::AsFd;
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut t = nix::sys::termios::tcgetattr(pty.slave.as_fd()).expect("tcgetattr");
+        nix::sys::termios::cfmakeraw(&mut t);
+        nix::sys::termios::tcsetattr(pty.slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)
+            .expect("raw");
+        let path = nix::unistd::ttyname(&pty.slave)
+            .expect("ttyname")
+            .to_string_lossy()
+            .into_owned();
+        let mut master = std::fs::File::from(pty.master);
+        std::thread::spawn(move || {
+            let _slave = pty.slave;
+            let mut d = Decoder::default();
+            let mut buf = [0u8; 256];
+            loop {
+                let n = match master.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut toks = Vec::new();
+                // The host's frames carry a CRC, so the same decoder reads them.
+                d.push(&buf[..n], &mut toks);
+                for t in toks {
+                    let out = match t {
+                        Token::Ready => b"[log] rpc ready\n\n\"\"\"\x04\"\"\"\n".to_vec(),
+                        Token::Frame(v) => reply(&v),
+                        _ => continue,
+                    };
+                    if master.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let port = crate::bench::port::open(&path, 115_200).expect("open pty");
+        let mut link = MosLink::with_port(port, &path, Duration::from_millis(800));
+        link.set_chunk_gap(Duration::ZERO);
+        link
+    }
+
+    fn reply_frame(v: &Value) -> Vec<u8> {
+        let text = v.to_string();
+        format!("{text}{:08x}\n", crc32(text.as_bytes())).into_bytes()
+    }
+
+    #[test]
+    fn calls_skip_logs_stale_replies_and_corrupt_frames() {
+        let mut link = scripted(|req| {
+            let id = req["id"].clone();
+            let mut out = Vec::new();
+            out.extend_from_slice(b"[Jan  1 00:00:02.000] mgos_atca_service.c:42 GenKey\n");
+            // A reply to someone else, a corrupted copy of ours, then ours.
+            out.extend_from_slice(&reply_frame(&json!({"id": 12345, "result": {}})));
+            let good = json!({"id": id, "result": {"pubkey": b64::encode(&[7u8; 64])}});
+            let mut bad = reply_frame(&good);
+            bad[10] ^= 0x01;
+            out.extend_from_slice(&bad);
+            out.extend_from_slice(&reply_frame(&good));
+            out
+        });
+        let k = link.gen_key(0).expect("genkey");
+        assert_eq!(k, [7u8; 64]);
+        assert_eq!(link.stats.corrupt, 1);
+        assert!(link.stats.log_lines >= 2);
+    }
+
+    #[test]
+    fn a_board_that_only_sends_corrupt_replies_times_out_and_says_so() {
+        let mut link = scripted(|req| {
+            let mut bad = reply_frame(&json!({"id": req["id"], "result": null}));
+            bad[3] ^= 0x20;
+            bad
+        });
+        let e = link.lock_zone(0).expect_err("never a good reply");
+        let text = e.to_string();
+        assert!(text.contains("ATCA.LockZone"), "{text}");
+        assert!(text.contains("CRC mismatch"), "{text}");
+    }
+
+    #[test]
+    fn error_objects_become_refusals_with_code_and_message() {
+        let mut link = scripted(|req| {
+            reply_frame(
+                &json!({"id": req["id"], "error": {"code": 404, "message": "No handler for ATCA.GetConfig"}}),
+            )
+        });
+        let e = link.get_config().expect_err("404");
+        let text = e.to_string();
+        assert!(text.contains("error 404: No handler"), "{text}");
+        assert!(text.contains("sys.atca.enable"), "{text}");
+    }
+}
