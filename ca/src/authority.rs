@@ -583,6 +583,11 @@ impl Authority {
             .ok_or_else(|| Error::Generate("vault".into()))
     }
 
+    /// Opens the vault now (one key derivation) so later secret operations are fast.
+    pub fn open_vault(&mut self) -> Result<()> {
+        self.vault().map(|_| ())
+    }
+
     /// A secret kept in the ledger (encrypted at rest), if it exists.
     pub fn secret(&mut self, name: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
         let Some(sealed) = self.store.ledger.sealed_secret(name)? else {

@@ -22,6 +22,10 @@ struct SimBoard {
 
 impl SimBoard {
     fn start(dir: &Path, name: &str, baud: u32, trace: bool) -> SimBoard {
+        Self::start_with(dir, name, baud, trace, &[])
+    }
+
+    fn start_with(dir: &Path, name: &str, baud: u32, trace: bool, extra: &[&str]) -> SimBoard {
         let link = dir.join(format!("{name}.tty"));
         let state = dir.join(format!("{name}.chip"));
         let log = dir.join(format!("{name}.log"));
@@ -35,6 +39,7 @@ impl SimBoard {
             "--baud",
             &baud.to_string(),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"));
@@ -734,4 +739,66 @@ fn port_problems_are_explained_and_a_hostile_board_cannot_crash_the_provisioner(
     assert!(!String::from_utf8_lossy(&hostile.stderr).contains("panicked"));
     drop(pty.slave);
     let _ = responder.join();
+}
+
+#[test]
+fn on_a_noisy_serial_line_boards_are_provisioned_through_retries_and_never_locked_wrongly() {
+    let home = home_with_site(free_port());
+    // 1e-3 per byte, both directions: dropped bytes and flipped bits (CRC errors).
+    let boards: Vec<SimBoard> = (0..4)
+        .map(|i| {
+            SimBoard::start_with(
+                &home.work(),
+                &format!("n{i}"),
+                0,
+                false,
+                &["--line-fault-rate", "0.001"],
+            )
+        })
+        .collect();
+    let mut args = vec!["--json".to_string(), "device".into(), "provision".into()];
+    for b in &boards {
+        args.push("--port".into());
+        args.push(b.port());
+    }
+    args.extend(["--id", "salon-{n}", "--profile", "climat", "--lock"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut resent = 0;
+    let mut log = String::new();
+    for _ in 0..3 {
+        let out = home.run(&argv);
+        log.push_str(&String::from_utf8_lossy(&out.stdout));
+        log.push_str(&String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        resent += v["boards"]
+            .as_array()
+            .expect("boards")
+            .iter()
+            .filter_map(|b| b["result"]["link"]["retries"].as_u64())
+            .sum::<u64>();
+        if out.status.success() {
+            break;
+        }
+    }
+    assert!(
+        resent > 0,
+        "the line was not noisy: nothing was resent\n{log}"
+    );
+    let profile =
+        atecc::profile::Profile::from_toml(atecc::profile::TLS_DEVICE_PROFILE).expect("profile");
+    for (i, b) in boards.into_iter().enumerate() {
+        let id = format!("salon-{}", i + 1);
+        let (pem, active) = current_cert(&home, &id);
+        assert_eq!(active, 1, "{id}");
+        let cert_key = cert_public_key(&home, &pem);
+        let mut chip = b.stop_and_open_chip();
+        let zone = chip.config_zone();
+        assert!(zone.is_config_locked() && zone.is_data_locked(), "{id}");
+        assert_eq!(
+            profile.to_config_zone(&zone).expect("apply").0,
+            zone.0,
+            "{id}: locked with other content"
+        );
+        assert_eq!(chip_public_key(&mut chip, 0).to_vec(), cert_key, "{id}");
+    }
 }

@@ -112,6 +112,7 @@ pub struct Chip {
     output_pos: usize,
     /// An injected CRC error spoils the next delivery of the response's last byte.
     corrupt_output: bool,
+    fast_persist: bool,
     timing: Timing,
     faults: Faults,
     path: Option<PathBuf>,
@@ -148,6 +149,7 @@ impl Chip {
             output_pos: 0,
             corrupt_output: false,
             timing: Timing::None,
+            fast_persist: false,
             faults: Faults::default(),
             path: None,
             clock_offset: Duration::ZERO,
@@ -181,7 +183,7 @@ impl Chip {
             Ok(nv) => Self::from_nv(nv),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let chip = Self::new_blank();
-                chip.nv.save(path)?;
+                chip.nv.save(path, true)?;
                 chip
             }
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
@@ -193,6 +195,14 @@ impl Chip {
     /// Where the state is persisted, if anywhere.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// With `true`, state changes are saved atomically (temporary file and rename) but not
+    /// fsynced: a killed process still leaves the old or the new state, a host power cut may
+    /// lose the last changes. For simulators, where an fsync per command would dwarf the
+    /// chip's own execution times.
+    pub fn set_fast_persist(&mut self, fast: bool) {
+        self.fast_persist = fast;
     }
 
     /// Selects the execution-time model.
@@ -484,7 +494,8 @@ impl Chip {
         let data = exec::execute(cmd, &mut nv, &mut vol, &mut env)?;
         if nv != self.nv {
             if let Some(path) = &self.path {
-                nv.save(path).map_err(|_| Status::ExecutionError)?;
+                nv.save(path, !self.fast_persist)
+                    .map_err(|_| Status::ExecutionError)?;
             }
             self.nv = nv;
         }

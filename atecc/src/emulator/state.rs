@@ -147,7 +147,7 @@ impl NvState {
 
     /// Writes the state atomically: a temporary file in the same directory, fsync, rename,
     /// fsync of the directory. After a crash the file holds the old or the new state.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    pub fn save(&self, path: &Path, durable: bool) -> io::Result<()> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -161,11 +161,17 @@ impl NvState {
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(self.to_text().as_bytes())?;
-            f.sync_all()?;
+            if durable {
+                f.sync_all()?;
+            }
             drop(f);
             fs::rename(&tmp, path)?;
             // Make the rename itself durable.
-            fs::File::open(dir)?.sync_all()
+            if durable {
+                fs::File::open(dir)?.sync_all()
+            } else {
+                Ok(())
+            }
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);

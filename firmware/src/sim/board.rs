@@ -62,6 +62,10 @@ pub struct Args {
     /// Chip command execution time.
     #[arg(long, value_enum, default_value = "none")]
     pub timing: TimingArg,
+    /// Serial line noise for tests: each byte, in either direction, is dropped or has a bit
+    /// flipped with this probability (e.g. 0.001).
+    #[arg(long, default_value_t = 0.0)]
+    pub line_fault_rate: f64,
 }
 
 struct Events {
@@ -114,6 +118,9 @@ where
 pub fn run(args: Args) -> Result<(), String> {
     let mut chip =
         Chip::open(&args.state).map_err(|e| format!("chip state {}: {e}", args.state.display()))?;
+    // A simulated chip need not fsync its EEPROM after every command: atomic renames keep it
+    // consistent across kills, and the timing model stands for the chip's write time.
+    chip.set_fast_persist(true);
     chip.set_timing(match args.timing {
         TimingArg::None => Timing::None,
         TimingArg::Typ => Timing::Typical,
@@ -152,6 +159,7 @@ pub fn run(args: Args) -> Result<(), String> {
         store: store.clone(),
         last_line_ms: last_line_ms.clone(),
         stop: stop.clone(),
+        noise: crate::sim::serial::LineNoise::new(args.line_fault_rate),
     };
     let protocol = args.protocol;
     let serial_thread = std::thread::spawn(move || {

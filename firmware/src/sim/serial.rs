@@ -39,6 +39,62 @@ pub struct SerialLoop {
     pub last_line_ms: Arc<AtomicU64>,
     /// Set to stop.
     pub stop: Arc<AtomicBool>,
+    /// Simulated line noise (off by default).
+    pub noise: LineNoise,
+}
+
+/// Simulated noise on the serial line: each byte is dropped, or has one bit flipped, with
+/// probability `rate` (half each), in both directions.
+#[derive(Debug, Clone)]
+pub struct LineNoise {
+    rate: f64,
+    state: u64,
+    /// Bytes dropped so far.
+    pub dropped: u64,
+    /// Bytes corrupted so far.
+    pub flipped: u64,
+}
+
+impl LineNoise {
+    /// Noise at `rate` per byte (0 = a clean line).
+    pub fn new(rate: f64) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9_7F4A_7C15)
+            | 1;
+        LineNoise {
+            rate: rate.clamp(0.0, 1.0),
+            state: seed,
+            dropped: 0,
+            flipped: 0,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64*: plenty for noise.
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Passes `b` through the line: `None` if it was lost.
+    pub fn pass(&mut self, b: u8) -> Option<u8> {
+        if self.rate <= 0.0 {
+            return Some(b);
+        }
+        let r = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        if r >= self.rate {
+            Some(b)
+        } else if r < self.rate / 2.0 {
+            self.dropped += 1;
+            None
+        } else {
+            self.flipped += 1;
+            Some(b ^ (1 << (self.next() % 8)))
+        }
+    }
 }
 
 impl SerialLoop {
@@ -60,6 +116,7 @@ impl SerialLoop {
         let mut buf = [0u8; 64];
         let trace = std::env::var_os("SENSOR_SIM_TRACE").is_some();
         let mut traced: Vec<u8> = Vec::new();
+        let mut noise = self.noise.clone();
         while !self.stop.load(Ordering::SeqCst) {
             let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
             if poll(&mut fds, PollTimeout::from(100u16)).map_err(std::io::Error::from)? == 0 {
@@ -79,6 +136,7 @@ impl SerialLoop {
             // The bytes arrive no faster than the wire carries them.
             sleep_until(rx.schedule(ns(Instant::now()), n as u64));
             for &b in &buf[..n] {
+                let Some(b) = noise.pass(b) else { continue };
                 if trace && traced.len() < 1024 {
                     traced.push(b);
                 }
@@ -106,7 +164,8 @@ impl SerialLoop {
                     .store(super::now_ms().max(1), Ordering::SeqCst);
                 for chunk in reply.as_bytes().chunks(16) {
                     sleep_until(tx.schedule(ns(Instant::now()), chunk.len() as u64));
-                    master.write_all(chunk)?;
+                    let noisy: Vec<u8> = chunk.iter().filter_map(|&b| noise.pass(b)).collect();
+                    master.write_all(&noisy)?;
                 }
                 if let Some(name) = outcome.changed() {
                     events.blob_changed(&String::from_utf8_lossy(name));

@@ -17,6 +17,11 @@ const MAX_LINE: usize = 8192;
 const CHUNK: usize = 256;
 /// The chip falls asleep 1.3 s after a wake; re-wake well before.
 const REWAKE_AFTER: Duration = Duration::from_millis(900);
+/// Wait for one reply line: the longest reply (a 256-byte chunk, ~45 ms at 115200 baud) plus
+/// the slowest chip command (GenKey, 115 ms maximum) with a wide margin.
+const LINE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Sends of one line before giving up (a noisy line garbles a command or its reply).
+const ATTEMPTS: u32 = 6;
 
 /// A board reached through the kit protocol.
 pub struct KitLink {
@@ -38,6 +43,32 @@ pub struct LinkStats {
     pub bytes_out: u64,
     /// Bytes read.
     pub bytes_in: u64,
+    /// Lines sent again after a lost or garbled exchange.
+    pub retries: u64,
+    /// Chip commands sent.
+    pub chip_commands: u64,
+    /// Sum of the datasheet's typical execution times of those commands, in microseconds.
+    pub chip_typical_us: u64,
+}
+
+impl LinkStats {
+    /// Adds another run's counters.
+    pub fn add(&mut self, o: &LinkStats) {
+        self.lines += o.lines;
+        self.bytes_out += o.bytes_out;
+        self.bytes_in += o.bytes_in;
+        self.retries += o.retries;
+        self.chip_commands += o.chip_commands;
+        self.chip_typical_us += o.chip_typical_us;
+    }
+
+    /// The physical floor of this traffic at `baud`: every byte's 10 bit times, both
+    /// directions one after the other (request, then reply), plus the chip's typical
+    /// execution times, in seconds.
+    pub fn floor_s(&self, baud: u32) -> f64 {
+        (self.bytes_out + self.bytes_in) as f64 * 10.0 / f64::from(baud.max(1))
+            + self.chip_typical_us as f64 / 1e6
+    }
 }
 
 fn sanitize(s: &str) -> String {
@@ -108,14 +139,14 @@ impl KitLink {
         let mut link = KitLink {
             port,
             path: path.to_string(),
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
             last_wake: None,
             pending: Vec::new(),
             stats: LinkStats::default(),
         };
         // A partial line left by an earlier session ends here; its error reply is skipped.
         link.send_raw(b"\n")?;
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(5));
         link.drain();
         let (name, _) = link.exchange("board:device(00)")?;
         if !name.contains("508") {
@@ -126,6 +157,7 @@ impl KitLink {
             });
         }
         link.expect_ok("E:physical:select(C0)")?;
+        link.timeout = LINE_TIMEOUT;
         link.wake()?;
         Ok(link)
     }
@@ -221,8 +253,36 @@ impl KitLink {
         Ok((head, data))
     }
 
-    /// Sends a line whose reply must be `SS(...)`; a non-zero status is a refusal.
+    /// Sends a line whose reply must be `SS(...)`; a non-zero status is a refusal. A reply
+    /// that is lost or garbled, or a refusal saying the line arrived garbled, sends it again.
     fn status_exchange(&mut self, command: &str) -> Result<Vec<u8>, LinkError> {
+        let mut attempt = 1;
+        loop {
+            match self.status_exchange_once(command) {
+                Err(LinkError::Timeout { .. } | LinkError::Protocol { .. })
+                    if attempt < ATTEMPTS => {}
+                Err(LinkError::Refused { ref reason, .. })
+                    if attempt < ATTEMPTS
+                        && (reason.starts_with(fw_reason(0xE2))
+                            || reason.starts_with(fw_reason(0xE3))
+                            || reason.starts_with(fw_reason(0xE4))) => {}
+                other => return other,
+            }
+            attempt += 1;
+            self.stats.retries += 1;
+            self.resync();
+        }
+    }
+
+    /// Lets a half-received line finish and discards it, so the next reply starts clean.
+    fn resync(&mut self) {
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = self.send_raw(b"\n");
+        std::thread::sleep(Duration::from_millis(20));
+        self.drain();
+    }
+
+    fn status_exchange_once(&mut self, command: &str) -> Result<Vec<u8>, LinkError> {
         let (head, data) = self.exchange(command)?;
         let short: String = command.chars().take(40).collect();
         let code = u8::from_str_radix(&head, 16)
@@ -293,17 +353,49 @@ impl atecc::client::Transport for KitLink {
     type Error = LinkError;
 
     fn transact(&mut self, packet: &[u8], response: &mut [u8]) -> Result<usize, LinkError> {
-        self.rewake_if_due()?;
-        let frame = self.status_exchange(&format!("E:t({})", hex::encode_upper(packet)))?;
-        if frame.len() > response.len() {
-            return Err(LinkError::Protocol {
-                port: self.path.clone(),
-                command: "E:t".into(),
-                answer: format!("{}-byte frame", frame.len()),
-            });
+        let line = format!("E:t({})", hex::encode_upper(packet));
+        let typical = packet
+            .get(1)
+            .and_then(|&op| atecc::opcode::Opcode::from_u8(op))
+            .map_or(0, |op| u64::from(op.typical_us()));
+        let mut attempt = 1;
+        loop {
+            self.rewake_if_due()?;
+            self.stats.chip_commands += 1;
+            self.stats.chip_typical_us += typical;
+            let frame = match self.status_exchange(&line) {
+                // The chip fell asleep (a wake line was lost): wake it and send again.
+                Err(LinkError::Refused { reason, .. })
+                    if attempt < ATTEMPTS && reason.starts_with(fw_reason(0xE1)) =>
+                {
+                    attempt += 1;
+                    self.stats.retries += 1;
+                    self.last_wake = None;
+                    continue;
+                }
+                other => other?,
+            };
+            let intact = frame.len() >= 4
+                && frame[0] as usize == frame.len()
+                && atecc::crc16(&frame[..frame.len() - 2]).to_le_bytes()
+                    == frame[frame.len() - 2..];
+            // 0xFF: the chip received a damaged packet and did not execute it.
+            let resend = !intact || (frame.len() == 4 && frame[1] == 0xFF);
+            if resend && attempt < ATTEMPTS {
+                attempt += 1;
+                self.stats.retries += 1;
+                continue;
+            }
+            if frame.len() > response.len() {
+                return Err(LinkError::Protocol {
+                    port: self.path.clone(),
+                    command: "E:t".into(),
+                    answer: format!("{}-byte frame", frame.len()),
+                });
+            }
+            response[..frame.len()].copy_from_slice(&frame);
+            return Ok(frame.len());
         }
-        response[..frame.len()].copy_from_slice(&frame);
-        Ok(frame.len())
     }
 }
 
@@ -348,6 +440,24 @@ impl Board for KitLink {
 
     fn put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
         self.last_wake = None;
+        let mut attempt = 1;
+        loop {
+            match self.put_once(name, data) {
+                // A chunk whose reply was lost is resent and refused (wrong offset); the
+                // whole upload starts again: the old blob stays until a commit succeeds.
+                Err(LinkError::Refused { .. }) if attempt < 3 => {
+                    attempt += 1;
+                    self.stats.retries += 1;
+                    self.resync();
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl KitLink {
+    fn put_once(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
         if data.is_empty() {
             self.expect_ok(&format!("fw:put({name},0,)"))?;
         }

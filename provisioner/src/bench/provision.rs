@@ -87,6 +87,9 @@ pub struct Outcome {
     pub public_key: Option<String>,
     /// Topics the device may publish.
     pub topics: Vec<String>,
+    /// Serial traffic of the run(s), when the link counts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<super::kit::LinkStats>,
 }
 
 /// Why provisioning a board stopped.
@@ -478,6 +481,17 @@ pub(crate) fn device_config(
     }
 }
 
+/// True if the blob `name` on the board equals `data`. A read has no checksum of its own, so
+/// a mismatch is read again before it counts (a noisy line can garble a read, not the blob).
+fn reads_back(board: &mut dyn Board, name: &str, data: &[u8]) -> Result<bool, ProvisionError> {
+    for _ in 0..3 {
+        if board.get(name)?.as_deref() == Some(data) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Provisions one board.
 pub fn provision(
     board: &mut dyn Board,
@@ -509,6 +523,7 @@ pub fn provision(
         certificate: None,
         public_key: None,
         topics: topics.clone(),
+        link: None,
     };
     let step = |out: &mut Outcome, step: &'static str, action: &'static str, detail: String| {
         shared
@@ -866,7 +881,7 @@ pub fn provision(
         shared.progress.step(&port, &format!("writing {name}"));
         board.put(name, data)?;
         ca::fault::point("provision-after-blob");
-        if board.get(name)?.as_deref() != Some(data.as_slice()) {
+        if !reads_back(board, name, data)? {
             return Err(ProvisionError::Chip {
                 port,
                 step: "device store",

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Benchmark: provision blank emulated boards at 115200 baud with the chip's typical execution
+# times, and compare the elapsed time with the physical floor of the same exchange (bytes on
+# the wire x 10 bits / baud + the chip's typical execution times). Target ratio <= 1.3.
+# Usage: scripts/bench-provision.sh [RUNS]   (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+cargo build --release -q -p provisioner
+P="$PWD/target/release/provisioner"
+work=$(mktemp -d)
+sim=""
+trap '[ -n "$sim" ] && kill "$sim" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+export PROVISIONER_HOME="$work/home"
+export PROVISIONER_PASSPHRASE="bench passphrase $(od -An -N8 -tx1 /dev/urandom | tr -d ' ')"
+"$P" init >/dev/null 2>&1
+printf '%-4s %10s %10s %7s %8s %8s\n' run elapsed_s floor_s ratio bytes resent
+for i in $(seq "$runs"); do
+    "$P" sim-board --link "$work/tty$i" --state "$work/chip$i" --baud 115200 --timing typ 2>/dev/null &
+    sim=$!
+    for _ in $(seq 100); do [ -e "$work/tty$i" ] && break; sleep 0.05; done
+    "$P" --json device provision --port "$work/tty$i" --id "salon-$i" --profile climat --lock 2>/dev/null |
+        python3 -c '
+import json, sys
+b = json.load(sys.stdin)["boards"][0]
+l = b["result"]["link"]
+print("%-4s %10.3f %10.3f %7.3f %8d %8d" % (sys.argv[1], b["ms"] / 1000, b["floor_s"], b["ms"] / 1000 / b["floor_s"], l["bytes_out"] + l["bytes_in"], l["retries"]))
+' "$i"
+    kill "$sim"; wait "$sim" 2>/dev/null || true; sim=""
+done
