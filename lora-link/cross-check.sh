@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-builds lora-link with the real SX127x backend (feature `rpi`) for a Raspberry Pi
+# Cross-builds lora-link and gateway with the real SX127x backend (feature `rpi`) for a Raspberry Pi
 # running 64-bit Linux. Installs what is missing: the aarch64 GNU toolchain (apt) and the
 # Rust target (rustup). Usage: lora-link/cross-check.sh [extra cargo args]
 # Honours CARGO_TARGET_DIR. Exit code: cargo's (non-zero when the build fails).
@@ -25,8 +25,8 @@ fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER="$LINKER"
 export CC_aarch64_unknown_linux_gnu="$LINKER"
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-echo "cross-check: cargo build -p lora-link --features rpi --target $TARGET" >&2
-cargo build -p lora-link --features rpi --target "$TARGET" "$@"
+echo "cross-check: cargo build -p lora-link -p gateway --features lora-link/rpi,gateway/rpi --target $TARGET" >&2
+cargo build -p lora-link -p gateway --features lora-link/rpi,gateway/rpi --target "$TARGET" "$@"
 bin="${CARGO_TARGET_DIR:-target}/$TARGET/debug/lora-link"
 if [ -f "$bin" ] && command -v file >/dev/null 2>&1; then
     file "$bin" >&2
