@@ -481,6 +481,42 @@ pub(crate) fn device_config(
     }
 }
 
+/// Checks the chip is an ATECC508A; returns its serial number (hex) and revision.
+pub(crate) fn identify_chip(
+    port: &str,
+    zone: &ConfigZone,
+) -> Result<(String, [u8; 4]), ProvisionError> {
+    let rev = zone.revision();
+    if rev[2] != 0x50 {
+        return Err(ProvisionError::Conflict(format!(
+            "{port}: the chip reports revision {} : not an ATECC508A (byte 2 is 0x50 on a 508A, 0x60 on a 608)",
+            hex::encode(rev)
+        )));
+    }
+    Ok((hex::encode(zone.serial_number()), rev))
+}
+
+/// A locked config zone must already hold the profile: otherwise the chip can never take it.
+pub(crate) fn refuse_if_locked_differently(
+    port: &str,
+    chip: &str,
+    changes: &[FieldChange],
+) -> Result<(), ProvisionError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let text: Vec<String> = changes
+        .iter()
+        .map(|c| format!("  {}: chip {} profile {}", c.field, c.current, c.wanted))
+        .collect();
+    Err(ProvisionError::LockedDifferently {
+        port: port.to_string(),
+        profile: chip.to_string(),
+        count: changes.len(),
+        diff: text.join("\n"),
+    })
+}
+
 /// True if the blob `name` on the board equals `data`. A read has no checksum of its own, so
 /// a mismatch is read again before it counts (a noisy line can garble a read, not the blob).
 fn reads_back(board: &mut dyn Board, name: &str, data: &[u8]) -> Result<bool, ProvisionError> {
@@ -543,15 +579,7 @@ pub fn provision(
     let zone = client
         .read_config_zone()
         .map_err(chip_err(&port, "read config"))?;
-    let rev = zone.revision();
-    if rev[2] != 0x50 {
-        return Err(ProvisionError::Conflict(format!(
-            "{port}: the chip reports revision {} : not an ATECC508A (byte 2 is 0x50 on a 508A, 0x60 on a 608)",
-            hex::encode(rev)
-        )));
-    }
-    let sn = zone.serial_number();
-    let sn_hex = hex::encode(sn);
+    let (sn_hex, rev) = identify_chip(&port, &zone)?;
     out.chip_serial = sn_hex.clone();
     step(
         &mut out,
@@ -570,18 +598,7 @@ pub fn provision(
     let changes = diff(&zone, &wanted);
     out.config_diff = changes.clone();
     if zone.is_config_locked() {
-        if !changes.is_empty() {
-            let text: Vec<String> = changes
-                .iter()
-                .map(|c| format!("  {}: chip {} profile {}", c.field, c.current, c.wanted))
-                .collect();
-            return Err(ProvisionError::LockedDifferently {
-                port,
-                profile: profile.chip.clone(),
-                count: changes.len(),
-                diff: text.join("\n"),
-            });
-        }
+        refuse_if_locked_differently(&port, &profile.chip, &changes)?;
         step(
             &mut out,
             "config zone",

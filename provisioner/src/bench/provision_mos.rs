@@ -28,8 +28,8 @@ use zeroize::Zeroize;
 use super::mos::{MosLink, SetKey};
 use super::provision::{
     DeviceCertificate, Job, Outcome, ProvisionError, Shared, Step, certified_key, check_ownership,
-    check_profile, chip_profile, device_config, device_topics, diff, issue_device_certificate,
-    lock_ca, random, verify_possession,
+    check_profile, chip_profile, device_config, device_topics, diff, identify_chip,
+    issue_device_certificate, lock_ca, random, refuse_if_locked_differently, verify_possession,
 };
 use atecc::config::ConfigZone;
 
@@ -162,14 +162,7 @@ pub fn provision_mos(
         ),
     );
     let zone = ConfigZone(link.get_config()?);
-    let rev = zone.revision();
-    if rev[2] != 0x50 {
-        return Err(ProvisionError::Conflict(format!(
-            "{port}: the chip reports revision {} : not an ATECC508A (byte 2 is 0x50 on a 508A, 0x60 on a 608)",
-            hex::encode(rev)
-        )));
-    }
-    let sn_hex = hex::encode(zone.serial_number());
+    let (sn_hex, rev) = identify_chip(&port, &zone)?;
     out.chip_serial = sn_hex.clone();
     step(
         &mut out,
@@ -186,18 +179,7 @@ pub fn provision_mos(
     let changes = diff(&zone, &wanted);
     out.config_diff = changes.clone();
     if zone.is_config_locked() {
-        if !changes.is_empty() {
-            let text: Vec<String> = changes
-                .iter()
-                .map(|c| format!("  {}: chip {} profile {}", c.field, c.current, c.wanted))
-                .collect();
-            return Err(ProvisionError::LockedDifferently {
-                port,
-                profile: profile.chip.clone(),
-                count: changes.len(),
-                diff: text.join("\n"),
-            });
-        }
+        refuse_if_locked_differently(&port, &profile.chip, &changes)?;
         step(
             &mut out,
             "config zone",

@@ -260,8 +260,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     }
 
     let mut authority = ctx.authority()?;
-    if !args.dry_run {
-        // One key derivation up front rather than inside the first board's run.
+    if args.lock && !args.dry_run {
+        // One key derivation up front rather than inside the first board's run (locking
+        // the data zone needs the vault for the write key).
         authority.open_vault()?;
     }
     let authority = Mutex::new(authority);
