@@ -22,7 +22,13 @@ pub enum EmitCommand {
 provisioner emit broker --out ./broker --run-as root && mosquitto -c ./broker/mosquitto.conf\n  \
 provisioner emit broker --out ./pi-etc --prefix /etc/mosquitto/site --run-as mosquitto\n\n\
 Re-running it rewrites every file atomically (new devices join the ACL, revoked ones leave it);\n\
-reload mosquitto with SIGHUP afterwards. `provisioner crl` keeps OUT/crl.pem fresh.")]
+reload mosquitto with SIGHUP afterwards. `provisioner crl` keeps OUT/crl.pem fresh.\n\n\
+CRL FRESHNESS:\n  \
+mosquitto refuses every client once the CRL's nextUpdate has passed. OUT also receives\n  \
+provisioner-crl.service (runs `provisioner --home HOME --passphrase-file FILE crl`, then reloads\n  \
+mosquitto) and provisioner-crl.timer (daily, Persistent=true). On the machine holding the CA home:\n    \
+install -m 0644 OUT/provisioner-crl.service OUT/provisioner-crl.timer /etc/systemd/system/\n    \
+systemctl daemon-reload && systemctl enable --now provisioner-crl.timer")]
     Broker(BrokerArgs),
     /// Gateway manifest, link manifest, client certificate and key, CA, link key.
     #[command(after_help = "EXAMPLES:\n  \
@@ -112,6 +118,13 @@ pub struct BrokerArgs {
     /// Ledger id of the broker certificate to use.
     #[arg(long, default_value = "broker")]
     server: String,
+    /// Passphrase file (mode 0600) the CRL renewal service reads on the CA machine.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/provisioner/ca-passphrase"
+    )]
+    crl_passphrase_file: PathBuf,
 }
 
 /// Runs `emit`.
@@ -252,19 +265,111 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
         give_to(user, &out, &paths)?;
     }
     store.add_crl_target(&out.join("crl.pem"))?;
+    // Written after `give_to`: the units belong to whoever installs them, not to mosquitto.
+    let (service, timer) = render_crl_units(ctx, &out, &prefix, &args.crl_passphrase_file)?;
+    for (name, text) in [
+        ("provisioner-crl.service", service),
+        ("provisioner-crl.timer", timer),
+    ] {
+        let p = out.join(name);
+        ca::fsutil::write_atomic(&p, text.as_bytes(), 0o644)?;
+        paths.push(p);
+    }
     let human = format!(
-        "broker configuration in {}: listener {} (TLS, client certificates required), {} identities in the ACL, CRL number {}\n  run:    mosquitto -c {}\n  reload: kill -HUP $(pidof mosquitto)",
+        "broker configuration in {}: listener {} (TLS, client certificates required), {} identities in the ACL, CRL number {}\n  run:    mosquitto -c {}\n  reload: kill -HUP $(pidof mosquitto)\n  CRL:    install -m 0644 {}/provisioner-crl.{{service,timer}} /etc/systemd/system/ && systemctl enable --now provisioner-crl.timer",
         out.display(),
         listener.port,
         devices,
         crl.number,
         files.aclfile.with_file_name("mosquitto.conf").display(),
+        out.display(),
     );
     ctx.print(&json!({ "out": out, "files": paths, "port": listener.port, "identities": devices, "crl_number": crl.number }), &human);
     Ok(())
 }
 
 /// Gives the directory and files to `user` when running as root (mosquitto must read them).
+/// `provisioner-crl.service` and `provisioner-crl.timer`: renew the CRL before its nextUpdate
+/// (`crl` signs only when a third or less of the lifetime is left, so daily is enough for any
+/// lifetime of three days or more) and reload mosquitto so it reads the new file.
+fn render_crl_units(
+    ctx: &Context,
+    out: &Path,
+    prefix: &Path,
+    passphrase_file: &Path,
+) -> Result<(String, String)> {
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::new(
+            Code::Failure,
+            format!("cannot locate the provisioner binary: {e}"),
+        )
+    })?;
+    let home = ctx
+        .layout
+        .home
+        .canonicalize()
+        .map_err(|e| crate::exit::io(&ctx.layout.home, e))?;
+    let mut service = format!(
+        "# Written by `provisioner emit broker`: renews the site CRL when it is due and reloads\n\
+         # mosquitto, which refuses every client once the CRL's nextUpdate has passed.\n\
+         # Install on the machine holding the CA home, with the timer:\n\
+         #   install -m 0644 provisioner-crl.service provisioner-crl.timer /etc/systemd/system/\n\
+         #   systemctl daemon-reload && systemctl enable --now provisioner-crl.timer\n\
+         # The passphrase file must exist, mode 0600, owned by the account running the service.\n\
+         [Unit]\n\
+         Description=Renew the site CRL before its nextUpdate and reload mosquitto\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         UMask=0077\n\
+         ExecStart={} --home {} --passphrase-file {} crl\n",
+        unit_arg(&exe),
+        unit_arg(&home),
+        unit_arg(passphrase_file),
+    );
+    if prefix != out {
+        // The files live elsewhere on the broker machine. When that is this machine, copy the
+        // new CRL there; when it is another one, replace this line by a copy to it (scp) and the
+        // reload below by `ssh HOST systemctl reload mosquitto`.
+        service.push_str(&format!(
+            "ExecStartPost=/usr/bin/install -m 0644 {} {}\n",
+            unit_arg(&out.join("crl.pem")),
+            unit_arg(&prefix.join("crl.pem")),
+        ));
+    }
+    // SIGHUP makes mosquitto re-read its CRL; `$$` is a literal `$` in a unit file.
+    service.push_str(
+        "ExecStartPost=/bin/sh -c 'systemctl reload mosquitto.service 2>/dev/null || kill -HUP $$(pidof mosquitto)'\n",
+    );
+    let timer =
+        "# Written by `provisioner emit broker`: runs provisioner-crl.service daily; a run\n\
+                 # missed while the machine was off happens at the next boot (Persistent=true).\n\
+                 [Unit]\n\
+                 Description=Renew the site CRL daily\n\
+                 \n\
+                 [Timer]\n\
+                 OnCalendar=daily\n\
+                 RandomizedDelaySec=1h\n\
+                 Persistent=true\n\
+                 Unit=provisioner-crl.service\n\
+                 \n\
+                 [Install]\n\
+                 WantedBy=timers.target\n"
+            .to_string();
+    Ok((service, timer))
+}
+
+/// A path as one systemd command-line word: quoted, `%` and `$` escaped.
+fn unit_arg(p: &Path) -> String {
+    let s = p
+        .to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+        .replace('$', "$$");
+    format!("\"{s}\"")
+}
+
 fn give_to(user: &str, dir: &Path, files: &[PathBuf]) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
