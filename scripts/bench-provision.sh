@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 cargo build --release -q -p provisioner
-P="$PWD/target/release/provisioner"
+P="${CARGO_TARGET_DIR:-$PWD/target}/release/provisioner"
 work=$(mktemp -d)
 sim=""
 trap '[ -n "$sim" ] && kill "$sim" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
