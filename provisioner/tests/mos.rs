@@ -8,106 +8,11 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use atecc::client::Client;
 use common::*;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
-/// `provisioner sim-board --protocol mos` on a pty linked at a path; killed on drop.
-struct MosBoard {
-    child: Child,
-    link: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-}
-
-impl MosBoard {
-    fn start(dir: &Path, name: &str) -> MosBoard {
-        let link = dir.join(format!("{name}.tty"));
-        let state = dir.join(format!("{name}.chip"));
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-            .args(["sim-board", "--protocol", "mos", "--baud", "0", "--link"])
-            .arg(&link)
-            .arg("--state")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log"))
-            .spawn()
-            .expect("sim-board");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !link.exists() {
-            assert!(Instant::now() < deadline, "board {name} did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        MosBoard {
-            child,
-            link,
-            state,
-            log,
-        }
-    }
-    fn port(&self) -> String {
-        self.link.to_string_lossy().into_owned()
-    }
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn stop_and_open_chip(mut self) -> atecc::emulator::Chip {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-        atecc::emulator::Chip::open(&self.state).expect("chip state")
-    }
-}
-
-impl Drop for MosBoard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The example house with the broker on 127.0.0.1:`port`, readings every second, and a
-/// profile whose key comes from the host.
-fn site_text(port: u16) -> String {
-    let mut s = manifests::site::EXAMPLE_SMART_HOME
-        .replace(
-            "dns = [\"broker.maison.lan\", \"raspberrypi.local\"]",
-            "dns = [\"localhost\"]\nconnect = \"127.0.0.1\"",
-        )
-        .replace("ip = [\"192.168.1.10\"]", "ip = [\"127.0.0.1\"]")
-        .replace("port = 8883", &format!("port = {port}"))
-        .replace("interval_s = 30", "interval_s = 1");
-    s.push_str(
-        r#"
-[profiles.hostkey]
-description = "key generated on the host"
-key_slot = 2
-write_key_slot = 4
-key_source = "host"
-readings = [{ topic = "{root}/{room}/temperature", quantity = "temperature" }]
-qos = 1
-interval_s = 1
-"#,
-    );
-    s
-}
-
-fn home_with_site(port: u16) -> Home {
-    let home = Home::new();
-    let site = home.work().join("site.toml");
-    std::fs::write(&site, site_text(port)).expect("site");
-    home.ok(&["init", "--site", &site.to_string_lossy()]);
-    home.ok(&["server", "issue"]);
-    home
-}
 
 fn provision_mos(home: &Home, port: &str, id: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -209,7 +114,7 @@ fn check_chip(mut chip: atecc::emulator::Chip, slot: u8, cert_key: &[u8]) {
 fn a_mongoose_board_ends_in_the_same_verified_state_and_publishes_through_mosquitto() {
     let port = free_port();
     let home = home_with_site(port);
-    let board = MosBoard::start(&home.work(), "salon");
+    let board = SimBoard::start_with(&home.work(), "salon", 0, false, &["--protocol", "mos"]);
     let monitor = home.client("monitor", &["--subscribe", "maison/#"]);
     let out = home.work().join("broker");
     let emit = |h: &Home| {
@@ -334,7 +239,7 @@ fn a_host_key_needs_the_flag_and_is_refused_before_anything_is_sent() {
 #[test]
 fn with_the_flag_a_host_key_goes_in_and_the_report_says_it_crossed_in_clear() {
     let home = home_with_site(free_port());
-    let board = MosBoard::start(&home.work(), "garage");
+    let board = SimBoard::start_with(&home.work(), "garage", 0, false, &["--protocol", "mos"]);
     let o = provision_mos(
         &home,
         &board.port(),
@@ -410,7 +315,7 @@ fn crc32(data: &[u8]) -> u32 {
 #[test]
 fn the_board_drops_corrupt_and_oversized_frames_and_chatters_between_frames() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let board = MosBoard::start(dir.path(), "raw");
+    let board = SimBoard::start_with(dir.path(), "raw", 0, false, &["--protocol", "mos"]);
     let mut port = open_raw(&board.port());
 
     // Ready handshake.

@@ -292,3 +292,111 @@ pub fn subscribe_one(port: u16, cafile: &Path, c: &Client, filter: &str, timeout
         .spawn()
         .expect("mosquitto_sub")
 }
+
+/// A simulated board (`provisioner sim-board`) on a pty linked at `link`; killed on drop.
+pub struct SimBoard {
+    pub child: Child,
+    pub link: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+}
+
+impl SimBoard {
+    pub fn start(dir: &Path, name: &str, baud: u32, trace: bool) -> SimBoard {
+        Self::start_with(dir, name, baud, trace, &[])
+    }
+
+    pub fn start_with(dir: &Path, name: &str, baud: u32, trace: bool, extra: &[&str]) -> SimBoard {
+        let link = dir.join(format!("{name}.tty"));
+        let state = dir.join(format!("{name}.chip"));
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner"));
+        cmd.args([
+            "sim-board",
+            "--link",
+            &link.to_string_lossy(),
+            "--state",
+            &state.to_string_lossy(),
+            "--baud",
+            &baud.to_string(),
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+        if trace {
+            cmd.env("SENSOR_SIM_TRACE", "1");
+        }
+        let child = cmd.spawn().expect("sim-board");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !link.exists() {
+            assert!(Instant::now() < deadline, "board {name} did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SimBoard {
+            child,
+            link,
+            state,
+            log,
+        }
+    }
+    pub fn port(&self) -> String {
+        self.link.to_string_lossy().into_owned()
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Stops the board and opens its chip state with the emulator.
+    pub fn stop_and_open_chip(mut self) -> atecc::emulator::Chip {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        atecc::emulator::Chip::open(&self.state).expect("chip state")
+    }
+}
+
+impl Drop for SimBoard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A site for tests: the example house with the broker on 127.0.0.1:`port`, readings every
+/// second, and a profile whose key is injected from the host.
+pub fn site_text(port: u16) -> String {
+    let mut s = manifests::site::EXAMPLE_SMART_HOME
+        .replace(
+            "dns = [\"broker.maison.lan\", \"raspberrypi.local\"]",
+            "dns = [\"localhost\"]\nconnect = \"127.0.0.1\"",
+        )
+        .replace("ip = [\"192.168.1.10\"]", "ip = [\"127.0.0.1\"]")
+        .replace("port = 8883", &format!("port = {port}"))
+        .replace("interval_s = 30", "interval_s = 1")
+        .replace("interval_s = 60", "interval_s = 1")
+        .replace("interval_s = 10", "interval_s = 1");
+    s.push_str(
+        r#"
+[profiles.hostkey]
+description = "key generated on the host, injected with an encrypted PrivWrite"
+key_slot = 2
+write_key_slot = 4
+key_source = "host"
+readings = [{ topic = "{root}/{room}/temperature", quantity = "temperature" }]
+qos = 1
+interval_s = 1
+"#,
+    );
+    s
+}
+
+pub fn home_with_site(port: u16) -> Home {
+    let home = Home::new();
+    let site = home.work().join("site.toml");
+    std::fs::write(&site, site_text(port)).expect("site");
+    home.ok(&["init", "--site", &site.to_string_lossy()]);
+    home.ok(&["server", "issue"]);
+    home
+}
