@@ -2,12 +2,12 @@
 //! certificate, signs CSRs, revokes, keeps the CRL fresh and emits the broker configuration.
 //! All state lives under one home directory (`--home`, env `PROVISIONER_HOME`).
 
-mod bench;
 mod cmd;
 mod context;
 mod exit;
 
 use clap::{Parser, Subcommand};
+use provisioner::bench;
 
 use crate::context::Context;
 

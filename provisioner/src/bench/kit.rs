@@ -12,7 +12,7 @@ use serialport::SerialPort;
 use super::{Board, LinkError};
 
 /// Longest reply line accepted (a 4 KiB blob chunk is far shorter).
-const MAX_LINE: usize = 8192;
+pub const MAX_LINE: usize = 8192;
 /// Largest blob chunk the firmware accepts per `fw:put` / `fw:get`.
 const CHUNK: usize = 256;
 /// The chip falls asleep 1.3 s after a wake; re-wake well before.
@@ -29,7 +29,7 @@ pub struct KitLink {
     path: String,
     timeout: Duration,
     last_wake: Option<Instant>,
-    pending: Vec<u8>,
+    pending: LineReader,
     /// Lines sent and bytes moved, for the report.
     pub stats: LinkStats,
 }
@@ -71,7 +71,9 @@ impl LinkStats {
     }
 }
 
-fn sanitize(s: &str) -> String {
+/// Printable, bounded text of an untrusted reply (for messages): at most 120 characters, each
+/// ASCII graphic or a space, `...` when cut.
+pub fn sanitize(s: &str) -> String {
     let clean: String = s
         .chars()
         .map(|c| {
@@ -83,7 +85,7 @@ fn sanitize(s: &str) -> String {
         })
         .take(120)
         .collect();
-    if s.len() > 120 {
+    if s.chars().count() > 120 {
         format!("{clean}...")
     } else {
         clean
@@ -111,6 +113,87 @@ pub fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// One reply line, split: the head before the parenthesis and the payload inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// `SS` (a status byte in hex) or a text head (`fw:info` answers `version=...`).
+    pub head: String,
+    /// Hex-decoded payload when the head is a status byte, the raw text otherwise.
+    pub data: Vec<u8>,
+}
+
+/// Parses one reply line `head(payload)`. `None` when the line is not of that shape or a
+/// status reply's payload is not hex.
+pub fn parse_reply(line: &str) -> Option<Reply> {
+    let open = line.find('(')?;
+    let body = line[open + 1..].strip_suffix(')')?;
+    let head = line[..open].to_string();
+    let data = if head.len() == 2 && u8::from_str_radix(&head, 16).is_ok() {
+        from_hex(body)?
+    } else {
+        body.as_bytes().to_vec()
+    };
+    Some(Reply { head, data })
+}
+
+/// A status reply's outcome: the payload when the status is 0, otherwise the refusal's reason
+/// (the firmware's code in words, with its detail text if any). `None` if the head is not a
+/// status byte.
+pub fn parse_status(reply: Reply) -> Option<Result<Vec<u8>, String>> {
+    let code = u8::from_str_radix(&reply.head, 16)
+        .ok()
+        .filter(|_| reply.head.len() == 2)?;
+    if code == 0 {
+        return Some(Ok(reply.data));
+    }
+    let detail = String::from_utf8(reply.data)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| format!(" ({})", sanitize(&t)))
+        .unwrap_or_default();
+    Some(Err(format!("{}{detail}", fw_reason(code))))
+}
+
+/// Splits the bytes read from the port into reply lines: `\n`-terminated, trimmed of CR and
+/// NUL, empty lines skipped, lossy UTF-8. A line longer than [`MAX_LINE`] without its end is
+/// an error and the buffer starts over.
+#[derive(Debug, Default)]
+pub struct LineReader {
+    pending: Vec<u8>,
+}
+
+impl LineReader {
+    /// Appends bytes read from the port.
+    pub fn push(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+    }
+
+    /// The next complete line, `Ok(None)` if none yet, `Err(())` when the buffer holds more
+    /// than [`MAX_LINE`] bytes without a line end (it is cleared).
+    #[allow(clippy::result_unit_err)]
+    pub fn next_line(&mut self) -> Result<Option<String>, ()> {
+        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line)
+                .trim_matches(|c| c == '\r' || c == '\n' || c == '\0')
+                .to_string();
+            if !text.is_empty() {
+                return Ok(Some(text));
+            }
+        }
+        if self.pending.len() > MAX_LINE {
+            self.pending.clear();
+            return Err(());
+        }
+        Ok(None)
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
 }
 
 fn fw_reason(code: u8) -> &'static str {
@@ -141,14 +224,14 @@ impl KitLink {
             path: path.to_string(),
             timeout: Duration::from_secs(2),
             last_wake: None,
-            pending: Vec::new(),
+            pending: LineReader::default(),
             stats: LinkStats::default(),
         };
         // A partial line left by an earlier session ends here; its error reply is skipped.
         link.send_raw(b"\n")?;
         std::thread::sleep(Duration::from_millis(5));
         link.drain();
-        let (name, _) = link.exchange("board:device(00)")?;
+        let name = link.exchange("board:device(00)")?.head;
         if !name.contains("508") {
             return Err(LinkError::Protocol {
                 port: link.path.clone(),
@@ -185,23 +268,16 @@ impl KitLink {
         let deadline = Instant::now() + self.timeout;
         let mut buf = [0u8; 512];
         loop {
-            if let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=pos).collect();
-                let text = String::from_utf8_lossy(&line)
-                    .trim_matches(|c| c == '\r' || c == '\n' || c == '\0')
-                    .to_string();
-                if text.is_empty() {
-                    continue;
+            match self.pending.next_line() {
+                Ok(Some(line)) => return Ok(line),
+                Ok(None) => {}
+                Err(()) => {
+                    return Err(LinkError::Protocol {
+                        port: self.path.clone(),
+                        command: command.into(),
+                        answer: format!("a line longer than {MAX_LINE} bytes"),
+                    });
                 }
-                return Ok(text);
-            }
-            if self.pending.len() > MAX_LINE {
-                self.pending.clear();
-                return Err(LinkError::Protocol {
-                    port: self.path.clone(),
-                    command: command.into(),
-                    answer: format!("a line longer than {MAX_LINE} bytes"),
-                });
             }
             if Instant::now() > deadline {
                 return Err(LinkError::Timeout {
@@ -213,7 +289,7 @@ impl KitLink {
             match self.port.read(&mut buf) {
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
-                    self.pending.extend_from_slice(&buf[..n]);
+                    self.pending.push(&buf[..n]);
                 }
                 Err(e)
                     if e.kind() == std::io::ErrorKind::TimedOut
@@ -228,29 +304,17 @@ impl KitLink {
         }
     }
 
-    /// Sends one line; returns the reply's head (before the parenthesis) and its hex payload.
-    fn exchange(&mut self, command: &str) -> Result<(String, Vec<u8>), LinkError> {
+    /// Sends one line; returns the reply's head (before the parenthesis) and its payload.
+    fn exchange(&mut self, command: &str) -> Result<Reply, LinkError> {
         let short: String = command.chars().take(40).collect();
         self.send_raw(format!("{command}\n").as_bytes())?;
         self.stats.lines += 1;
         let line = self.read_line(&short)?;
-        let bad = || LinkError::Protocol {
+        parse_reply(&line).ok_or_else(|| LinkError::Protocol {
             port: self.path.clone(),
-            command: short.clone(),
+            command: short,
             answer: sanitize(&line),
-        };
-        let open = line.find('(').ok_or_else(bad)?;
-        if !line.ends_with(')') {
-            return Err(bad());
-        }
-        let head = line[..open].to_string();
-        let body = &line[open + 1..line.len() - 1];
-        let data = if head.len() == 2 && u8::from_str_radix(&head, 16).is_ok() {
-            from_hex(body).ok_or_else(bad)?
-        } else {
-            body.as_bytes().to_vec()
-        };
-        Ok((head, data))
+        })
     }
 
     /// Sends a line whose reply must be `SS(...)`; a non-zero status is a refusal. A reply
@@ -283,29 +347,22 @@ impl KitLink {
     }
 
     fn status_exchange_once(&mut self, command: &str) -> Result<Vec<u8>, LinkError> {
-        let (head, data) = self.exchange(command)?;
+        let reply = self.exchange(command)?;
         let short: String = command.chars().take(40).collect();
-        let code = u8::from_str_radix(&head, 16)
-            .ok()
-            .filter(|_| head.len() == 2)
-            .ok_or_else(|| LinkError::Protocol {
-                port: self.path.clone(),
-                command: short.clone(),
-                answer: sanitize(&head),
-            })?;
-        if code != 0 {
-            let detail = String::from_utf8(data)
-                .ok()
-                .filter(|t| !t.is_empty())
-                .map(|t| format!(" ({})", sanitize(&t)))
-                .unwrap_or_default();
-            return Err(LinkError::Refused {
+        let head = reply.head.clone();
+        match parse_status(reply) {
+            Some(Ok(data)) => Ok(data),
+            Some(Err(reason)) => Err(LinkError::Refused {
                 port: self.path.clone(),
                 command: short,
-                reason: format!("{}{detail}", fw_reason(code)),
-            });
+                reason,
+            }),
+            None => Err(LinkError::Protocol {
+                port: self.path.clone(),
+                command: short,
+                answer: sanitize(&head),
+            }),
         }
-        Ok(data)
     }
 
     fn expect_ok(&mut self, command: &str) -> Result<(), LinkError> {
@@ -478,8 +535,52 @@ impl KitLink {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn crc32_matches_zlib() {
-        assert_eq!(super::crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn lines_are_split_trimmed_and_bounded() {
+        let mut r = LineReader::default();
+        r.push(b"\r\n\0\nATECC508A(00)\r\n00(04");
+        assert_eq!(r.next_line(), Ok(Some("ATECC508A(00)".to_string())));
+        assert_eq!(r.next_line(), Ok(None));
+        r.push(b"113343)\n");
+        assert_eq!(r.next_line(), Ok(Some("00(04113343)".to_string())));
+        r.push(&vec![b'A'; MAX_LINE + 1]);
+        assert_eq!(r.next_line(), Err(()));
+        r.push(b"00()\n");
+        assert_eq!(
+            r.next_line(),
+            Ok(Some("00()".to_string())),
+            "recovers after the error"
+        );
+    }
+
+    #[test]
+    fn replies_are_split_and_statuses_read() {
+        let ok = parse_reply("00(04113343)").expect("reply");
+        assert_eq!(parse_status(ok), Some(Ok(vec![0x04, 0x11, 0x33, 0x43])));
+        // a refusal's payload is hex like any status reply: free text makes it malformed
+        assert_eq!(parse_reply("F1(zz)"), None);
+        let refused = parse_reply("F1()").expect("reply");
+        assert_eq!(parse_status(refused), Some(Err("no such blob".to_string())));
+        let detailed = parse_reply("E3(41)").expect("reply");
+        assert_eq!(
+            parse_status(detailed),
+            Some(Err(format!("{} (A)", fw_reason(0xE3))))
+        );
+        for bad in ["", "00", "00(0", "(00)x", "00(123)", "00(GG)"] {
+            assert_eq!(parse_reply(bad), None, "{bad}");
+        }
+        let text = parse_reply("ATECC508A(00)").expect("a text head");
+        assert_eq!(
+            (text.head.as_str(), text.data.as_slice()),
+            ("ATECC508A", &b"00"[..])
+        );
+        assert_eq!(parse_status(text), None, "not a status byte");
     }
 }

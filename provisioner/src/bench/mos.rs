@@ -241,6 +241,51 @@ fn token(raw: &[u8]) -> Option<Token> {
     }
 }
 
+/// What a reply frame says about request `id`: `None` if it answers another request (a stale
+/// reply, a notification); the `result` (null if absent); or the error object's code and its
+/// message, sanitised. Ids may come back as numbers or strings.
+pub fn reply_for(v: &Value, id: u64) -> Option<Result<Value, (i64, String)>> {
+    let same = match &v["id"] {
+        Value::Number(n) => n.as_u64() == Some(id),
+        Value::String(s) => s.parse::<u64>().ok() == Some(id),
+        _ => false,
+    };
+    if !same {
+        return None;
+    }
+    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+        let code = err["code"].as_i64().unwrap_or(0);
+        let message = err["message"].as_str().unwrap_or("");
+        return Some(Err((code, sanitize(message.as_bytes()))));
+    }
+    Some(Ok(v.get("result").cloned().unwrap_or(Value::Null)))
+}
+
+/// A result field holding exactly `N` bytes of base64 (a key, a signature, a zone).
+pub fn b64_field<const N: usize>(result: &Value, field: &str) -> Option<[u8; N]> {
+    result[field]
+        .as_str()
+        .and_then(b64::decode)
+        .and_then(|b| <[u8; N]>::try_from(b.as_slice()).ok())
+}
+
+/// One `FS.Get` result: its bytes (at most the chunk asked for) and how many are left; an
+/// empty chunk with bytes left is refused (it would never end).
+pub fn fs_chunk(r: &Value) -> Result<(Vec<u8>, u64), &'static str> {
+    let data = r["data"]
+        .as_str()
+        .and_then(b64::decode)
+        .ok_or("`data` is not base64")?;
+    let left = r["left"].as_u64().unwrap_or(0);
+    if data.len() > GET_CHUNK {
+        return Err("more bytes than asked");
+    }
+    if data.is_empty() && left > 0 {
+        return Err("no data but bytes left");
+    }
+    Ok((data, left))
+}
+
 /// Traffic counters of a link.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct MosStats {
@@ -465,29 +510,22 @@ impl MosLink {
             for t in got {
                 self.count(&t);
                 let Token::Frame(v) = t else { continue };
-                let same = match &v["id"] {
-                    Value::Number(n) => n.as_u64() == Some(id),
-                    Value::String(s) => s.parse::<u64>().ok() == Some(id),
-                    _ => false,
-                };
-                if !same {
-                    continue;
+                match reply_for(&v, id) {
+                    None => continue,
+                    Some(Ok(result)) => return Ok(result),
+                    Some(Err((code, message))) => {
+                        let hint = if code == 404 {
+                            format!(": {HINT_404}")
+                        } else {
+                            String::new()
+                        };
+                        return Err(LinkError::Refused {
+                            port: self.path.clone(),
+                            command: method.into(),
+                            reason: format!("error {code}: {message}{hint}"),
+                        });
+                    }
                 }
-                if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-                    let code = err["code"].as_i64().unwrap_or(0);
-                    let message = err["message"].as_str().unwrap_or("");
-                    let hint = if code == 404 {
-                        format!(": {HINT_404}")
-                    } else {
-                        String::new()
-                    };
-                    return Err(LinkError::Refused {
-                        port: self.path.clone(),
-                        command: method.into(),
-                        reason: format!("error {code}: {}{hint}", sanitize(message.as_bytes())),
-                    });
-                }
-                return Ok(v.get("result").cloned().unwrap_or(Value::Null));
             }
         }
         Err(self.timeout_error(method))
@@ -499,15 +537,11 @@ impl MosLink {
         result: &Value,
         field: &str,
     ) -> Result<[u8; N], LinkError> {
-        result[field]
-            .as_str()
-            .and_then(b64::decode)
-            .and_then(|b| <[u8; N]>::try_from(b.as_slice()).ok())
-            .ok_or_else(|| LinkError::Protocol {
-                port: self.path.clone(),
-                command: method.into(),
-                answer: format!("`{field}` is not {N} bytes of base64"),
-            })
+        b64_field(result, field).ok_or_else(|| LinkError::Protocol {
+            port: self.path.clone(),
+            command: method.into(),
+            answer: format!("`{field}` is not {N} bytes of base64"),
+        })
     }
 
     /// `Sys.GetInfo`: the firmware's description of itself.
@@ -611,23 +645,13 @@ impl MosLink {
                 command: format!("FS.Get {name}"),
                 answer: what.to_string(),
             };
-            let data = r["data"]
-                .as_str()
-                .and_then(b64::decode)
-                .ok_or_else(|| bad("`data` is not base64"))?;
-            let left = r["left"].as_u64().unwrap_or(0);
-            if data.len() > GET_CHUNK {
-                return Err(bad("more bytes than asked"));
-            }
+            let (data, left) = fs_chunk(&r).map_err(bad)?;
             out.extend_from_slice(&data);
             if out.len() > MAX_FILE {
                 return Err(bad("file larger than 64 KiB"));
             }
             if left == 0 {
                 return Ok(Some(out));
-            }
-            if data.is_empty() {
-                return Err(bad("no data but bytes left"));
             }
         }
     }
