@@ -11,8 +11,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lora_link::mqtt::Backoff;
+use lora_link::mqtt::{Backoff, TlsFiles, client_config, mqtt_options, qos};
 use lora_link::records::Record;
+use manifests::gateway::LoadedGateway;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 
 use crate::forward::ToRadio;
@@ -29,6 +30,36 @@ pub struct BridgeConfig {
     pub qos: QoS,
     /// Reconnection delays.
     pub backoff: Backoff,
+}
+
+impl BridgeConfig {
+    /// The bridge of a loaded gateway manifest: TLS with the gateway's own certificate and
+    /// key, the broker's CA and TLS name, client id, keep-alive, filters, QoS and back-off.
+    pub fn from_manifest(g: &LoadedGateway) -> Result<BridgeConfig, String> {
+        let m = &g.manifest.mqtt;
+        let tls = client_config(&TlsFiles {
+            ca_file: g.ca_file.clone(),
+            cert_file: g.cert_file.clone(),
+            key_file: g.key_file.clone(),
+            server_name: m.server_name.clone(),
+        })
+        .map_err(|e| format!("{}: {e}", g.path.display()))?;
+        Ok(BridgeConfig {
+            options: mqtt_options(
+                &m.client_id,
+                &m.host,
+                m.port,
+                Duration::from_secs(u64::from(m.keep_alive_s)),
+                tls,
+            ),
+            filters: m.filters.clone(),
+            qos: qos(m.qos),
+            backoff: Backoff::new(
+                Duration::from_millis(m.reconnect_min_ms),
+                Duration::from_millis(m.reconnect_max_ms),
+            ),
+        })
+    }
 }
 
 /// Why the bridge stopped by itself.

@@ -5,6 +5,7 @@
 //! [`ToRadio::Shutdown`] the thread keeps transmitting for a grace period, then counts what
 //! is left as `dropped_at_shutdown`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,7 +58,14 @@ pub fn run<R: Radio + ?Sized>(
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
             match m {
-                ToRadio::Record(r) => submit(sender, r),
+                ToRadio::Record(r) => {
+                    // A burst larger than the queue: first send what the budget allows, so
+                    // the queue drops its oldest record only when the air cannot take it.
+                    if sender.is_full() {
+                        transmit(sender, radio, start, &mut wake, counters)?;
+                    }
+                    submit(sender, r);
+                }
                 ToRadio::Shutdown => {
                     if stopping.is_none() {
                         log!(
@@ -70,59 +78,7 @@ pub fn run<R: Radio + ?Sized>(
                 }
             }
         }
-        // Transmit everything the budget allows now.
-        let mut radio_losses = 0u64;
-        let mut radio_errors = 0u64;
-        loop {
-            match sender.poll(start.elapsed()) {
-                Ok(TxPoll::Send(f)) => match radio.transmit(&f.bytes) {
-                    Ok(()) => log!(
-                        "sent frame #{}: {} record(s), {} bytes, {} on air",
-                        f.counter,
-                        f.records,
-                        f.bytes.len(),
-                        format_ms(f.time_on_air)
-                    ),
-                    Err(e) => {
-                        radio_errors += 1;
-                        radio_losses += f.records as u64;
-                        log!(
-                            "radio error, frame #{} with {} record(s) lost: {e}",
-                            f.counter,
-                            f.records
-                        );
-                    }
-                },
-                Ok(TxPoll::WaitUntil(t)) => {
-                    if wake != Some(t) {
-                        log!(
-                            "duty cycle: {} record(s) wait {} for the budget",
-                            sender.queued(),
-                            format_ms(t.saturating_sub(start.elapsed()))
-                        );
-                    }
-                    wake = Some(t);
-                    break;
-                }
-                Ok(TxPoll::Idle) => {
-                    wake = None;
-                    break;
-                }
-                Err(e) => {
-                    update(counters, sender, |c| {
-                        c.radio_errors += radio_errors;
-                        c.dropped_radio_error += radio_losses;
-                    });
-                    return Err(format!(
-                        "counter lease: {e}: stopping rather than risk reusing a frame counter"
-                    ));
-                }
-            }
-        }
-        update(counters, sender, |c| {
-            c.radio_errors += radio_errors;
-            c.dropped_radio_error += radio_losses;
-        });
+        transmit(sender, radio, start, &mut wake, counters)?;
         if let Some(deadline) = stopping
             && (sender.queued() == 0 || Instant::now() >= deadline)
         {
@@ -137,6 +93,66 @@ pub fn run<R: Radio + ?Sized>(
             return Ok(());
         }
     }
+}
+
+/// Transmits every frame the budget allows now; `wake` becomes when the budget allows the
+/// next one (None when the queue is empty).
+fn transmit<R: Radio + ?Sized>(
+    sender: &mut LinkSender,
+    radio: &mut R,
+    start: Instant,
+    wake: &mut Option<Duration>,
+    counters: &Mutex<Counters>,
+) -> Result<(), String> {
+    let mut radio_losses = 0u64;
+    let mut radio_errors = 0u64;
+    let outcome = loop {
+        match sender.poll(start.elapsed()) {
+            Ok(TxPoll::Send(f)) => match radio.transmit(&f.bytes) {
+                Ok(()) => log!(
+                    "sent frame #{}: {} record(s), {} bytes, {} on air",
+                    f.counter,
+                    f.records,
+                    f.bytes.len(),
+                    format_ms(f.time_on_air)
+                ),
+                Err(e) => {
+                    radio_errors += 1;
+                    radio_losses += f.records as u64;
+                    log!(
+                        "radio error, frame #{} with {} record(s) lost: {e}",
+                        f.counter,
+                        f.records
+                    );
+                }
+            },
+            Ok(TxPoll::WaitUntil(t)) => {
+                if *wake != Some(t) {
+                    log!(
+                        "duty cycle: {} record(s) wait {} for the budget",
+                        sender.queued(),
+                        format_ms(t.saturating_sub(start.elapsed()))
+                    );
+                }
+                *wake = Some(t);
+                break Ok(());
+            }
+            Ok(TxPoll::Idle) => {
+                *wake = None;
+                break Ok(());
+            }
+            Err(e) => {
+                break Err(format!(
+                    "counter lease: {e}: stopping rather than risk reusing a frame counter"
+                ));
+            }
+        }
+    };
+    update(counters, sender, |c| {
+        c.radio_errors += radio_errors;
+        c.dropped_radio_error += radio_losses;
+    });
+    outcome
 }
 
 fn submit(sender: &mut LinkSender, r: Record) {
@@ -160,13 +176,90 @@ fn update(counters: &Mutex<Counters>, sender: &LinkSender, f: impl FnOnce(&mut C
     f(&mut c);
 }
 
-/// Starts [`run`] on its own thread; the result says whether it stopped cleanly.
+/// Starts [`run`] on its own thread; `stopped` is set when it returns (the bridge watches it),
+/// and the result says whether it stopped cleanly.
 pub fn spawn(
     mut sender: LinkSender,
     mut radio: Box<dyn Radio + Send>,
     rx: Receiver<ToRadio>,
     counters: Arc<Mutex<Counters>>,
+    stopped: Arc<AtomicBool>,
     grace: Duration,
 ) -> std::thread::JoinHandle<Result<(), String>> {
-    std::thread::spawn(move || run(&mut sender, &mut radio, &rx, &counters, grace))
+    std::thread::spawn(move || {
+        let r = run(&mut sender, &mut radio, &rx, &counters, grace);
+        stopped.store(true, Ordering::SeqCst);
+        r
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lora_link::airtime::Modulation;
+    use lora_link::crypto::LinkKeys;
+    use lora_link::link::SenderConfig;
+    use lora_link::radio::{RadioError, RxPacket};
+    use lora_link::records::TopicTable;
+    use lora_link::state::CounterLease;
+
+    const TOPIC: &str = "maison/salon/temperature";
+
+    /// Takes every frame at once and counts them.
+    struct Instant0(u64);
+
+    impl Radio for Instant0 {
+        fn transmit(&mut self, _frame: &[u8]) -> Result<(), RadioError> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn receive(&mut self, _timeout: Duration) -> Result<Option<RxPacket>, RadioError> {
+            Ok(None)
+        }
+    }
+
+    fn burst(duty_ppm: u32, records: usize) -> (Counters, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = SenderConfig::new(
+            10,
+            1,
+            Modulation::new(7, 125_000, 5).expect("SF7"),
+            duty_ppm,
+        );
+        let lease = CounterLease::open(dir.path().join("tx.lease")).expect("lease");
+        let table = TopicTable::new([(0, TOPIC)]);
+        let mut sender = LinkSender::new(LinkKeys::derive(&[7; 16]), cfg, table, lease);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The whole burst is waiting before the radio thread looks at the channel.
+        for i in 0..records {
+            tx.send(ToRadio::Record(Record::new(TOPIC, format!("{i}"))))
+                .expect("send");
+        }
+        tx.send(ToRadio::Shutdown).expect("send");
+        let counters = Mutex::new(Counters {
+            received: records as u64,
+            ..Counters::default()
+        });
+        let mut radio = Instant0(0);
+        run(&mut sender, &mut radio, &rx, &counters, Duration::ZERO).expect("run");
+        let c = counters.into_inner().expect("counters");
+        (c, radio.0)
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_queue_is_sent_whole_when_the_air_allows() {
+        let (c, frames) = burst(1_000_000, 3000);
+        assert_eq!((c.sent, c.dropped_queue_full), (3000, 0), "{c:?}");
+        assert_eq!(c.frames_sent, frames);
+        assert!(c.balanced(), "{c:?}");
+    }
+
+    #[test]
+    fn when_the_budget_is_spent_the_oldest_records_go_and_are_counted() {
+        // 0.1 %: 3.6 s of air per hour, about ten full frames
+        let (c, _) = burst(1_000, 3000);
+        assert!(c.dropped_queue_full > 0, "{c:?}");
+        assert!(c.sent < 3000 && c.sent > 0, "{c:?}");
+        assert!(c.balanced(), "{c:?}");
+    }
 }

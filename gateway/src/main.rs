@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use gateway::bridge::{self, BridgeConfig};
 use gateway::forward::{self, ToRadio};
 use gateway::{Counters, SHUTDOWN_GRACE, log, write_counters};
 use lora_link::LinkSender;
-use lora_link::mqtt::{Backoff, TlsFiles, client_config, mqtt_options, qos};
 use manifests::gateway::GatewayManifest;
 
 /// Forward MQTT messages from the broker over the secure LoRa link.
@@ -58,13 +57,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let config = |e: String| (2u8, e);
     let g = GatewayManifest::load(&cli.manifest).map_err(|e| config(e.to_string()))?;
     let m = &g.manifest.mqtt;
-    let tls = client_config(&TlsFiles {
-        ca_file: g.ca_file.clone(),
-        cert_file: g.cert_file.clone(),
-        key_file: g.key_file.clone(),
-        server_name: m.server_name.clone(),
-    })
-    .map_err(|e| config(format!("{}: {e}", cli.manifest.display())))?;
+    let bridge_cfg = BridgeConfig::from_manifest(&g).map_err(config)?;
     let sender = LinkSender::from_manifest(&g.link).map_err(|e| (1, e.to_string()))?;
     if cli.check {
         eprintln!(
@@ -95,37 +88,14 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let counters = Arc::new(Mutex::new(Counters::default()));
     let radio_stopped = Arc::new(AtomicBool::new(false));
     let (to_radio, from_mqtt) = std::sync::mpsc::channel();
-    let radio_thread = {
-        let counters = Arc::clone(&counters);
-        let stopped = Arc::clone(&radio_stopped);
-        std::thread::spawn(move || {
-            let (mut sender, mut radio) = (sender, radio);
-            let r = forward::run(
-                &mut sender,
-                &mut radio,
-                &from_mqtt,
-                &counters,
-                SHUTDOWN_GRACE,
-            );
-            stopped.store(true, Ordering::SeqCst);
-            r
-        })
-    };
-    let bridge_cfg = BridgeConfig {
-        options: mqtt_options(
-            &m.client_id,
-            &m.host,
-            m.port,
-            Duration::from_secs(u64::from(m.keep_alive_s)),
-            tls,
-        ),
-        filters: m.filters.clone(),
-        qos: qos(m.qos),
-        backoff: Backoff::new(
-            Duration::from_millis(m.reconnect_min_ms),
-            Duration::from_millis(m.reconnect_max_ms),
-        ),
-    };
+    let radio_thread = forward::spawn(
+        sender,
+        radio,
+        from_mqtt,
+        Arc::clone(&counters),
+        Arc::clone(&radio_stopped),
+        SHUTDOWN_GRACE,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -249,6 +249,11 @@ impl LinkSender {
         self.queue.len()
     }
 
+    /// Whether the queue is at its bound: the next [`LinkSender::submit`] drops the oldest.
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.cfg.queue_capacity.max(1)
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> &TxStats {
         &self.stats
