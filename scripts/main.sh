@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_packages mosquitto mosquitto-clients openssl
 
-# The dev profile compiles in about half the time of a release build with LTO, and the
-# crypto crates are optimised in it anyway (root Cargo.toml), so the demo runs as fast.
-echo "building provisioner, gateway and lora-link..." >&2
-cargo build -q -p provisioner -p gateway -p lora-link
+# The dev profile is tuned for a short first build (root Cargo.toml: dependencies at
+# opt-level 1, no debug info for them, proc macros unoptimised); the crypto runs as fast as in
+# a release build here, which would take several times longer to compile.
+echo "building provisioner, gateway and lora-link (the first build takes a minute or two)..." >&2
+cargo build -p provisioner -p gateway -p lora-link
 P="${CARGO_TARGET_DIR:-$PWD/target}/debug/provisioner"
 # The demo creates and removes its own temporary home; it stops every process it started,
 # also on Ctrl-C. Its exit status is 0 when every QoS 1/2 reading reached the far side and

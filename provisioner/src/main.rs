@@ -106,16 +106,23 @@ fn main() {
         });
     }
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+    let level = match cli.verbose {
+        0 => tracing::level_filters::LevelFilter::WARN,
+        1 => tracing::level_filters::LevelFilter::INFO,
+        _ => tracing::level_filters::LevelFilter::DEBUG,
+    };
+    let level = match std::env::var("PROVISIONER_LOG") {
+        Ok(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!(
+                "warning: PROVISIONER_LOG={}: expected off, error, warn, info, debug or trace",
+                v.escape_debug()
+            );
+            level
+        }),
+        Err(_) => level,
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PROVISIONER_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .without_time()
         .init();

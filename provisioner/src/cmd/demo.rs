@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=100))]
     sensors: u16,
     /// Seconds of live traffic once every board is in service.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(3..=3600))]
     duration: u64,
     /// Keep the demo directory (home, configurations, logs) for inspection.
     #[arg(long)]
