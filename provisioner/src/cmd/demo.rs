@@ -728,6 +728,13 @@ fn monitor_thread(
                 if m.payload.contains("intrusion") {
                     s.intrusions.push(format!("{} {}", m.topic, m.payload));
                 }
+                // A board starts its application as soon as it is provisioned and may publish
+                // while the monitors are still subscribing: such a message reaches one side
+                // live and the other as a retained copy, or not at all. Published / delivered
+                // are counted from the reboot into service on, when both monitors listen.
+                if !LIVE.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let t = s.topics.entry(m.topic.to_string()).or_default();
                 t.qos = t.qos.max(m.qos);
                 t.last = m.payload.to_string();
