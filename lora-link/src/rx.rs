@@ -152,22 +152,67 @@ pub fn handle_packet<S: RecordSink + ?Sized>(
 
 /// Receives until `stop` is set (checked every `poll` interval) or `max_frames` frames were
 /// accepted. Per-packet radio errors (CRC) are counted and skipped.
-pub fn run<R: Radio + ?Sized, S: RecordSink + ?Sized>(
+///
+/// The radio is read on its own thread, which does nothing but take packets out of the chip:
+/// an SX127x in continuous receive keeps one packet, and the next one overwrites it. Checking,
+/// persisting the replay state (an fsync, which can take hundreds of milliseconds on an SD card
+/// or a busy disk) and handing records to the sink happen on this thread, in arrival order;
+/// what is still queued when `stop` is set is processed before returning.
+pub fn run<R: Radio + Send + ?Sized, S: RecordSink + ?Sized>(
     radio: &mut R,
     receiver: &mut LinkReceiver,
     sink: &mut S,
     stop: &AtomicBool,
     max_frames: Option<u64>,
 ) -> Result<(), RxError> {
+    let done = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<Result<RxPacket, RadioError>>();
+    std::thread::scope(|scope| {
+        let done = &done;
+        scope.spawn(move || {
+            while !stop.load(Ordering::SeqCst) && !done.load(Ordering::SeqCst) {
+                match radio.receive(Duration::from_millis(100)) {
+                    Ok(Some(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let fatal = !e.is_per_packet();
+                        if tx.send(Err(e)).is_err() || fatal {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let result = process(&rx, receiver, sink, max_frames);
+        // the radio thread stops within one receive timeout; the channel then ends
+        done.store(true, Ordering::SeqCst);
+        result
+    })
+}
+
+/// The processing half of [`run`]: until the radio thread ends (its sender is dropped) or
+/// `max_frames` frames were accepted.
+fn process<S: RecordSink + ?Sized>(
+    packets: &std::sync::mpsc::Receiver<Result<RxPacket, RadioError>>,
+    receiver: &mut LinkReceiver,
+    sink: &mut S,
+    max_frames: Option<u64>,
+) -> Result<(), RxError> {
     let mut accepted = 0u64;
-    while !stop.load(Ordering::SeqCst) && max_frames.is_none_or(|m| accepted < m) {
-        match radio.receive(Duration::from_millis(100)) {
-            Ok(Some(p)) => {
+    while max_frames.is_none_or(|m| accepted < m) {
+        let Ok(packet) = packets.recv() else {
+            return Ok(());
+        };
+        match packet {
+            Ok(p) => {
                 if handle_packet(receiver, sink, &p)?.is_some() {
                     accepted += 1;
                 }
             }
-            Ok(None) => {}
             Err(e) if e.is_per_packet() => {
                 if matches!(e, RadioError::PayloadCrc { .. }) {
                     receiver.count_phy_crc_error();

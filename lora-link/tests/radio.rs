@@ -198,3 +198,74 @@ fn a_frame_started_before_the_receiver_listened_is_missed() {
     assert_eq!(b.receive(Duration::from_millis(50)).expect("rx"), None);
     assert_eq!(cb.stats().rx_missed, 1);
 }
+
+/// A sink that stalls on its first record (a slow fsync, a busy broker) and keeps the rest.
+struct SlowSink {
+    stall: Duration,
+    records: Vec<(u32, Record)>,
+}
+
+impl lora_link::rx::RecordSink for SlowSink {
+    fn deliver(&mut self, meta: &lora_link::rx::FrameMeta, record: &Record) -> Result<(), String> {
+        if self.records.is_empty() {
+            std::thread::sleep(self.stall);
+        }
+        self.records.push((meta.counter, record.clone()));
+        Ok(())
+    }
+    fn rejected(&mut self, error: &FrameError) {
+        panic!("rejected: {error}");
+    }
+}
+
+#[test]
+fn back_to_back_frames_are_all_received_while_the_processing_stalls() {
+    let air = hub(HubConfig::default());
+    let (_ca, mut a) = radio(air.addr, &sf7());
+    let (cb, mut b) = radio(air.addr, &sf7());
+    listen(&cb, &mut b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = LinkKeys::derive(&KEY);
+    let table = TopicTable::new([(0, TEMP)]);
+    let lease = CounterLease::open(dir.path().join("tx.lease")).expect("lease");
+    let cfg = SenderConfig::new(10, 1, Modulation::new(7, 125_000, 5).expect("m"), 1_000_000);
+    let mut tx = LinkSender::new(keys.clone(), cfg, table.clone(), lease);
+    let replay = ReplayState::open(dir.path().join("rx.state")).expect("state");
+    let mut rx = LinkReceiver::new(keys, 1, [10], table, replay);
+
+    // Five single-record frames, back to back (about 57 ms on air each), while the receiving
+    // side spends 400 ms on the first record: the radio thread must keep reading the chip.
+    const FRAMES: u32 = 5;
+    let sender = std::thread::spawn(move || {
+        for i in 0..FRAMES {
+            let _ = tx.submit(Record::new(TEMP, format!("{i}").into_bytes()));
+            let TxPoll::Send(f) = tx.poll(Duration::ZERO).expect("poll") else {
+                panic!("no frame")
+            };
+            a.transmit(&f.bytes).expect("transmit");
+        }
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        // a frame lost would leave the receiver waiting: give up after 10 s
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(10));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    let mut sink = SlowSink {
+        stall: Duration::from_millis(400),
+        records: Vec::new(),
+    };
+    lora_link::rx::run(&mut b, &mut rx, &mut sink, &stop, Some(u64::from(FRAMES))).expect("run");
+    sender.join().expect("sender");
+    let counters: Vec<u32> = sink.records.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        counters,
+        (0..FRAMES).collect::<Vec<_>>(),
+        "every frame, in order"
+    );
+    assert_eq!(cb.stats().rx_overruns, 0);
+    air.stop();
+}

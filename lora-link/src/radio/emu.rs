@@ -35,6 +35,8 @@ pub struct EmuStats {
     pub rx_other_channel: u64,
     /// Frames missed because the chip was not in RX when they started.
     pub rx_missed: u64,
+    /// Packets overwritten by the next one before the host read them.
+    pub rx_overruns: u64,
     /// SPI transfers while NSS was high or RESET low (ignored, as the chip does).
     pub spi_ignored: u64,
     /// Number of resets.
@@ -137,13 +139,31 @@ impl Chip {
     }
 
     fn hear(&mut self, f: AirFrame) {
+        // LORA_EMU_TRACE=1: say on stderr why a frame on the air did not reach the host.
+        let trace = std::env::var_os("LORA_EMU_TRACE").is_some();
         let (Some(since), 5 | 6) = (self.rx_since_us, self.mode()) else {
             self.stats.rx_missed += 1;
+            if trace {
+                eprintln!(
+                    "sx1276 emulator: frame missed: not receiving (mode {})",
+                    self.mode()
+                );
+            }
             return;
         };
         if f.start_us < since {
             self.stats.rx_missed += 1;
+            if trace {
+                eprintln!("sx1276 emulator: frame missed: it started before receive mode");
+            }
             return;
+        }
+        if self.regs[usize::from(reg::IRQ_FLAGS)] & irq::RX_DONE != 0 {
+            // the previous packet was never read: this one overwrites it, as on the chip
+            self.stats.rx_overruns += 1;
+            if trace {
+                eprintln!("sx1276 emulator: overrun: the host did not read the previous packet");
+            }
         }
         let m = self.modulation();
         let tolerance = m.bw_hz / 4;
