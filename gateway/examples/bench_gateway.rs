@@ -402,7 +402,7 @@ fn latency(
     gw_manifest: &Path,
     (near_port, near_ca): (u16, &Path),
     (far_port, far_ca): (u16, &Path),
-    near: &Daemon,
+    far: &Daemon,
     sub_id: &(PathBuf, PathBuf),
     pub_id: &(PathBuf, PathBuf),
     modulation: &Modulation,
@@ -428,8 +428,7 @@ fn latency(
             .map_while(Result::ok)
             .collect::<Vec<String>>()
     });
-    std::thread::sleep(Duration::from_millis(800));
-    let _ = near;
+    wait_connected(far, "bench-far")?;
     let mut c = Command::new("mosquitto_pub");
     tls_args(&mut c, near_port, near_ca, pub_id);
     c.args(["-i", "bench-latency", "-t", TOPIC, "-l"])
@@ -727,7 +726,7 @@ fn run(o: &Opts) -> Res<serde_json::Value> {
         &gw_manifest,
         (near_port, &near_ca),
         (far_port, &far_ca),
-        &near,
+        &far,
         &subscriber,
         &publisher,
         &modulation,
