@@ -1448,12 +1448,38 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         let forged_file = work.join("forged.jsonl");
         std::fs::write(&forged_file, format!("{forged}\n"))
             .map_err(|e| crate::exit::io(&forged_file, e))?;
-        for (name, file) in [("replay", replay), ("forged", forged_file)] {
-            let mut c = Command::new(&lora_bin);
-            c.args(["inject", "--hub", &air, "--file"]).arg(&file);
-            let log = logs.join(format!("intrusion-lora-{name}.log"));
-            let (st, _) = run_short(procs, "lora-link inject", c, &log, Duration::from_secs(10))?;
-            lora_attempts.push((name, st.success()));
+        // The gateway may be on the air at that moment: a frame that collides with one of its
+        // frames is lost before the receiver can check it (as on real radios). Each intrusion
+        // is sent again, up to three times, until the receiver has logged its rejection.
+        let rejections = |reasons: &[&str]| {
+            let text = std::fs::read_to_string(&rx_log).unwrap_or_default();
+            reasons
+                .iter()
+                .map(|r| text.matches(&format!("\"rejected\":\"{r}\"")).count())
+                .sum::<usize>()
+        };
+        for (name, file, reason) in [
+            ("replay", replay, &["replay", "duplicate"][..]),
+            ("forged", forged_file, &["bad_mic"][..]),
+        ] {
+            let before = rejections(reason);
+            let mut injected = false;
+            for attempt in 1..=3 {
+                let mut c = Command::new(&lora_bin);
+                c.args(["inject", "--hub", &air, "--file"]).arg(&file);
+                let log = logs.join(format!("intrusion-lora-{name}-{attempt}.log"));
+                let (st, _) =
+                    run_short(procs, "lora-link inject", c, &log, Duration::from_secs(10))?;
+                injected |= st.success();
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while rejections(reason) == before && Instant::now() < deadline {
+                    nap(Duration::from_millis(50))?;
+                }
+                if rejections(reason) > before {
+                    break;
+                }
+            }
+            lora_attempts.push((name, injected));
         }
     }
 
