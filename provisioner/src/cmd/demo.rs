@@ -1691,7 +1691,7 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
             "published": published, "forwarded": gateway["sent"], "delivered": delivered,
             "by_qos": qos_json, "qos12_missing": missing, "qos12_all_delivered": all_delivered,
             "per_topic": per_topic,
-            "note": "published = accepted by the broker on Pi #1 from the devices; forwarded = records the gateway sent over LoRa; delivered = distinct messages a subscriber saw on the broker on Pi #2",
+            "note": "published = accepted by the broker on Pi #1 from the devices once in service (after their reboot); forwarded = every record the gateway sent over LoRa, the boards' first messages after provisioning included; delivered = distinct messages a subscriber saw on the broker on Pi #2 once in service",
         },
         "airtime": { "used_ms": airtime_us as f64 / 1000.0, "budget_ms_per_hour": budget_ms,
                      "share_of_budget": airtime_us as f64 / 1000.0 / budget_ms,
@@ -1716,6 +1716,9 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
     eprintln!(
         "   messages              {published} published on Pi #1, {} forwarded over LoRa in {} frame(s), {delivered} delivered on Pi #2",
         gateway["sent"], gateway["frames_sent"]
+    );
+    eprintln!(
+        "                         (published and delivered count from the reboot into service; forwarded also\n                          holds what the boards sent right after provisioning)"
     );
     for (q, (p, d)) in &by_qos {
         eprintln!("     QoS {q}               {p} published, {d} delivered");
