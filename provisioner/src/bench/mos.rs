@@ -35,53 +35,9 @@ const GET_CHUNK: usize = 1024;
 /// Largest file read back.
 const MAX_FILE: usize = 64 * 1024;
 
-/// Standard base64 (what Mongoose's `%V` and frozen's `%V` use).
-pub mod b64 {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    /// Encodes with padding.
-    pub fn encode(data: &[u8]) -> String {
-        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-        for chunk in data.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    fn value(c: u8) -> Option<u32> {
-        ALPHABET.iter().position(|&a| a == c).map(|p| p as u32)
-    }
-
-    /// Decodes padded or unpadded base64; `None` on any other character.
-    pub fn decode(text: &str) -> Option<Vec<u8>> {
-        let t = text.trim_end_matches('=').as_bytes();
-        if t.len() % 4 == 1 {
-            return None;
-        }
-        let mut out = Vec::with_capacity(t.len() * 3 / 4);
-        for chunk in t.chunks(4) {
-            let mut n = 0u32;
-            for (i, &c) in chunk.iter().enumerate() {
-                n |= value(c)? << (18 - 6 * i);
-            }
-            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.extend_from_slice(&bytes[..chunk.len() - 1]);
-        }
-        Some(out)
-    }
-}
+/// Standard base64 (what Mongoose's `%V` and frozen's `%V` use): the simulated board's codec,
+/// so both ends of the emulated link share one implementation.
+pub use firmware::sim::mos::b64;
 
 /// JSON text that is pure ASCII: the board throws its whole receive buffer away on any byte
 /// of 0x80 or more, so non-ASCII characters (only possible inside strings) are escaped.
