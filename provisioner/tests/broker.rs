@@ -60,18 +60,7 @@ fn a_broker_from_emit_admits_certified_clients_only_and_enforces_acl_and_crl() {
     let monitor = home.client("monitor", &["--subscribe", "maison/#"]);
     let port = free_port();
     let out = home.work().join("broker");
-    home.ok(&[
-        "emit",
-        "broker",
-        "--out",
-        &out.to_string_lossy(),
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--run-as",
-        "root",
-    ]);
+    home.emit_broker(&out, Some(port), &[]);
     let broker = Mosquitto::start(
         &out.join("mosquitto.conf"),
         port,

@@ -116,20 +116,11 @@ fn a_broker_with_an_expired_crl_refuses_clients_until_crl_renews_it_and_mosquitt
 
     let port = free_port();
     let out = home.work().join("broker");
-    home.ok(&[
-        "emit",
-        "broker",
-        "--out",
-        &out.to_string_lossy(),
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--run-as",
-        "root",
-        "--crl-passphrase-file",
-        "/etc/provisioner/ca-passphrase",
-    ]);
+    home.emit_broker(
+        &out,
+        Some(port),
+        &["--crl-passphrase-file", "/etc/provisioner/ca-passphrase"],
+    );
     let crl_pem = out.join("crl.pem");
     let shown = openssl_next_update(&crl_pem);
     assert!(!shown.is_empty(), "no nextUpdate in {}", crl_pem.display());

@@ -289,18 +289,7 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
     let near_dir = w.join("broker-near");
     let far_dir = w.join("broker-far");
     for (dir, port) in [(&near_dir, near_port), (&far_dir, far_port)] {
-        home.ok(&[
-            "emit",
-            "broker",
-            "--out",
-            &dir.to_string_lossy(),
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--run-as",
-            "root",
-        ]);
+        home.emit_broker(dir, Some(port), &[]);
     }
     let acl = std::fs::read_to_string(far_dir.join("acl")).expect("acl");
     assert!(

@@ -117,18 +117,7 @@ fn a_mongoose_board_ends_in_the_same_verified_state_and_publishes_through_mosqui
     let board = SimBoard::start_with(&home.work(), "salon", 0, false, &["--protocol", "mos"]);
     let monitor = home.client("monitor", &["--subscribe", "maison/#"]);
     let out = home.work().join("broker");
-    let emit = |h: &Home| {
-        h.ok(&[
-            "emit",
-            "broker",
-            "--out",
-            &out.to_string_lossy(),
-            "--bind",
-            "127.0.0.1",
-            "--run-as",
-            "root",
-        ])
-    };
+    let emit = |h: &Home| h.emit_broker(&out, None, &[]);
     emit(&home);
     let broker = Mosquitto::start(
         &out.join("mosquitto.conf"),
@@ -297,20 +286,7 @@ fn read_for(f: &mut File, wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+use provisioner::bench::kit::crc32;
 
 #[test]
 fn the_board_drops_corrupt_and_oversized_frames_and_chatters_between_frames() {

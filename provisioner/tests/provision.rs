@@ -75,18 +75,7 @@ fn a_blank_board_becomes_a_locked_certified_sensor_that_publishes_through_mosqui
     // The broker runs before the device exists, as at a real site.
     let monitor = home.client("monitor", &["--subscribe", "maison/#"]);
     let out = home.work().join("broker");
-    let emit = |h: &Home| {
-        h.ok(&[
-            "emit",
-            "broker",
-            "--out",
-            &out.to_string_lossy(),
-            "--bind",
-            "127.0.0.1",
-            "--run-as",
-            "root",
-        ])
-    };
+    let emit = |h: &Home| h.emit_broker(&out, None, &[]);
     emit(&home);
     let broker = Mosquitto::start(
         &out.join("mosquitto.conf"),

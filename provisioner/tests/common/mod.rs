@@ -97,6 +97,19 @@ impl Home {
         self.ok(&args);
         c
     }
+    /// `emit broker` into `out`, bound to 127.0.0.1 (and `port` if given), run as root, with
+    /// `extra` flags; returns stdout.
+    pub fn emit_broker(&self, out: &Path, port: Option<u16>, extra: &[&str]) -> String {
+        let out = out.to_string_lossy().into_owned();
+        let port = port.map(|p| p.to_string());
+        let mut args = vec!["emit", "broker", "--out", out.as_str()];
+        if let Some(p) = &port {
+            args.extend(["--port", p.as_str()]);
+        }
+        args.extend(["--bind", "127.0.0.1", "--run-as", "root"]);
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
     /// Every file under the home, relative.
     pub fn files(&self) -> Vec<String> {
         let mut out = Vec::new();
