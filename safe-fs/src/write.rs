@@ -173,10 +173,10 @@ pub fn create_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> std::io::
         .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
         .open(dir)?;
     let meta = d.metadata()?;
-    if let Some((uid, gid)) = owner {
-        if meta.uid() != uid || meta.gid() != gid {
-            std::os::unix::fs::fchown(&d, Some(uid), Some(gid))?;
-        }
+    if let Some((uid, gid)) = owner
+        && (meta.uid() != uid || meta.gid() != gid)
+    {
+        std::os::unix::fs::fchown(&d, Some(uid), Some(gid))?;
     }
     if meta.mode() & 0o7777 != mode {
         d.set_permissions(fs::Permissions::from_mode(mode))?;
