@@ -103,9 +103,19 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
-/// Refuses a secret file that group or others can access.
+/// Refuses a secret file that group or others can access (or that is not a regular file).
 pub fn check_private(path: &Path) -> Result<()> {
-    let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o777;
+    let meta = fs::metadata(path).map_err(io(path))?;
+    if !meta.is_file() {
+        return Err(Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "is {}, not a regular file",
+                safe_fs::kind_name(meta.file_type())
+            ),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::InsecurePermissions {
             path: path.to_path_buf(),
@@ -115,14 +125,14 @@ pub fn check_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a file with a size bound (inputs are hostile).
+/// Reads a regular file of at most `max` bytes (inputs are hostile: a FIFO, a device or a
+/// huge file is refused at once, see [`safe_fs::read_limited`]).
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let len = fs::metadata(path).map_err(io(path))?.len();
-    if len > max {
-        return Err(Error::BadFile {
+    safe_fs::read_limited(path, max).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => Error::BadFile {
             path: path.to_path_buf(),
-            reason: format!("{len} bytes is larger than {max}"),
-        });
-    }
-    fs::read(path).map_err(io(path))
+            reason: e.to_string(),
+        },
+        _ => io(path)(e),
+    })
 }

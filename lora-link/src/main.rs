@@ -287,7 +287,7 @@ fn run(cli: Cli) -> CliResult {
                     vec![f]
                 }
                 (None, Some(p)) => {
-                    let text = std::fs::read_to_string(&p)
+                    let text = safe_fs::read_limited_string(&p, 1 << 20)
                         .map_err(|e| usage(format!("{}: {e}", p.display())))?;
                     let mut v = Vec::new();
                     for (i, line) in text

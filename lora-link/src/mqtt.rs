@@ -80,17 +80,7 @@ fn read_pem_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsSetupError> {
         file: path.to_path_buf(),
         why,
     };
-    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read the {what}: {e}")))?;
-    if !meta.is_file() {
-        return Err(bad(format!("the {what} is not a regular file")));
-    }
-    if meta.len() > MAX_PEM {
-        return Err(bad(format!(
-            "the {what} is {} bytes, more than {MAX_PEM}: not a PEM file?",
-            meta.len()
-        )));
-    }
-    std::fs::read(path).map_err(|e| bad(format!("cannot read the {what}: {e}")))
+    safe_fs::read_limited(path, MAX_PEM).map_err(|e| bad(format!("cannot read the {what}: {e}")))
 }
 
 fn check_private(path: &Path) -> Result<(), TlsSetupError> {

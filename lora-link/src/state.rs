@@ -2,13 +2,12 @@
 //!
 //! Both live in the manifest's `state_dir`, in files named after the link key's identifier
 //! (a new key starts a new counter space) and the node address. Files are replaced
-//! atomically (write to a temporary file, fsync, rename, fsync the directory), so after a
+//! atomically (write to an unpredictable temporary file, fsync, rename, fsync the directory), so after a
 //! crash a file holds either the old or the new value, never a torn one. A file that cannot
 //! be parsed is an error, never silently reset: resetting would reuse counters (sender) or
 //! accept replays (receiver).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Counters leased per write of the lease file.
@@ -48,24 +47,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
-/// Replaces `path` with `text` atomically and durably.
+/// Largest state file we read (a replay state holds one line per sender).
+const MAX_STATE_LEN: u64 = 1 << 20;
+
+/// Replaces `path` with `text` atomically and durably, through an unpredictable `O_EXCL`
+/// temporary: a link planted in the state directory is replaced, never written through.
 fn write_atomic(path: &Path, text: &str) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    safe_fs::replace(path, text.as_bytes(), &safe_fs::Replace::new(0o600)).map_err(io(path))
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, StateError> {
-    match std::fs::read_to_string(path) {
+    match safe_fs::read_limited_string(path, MAX_STATE_LEN) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(path)(e)),
@@ -258,6 +252,61 @@ mod tests {
         assert!(matches!(
             ReplayState::open(path),
             Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn planted_links_in_the_state_directory_never_redirect_a_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("victim");
+        let path = ReplayState::path_for(dir.path(), "abcd0123", 1);
+        let lease_path = CounterLease::path_for(dir.path(), "abcd0123", 2);
+        // The names the old code used for its temporaries, and the files themselves.
+        for p in [&path, &lease_path] {
+            std::os::unix::fs::symlink(&victim, p.with_extension("tmp")).expect("plant tmp");
+        }
+        std::os::unix::fs::symlink(&victim, &lease_path).expect("plant lease");
+        let mut s = ReplayState::open(path.clone()).expect("open");
+        s.accept(10, 42).expect("accept");
+        // The planted lease "file" is read through (it is the victim's text: not a lease).
+        assert!(matches!(
+            CounterLease::open(lease_path.clone()),
+            Err(StateError::Corrupt { .. })
+        ));
+        std::fs::remove_file(&lease_path).expect("unplant");
+        std::os::unix::fs::symlink(&victim, &lease_path).expect("plant again");
+        std::fs::write(&victim, format!("{LEASE_MAGIC}\nnext=5\n")).expect("lease text");
+        let mut l = CounterLease::open(lease_path.clone()).expect("open");
+        l.next_counter().expect("counter");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            format!("{LEASE_MAGIC}\nnext=5\n"),
+            "the write replaced the link, not the file it pointed to"
+        );
+        assert!(
+            std::fs::symlink_metadata(&lease_path)
+                .expect("stat")
+                .is_file()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_fifo_or_device_as_state_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("rx.state");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        assert!(matches!(
+            ReplayState::open(fifo),
+            Err(StateError::Io { .. })
+        ));
+        assert!(matches!(
+            ReplayState::open(PathBuf::from("/dev/zero")),
+            Err(StateError::Io { .. })
         ));
     }
 }

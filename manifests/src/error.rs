@@ -134,16 +134,34 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Res
 /// Reads a UTF-8 text file with a bounded size.
 pub fn read_text(path: &Path, max: usize) -> Result<String, Error> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    // A regular file only (a FIFO would hang the reader, /dev/zero exhaust memory).
+    let bytes = safe_fs::read_limited(path, max as u64).map_err(|source| Error::Read {
         file: file.clone(),
         source,
     })?;
-    if bytes.len() > max {
-        return Err(Error::TooLarge {
-            what: "manifest file",
-            len: bytes.len(),
-            max,
-        });
-    }
     String::from_utf8(bytes).map_err(|_| Error::NotUtf8 { file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_and_gateway_manifests_from_devices_or_huge_files_are_clear_errors() {
+        let d = tempfile::tempdir().expect("dir");
+        let big = d.path().join("site.toml");
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(100 << 20))
+            .expect("100 MB");
+        for (p, what) in [
+            (Path::new("/dev/zero"), "character device"),
+            (Path::new("/dev/urandom"), "character device"),
+            (big.as_path(), "104857600 bytes"),
+        ] {
+            let e = crate::site::Site::load(p).expect_err("refused");
+            assert!(e.to_string().contains(what), "{e}");
+            let e = crate::gateway::GatewayManifest::load(p).expect_err("refused");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+    }
 }

@@ -436,7 +436,7 @@ fn load_embedded(
             } else {
                 f.clone()
             };
-            let text = std::fs::read_to_string(&kf).map_err(|source| {
+            let text = safe_fs::read_limited_string(&kf, 4096).map_err(|source| {
                 GatewayManifestError::MissingFile {
                     manifest: path.to_path_buf(),
                     field: "link.embedded.key.file",

@@ -727,8 +727,11 @@ pub fn check_topic(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest link manifest or key file read.
+const MAX_LINK_FILE_LEN: u64 = 256 * 1024;
+
 fn read_text(path: &Path) -> Result<String, LinkManifestError> {
-    std::fs::read_to_string(path).map_err(|source| LinkManifestError::Io {
+    safe_fs::read_limited_string(path, MAX_LINK_FILE_LEN).map_err(|source| LinkManifestError::Io {
         file: path.to_path_buf(),
         source,
     })
@@ -759,36 +762,7 @@ fn check_secret_mode(_path: &Path) -> Result<(), LinkManifestError> {
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename) with mode 0600.
 /// Used for manifests and key files.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    safe_fs::replace(path, bytes, &safe_fs::Replace::new(0o600))
 }
 
 /// Turns a toml error into file/line/column/field/expected.

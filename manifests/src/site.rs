@@ -317,6 +317,9 @@ impl Site {
         for (name, p) in &self.profiles {
             let f = |k: &str| format!("profiles.{name}.{k}");
             check_identity(name).map_err(|e| invalid(&format!("profiles.{name}"), name, e))?;
+            // A chip profile is a file name in the home: no `/`, no `..`.
+            check_identity(&p.chip)
+                .map_err(|e| invalid(&f("chip"), "chip", format!("a chip profile name: {e}")))?;
             if p.key_slot > 7 {
                 return Err(invalid(
                     &f("key_slot"),

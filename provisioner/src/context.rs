@@ -85,8 +85,31 @@ impl Context {
         Ok(first)
     }
 
+    /// Refuses a home that is not ours alone: whoever can write in it can replace the
+    /// ledger, the site file or a chip profile, and so decide what is issued and locked.
+    pub fn check_home(&self) -> Result<()> {
+        let home = &self.layout.home;
+        if !home.exists() {
+            return Ok(());
+        }
+        safe_fs::check_owned_dir(home).map_err(|e| {
+            CliError::new(Code::State, format!("the CA home: {e}"))
+                .with_help("the home must belong to you and be writable by you only (0700)")
+        })?;
+        let site = self.layout.site();
+        if site.exists() {
+            safe_fs::check_owned(&site).map_err(|e| {
+                CliError::new(Code::State, format!("the site file: {e}")).with_help(
+                    "the site file in the home must belong to you and be writable by you only",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Opens the ledger and files without the CA key.
     pub fn store(&self) -> Result<Store> {
+        self.check_home()?;
         Store::open(&self.layout).map_err(|e| CliError::from(e).with_help("run `provisioner init` to create a CA, or point --home / PROVISIONER_HOME at an existing one"))
     }
 
@@ -109,6 +132,7 @@ impl Context {
                     .with_help("run `provisioner init` (it writes the site file)"),
             );
         }
+        self.check_home()?;
         Ok(Site::load(&path)?)
     }
 

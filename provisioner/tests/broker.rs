@@ -214,10 +214,24 @@ fn emitted_configuration_has_every_security_setting_and_private_key_modes() {
             .mode()
             & 0o777
     };
-    assert_eq!(mode("broker.key"), 0o600);
+    // Run as root, mosquitto drops to its account: that account's group reads the key and the
+    // directory, root alone writes them.
+    use std::os::unix::fs::MetadataExt;
+    let mosquitto = nix::unistd::User::from_name("mosquitto").expect("lookup");
+    let (key_mode, dir_mode, gid) = match (&mosquitto, nix::unistd::geteuid().is_root()) {
+        (Some(u), true) => (0o640, 0o750, u.gid.as_raw()),
+        _ => (0o600, 0o700, nix::unistd::getegid().as_raw()),
+    };
+    assert_eq!(mode("broker.key"), key_mode);
+    let dir = std::fs::metadata(&out).expect("dir");
+    assert_eq!(dir.permissions().mode() & 0o777, dir_mode);
+    assert_eq!(dir.gid(), gid);
+    assert_eq!(dir.uid(), nix::unistd::geteuid().as_raw());
     assert_eq!(
-        std::fs::metadata(&out).expect("dir").permissions().mode() & 0o777,
-        0o700
+        std::fs::metadata(out.join("broker.key"))
+            .expect("key")
+            .uid(),
+        nix::unistd::geteuid().as_raw()
     );
     // Emitting again without a broker certificate in another home says what to do.
     let bare = Home::new();

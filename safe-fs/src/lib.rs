@@ -29,7 +29,7 @@ pub use root::resolve_in_root;
 pub use write::{Replace, create_dir, replace};
 
 /// What a file type is called in an error ("a FIFO", "a directory", ...).
-pub(crate) fn kind_name(ft: std::fs::FileType) -> &'static str {
+pub fn kind_name(ft: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_dir() {
         "a directory"

@@ -172,13 +172,18 @@ pub fn chip_profile(
     let text = if name == "tls-device" {
         atecc::profile::TLS_DEVICE_PROFILE.to_string()
     } else {
+        manifests::topic::check_identity(name)
+            .map_err(|e| ProvisionError::Config(format!("chip profile name: expected {e}")))?;
         let path = home.join("chips").join(format!("{name}.toml"));
-        std::fs::read_to_string(&path).map_err(|e| {
-            ProvisionError::Config(format!(
-                "chip profile `{name}`: {} ({e}); built-in: tls-device",
-                path.display()
-            ))
-        })?
+        // What it says is locked into chips for ever: it must be ours alone.
+        safe_fs::check_owned(&path)
+            .and_then(|()| safe_fs::read_limited_string(&path, 256 * 1024))
+            .map_err(|e| {
+                ProvisionError::Config(format!(
+                    "chip profile `{name}`: {} ({e}); built-in: tls-device",
+                    path.display()
+                ))
+            })?
     };
     atecc::profile::Profile::from_toml(&text)
         .map_err(|e| ProvisionError::Config(format!("chip profile `{name}`: {e:?}")))

@@ -14,7 +14,7 @@
 //! The configuration directory is staged next to its final place (`etc/.iot-gateway.new`) and
 //! renamed over it, so the Pi sees either the old or the new configuration, never a mix.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -89,15 +89,22 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         )
         .with_help("give the Pi's root filesystem, e.g. /srv/nfs/pi1"));
     }
-    let inside = |p: &str| root.join(p.trim_start_matches('/'));
-    let etc = inside(ETC_DIR);
+    // Every path as the Pi sees it: links planted in ROOT are resolved inside it, and one
+    // that leaves it is refused before anything is written.
+    let inside = |p: &str| {
+        safe_fs::resolve_in_root(&root, Path::new(p)).map_err(|e| {
+            CliError::new(Code::Input, format!("--root {}: {e}", root.display()))
+                .with_help("remove the link, or give the Pi's own root filesystem")
+        })
+    };
+    let etc = inside(ETC_DIR)?;
     let etc_parent = etc.parent().map(Path::to_path_buf).unwrap_or(root.clone());
-    let state = inside(STATE_DIR);
-    let unit = inside(UNIT_PATH);
+    let state = inside(STATE_DIR)?;
+    let unit = inside(UNIT_PATH)?;
     for d in [&etc_parent, &state, unit.parent().unwrap_or(&root)] {
-        mkdirs(d, if *d == state { 0o700 } else { 0o755 })?;
+        mkdirs(&root, d, if *d == state { 0o700 } else { 0o755 })?;
     }
-    tighten(&state, 0o700)?;
+    safe_fs::create_dir(&state, 0o700, None).map_err(|e| crate::exit::io(&state, e))?;
 
     // Stage the configuration next to its final place, then swap it in.
     let staging = etc_parent.join(".iot-gateway.new");
@@ -107,7 +114,7 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
             std::fs::remove_dir_all(leftover).map_err(|e| crate::exit::io(leftover, e))?;
         }
     }
-    ca::fsutil::private_dir(&staging)?;
+    safe_fs::create_dir(&staging, 0o700, None).map_err(|e| crate::exit::io(&staging, e))?;
     let mut opts = args.node.clone();
     opts.prefix = Some(PathBuf::from(ETC_DIR));
     opts.state_dir = Some(PathBuf::from(STATE_DIR));
@@ -151,17 +158,27 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
     Ok(())
 }
 
-fn mkdirs(dir: &Path, mode: u32) -> Result<()> {
+/// Creates `dir` (resolved inside `root`) and checks that nothing swapped a link into its
+/// path meanwhile: the directory must still be where the resolution put it.
+fn mkdirs(root: &Path, dir: &Path, mode: u32) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(dir)
-        .map_err(|e| crate::exit::io(dir, e))
-}
-
-fn tighten(dir: &Path, mode: u32) -> Result<()> {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| crate::exit::io(dir, e))
+        .map_err(|e| crate::exit::io(dir, e))?;
+    let real = dir.canonicalize().map_err(|e| crate::exit::io(dir, e))?;
+    if real != dir || !real.starts_with(root) {
+        return Err(CliError::new(
+            Code::Input,
+            format!(
+                "{} moved to {} while it was created: a link was planted under --root {}",
+                dir.display(),
+                real.display(),
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The systemd unit: restarts on failure, stops with SIGTERM (the gateway then flushes

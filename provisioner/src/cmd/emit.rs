@@ -99,7 +99,7 @@ pub struct NodeOptions {
 /// Arguments of `emit broker`.
 #[derive(Debug, clap::Args)]
 pub struct BrokerArgs {
-    /// Output directory (created 0700).
+    /// Output directory (created 0700; 0750 root:GROUP when run as root, see --run-as).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// TLS listener port. Default: the site's broker port.
@@ -108,8 +108,10 @@ pub struct BrokerArgs {
     /// Bind the listener to this address only (e.g. 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
-    /// Account mosquitto runs as (`user` directive). When run as root, the files are also
-    /// given to that account. Started as root without it, mosquitto switches to `mosquitto`.
+    /// Account mosquitto runs as (`user` directive). Started as root without it, mosquitto
+    /// switches to `mosquitto`. When run as root, OUT becomes 0750 root:GROUP and the key 0640
+    /// root:GROUP, GROUP being that account's (default `mosquitto`): it reads them, it cannot
+    /// change them.
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
     /// Directory where the files will be on the broker machine, if not OUT itself.
@@ -182,11 +184,8 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
         CliError::new(Code::State, "no CRL yet").with_help("run `provisioner crl`")
     })?;
 
-    ca::fsutil::private_dir(&args.out)?;
-    let out = args
-        .out
-        .canonicalize()
-        .map_err(|e| crate::exit::io(&args.out, e))?;
+    let access = BrokerAccess::for_account(args.run_as.as_deref())?;
+    let out = access.create_dir(&args.out)?;
     let prefix = args.prefix.clone().unwrap_or_else(|| out.clone());
     let files = BrokerFiles {
         cafile: prefix.join("ca.crt"),
@@ -258,14 +257,10 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
     let mut paths = Vec::new();
     for (name, data, mode) in &written {
         let p = out.join(name);
-        ca::fsutil::write_atomic(&p, data, *mode)?;
+        access.write(&p, data, *mode)?;
         paths.push(p);
     }
-    if let Some(user) = &args.run_as {
-        give_to(user, &out, &paths)?;
-    }
     store.add_crl_target(&out.join("crl.pem"))?;
-    // Written after `give_to`: the units belong to whoever installs them, not to mosquitto.
     let (service, timer) = render_crl_units(ctx, &out, &prefix, &args.crl_passphrase_file)?;
     for (name, text) in [
         ("provisioner-crl.service", service),
@@ -288,7 +283,6 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Gives the directory and files to `user` when running as root (mosquitto must read them).
 /// `provisioner-crl.service` and `provisioner-crl.timer`: renew the CRL before its nextUpdate
 /// (`crl` signs only when a third or less of the lifetime is left, so daily is enough for any
 /// lifetime of three days or more) and reload mosquitto so it reads the new file.
@@ -370,29 +364,64 @@ fn unit_arg(p: &Path) -> String {
     format!("\"{s}\"")
 }
 
-fn give_to(user: &str, dir: &Path, files: &[PathBuf]) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    let u = nix::unistd::User::from_name(user)
-        .map_err(|e| CliError::new(Code::Failure, format!("looking up user `{user}`: {e}")))?
-        .ok_or_else(|| {
-            CliError::new(
+/// Who may read a broker directory, and how its files are written.
+///
+/// Run as root, mosquitto starts as root and then switches to its account (`--run-as`, or
+/// `mosquitto`, its default), so that account must read the files, but it must never be able
+/// to change them: the directory and every file stay root's, the directory is `0750
+/// root:GROUP` and the key `0640 root:GROUP`, both set through the open descriptor. A process
+/// running as mosquitto can then neither plant a link in the directory nor have a root-only
+/// file handed to it. Not run as root, everything is ours and private (mosquitto started by
+/// us does not switch accounts).
+struct BrokerAccess {
+    group: Option<u32>,
+}
+
+impl BrokerAccess {
+    fn for_account(run_as: Option<&str>) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(BrokerAccess { group: None });
+        }
+        let name = run_as.unwrap_or("mosquitto");
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| CliError::new(Code::Failure, format!("looking up user `{name}`: {e}")))?;
+        match (user, run_as) {
+            (Some(u), _) => Ok(BrokerAccess {
+                group: Some(u.gid.as_raw()),
+            }),
+            (None, Some(_)) => Err(CliError::new(
                 Code::Input,
-                format!("--run-as: no user `{user}` on this machine"),
+                format!("--run-as: no user `{name}` on this machine"),
             )
-        })?;
-    for p in std::iter::once(&dir.to_path_buf()).chain(files) {
-        std::os::unix::fs::chown(p, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
-            .map_err(|e| crate::exit::io(p, e))?;
+            .with_help("give the account mosquitto runs as (Debian: mosquitto)")),
+            // No mosquitto account here: mosquitto cannot switch to it either.
+            (None, None) => Ok(BrokerAccess { group: None }),
+        }
     }
-    Ok(())
+
+    /// Creates OUT with its owner and mode and returns its canonical path.
+    fn create_dir(&self, out: &Path) -> Result<PathBuf> {
+        let (mode, owner) = match self.group {
+            Some(g) => (0o750, Some((0, g))),
+            None => (0o700, None),
+        };
+        safe_fs::create_dir(out, mode, owner).map_err(|e| crate::exit::io(out, e))?;
+        out.canonicalize().map_err(|e| crate::exit::io(out, e))
+    }
+
+    /// Writes one file: secrets (`mode` 0600) become 0640 root:GROUP when mosquitto reads them.
+    fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+        let how = match self.group {
+            Some(g) if mode & 0o077 == 0 => safe_fs::Replace::new(0o640).owner(Some((0, g))),
+            _ => safe_fs::Replace::new(mode),
+        };
+        safe_fs::replace(path, data, &how).map_err(|e| crate::exit::io(path, e))
+    }
 }
 
 /// Creates OUT (0700) and returns its canonical path.
 fn prepare_out(out: &Path) -> Result<PathBuf> {
-    ca::fsutil::private_dir(out)?;
-    out.canonicalize().map_err(|e| crate::exit::io(out, e))
+    BrokerAccess { group: None }.create_dir(out)
 }
 
 /// What `write_gateway` / `write_receiver` wrote.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use ca::{Authority, InitOptions};
-use manifests::site::{EXAMPLE_SMART_HOME, Site};
+use manifests::site::{EXAMPLE_SMART_HOME, MAX_SITE_LEN, Site};
 use serde_json::json;
 
 use crate::context::Context;
@@ -26,11 +26,15 @@ pub struct Args {
 
 /// Runs `init`.
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
+    ctx.check_home()?;
+    let read_site = |p: &std::path::Path| {
+        // Read once, bounded, as a regular file: what is checked is what is stored.
+        manifests::error::read_text(p, MAX_SITE_LEN)
+    };
     let (site, text) = match &args.site {
         Some(p) => {
-            let site = Site::load(p)?;
-            let text = std::fs::read_to_string(p).map_err(|e| crate::exit::io(p, e))?;
-            (site, text)
+            let text = read_site(p)?;
+            (Site::from_toml_str(&p.display().to_string(), &text)?, text)
         }
         None => {
             if !ctx.layout.site().exists() {
@@ -39,15 +43,16 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                     ctx.layout.site().display()
                 );
             }
-            let text = match std::fs::read_to_string(ctx.layout.site()) {
-                Ok(t) => t,
-                Err(_) => EXAMPLE_SMART_HOME.to_string(),
+            let text = if ctx.layout.site().exists() {
+                read_site(&ctx.layout.site())?
+            } else {
+                EXAMPLE_SMART_HOME.to_string()
             };
             (Site::from_toml_str("site.toml", &text)?, text)
         }
     };
     let site_path = ctx.layout.site();
-    if let Ok(existing) = std::fs::read_to_string(&site_path)
+    if let Ok(existing) = read_site(&site_path)
         && existing != text
     {
         return Err(CliError::new(
