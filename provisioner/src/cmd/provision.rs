@@ -127,8 +127,10 @@ fn room_for(id: &str, rooms: &[String]) -> Option<String> {
 const RUNS: u32 = 4;
 
 fn retryable(e: &ProvisionError) -> bool {
+    use crate::bench::LinkError;
     match e {
-        ProvisionError::Link(crate::bench::LinkError::Open(_)) => false,
+        // A missing or busy port, or the board's time is up: running again cannot help.
+        ProvisionError::Link(LinkError::Open(_) | LinkError::Deadline { .. }) => false,
         ProvisionError::Link(_) | ProvisionError::Chip { .. } => true,
         _ => false,
     }
@@ -142,8 +144,10 @@ fn provision_with_retries(
 ) -> std::result::Result<Outcome, ProvisionError> {
     let mut run = 1;
     let mut stats = crate::bench::kit::LinkStats::default();
+    // Every run and retry of this board ends by then, whatever the board sends.
+    let deadline = Instant::now() + crate::bench::kit::board_limit(baud);
     loop {
-        let r = KitLink::connect(port, baud)
+        let r = KitLink::connect_until(port, baud, deadline)
             .map_err(ProvisionError::from)
             .and_then(|mut link| {
                 let r = provision::provision(&mut link, job, shared);
