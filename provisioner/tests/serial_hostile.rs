@@ -189,6 +189,16 @@ fn a_board_that_never_answers_fails_fast_and_the_good_board_beside_it_is_provisi
     t.join().expect("thread");
     let errors = check_report(&out, elapsed, &bad, &good);
     assert!(errors[0].contains("no answer"), "{}", errors[0]);
+    // This test holds the pty open (as a serial monitor would): the error says who.
+    assert!(
+        errors[0].contains(&format!(
+            "another program has port {} open: pid {}",
+            p.port(),
+            std::process::id()
+        )),
+        "{}",
+        errors[0]
+    );
     drop(p);
 }
 
@@ -340,4 +350,61 @@ fn a_boards_firmware_text_with_terminal_escapes_is_shown_escaped() {
     for t in threads {
         t.join().expect("proxy thread");
     }
+}
+
+#[test]
+fn over_mongoose_rpc_an_endless_stream_and_a_silent_board_fail_fast_too() {
+    let home = home_with_site(free_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = pty(&home.work(), "mos-stream");
+    let silent = pty(&home.work(), "mos-silent");
+    let threads = [
+        hostile(
+            stream.master.try_clone().expect("dup"),
+            b"{\"id\":1,\"result\":null}00000000\n\x1b[2J".to_vec(),
+            stop.clone(),
+        ),
+        hostile(
+            silent.master.try_clone().expect("dup"),
+            Vec::new(),
+            stop.clone(),
+        ),
+    ];
+    let ports = [stream.port(), silent.port()];
+    let t = Instant::now();
+    let out = home.run(&[
+        "--json",
+        "device",
+        "provision",
+        "--transport",
+        "mos",
+        "--port",
+        &ports[0],
+        "--port",
+        &ports[1],
+        "--id",
+        "salon-{n}",
+        "--profile",
+        "climat",
+    ]);
+    let elapsed = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(elapsed < LIMIT, "{elapsed:?}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report");
+    let boards = v["boards"].as_array().expect("boards");
+    assert_eq!(boards.len(), 2, "{v:#}");
+    for (b, port) in boards.iter().zip(&ports) {
+        let e = b["error"].as_str().expect("error");
+        assert!(
+            e.starts_with(port.as_str()) && e.contains("no answer"),
+            "{e}"
+        );
+        assert!(!e.contains('\x1b'), "{e:?}");
+    }
+    drop((stream, silent));
 }

@@ -235,6 +235,31 @@ fn flock_owners(dev: u64, ino: u64) -> Vec<i32> {
         .collect()
 }
 
+/// When a board stayed silent: the other programs that have its port open without locking
+/// it (a `cat`, a serial monitor, ModemManager), which may be reading its replies. Empty
+/// when there are none (or we may not look).
+pub fn other_openers_hint(path: &str) -> String {
+    let pids = openers(path);
+    if pids.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = pids
+        .into_iter()
+        .map(|p| {
+            let name = comm(p);
+            if name.is_empty() {
+                format!("pid {p}")
+            } else {
+                format!("pid {p} {name}")
+            }
+        })
+        .collect();
+    format!(
+        " (another program has port {path} open: {}; if it reads the port it takes the board's replies: close it)",
+        list.join(", ")
+    )
+}
+
 /// Other processes with the port open (their `/proc/PID/fd` links name it).
 fn openers(path: &str) -> Vec<i32> {
     let Ok(target) = std::fs::canonicalize(path) else {

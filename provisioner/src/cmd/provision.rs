@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use manifests::site::KeySource;
 use serde_json::json;
 
+use crate::bench::LinkError;
 use crate::bench::kit::KitLink;
 use crate::bench::mos::MosLink;
 use crate::bench::provision::{self, Job, Outcome, Progress, ProvisionError, Quiet, Shared};
@@ -127,7 +128,6 @@ fn room_for(id: &str, rooms: &[String]) -> Option<String> {
 const RUNS: u32 = 4;
 
 fn retryable(e: &ProvisionError) -> bool {
-    use crate::bench::LinkError;
     match e {
         // A missing or busy port, or the board's time is up: running again cannot help.
         ProvisionError::Link(LinkError::Open(_) | LinkError::Deadline { .. }) => false,
@@ -325,10 +325,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .zip(&jobs)
+                .map(|(h, (port, _))| {
                     h.join().unwrap_or_else(|_| {
                         (
-                            String::new(),
+                            port.clone(),
                             Err(ProvisionError::Conflict(
                                 "provisioning thread panicked".into(),
                             )),
@@ -413,8 +414,19 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                 }
             }
             Err(e) => {
-                report.push(json!({ "port": port, "ok": false, "ms": ms, "error": e.to_string() }));
-                human.push_str(&format!("{port}: FAILED: {e}\n"));
+                // A board that stayed silent may have had its replies read by someone else.
+                let hint = match e {
+                    ProvisionError::Link(
+                        LinkError::Timeout { .. }
+                        | LinkError::RpcTimeout { .. }
+                        | LinkError::Deadline { .. },
+                    ) => crate::bench::port::other_openers_hint(port),
+                    _ => String::new(),
+                };
+                report.push(
+                    json!({ "port": port, "ok": false, "ms": ms, "error": format!("{e}{hint}") }),
+                );
+                human.push_str(&format!("{port}: FAILED: {e}{hint}\n"));
                 let code = match e {
                     ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => {
                         Code::State
