@@ -141,6 +141,19 @@ mod tests {
     }
 
     #[test]
+    fn no_character_comes_out_as_a_control_or_an_invisible_one() {
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let out = escape(&c.to_string());
+            assert!(
+                out.chars().all(|o| !o.is_control() && shown_as_is(o)),
+                "{:x} -> {out:?}",
+                c as u32
+            );
+            assert!(out.chars().count() <= 10, "{out}");
+        }
+    }
+
+    #[test]
     fn bytes_that_are_not_utf8_are_shown_as_hex() {
         assert_eq!(escape_bytes(b"ok\xff\xfe\x1b!"), "ok\\xff\\xfe\\x1b!");
         assert_eq!(escape_bytes("é".as_bytes()), "é");
