@@ -36,15 +36,16 @@ fuzz_target!(|data: &[u8]| {
                             }
                         }
                         Some(Err((_, message))) => {
-                            assert!(message.len() <= 163);
-                            assert!(message.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
+                            // 160 characters, each at most `\u{10ffff}` escaped, then `...`.
+                            assert!(message.chars().count() <= 160 * 10 + 3);
+                            assert!(message.chars().all(|c| !c.is_control()), "{message:?}");
                         }
                         None => {}
                     }
                 }
             }
             Token::Log(text) | Token::Corrupt(text) => {
-                assert!(text.is_ascii());
+                assert!(text.chars().all(|c| !c.is_control()), "{text:?}");
             }
             Token::Oversized(n) => assert!(n > LIMIT),
             Token::Ready => {}

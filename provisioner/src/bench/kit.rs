@@ -22,6 +22,22 @@ const REWAKE_AFTER: Duration = Duration::from_millis(900);
 const LINE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Sends of one line before giving up (a noisy line garbles a command or its reply).
 const ATTEMPTS: u32 = 6;
+/// All the attempts at one command, resynchronisations included, end within this.
+const COMMAND_LIMIT: Duration = Duration::from_secs(6);
+/// Draining what the board sends ends when it has been quiet for one read timeout (50 ms);
+/// a board still sending after this never waits for a command: an error.
+const DRAIN_LIMIT: Duration = Duration::from_millis(400);
+/// Largest blob read back (the firmware keeps blobs of at most 4 KiB).
+const MAX_BLOB_READ: usize = 64 * 1024;
+/// One board's whole provisioning (every run and retry) at 115200 baud or faster: a run
+/// takes a few seconds, so this only ends a line too noisy to get through.
+pub const BOARD_LIMIT: Duration = Duration::from_secs(60);
+
+/// [`BOARD_LIMIT`] scaled to `baud`: slower lines get proportionally longer.
+pub fn board_limit(baud: u32) -> Duration {
+    let factor = (115_200 / baud.max(1)).max(1);
+    BOARD_LIMIT * factor.min(100)
+}
 
 /// A board reached through the kit protocol.
 pub struct KitLink {
@@ -30,6 +46,8 @@ pub struct KitLink {
     timeout: Duration,
     last_wake: Option<Instant>,
     pending: LineReader,
+    /// Nothing is read after this: every retry of every command of this link ends by then.
+    deadline: Instant,
     /// Lines sent and bytes moved, for the report.
     pub stats: LinkStats,
 }
@@ -71,25 +89,10 @@ impl LinkStats {
     }
 }
 
-/// Printable, bounded text of an untrusted reply (for messages): at most 120 characters, each
-/// ASCII graphic or a space, `...` when cut.
+/// Printable, bounded text of an untrusted reply (for messages): at most 120 characters of
+/// it, control characters escaped ([`super::text::escape`]), `...` when cut.
 pub fn sanitize(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .take(120)
-        .collect();
-    if s.chars().count() > 120 {
-        format!("{clean}...")
-    } else {
-        clean
-    }
+    super::text::escape_max(s, 120)
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
@@ -216,8 +219,21 @@ fn fw_reason(code: u8) -> &'static str {
 }
 
 impl KitLink {
-    /// Opens the port and checks a kit-protocol board with an ATECC508A answers.
+    /// Opens the port and checks a kit-protocol board with an ATECC508A answers; the link
+    /// gives up [`board_limit`] from now.
     pub fn connect(path: &str, baud: u32) -> Result<KitLink, LinkError> {
+        Self::connect_until(path, baud, Instant::now() + board_limit(baud))
+    }
+
+    /// As [`KitLink::connect`]; nothing is read after `deadline` (every command fails with
+    /// [`LinkError::Deadline`] then).
+    pub fn connect_until(path: &str, baud: u32, deadline: Instant) -> Result<KitLink, LinkError> {
+        if Instant::now() >= deadline {
+            return Err(LinkError::Deadline {
+                port: path.to_string(),
+                command: "connect".into(),
+            });
+        }
         let port = super::port::open(path, baud)?;
         let mut link = KitLink {
             port,
@@ -225,12 +241,13 @@ impl KitLink {
             timeout: Duration::from_secs(2),
             last_wake: None,
             pending: LineReader::default(),
+            deadline,
             stats: LinkStats::default(),
         };
         // A partial line left by an earlier session ends here; its error reply is skipped.
         link.send_raw(b"\n")?;
         std::thread::sleep(Duration::from_millis(5));
-        link.drain();
+        link.drain()?;
         let name = link.exchange("board:device(00)")?.head;
         if !name.contains("508") {
             return Err(LinkError::Protocol {
@@ -245,14 +262,44 @@ impl KitLink {
         Ok(link)
     }
 
-    fn drain(&mut self) {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = self.port.read(&mut buf) {
-            if n == 0 {
-                break;
+    /// Throws away what the board sends until it is quiet for one read timeout. A board that
+    /// is never quiet (an endless stream) is an error after [`DRAIN_LIMIT`].
+    fn drain(&mut self) -> Result<(), LinkError> {
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        let mut bytes = 0u64;
+        loop {
+            match self.port.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    bytes += n as u64;
+                    self.stats.bytes_in += n as u64;
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(LinkError::Io {
+                        port: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+            if start.elapsed() > DRAIN_LIMIT {
+                self.pending.clear();
+                return Err(LinkError::Flood {
+                    port: self.path.clone(),
+                    bytes,
+                    ms: start.elapsed().as_millis() as u64,
+                });
             }
         }
         self.pending.clear();
+        Ok(())
     }
 
     fn send_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
@@ -265,7 +312,7 @@ impl KitLink {
     }
 
     fn read_line(&mut self, command: &str) -> Result<String, LinkError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = (Instant::now() + self.timeout).min(self.deadline);
         let mut buf = [0u8; 512];
         loop {
             match self.pending.next_line() {
@@ -280,6 +327,12 @@ impl KitLink {
                 }
             }
             if Instant::now() > deadline {
+                if deadline == self.deadline {
+                    return Err(LinkError::Deadline {
+                        port: self.path.clone(),
+                        command: command.into(),
+                    });
+                }
                 return Err(LinkError::Timeout {
                     port: self.path.clone(),
                     command: command.into(),
@@ -319,14 +372,24 @@ impl KitLink {
 
     /// Sends a line whose reply must be `SS(...)`; a non-zero status is a refusal. A reply
     /// that is lost or garbled, or a refusal saying the line arrived garbled, sends it again.
+    /// At most [`ATTEMPTS`] sends within [`COMMAND_LIMIT`].
     fn status_exchange(&mut self, command: &str) -> Result<Vec<u8>, LinkError> {
+        self.status_exchange_until(command, Instant::now() + COMMAND_LIMIT)
+    }
+
+    /// At most [`ATTEMPTS`] sends, none started after `until`.
+    fn status_exchange_until(
+        &mut self,
+        command: &str,
+        until: Instant,
+    ) -> Result<Vec<u8>, LinkError> {
         let mut attempt = 1;
         loop {
+            let again = attempt < ATTEMPTS && Instant::now() < until;
             match self.status_exchange_once(command) {
-                Err(LinkError::Timeout { .. } | LinkError::Protocol { .. })
-                    if attempt < ATTEMPTS => {}
+                Err(LinkError::Timeout { .. } | LinkError::Protocol { .. }) if again => {}
                 Err(LinkError::Refused { ref reason, .. })
-                    if attempt < ATTEMPTS
+                    if again
                         && (reason.starts_with(fw_reason(0xE2))
                             || reason.starts_with(fw_reason(0xE3))
                             || reason.starts_with(fw_reason(0xE4))) => {}
@@ -334,16 +397,16 @@ impl KitLink {
             }
             attempt += 1;
             self.stats.retries += 1;
-            self.resync();
+            self.resync()?;
         }
     }
 
     /// Lets a half-received line finish and discards it, so the next reply starts clean.
-    fn resync(&mut self) {
+    fn resync(&mut self) -> Result<(), LinkError> {
         std::thread::sleep(Duration::from_millis(20));
         let _ = self.send_raw(b"\n");
         std::thread::sleep(Duration::from_millis(20));
-        self.drain();
+        self.drain()
     }
 
     fn status_exchange_once(&mut self, command: &str) -> Result<Vec<u8>, LinkError> {
@@ -402,7 +465,8 @@ impl KitLink {
         // The firmware may use the chip for `fw` commands and leave it idle or asleep.
         self.last_wake = None;
         let data = self.status_exchange(command)?;
-        Ok(String::from_utf8_lossy(&data).into_owned())
+        // Board text: shown to the operator and kept in reports, so escaped here, once.
+        Ok(super::text::escape_bytes_max(&data, 512))
     }
 }
 
@@ -416,14 +480,17 @@ impl atecc::client::Transport for KitLink {
             .and_then(|&op| atecc::opcode::Opcode::from_u8(op))
             .map_or(0, |op| u64::from(op.typical_us()));
         let mut attempt = 1;
+        // Every resend of this chip command, wakes included, within one command's limit.
+        let until = Instant::now() + COMMAND_LIMIT;
         loop {
             self.rewake_if_due()?;
             self.stats.chip_commands += 1;
             self.stats.chip_typical_us += typical;
-            let frame = match self.status_exchange(&line) {
+            let again = attempt < ATTEMPTS && Instant::now() < until;
+            let frame = match self.status_exchange_until(&line, until) {
                 // The chip fell asleep (a wake line was lost): wake it and send again.
                 Err(LinkError::Refused { reason, .. })
-                    if attempt < ATTEMPTS && reason.starts_with(fw_reason(0xE1)) =>
+                    if again && reason.starts_with(fw_reason(0xE1)) =>
                 {
                     attempt += 1;
                     self.stats.retries += 1;
@@ -438,7 +505,7 @@ impl atecc::client::Transport for KitLink {
                     == frame[frame.len() - 2..];
             // 0xFF: the chip received a damaged packet and did not execute it.
             let resend = !intact || (frame.len() == 4 && frame[1] == 0xFF);
-            if resend && attempt < ATTEMPTS {
+            if resend && again {
                 attempt += 1;
                 self.stats.retries += 1;
                 continue;
@@ -476,11 +543,11 @@ impl Board for KitLink {
                     if done {
                         return Ok(Some(out));
                     }
-                    if out.len() > 1 << 20 {
+                    if out.len() > MAX_BLOB_READ {
                         return Err(LinkError::Protocol {
                             port: self.path.clone(),
                             command: format!("fw:get({name})"),
-                            answer: "endless blob".into(),
+                            answer: format!("a blob larger than {MAX_BLOB_READ} bytes"),
                         });
                     }
                 }
@@ -505,7 +572,7 @@ impl Board for KitLink {
                 Err(LinkError::Refused { .. }) if attempt < 3 => {
                     attempt += 1;
                     self.stats.retries += 1;
-                    self.resync();
+                    self.resync()?;
                 }
                 other => return other,
             }
@@ -558,6 +625,117 @@ mod tests {
             Ok(Some("00()".to_string())),
             "recovers after the error"
         );
+    }
+
+    /// A scripted kit board on a pty: `reply` answers each line the host sends (None: says
+    /// nothing; `flood`: then streams it without end). Returns the port path.
+    fn scripted(reply: fn(&str) -> Option<&'static [u8]>, flood: &'static [u8]) -> String {
+        use std::os::fd::AsFd;
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let mut t = nix::sys::termios::tcgetattr(pty.slave.as_fd()).expect("tcgetattr");
+        nix::sys::termios::cfmakeraw(&mut t);
+        nix::sys::termios::tcsetattr(pty.slave.as_fd(), nix::sys::termios::SetArg::TCSANOW, &t)
+            .expect("raw");
+        let path = nix::unistd::ttyname(&pty.slave)
+            .expect("ttyname")
+            .to_string_lossy()
+            .into_owned();
+        let mut master = std::fs::File::from(pty.master);
+        std::thread::spawn(move || {
+            let _slave = pty.slave;
+            let mut lines = LineReader::default();
+            let mut buf = [0u8; 512];
+            let mut flooding = false;
+            loop {
+                if flooding {
+                    if master.write_all(flood).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let n = match master.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                lines.push(&buf[..n]);
+                while let Ok(Some(line)) = lines.next_line() {
+                    match reply(&line) {
+                        Some(b"FLOOD") => flooding = true,
+                        Some(r) if master.write_all(r).is_err() => return,
+                        _ => {}
+                    }
+                }
+            }
+        });
+        path
+    }
+
+    fn connect_err(path: &str, deadline: Duration) -> (String, Duration) {
+        let t = Instant::now();
+        match KitLink::connect_until(path, 115_200, Instant::now() + deadline) {
+            Ok(_) => panic!("{path}: connected to a hostile board"),
+            Err(e) => (e.to_string(), t.elapsed()),
+        }
+    }
+
+    #[test]
+    fn a_reply_that_never_makes_sense_is_resent_a_bounded_number_of_times() {
+        let path = scripted(
+            |line| match line {
+                "board:device(00)" => Some(b"ATECC508A(00)\n"),
+                _ => Some(b"00(zz)\n"),
+            },
+            b"",
+        );
+        let (e, took) = connect_err(&path, Duration::from_secs(60));
+        assert!(
+            e.starts_with(&path) && e.contains("unexpected answer"),
+            "{e}"
+        );
+        assert!(e.contains("E:physical:select(C0)"), "{e}");
+        assert!(took < COMMAND_LIMIT + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn a_board_that_starts_streaming_mid_run_is_stopped_by_the_drain_limit() {
+        let path = scripted(
+            |line| match line {
+                "board:device(00)" => Some(b"ATECC508A(00)\n"),
+                _ => Some(b"FLOOD"),
+            },
+            b"00(04113343)\n\x1b[2J",
+        );
+        let (e, took) = connect_err(&path, Duration::from_secs(60));
+        assert!(
+            e.starts_with(&path) && e.contains("sends without pause"),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn nothing_is_read_after_the_links_deadline() {
+        // A board that answers nothing: the link's deadline comes before the line timeout.
+        let path = scripted(|_| None, b"");
+        let (e, took) = connect_err(&path, Duration::from_millis(500));
+        assert!(
+            e.starts_with(&path) && e.contains("time allowed for one board"),
+            "{e}"
+        );
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        let (e, _) = connect_err(&path, Duration::ZERO);
+        assert!(e.contains("gave up at `connect`"), "{e}");
+    }
+
+    #[test]
+    fn board_text_in_a_refusal_is_escaped() {
+        let refused =
+            parse_reply(&format!("E3({})", hex::encode(b"\x1b]0;pwned\x07"))).expect("reply");
+        assert_eq!(
+            parse_status(refused),
+            Some(Err(format!("{} (\\x1b]0;pwned\\x07)", fw_reason(0xE3))))
+        );
+        assert_eq!(sanitize("a\x1b[2Jb"), "a\\x1b[2Jb");
     }
 
     #[test]

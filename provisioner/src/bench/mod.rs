@@ -6,6 +6,7 @@ pub mod mos;
 pub mod port;
 pub mod provision;
 pub mod provision_mos;
+pub mod text;
 
 /// What a board link can do: talk to the chip, and to the firmware's blob store.
 pub trait Board: atecc::client::Transport<Error = LinkError> {
@@ -56,6 +57,28 @@ pub enum LinkError {
         ms: u64,
         /// What to check.
         hint: String,
+    },
+    /// The board never stops sending: it does not wait for commands.
+    #[error(
+        "{port}: the board sends without pause ({bytes} bytes in {ms} ms, never quiet) and does not wait for a command: is it running the provisioning firmware at this baud rate? (an application or a boot log floods the line: reset the board into the provisioning firmware)"
+    )]
+    Flood {
+        /// Port.
+        port: String,
+        /// Bytes received meanwhile.
+        bytes: u64,
+        /// How long it was drained.
+        ms: u64,
+    },
+    /// The whole link's time is up (every retry of every command included).
+    #[error(
+        "{port}: gave up at `{command}`: the time allowed for one board is over (the line is too noisy or the board too slow): check the cable and the baud rate, then run again"
+    )]
+    Deadline {
+        /// Port.
+        port: String,
+        /// What was being sent.
+        command: String,
     },
     /// The board answered something that is not the protocol.
     #[error("{port}: unexpected answer to `{command}`: {answer}")]

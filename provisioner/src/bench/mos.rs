@@ -95,24 +95,10 @@ impl Default for Decoder {
     }
 }
 
-/// Printable, bounded text of untrusted bytes (for messages and logs).
+/// Printable, bounded text of untrusted bytes (for messages and logs): control characters
+/// and invalid UTF-8 escaped ([`super::text::escape_bytes`]), at most 160 of them.
 pub fn sanitize(bytes: &[u8]) -> String {
-    let text: String = bytes
-        .iter()
-        .take(160)
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                b as char
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    if bytes.len() > 160 {
-        format!("{text}...")
-    } else {
-        text
-    }
+    super::text::escape_bytes_max(bytes, 160)
 }
 
 impl Decoder {
@@ -285,6 +271,8 @@ pub struct MosLink {
     chunk_gap: Duration,
     decoder: Decoder,
     next_id: u64,
+    /// Nothing is read after this: the whole link's calls end by then.
+    deadline: Instant,
     /// Counters.
     pub stats: MosStats,
 }
@@ -298,11 +286,13 @@ impl MosLink {
     /// As [`MosLink::connect`], with a timeout per call.
     pub fn connect_with(path: &str, baud: u32, timeout: Duration) -> Result<MosLink, LinkError> {
         let port = super::port::open(path, baud)?;
+        let deadline = Instant::now() + super::kit::board_limit(baud);
         // mos deasserts DTR and RTS: on most ESP boards they drive reset and GPIO0.
         let mut port = port;
         let _ = port.write_data_terminal_ready(false);
         let _ = port.write_request_to_send(false);
         let mut link = MosLink::with_port(port, path, timeout);
+        link.deadline = deadline;
         link.ready("ready handshake")?;
         Ok(link)
     }
@@ -320,6 +310,7 @@ impl MosLink {
             chunk_gap: Duration::from_millis(5),
             decoder: Decoder::default(),
             next_id,
+            deadline: Instant::now() + super::kit::BOARD_LIMIT,
             stats: MosStats::default(),
         }
     }
@@ -397,6 +388,12 @@ impl MosLink {
     }
 
     fn timeout_error(&self, command: &str) -> LinkError {
+        if Instant::now() >= self.deadline {
+            return LinkError::Deadline {
+                port: self.path.clone(),
+                command: command.to_string(),
+            };
+        }
         let mut hint = String::from(
             "is the board running Mongoose OS with RPC over UART (rpc-uart) at this baud rate, and is no other program (mos console, a serial monitor) reading the port?",
         );
@@ -416,7 +413,7 @@ impl MosLink {
 
     /// Asks "ready?" every 200 ms until the board answers.
     fn ready(&mut self, command: &str) -> Result<(), LinkError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = (Instant::now() + self.timeout).min(self.deadline);
         let mut tokens = Vec::new();
         loop {
             self.write_paced(b"\"\"\"\x04\"\"\"\n")?;
@@ -458,7 +455,7 @@ impl MosLink {
         self.ready(&format!("ready handshake before {method}"))?;
         self.write_paced(&encode_frame(&text))?;
         self.stats.requests += 1;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = (Instant::now() + self.timeout).min(self.deadline);
         let mut tokens = Vec::new();
         while Instant::now() < deadline {
             self.read_tokens(&mut tokens)?;

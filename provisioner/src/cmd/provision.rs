@@ -8,6 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use manifests::site::KeySource;
 use serde_json::json;
 
+use crate::bench::LinkError;
 use crate::bench::kit::KitLink;
 use crate::bench::mos::MosLink;
 use crate::bench::provision::{self, Job, Outcome, Progress, ProvisionError, Quiet, Shared};
@@ -128,7 +129,8 @@ const RUNS: u32 = 4;
 
 fn retryable(e: &ProvisionError) -> bool {
     match e {
-        ProvisionError::Link(crate::bench::LinkError::Open(_)) => false,
+        // A missing or busy port, or the board's time is up: running again cannot help.
+        ProvisionError::Link(LinkError::Open(_) | LinkError::Deadline { .. }) => false,
         ProvisionError::Link(_) | ProvisionError::Chip { .. } => true,
         _ => false,
     }
@@ -142,8 +144,10 @@ fn provision_with_retries(
 ) -> std::result::Result<Outcome, ProvisionError> {
     let mut run = 1;
     let mut stats = crate::bench::kit::LinkStats::default();
+    // Every run and retry of this board ends by then, whatever the board sends.
+    let deadline = Instant::now() + crate::bench::kit::board_limit(baud);
     loop {
-        let r = KitLink::connect(port, baud)
+        let r = KitLink::connect_until(port, baud, deadline)
             .map_err(ProvisionError::from)
             .and_then(|mut link| {
                 let r = provision::provision(&mut link, job, shared);
@@ -321,10 +325,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .zip(&jobs)
+                .map(|(h, (port, _))| {
                     h.join().unwrap_or_else(|_| {
                         (
-                            String::new(),
+                            port.clone(),
                             Err(ProvisionError::Conflict(
                                 "provisioning thread panicked".into(),
                             )),
@@ -409,8 +414,19 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                 }
             }
             Err(e) => {
-                report.push(json!({ "port": port, "ok": false, "ms": ms, "error": e.to_string() }));
-                human.push_str(&format!("{port}: FAILED: {e}\n"));
+                // A board that stayed silent may have had its replies read by someone else.
+                let hint = match e {
+                    ProvisionError::Link(
+                        LinkError::Timeout { .. }
+                        | LinkError::RpcTimeout { .. }
+                        | LinkError::Deadline { .. },
+                    ) => crate::bench::port::other_openers_hint(port),
+                    _ => String::new(),
+                };
+                report.push(
+                    json!({ "port": port, "ok": false, "ms": ms, "error": format!("{e}{hint}") }),
+                );
+                human.push_str(&format!("{port}: FAILED: {e}{hint}\n"));
                 let code = match e {
                     ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => {
                         Code::State
