@@ -888,12 +888,18 @@ mod tests {
         chip.set_slot_locked_bits(!((1 << 2) | (1 << 3)));
         let mut same = wanted;
         same.accept_slot_locks(&chip);
-        assert_eq!(same, wanted, "data zone unlocked: no slot lock is legitimate");
+        assert_eq!(
+            same, wanted,
+            "data zone unlocked: no slot lock is legitimate"
+        );
         chip.set_data_locked();
         let mut later = wanted;
         later.accept_slot_locks(&chip);
         assert!(later.is_slot_locked(2), "slot 2 is Lockable");
-        assert!(!later.is_slot_locked(3), "slot 3 is not: its lock stays a difference");
+        assert!(
+            !later.is_slot_locked(3),
+            "slot 3 is not: its lock stays a difference"
+        );
         assert_eq!(later.slot_locked_bits(), !(1u16 << 2));
     }
 

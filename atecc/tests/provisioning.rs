@@ -136,7 +136,11 @@ fn the_profiles_identity_slots_lock_once_and_then_the_key_can_never_be_replaced(
     assert!(zone.is_slot_locked(0) && zone.is_slot_locked(2) && !zone.is_slot_locked(1));
     // SlotLocked is config bytes 88-89, one bit per slot, 0 = locked.
     assert_eq!(zone.0[88] & 0b101, 0, "{:#04x}", zone.0[88]);
-    expect_refused(&mut chip, Command::gen_key_create(0), Status::ExecutionError);
+    expect_refused(
+        &mut chip,
+        Command::gen_key_create(0),
+        Status::ExecutionError,
+    );
     expect_refused(
         &mut chip,
         Command::lock(LockTarget::Slot(0), 0),
@@ -148,7 +152,10 @@ fn the_profiles_identity_slots_lock_once_and_then_the_key_can_never_be_replaced(
     let other: [u8; 32] = p256_key().to_bytes().into();
     let r = c.priv_write_encrypted(2, &other, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in());
     assert!(
-        matches!(r, Err(ClientError::Chip(Error::Status(Status::ExecutionError)))),
+        matches!(
+            r,
+            Err(ClientError::Chip(Error::Status(Status::ExecutionError)))
+        ),
         "{r:?}"
     );
     // The certified keys stay and still sign; the unlockable spare slot still takes GenKey.
