@@ -340,3 +340,75 @@ impl SlotLock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_files_that_are_not_certificates_name_no_owner() {
+        assert!(der_certs(b"").is_empty());
+        assert!(der_certs(b"\x1b[2Jnot a certificate\n").is_empty());
+        let broken = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(der_certs(broken).is_empty());
+        // A well-formed PEM block of garbage parses as no certificate.
+        let junk = b"-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
+        let ders = der_certs(junk);
+        assert_eq!(ders, vec![vec![0u8, 1, 2, 3, 4, 5]]);
+        assert!(describe(&ders[0], &[]).is_none());
+        // Oversized files are not parsed at all.
+        let mut big = junk.repeat(MAX_CERT_FILE / junk.len() + 1);
+        big.truncate(MAX_CERT_FILE + 1);
+        assert!(der_certs(&big).is_empty());
+        // And no more than MAX_CERTS blocks are looked at.
+        assert_eq!(der_certs(&junk.repeat(50)).len(), MAX_CERTS);
+    }
+
+    #[test]
+    fn board_text_is_escaped_before_it_reaches_a_message() {
+        let s = clean("CN=evil\x1b]0;owned\x07\n");
+        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+    }
+
+    #[test]
+    fn the_slot_lock_needs_a_lockable_slot_and_the_lock_flag() {
+        let mut wanted = ConfigZone::factory_default([0; 9]);
+        wanted.set_key_config(0, wanted.key_config(0).with_lockable(true));
+        wanted.set_key_config(1, wanted.key_config(1).with_lockable(false));
+        let job = |lock, dry_run| Job {
+            id: "salon-1".into(),
+            room: "salon".into(),
+            profile_name: "climat".into(),
+            key_source: manifests::site::KeySource::Chip,
+            lock,
+            dry_run,
+            reissue: false,
+            takeover: false,
+        };
+        let mut chip = wanted;
+        chip.set_config_locked();
+        chip.set_data_locked();
+        assert_eq!(
+            slot_lock_plan(&wanted, &chip, 1, &job(true, false)),
+            SlotLock::NotInProfile
+        );
+        assert_eq!(
+            slot_lock_plan(&wanted, &chip, 0, &job(true, false)),
+            SlotLock::Lock
+        );
+        assert_eq!(
+            slot_lock_plan(&wanted, &chip, 0, &job(false, false)),
+            SlotLock::Stopped
+        );
+        assert_eq!(
+            slot_lock_plan(&wanted, &chip, 0, &job(true, true)),
+            SlotLock::Would
+        );
+        chip.set_slot_locked_bits(!1);
+        assert_eq!(
+            slot_lock_plan(&wanted, &chip, 0, &job(false, false)),
+            SlotLock::Verified
+        );
+        assert!(key_slot_locked(&chip, 0) && !key_slot_locked(&chip, 1));
+    }
+}
