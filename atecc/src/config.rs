@@ -635,6 +635,24 @@ impl ConfigZone {
         self.slot_locked_bits() & (1 << (slot % SLOT_COUNT)) == 0
     }
 
+    /// Takes over from `chip` the slot locks it may have gained since its config zone was
+    /// locked: on a data-locked chip, a slot this zone marks Lockable and `chip` holds locked
+    /// (only Lock(slot) clears a SlotLocked bit after config lock, and only on a Lockable
+    /// slot). Comparing a profile's zone with a chip's after this tells "the same
+    /// configuration, later in its life" from "another configuration".
+    pub fn accept_slot_locks(&mut self, chip: &ConfigZone) {
+        if !chip.is_data_locked() {
+            return;
+        }
+        let mut bits = self.slot_locked_bits();
+        for n in 0..SLOT_COUNT {
+            if self.key_config(n).lockable() && chip.is_slot_locked(n) {
+                bits &= !(1 << n);
+            }
+        }
+        self.set_slot_locked_bits(bits);
+    }
+
     /// X509format[4].
     pub fn x509_format(&self) -> [u8; 4] {
         let mut f = [0u8; 4];
@@ -859,6 +877,30 @@ mod tests {
         assert_eq!(slot_blocks(8), 13);
         assert_eq!(slot_blocks(9), 3);
         assert_eq!(slot_blocks(0), 2);
+    }
+
+    #[test]
+    fn slot_locks_are_accepted_only_on_lockable_slots_of_a_data_locked_chip() {
+        let mut wanted = ConfigZone::factory_default([0; 9]);
+        wanted.set_key_config(2, wanted.key_config(2).with_lockable(true));
+        wanted.set_key_config(3, wanted.key_config(3).with_lockable(false));
+        let mut chip = wanted;
+        chip.set_slot_locked_bits(!((1 << 2) | (1 << 3)));
+        let mut same = wanted;
+        same.accept_slot_locks(&chip);
+        assert_eq!(
+            same, wanted,
+            "data zone unlocked: no slot lock is legitimate"
+        );
+        chip.set_data_locked();
+        let mut later = wanted;
+        later.accept_slot_locks(&chip);
+        assert!(later.is_slot_locked(2), "slot 2 is Lockable");
+        assert!(
+            !later.is_slot_locked(3),
+            "slot 3 is not: its lock stays a difference"
+        );
+        assert_eq!(later.slot_locked_bits(), !(1u16 << 2));
     }
 
     #[test]

@@ -348,7 +348,7 @@ fn lock() {
     expect_refused(&mut chip, Command::new(Opcode::Lock, 0x40, 0), Parse);
     expect_refused(&mut chip, Command::lock(LockTarget::Slot(14), 0), Exec); // data first
     let mut chip = locked_chip();
-    expect_refused(&mut chip, Command::lock(LockTarget::Slot(0), 0), Exec); // not lockable
+    expect_refused(&mut chip, Command::lock(LockTarget::Slot(1), 0), Exec); // not lockable
     run(&mut chip, Command::lock(LockTarget::Slot(14), 0)).unwrap();
     assert_eq!(chip.config_zone().slot_locked_bits() & (1 << 14), 0);
 }

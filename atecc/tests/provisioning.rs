@@ -118,6 +118,70 @@ fn a_key_generated_in_the_chip_signs_what_p256_verifies() {
 }
 
 #[test]
+fn the_profiles_identity_slots_lock_once_and_then_the_key_can_never_be_replaced() {
+    let mut chip = locked_chip();
+    // The built-in profile makes the identity slots Lockable; the spare slot 1 is not.
+    let zone = chip.config_zone();
+    assert!(zone.key_config(0).lockable() && zone.key_config(2).lockable());
+    assert!(!zone.key_config(1).lockable());
+    let key = p256_key();
+    let scalar: [u8; 32] = key.to_bytes().into();
+    let mut c = Client::new(&mut chip);
+    let public = c.gen_key(0).unwrap();
+    c.priv_write_encrypted(2, &scalar, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in())
+        .unwrap();
+    c.lock_slot(0).unwrap();
+    c.lock_slot(2).unwrap();
+    let zone = chip.config_zone();
+    assert!(zone.is_slot_locked(0) && zone.is_slot_locked(2) && !zone.is_slot_locked(1));
+    // SlotLocked is config bytes 88-89, one bit per slot, 0 = locked.
+    assert_eq!(zone.0[88] & 0b101, 0, "{:#04x}", zone.0[88]);
+    expect_refused(
+        &mut chip,
+        Command::gen_key_create(0),
+        Status::ExecutionError,
+    );
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Slot(0), 0),
+        Status::ExecutionError,
+    );
+    // An encrypted PrivWrite with the right write key is refused too (GenDig first, as the
+    // host would do it: the refusal is the lock, not a missing authorisation).
+    let mut c = Client::new(&mut chip);
+    let other: [u8; 32] = p256_key().to_bytes().into();
+    let r = c.priv_write_encrypted(2, &other, WRITE_KEY_SLOT, &WRITE_KEY, &nonce_in());
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Chip(Error::Status(Status::ExecutionError)))
+        ),
+        "{r:?}"
+    );
+    // The certified keys stay and still sign; the unlockable spare slot still takes GenKey.
+    assert_eq!(c.public_key(0).unwrap(), public);
+    assert_eq!(c.public_key(2).unwrap(), xy(key.verifying_key()));
+    let digest = host::sha256_digest(b"still me");
+    let rs = c.sign_digest(0, &digest).unwrap();
+    verifying_key(&public)
+        .verify_prehash(&digest, &Signature::from_slice(&rs).unwrap())
+        .expect("the locked key signs");
+    c.gen_key(1).unwrap();
+    // Lock(slot) on a slot that is not Lockable, or before the data zone is locked, fails.
+    expect_refused(
+        &mut chip,
+        Command::lock(LockTarget::Slot(1), 0),
+        Status::ExecutionError,
+    );
+    let mut early = config_locked_chip();
+    expect_refused(
+        &mut early,
+        Command::lock(LockTarget::Slot(0), 0),
+        Status::ExecutionError,
+    );
+}
+
+#[test]
 fn genkey_digest_mode_puts_the_public_key_digest_in_tempkey() {
     let mut chip = locked_chip();
     let num_in = nonce_in();

@@ -353,7 +353,10 @@ fn classify(
     run.data_locked = zone.is_data_locked();
     let profile =
         atecc::profile::Profile::from_toml(atecc::profile::TLS_DEVICE_PROFILE).expect("profile");
-    let expected = profile.to_config_zone(&zone).expect("apply profile").0;
+    // The profile's zone; on a data-locked chip the Lockable identity slot may be locked since.
+    let mut expected = profile.to_config_zone(&zone).expect("apply profile");
+    expected.accept_slot_locks(&zone);
+    let expected = expected.0;
     if run.config_locked && expected != zone.0 {
         return (
             Outcome::Inconsistent,

@@ -3,6 +3,7 @@
 
 pub mod kit;
 pub mod mos;
+pub mod ownership;
 pub mod port;
 pub mod provision;
 pub mod provision_mos;

@@ -23,6 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
+use super::ownership::{self, BoardEvidence, SlotLock};
 use super::{Board, LinkError};
 
 /// What to provision on one port.
@@ -42,6 +43,9 @@ pub struct Job {
     pub dry_run: bool,
     /// New certificate for the same chip key; the old one is revoked.
     pub reissue: bool,
+    /// Permission to take over a board another CA provisioned (re-key it, or certify its
+    /// locked key).
+    pub takeover: bool,
 }
 
 /// One step as reported.
@@ -216,6 +220,28 @@ pub fn check_profile(
         }
         _ => Ok(()),
     }
+}
+
+/// The config zone the profile wants on this chip. On a chip whose config zone is locked, the
+/// slot locks the chip gained since (Lockable slots only) are part of the same configuration.
+pub(crate) fn wanted_zone(
+    chip: &atecc::profile::Profile,
+    zone: &ConfigZone,
+) -> Result<ConfigZone, ProvisionError> {
+    let mut wanted = chip
+        .to_config_zone(zone)
+        .map_err(|e| ProvisionError::Config(format!("{e:?}")))?;
+    if zone.is_config_locked() {
+        wanted.accept_slot_locks(zone);
+    }
+    Ok(wanted)
+}
+
+/// A run changed nothing: every step verified, or skipped.
+pub(crate) fn nothing_done(steps: &[Step]) -> bool {
+    steps
+        .iter()
+        .all(|s| matches!(s.action, "verified" | "skipped"))
 }
 
 pub(crate) fn diff(current: &ConfigZone, wanted: &ConfigZone) -> Vec<FieldChange> {
@@ -593,13 +619,21 @@ pub fn provision(
         format!("ATECC508A serial {sn_hex}, revision {}", hex::encode(rev)),
     );
 
-    // The chip must not already belong to another device.
+    // The chip must not already belong to another device, nor the board to another CA.
     check_ownership(shared, &port, job, &sn_hex)?;
+    let evidence = BoardEvidence {
+        device_crt: client.transport_mut().get("device.crt")?,
+        ca_crt: client.transport_mut().get("ca.crt")?,
+        slot_key: zone
+            .is_data_locked()
+            .then(|| client.public_key(slot).ok())
+            .flatten(),
+    };
+    let owner = ownership::check_board_owner(shared, job, &port, &sn_hex, &zone, slot, &evidence)?;
+    step(&mut out, "owner", "verified", owner.detail());
 
     // 1. Config zone.
-    let wanted = chip_prof
-        .to_config_zone(&zone)
-        .map_err(|e| ProvisionError::Config(format!("{e:?}")))?;
+    let wanted = wanted_zone(&chip_prof, &zone)?;
     let changes = diff(&zone, &wanted);
     out.config_diff = changes.clone();
     if zone.is_config_locked() {
@@ -736,9 +770,23 @@ pub fn provision(
         );
     }
 
-    // 3. The key.
+    // 3. The key (a locked slot keeps its key: it is certified after proof of possession).
     let known = certified_key(shared, job, &sn_hex)?;
+    let kept = ownership::key_slot_locked(&zone, slot);
     let public: Option<[u8; 64]> = match (&known, job.dry_run) {
+        (None, dry) if kept => {
+            let detail = ownership::kept_key_detail(slot, &owner);
+            step(
+                &mut out,
+                "key",
+                if dry { "would" } else { "verified" },
+                detail,
+            );
+            (!dry)
+                .then(|| client.public_key(slot))
+                .transpose()
+                .map_err(chip_err(&port, "read public key"))?
+        }
         (Some(hexkey), _) => {
             let on_chip = client
                 .public_key(slot)
@@ -917,7 +965,35 @@ pub fn provision(
             format!("{name} ({} bytes) written and read back", data.len()),
         );
     }
-    if out.steps.iter().all(|s| s.action == "verified") {
+
+    // 7. The identity key made permanent (Lockable key slots), now that it is certified and
+    // the board carries the certificate.
+    let mut client = Client::new(&mut *board);
+    let now = client
+        .read_config_zone()
+        .map_err(chip_err(&port, "read config"))?;
+    let plan = ownership::slot_lock_plan(&wanted, &now, slot, job);
+    if plan == SlotLock::Lock {
+        shared.progress.step(&port, "locking the key slot");
+        client
+            .lock_slot(slot)
+            .map_err(chip_err(&port, "lock slot"))?;
+        let after = client
+            .read_config_zone()
+            .map_err(chip_err(&port, "read back slot lock"))?;
+        if !ownership::key_slot_locked(&after, slot) {
+            return Err(ProvisionError::Chip {
+                port,
+                step: "lock slot",
+                detail: format!("after Lock(slot {slot}) the slot is not locked"),
+            });
+        }
+    }
+    let (action, detail) = plan.report(slot);
+    step(&mut out, "key lock", action, detail);
+    if plan == SlotLock::Stopped {
+        out.status = "needs-lock";
+    } else if nothing_done(&out.steps) {
         out.status = "verified";
     }
     Ok(out)

@@ -26,10 +26,12 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use super::mos::{MosLink, SetKey};
+use super::ownership::{self, BoardEvidence, SlotLock};
 use super::provision::{
     DeviceCertificate, Job, Outcome, ProvisionError, Shared, Step, certified_key, check_ownership,
     check_profile, chip_profile, device_config, device_topics, diff, identify_chip,
-    issue_device_certificate, lock_ca, random, refuse_if_locked_differently, verify_possession,
+    issue_device_certificate, lock_ca, nothing_done, random, refuse_if_locked_differently,
+    verify_possession, wanted_zone,
 };
 use atecc::config::ConfigZone;
 
@@ -171,11 +173,19 @@ pub fn provision_mos(
         format!("ATECC508A serial {sn_hex}, revision {}", hex::encode(rev)),
     );
     check_ownership(shared, &port, job, &sn_hex)?;
+    let evidence = BoardEvidence {
+        device_crt: link.fs_get(CERT_FILE)?,
+        ca_crt: link.fs_get(CA_FILE)?,
+        slot_key: zone
+            .is_data_locked()
+            .then(|| link.get_pub_key(slot).ok())
+            .flatten(),
+    };
+    let owner = ownership::check_board_owner(shared, job, &port, &sn_hex, &zone, slot, &evidence)?;
+    step(&mut out, "owner", "verified", owner.detail());
 
     // 1. Config zone.
-    let wanted = chip_prof
-        .to_config_zone(&zone)
-        .map_err(|e| ProvisionError::Config(format!("{e:?}")))?;
+    let wanted = wanted_zone(&chip_prof, &zone)?;
     let changes = diff(&zone, &wanted);
     out.config_diff = changes.clone();
     if zone.is_config_locked() {
@@ -318,9 +328,20 @@ pub fn provision_mos(
         step(&mut out, "data zone", "done", detail);
     }
 
-    // 3. The key.
+    // 3. The key (a locked slot keeps its key: it is certified after proof of possession).
     let known = certified_key(shared, job, &sn_hex)?;
+    let kept = ownership::key_slot_locked(&zone, slot);
     let public: Option<[u8; 64]> = match (&known, job.dry_run) {
+        (None, dry) if kept => {
+            let detail = ownership::kept_key_detail(slot, &owner);
+            step(
+                &mut out,
+                "key",
+                if dry { "would" } else { "verified" },
+                detail,
+            );
+            (!dry).then(|| link.get_pub_key(slot)).transpose()?
+        }
         (Some(hexkey), _) => {
             let on_chip = link.get_pub_key(slot)?;
             if hex::encode(on_chip) != *hexkey {
@@ -540,7 +561,19 @@ pub fn provision_mos(
             ),
         );
     }
-    if out.steps.iter().all(|s| s.action == "verified") {
+    // 7. The identity key made permanent: not possible over this firmware.
+    let plan = ownership::slot_lock_plan(&wanted, &ConfigZone(link.get_config()?), slot, job);
+    let (action, detail) = match plan {
+        SlotLock::Lock | SlotLock::Stopped | SlotLock::Would => (
+            "skipped",
+            format!(
+                "slot {slot} NOT locked: Mongoose OS's ATCA.LockZone locks only the config and data zones (no single-slot Lock), so anyone with the board can still re-key it; provision it with the provisioning firmware (--transport kit) to make the key permanent"
+            ),
+        ),
+        other => other.report(slot),
+    };
+    step(&mut out, "key lock", action, detail);
+    if nothing_done(&out.steps) {
         out.status = "verified";
     }
     Ok(out)
@@ -570,6 +603,7 @@ mod tests {
             lock: true,
             dry_run: false,
             reissue: false,
+            takeover: false,
         };
         let e = check_mos_job(&job, false).expect_err("refused");
         assert!(e.to_string().contains(PLAINTEXT_FLAG));

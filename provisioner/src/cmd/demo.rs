@@ -1837,6 +1837,7 @@ fn provision_all(
                         lock: true,
                         dry_run: false,
                         reissue: false,
+                        takeover: false,
                     };
                     let r = KitLink::connect(&port, baud)
                         .map_err(ProvisionError::from)

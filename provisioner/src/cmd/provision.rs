@@ -32,6 +32,13 @@ configuration is refused with the difference by field name. --reissue gives a ne
 for the same chip key and revokes the old one. After provisioning, re-run `emit broker` so
 the broker's ACL lets the new devices in.
 
+A board provisioned by another CA home (its device.crt or ca.crt does not chain to this home's
+CA) is refused with what was found, and nothing is changed: provisioning it would re-key the
+chip and destroy its fielded identity. --takeover is the permission to do so. With a profile
+whose key slot is Lockable (the built-in tls-device), the slot is locked once the certificate
+is issued and written: that key can never be replaced; taking over such a board certifies the
+key already in the chip, after proof of possession.
+
 The private key is generated in the chip (--key-source chip, the default) or on this host and
 sent only encrypted (--key-source host, encrypted PrivWrite). The write key is generated here,
 kept encrypted in the ledger, and crosses the USB wire once, before the data zone is locked:
@@ -80,6 +87,11 @@ pub struct Args {
     /// Issue a new certificate for the same chip key and revoke the old one.
     #[arg(long)]
     reissue: bool,
+    /// Take over a board another CA provisioned: re-key it and certify it with this home.
+    /// Its fielded identity is lost (its certificate stops matching the chip's key); a locked
+    /// key slot keeps its key, which this home then certifies.
+    #[arg(long)]
+    takeover: bool,
     /// Protocol spoken by the board's firmware.
     #[arg(long, value_enum, default_value = "kit")]
     transport: Transport,
@@ -246,6 +258,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                     lock: args.lock,
                     dry_run: args.dry_run,
                     reissue: args.reissue,
+                    takeover: args.takeover,
                 },
             ))
         })
