@@ -160,6 +160,35 @@ pub fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> Resu
     Ok(())
 }
 
+/// Creates `path` with `data` (mode `mode`, durable) only if it does not exist yet, in one
+/// atomic step: the file appears complete or not at all. Returns false, changing nothing, if
+/// `path` already existed (another command may have just created it: read that one).
+pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<bool> {
+    remove_stale_temps_of(path);
+    let (tmp, f) = create_temp(path, mode)?;
+    let written = (|| {
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io(&tmp))?;
+        (&*f).write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        // link(2) fails if the target exists (and never follows a link planted there).
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(path)(e)),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    drop(f);
+    let created = written?;
+    if created && let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(created)
+}
+
 /// Removes the temporary `path` if no writer holds it (its writer died). Returns true if it
 /// was removed.
 fn remove_if_stale(path: &Path) -> Result<bool> {
@@ -340,6 +369,31 @@ mod tests {
             "a released temporary of the same file is cleaned"
         );
         assert_eq!(fs::read(&target).expect("read"), b"newer");
+        assert_eq!(temps(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn write_new_creates_once_and_never_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("broker.key");
+        let created: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..6u8)
+                .map(|t| {
+                    let target = &target;
+                    s.spawn(move || write_new(target, &[t; 64], 0o600).expect("write_new"))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+        let data = fs::read(&target).expect("read");
+        assert!(data.len() == 64 && data.iter().all(|b| *b == data[0]));
+        assert_eq!(
+            fs::metadata(&target).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!write_new(&target, b"other", 0o600).expect("write_new"));
+        assert_eq!(fs::read(&target).expect("read"), data);
         assert_eq!(temps(dir.path()), Vec::<String>::new());
     }
 
