@@ -181,10 +181,11 @@ pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<bool> {
     let _ = fs::remove_file(&tmp);
     drop(f);
     let created = written?;
-    if created && let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if created
+        && let Some(dir) = path.parent()
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
     }
     Ok(created)
 }
