@@ -424,7 +424,11 @@ impl Authority {
             let cert = p.signed_by(&issuing_key, &root_issuer)?;
             records.push(ca_record(cert.der(), Profile::IssuingCa, &name)?);
         }
-        ledger.transaction(|tx| {
+        let created = ledger.transaction(|tx| {
+            // Another `init` finished first: keep its CA (it certified the same key).
+            if tx.meta("root_serial")?.is_some() {
+                return Ok(false);
+            }
             for r in &records {
                 tx.insert_cert(r)?;
             }
@@ -433,12 +437,12 @@ impl Authority {
                 tx.set_meta("issuing_serial", &i.serial)?;
             }
             tx.set_meta("ca_name", &opts.name)?;
-            Ok(())
+            Ok(true)
         })?;
         fault::point("init-after-ledger");
         drop(ledger);
         let store = Store::open(layout)?;
-        report(&store, true)
+        report(&store, created)
     }
 
     /// Loads the CA: ledger, certificates and the signing key (decrypted with `passphrase`).
@@ -835,7 +839,11 @@ fn load_or_create_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair> {
         return keys::read_encrypted(path, passphrase);
     }
     let key = keys::generate()?;
-    keys::write_encrypted(path, &key, passphrase)?;
+    let pem = keys::encrypt_pem(&key, passphrase)?;
+    // Created only if absent: two `init` at once end with one key, the first one written.
+    if !fsutil::write_new(path, pem.as_bytes(), 0o600)? {
+        return keys::read_encrypted(path, passphrase);
+    }
     Ok(key)
 }
 

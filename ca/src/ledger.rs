@@ -152,8 +152,9 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger> {
         let fresh = !path.exists();
         if fresh {
-            // Create it 0600 before SQLite does (SQLite would honour the umask).
-            crate::fsutil::write_atomic(path, b"", 0o600)?;
+            // Create it 0600 before SQLite does (SQLite would honour the umask); never over a
+            // ledger another command has just created and opened.
+            crate::fsutil::write_new(path, b"", 0o600)?;
         } else {
             crate::fsutil::check_private(path)?;
         }

@@ -293,3 +293,59 @@ fn twenty_mixed_commands_at_once_on_one_home_all_succeed_and_leave_a_consistent_
         );
     }
 }
+
+#[test]
+fn two_inits_at_once_on_an_empty_home_agree_on_one_ca() {
+    let home = Home::new();
+    let children: Vec<Child> = (0..3).map(|_| spawn(&home, &strings(&["init"]))).collect();
+    let mut reports = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("wait for init");
+        assert!(
+            out.status.success(),
+            "init failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init json");
+        reports.push(v["ca"].clone());
+    }
+    let created = reports.iter().filter(|r| r["created"] == true).count();
+    assert_eq!(created, 1, "{reports:?}");
+    for r in &reports {
+        assert_eq!(
+            r["root_fingerprint"], reports[0]["root_fingerprint"],
+            "{reports:?}"
+        );
+    }
+    // The key on disk is the one the root certificate certifies, and the CA signs.
+    let key = home.path().join("ca/root.key");
+    let crt = home.path().join("ca/root.crt");
+    require("openssl");
+    // The passphrase through the environment, not argv.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "pkey",
+            "-in",
+            &key.to_string_lossy(),
+            "-passin",
+            "env:CA_PASS",
+            "-pubout",
+        ])
+        .env("CA_PASS", PASSPHRASE)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pubkey = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        pubkey,
+        openssl_ok(&["x509", "-in", &crt.to_string_lossy(), "-noout", "-pubkey"])
+    );
+    home.ok(&["crl", "--renew"]);
+    assert!(temporaries(&home.path().join("ca")).is_empty());
+}
