@@ -266,9 +266,17 @@ impl Store {
         }
         bundle.push_str(&cert_pem(&root));
         write_if_differs(&self.layout.ca_bundle(), bundle.as_bytes(), 0o644)?;
-        if let Some(crl) = self.ledger.latest_crl()? {
-            let pem = crl_pem(&crl.der);
-            write_if_differs(&self.layout.crl(), pem.as_bytes(), 0o644)?;
+        if let Some(crl) = self.ledger.latest_crl()?
+            && std::fs::read(self.layout.crl()).ok() != Some(crl_pem(&crl.der).into_bytes())
+        {
+            // Under the ledger's write lock: a newer CRL committed meanwhile by another
+            // command must not be overwritten by this older one.
+            self.ledger.transaction(|tx| {
+                if let Some(latest) = tx.latest_crl()? {
+                    write_if_differs(&self.layout.crl(), crl_pem(&latest.der).as_bytes(), 0o644)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -319,15 +327,21 @@ impl Store {
 
     /// Adds a file that receives a copy of every new CRL.
     pub fn add_crl_target(&self, file: &Path) -> Result<()> {
-        let mut t = self.crl_targets()?;
-        if !t.iter().any(|p| p == file) {
-            t.push(file.to_path_buf());
-            self.ledger.set_meta(
-                "crl_targets",
-                &serde_json::to_string(&t).unwrap_or_else(|_| "[]".into()),
-            )?;
-        }
-        Ok(())
+        // Read and written in one transaction: two commands adding targets at once both land.
+        self.ledger.transaction(|tx| {
+            let mut t = tx
+                .meta("crl_targets")?
+                .and_then(|s| serde_json::from_str::<Vec<PathBuf>>(&s).ok())
+                .unwrap_or_default();
+            if !t.iter().any(|p| p == file) {
+                t.push(file.to_path_buf());
+                tx.set_meta(
+                    "crl_targets",
+                    &serde_json::to_string(&t).unwrap_or_else(|_| "[]".into()),
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -366,7 +380,7 @@ impl Authority {
         fsutil::private_dir(&layout.ca_dir())?;
         fsutil::private_dir(&layout.keys_dir())?;
         fsutil::remove_stale_temps(&layout.ca_dir())?;
-        let mut ledger = Ledger::open(&layout.ledger())?;
+        let ledger = Ledger::open(&layout.ledger())?;
         if ledger.meta("root_serial")?.is_some() {
             drop(ledger);
             let store = Store::open(layout)?;
@@ -410,7 +424,11 @@ impl Authority {
             let cert = p.signed_by(&issuing_key, &root_issuer)?;
             records.push(ca_record(cert.der(), Profile::IssuingCa, &name)?);
         }
-        ledger.transaction(|tx| {
+        let created = ledger.transaction(|tx| {
+            // Another `init` finished first: keep its CA (it certified the same key).
+            if tx.meta("root_serial")?.is_some() {
+                return Ok(false);
+            }
             for r in &records {
                 tx.insert_cert(r)?;
             }
@@ -419,12 +437,12 @@ impl Authority {
                 tx.set_meta("issuing_serial", &i.serial)?;
             }
             tx.set_meta("ca_name", &opts.name)?;
-            Ok(())
+            Ok(true)
         })?;
         fault::point("init-after-ledger");
         drop(ledger);
         let store = Store::open(layout)?;
-        report(&store, true)
+        report(&store, created)
     }
 
     /// Loads the CA: ledger, certificates and the signing key (decrypted with `passphrase`).
@@ -479,84 +497,56 @@ impl Authority {
     }
 
     /// Issues many certificates in one ledger transaction (one fsync for the batch).
+    ///
+    /// Safe against other commands issuing at the same time: the look-up of each request and
+    /// the insertion of its certificate happen under the ledger's write lock, so two
+    /// identical requests racing each other end in one certificate, which the second one
+    /// returns as `existing`.
     pub fn issue_batch(&mut self, reqs: Vec<IssueRequest>) -> Result<Vec<Issued>> {
-        let t = now();
-        let mut results: Vec<Option<Issued>> = Vec::with_capacity(reqs.len());
-        let mut fresh: Vec<(CertRecord, Option<IdentityRecord>)> = Vec::new();
-        let mut serials_in_batch = std::collections::HashSet::new();
+        // Fast path, without the write lock: everything was issued before.
+        let mut known = Vec::with_capacity(reqs.len());
         for req in &reqs {
-            if let Some(rec) = self.store.ledger.by_request(&req.request_id)? {
-                results.push(Some(self.finish(rec, true)?));
-                continue;
+            match self.store.ledger.by_request(&req.request_id)? {
+                Some(rec) => known.push(rec),
+                None => break,
             }
-            let serial = loop {
-                let s = random_serial()?;
-                let hex = hex::encode(s);
-                if !self.store.ledger.serial_exists(&hex)? && serials_in_batch.insert(hex.clone()) {
-                    break s;
-                }
-            };
-            let not_before = t - BACKDATE;
-            let max_days = ((self.issuer_not_after - not_before).whole_days()).max(1) as u32;
-            let params = profile::params(
-                req.profile,
-                &req.subject,
-                &serial,
-                not_before,
-                req.days.min(max_days),
-                0,
-            )?;
-            let (nb, na) = (
-                params.not_before.unix_timestamp(),
-                params.not_after.unix_timestamp(),
-            );
-            let cert = params.signed_by(&req.public_key, &self.issuer)?;
-            let der = cert.der().to_vec();
-            let record = CertRecord {
-                serial: hex::encode(serial),
-                request_id: req.request_id.clone(),
-                identity: req
-                    .identity
-                    .as_ref()
-                    .map_or_else(|| req.subject.common_name.clone(), |i| i.id.clone()),
-                profile: req.profile.name().into(),
-                not_before: nb,
-                not_after: na,
-                der,
-                issued_at: t.unix_timestamp(),
-                revoked_at: None,
-                reason: None,
-            };
-            fresh.push((record, req.identity.clone()));
-            results.push(None);
         }
-        fault::point("issue-after-sign");
-        if !fresh.is_empty() {
-            self.store.ledger.transaction(|tx| {
-                for (rec, ident) in &fresh {
-                    tx.insert_cert(rec)?;
-                    if let Some(i) = ident {
-                        tx.upsert_identity(i, t.unix_timestamp())?;
+        if known.len() == reqs.len() {
+            return known.into_iter().map(|r| self.finish(r, true)).collect();
+        }
+        let t = now();
+        let issuer = &self.issuer;
+        let issuer_not_after = self.issuer_not_after;
+        let records = self.store.ledger.transaction(|tx| {
+            let mut out = Vec::with_capacity(reqs.len());
+            for req in &reqs {
+                // Seen under the lock, including earlier requests of this same batch.
+                if let Some(rec) = tx.by_request(&req.request_id)? {
+                    out.push((rec, true));
+                    continue;
+                }
+                let serial = loop {
+                    let s = random_serial()?;
+                    if !tx.serial_exists(&hex::encode(s))? {
+                        break s;
                     }
+                };
+                let record = sign(req, &serial, t, issuer, issuer_not_after)?;
+                tx.insert_cert(&record)?;
+                if let Some(i) = &req.identity {
+                    tx.upsert_identity(i, t.unix_timestamp())?;
                 }
-                Ok(())
-            })?;
-        }
-        fault::point("issue-after-ledger");
-        let mut fresh = fresh.into_iter();
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Some(done) => out.push(done),
-                None => {
-                    let (rec, _) = fresh
-                        .next()
-                        .ok_or_else(|| Error::Generate("batch bookkeeping".into()))?;
-                    out.push(self.finish(rec, false)?);
-                }
+                out.push((record, false));
             }
-        }
-        Ok(out)
+            // Signed, not committed: a crash here leaves nothing behind.
+            fault::point("issue-after-sign");
+            Ok(out)
+        })?;
+        fault::point("issue-after-ledger");
+        records
+            .into_iter()
+            .map(|(rec, existing)| self.finish(rec, existing))
+            .collect()
     }
 
     fn finish(&self, record: CertRecord, existing: bool) -> Result<Issued> {
@@ -693,10 +683,9 @@ impl Authority {
                     || newest_revocation.is_some_and(|r| r >= c.this_update)
             }
         };
-        let targets = self.store.crl_targets()?;
         if !due {
             let c = latest.ok_or_else(|| Error::Generate("no CRL".into()))?;
-            let written = self.write_crl(&c.der, &targets)?;
+            let written = self.write_crl()?;
             return Ok(CrlReport {
                 number: c.number,
                 this_update: rfc3339(c.this_update),
@@ -706,9 +695,14 @@ impl Authority {
                 written,
             });
         }
-        let next = (t + Duration::days(days)).min(self.issuer_not_after);
         let issuer = &self.issuer;
+        let issuer_not_after = self.issuer_not_after;
         let rec = self.store.ledger.transaction(|tx| {
+            // Read the time under the lock: a CRL with a higher number never has an earlier
+            // thisUpdate, even when this command waited for another one.
+            let t = now();
+            let ts = t.unix_timestamp();
+            let next = (t + Duration::days(days)).min(issuer_not_after);
             let number = tx.next_crl_number()?;
             let revoked = tx.revoked_unexpired(ts)?;
             let mut entries = Vec::new();
@@ -744,7 +738,7 @@ impl Authority {
             Ok(rec)
         })?;
         fault::point("crl-after-ledger");
-        let written = self.write_crl(&rec.der, &targets)?;
+        let written = self.write_crl()?;
         Ok(CrlReport {
             number: rec.number,
             this_update: rfc3339(rec.this_update),
@@ -755,19 +749,73 @@ impl Authority {
         })
     }
 
-    fn write_crl(&self, der: &[u8], targets: &[PathBuf]) -> Result<Vec<PathBuf>> {
-        let pem = crl_pem(der);
-        let mut written = vec![self.store.layout.crl()];
-        write_if_differs(&self.store.layout.crl(), pem.as_bytes(), 0o644)?;
-        for t in targets {
-            // A broker directory that was removed is skipped, not recreated.
-            if t.parent().is_some_and(Path::exists) {
-                write_if_differs(t, pem.as_bytes(), 0o644)?;
-                written.push(t.clone());
+    /// Writes the newest CRL of the ledger to the home and to every broker directory.
+    ///
+    /// Done under the ledger's write lock, reading the newest CRL there: two commands that
+    /// each signed a CRL cannot leave the older one in place, whatever order they finish in.
+    fn write_crl(&self) -> Result<Vec<PathBuf>> {
+        let home_crl = self.store.layout.crl();
+        self.store.ledger.transaction(|tx| {
+            let latest = tx
+                .latest_crl()?
+                .ok_or_else(|| Error::Generate("no CRL in the ledger".into()))?;
+            let targets = tx
+                .meta("crl_targets")?
+                .and_then(|s| serde_json::from_str::<Vec<PathBuf>>(&s).ok())
+                .unwrap_or_default();
+            let pem = crl_pem(&latest.der);
+            let mut written = vec![home_crl.clone()];
+            write_if_differs(&home_crl, pem.as_bytes(), 0o644)?;
+            for t in &targets {
+                // A broker directory that was removed is skipped, not recreated.
+                if t.parent().is_some_and(Path::exists) {
+                    write_if_differs(t, pem.as_bytes(), 0o644)?;
+                    written.push(t.clone());
+                }
             }
-        }
-        Ok(written)
+            Ok(written)
+        })
     }
+}
+
+/// Signs the certificate `req` asks for, with `serial`, issued at `t`.
+fn sign(
+    req: &IssueRequest,
+    serial: &[u8; 16],
+    t: OffsetDateTime,
+    issuer: &Issuer<'static, KeyPair>,
+    issuer_not_after: OffsetDateTime,
+) -> Result<CertRecord> {
+    let not_before = t - BACKDATE;
+    let max_days = ((issuer_not_after - not_before).whole_days()).max(1) as u32;
+    let params = profile::params(
+        req.profile,
+        &req.subject,
+        serial,
+        not_before,
+        req.days.min(max_days),
+        0,
+    )?;
+    let (nb, na) = (
+        params.not_before.unix_timestamp(),
+        params.not_after.unix_timestamp(),
+    );
+    let cert = params.signed_by(&req.public_key, issuer)?;
+    Ok(CertRecord {
+        serial: hex::encode(serial),
+        request_id: req.request_id.clone(),
+        identity: req
+            .identity
+            .as_ref()
+            .map_or_else(|| req.subject.common_name.clone(), |i| i.id.clone()),
+        profile: req.profile.name().into(),
+        not_before: nb,
+        not_after: na,
+        der: cert.der().to_vec(),
+        issued_at: t.unix_timestamp(),
+        revoked_at: None,
+        reason: None,
+    })
 }
 
 fn reason_code(reason: &str) -> Result<RevocationReason> {
@@ -791,7 +839,11 @@ fn load_or_create_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair> {
         return keys::read_encrypted(path, passphrase);
     }
     let key = keys::generate()?;
-    keys::write_encrypted(path, &key, passphrase)?;
+    let pem = keys::encrypt_pem(&key, passphrase)?;
+    // Created only if absent: two `init` at once end with one key, the first one written.
+    if !fsutil::write_new(path, pem.as_bytes(), 0o600)? {
+        return keys::read_encrypted(path, passphrase);
+    }
     Ok(key)
 }
 

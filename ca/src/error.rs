@@ -61,6 +61,16 @@ pub enum Error {
         /// The cause.
         source: rusqlite::Error,
     },
+    /// Another command held the ledger's write lock for too long.
+    #[error(
+        "ledger {path} stayed locked by another provisioner command for {seconds} s; nothing was changed.\n  fix: wait for the other command to finish, then run this one again"
+    )]
+    Busy {
+        /// The ledger file.
+        path: PathBuf,
+        /// How long this command waited.
+        seconds: u64,
+    },
     /// Certificate or CRL generation failed.
     #[error("certificate generation failed: {0}")]
     Generate(String),

@@ -1,15 +1,28 @@
 //! The ledger: a SQLite database (WAL, synchronous=FULL) of every certificate issued, every
 //! identity and its ACL, every revocation and every CRL. It is the source of truth: files
 //! under the home are materialised from it and can be rewritten from it at any time.
+//!
+//! Several commands may run at once on one home. Every write transaction starts with
+//! `BEGIN IMMEDIATE`: it takes the write lock before reading, so a read-then-write
+//! transaction never has to upgrade a stale snapshot (SQLite answers such an upgrade with
+//! SQLITE_BUSY at once, whatever the busy timeout). A command waits up to [`BUSY_TIMEOUT`] for
+//! the lock, and a transaction that still meets SQLITE_BUSY or SQLITE_LOCKED is rolled back
+//! and run again from its start.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// How long a command waits for another one that holds the ledger's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -139,8 +152,9 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger> {
         let fresh = !path.exists();
         if fresh {
-            // Create it 0600 before SQLite does (SQLite would honour the umask).
-            crate::fsutil::write_atomic(path, b"", 0o600)?;
+            // Create it 0600 before SQLite does (SQLite would honour the umask); never over a
+            // ledger another command has just created and opened.
+            crate::fsutil::write_new(path, b"", 0o600)?;
         } else {
             crate::fsutil::check_private(path)?;
         }
@@ -149,11 +163,12 @@ impl Ledger {
             source,
         };
         let conn = Connection::open(path).map_err(e)?;
+        // First, so that every later statement (even the pragmas) waits for a lock held by
+        // another command instead of failing.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
         let ledger = Ledger {
             conn,
@@ -303,14 +318,43 @@ impl Ledger {
             .map_err(self.err())
     }
 
-    /// Runs `f` in one transaction: all of it is committed, or none.
-    pub fn transaction<T>(&mut self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    /// Runs `f` in one write transaction: all of it is committed, or none.
+    ///
+    /// The transaction holds the ledger's write lock from its start (`BEGIN IMMEDIATE`), so
+    /// what `f` reads stays true until the commit. If SQLite reports the database busy or
+    /// locked, the transaction is rolled back and `f` runs again from the start (so `f` must
+    /// do nothing outside the ledger that cannot be repeated), for up to [`BUSY_TIMEOUT`].
+    pub fn transaction<T>(&self, mut f: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match self.try_transaction(&mut f) {
+                Err(e) if is_busy(&e) => {
+                    if start.elapsed() >= BUSY_TIMEOUT {
+                        return Err(Error::Busy {
+                            path: self.path.clone(),
+                            seconds: start.elapsed().as_secs(),
+                        });
+                    }
+                    attempt = attempt.saturating_add(1);
+                    tracing::debug!(attempt, "ledger busy: running the transaction again");
+                    std::thread::sleep(backoff(attempt));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_transaction<T>(&self, f: &mut impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
         let path = self.path.clone();
         let e = |source| Error::Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(e)?;
+        // `&self` is enough: a `Ledger` is used by one thread, and a nested call fails cleanly
+        // (SQLite refuses a BEGIN inside a transaction).
+        let tx =
+            Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(e)?;
         let out = f(&Tx {
             tx: &tx,
             path: &path,
@@ -318,6 +362,26 @@ impl Ledger {
         tx.commit().map_err(e)?;
         Ok(out)
     }
+}
+
+/// True if `e` is SQLite saying another connection holds a lock.
+fn is_busy(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Ledger {
+            source: rusqlite::Error::SqliteFailure(f, _),
+            ..
+        } if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A short random pause before running a busy transaction again (grows with `attempt`, at
+/// most 100 ms): random, so two commands that collided do not collide again in step.
+fn backoff(attempt: u32) -> Duration {
+    let cap = 1u64 << attempt.min(7);
+    let mut r = [0u8; 1];
+    let jitter = getrandom::fill(&mut r).map_or(0, |()| u64::from(r[0]));
+    Duration::from_millis(1 + (jitter * cap.min(100)) / 256)
 }
 
 fn identity_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdentityRecord> {
@@ -346,6 +410,38 @@ impl Tx<'_> {
             path: self.path.to_path_buf(),
             source,
         }
+    }
+
+    /// The certificate issued for a request, if any (seeing this transaction's own writes).
+    pub fn by_request(&self, request_id: &str) -> Result<Option<CertRecord>> {
+        self.tx
+            .query_row(
+                &format!("SELECT {CERT_COLS} FROM certificates WHERE request_id = ?1"),
+                [request_id],
+                cert_from_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Reads a meta value inside the transaction.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// The newest CRL, as of this transaction.
+    pub fn latest_crl(&self) -> Result<Option<CrlRecord>> {
+        self.tx
+            .query_row(
+                "SELECT number, this_update, next_update, revoked, der FROM crls ORDER BY number DESC LIMIT 1",
+                [],
+                |r| Ok(CrlRecord { number: r.get(0)?, this_update: r.get(1)?, next_update: r.get(2)?, revoked: r.get(3)?, der: r.get(4)? }),
+            )
+            .optional()
+            .map_err(self.err())
     }
 
     /// Records an issued certificate.
@@ -490,5 +586,104 @@ impl Tx<'_> {
             .optional()
             .map(|o| o.is_some())
             .map_err(self.err())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(serial: &str) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            request_id: format!("req:{serial}"),
+            identity: "probe".into(),
+            profile: "client".into(),
+            not_before: 0,
+            not_after: 1,
+            der: vec![1, 2, 3],
+            issued_at: 0,
+            revoked_at: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn two_threads_each_opening_the_ledger_and_writing_at_once_both_succeed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("ledger.sqlite");
+        drop(Ledger::open(&path).expect("create"));
+        const EACH: i64 = 40;
+        let numbers: Vec<Vec<i64>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..2)
+                .map(|w| {
+                    let path = &path;
+                    s.spawn(move || {
+                        let ledger = Ledger::open(path).expect("open beside another writer");
+                        let mut mine = Vec::new();
+                        for i in 0..EACH {
+                            // Read, then write, in one transaction: what a deferred
+                            // transaction cannot do while another connection commits.
+                            let n = ledger
+                                .transaction(|tx| {
+                                    let n = tx.next_crl_number()?;
+                                    tx.insert_crl(&CrlRecord {
+                                        number: n,
+                                        this_update: n,
+                                        next_update: n + 1,
+                                        revoked: 0,
+                                        der: vec![w],
+                                    })?;
+                                    let serial = format!("{w:02x}{i:04x}");
+                                    if !tx.serial_exists(&serial)? {
+                                        tx.insert_cert(&cert(&serial))?;
+                                    }
+                                    Ok(n)
+                                })
+                                .expect("concurrent transaction");
+                            mine.push(n);
+                            // And an autocommit write between them.
+                            ledger
+                                .set_meta(&format!("worker{w}"), &i.to_string())
+                                .expect("concurrent autocommit write");
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|h| h.join().expect("worker"))
+                .collect()
+        });
+        let mut all: Vec<i64> = numbers.iter().flatten().copied().collect();
+        for mine in &numbers {
+            assert!(mine.windows(2).all(|p| p[0] < p[1]), "{mine:?}");
+        }
+        all.sort_unstable();
+        assert_eq!(all, (1..=2 * EACH).collect::<Vec<_>>());
+        let ledger = Ledger::open(&path).expect("open");
+        assert_eq!(
+            ledger.certificates().expect("certs").len(),
+            2 * EACH as usize
+        );
+        assert_eq!(
+            ledger.latest_crl().expect("crl").map(|c| c.number),
+            Some(2 * EACH)
+        );
+        assert_eq!(ledger.meta("worker0").expect("meta").as_deref(), Some("39"));
+        assert_eq!(ledger.meta("worker1").expect("meta").as_deref(), Some("39"));
+    }
+
+    #[test]
+    fn a_transaction_that_fails_commits_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).expect("open");
+        let r: Result<()> = ledger.transaction(|tx| {
+            tx.insert_cert(&cert("01"))?;
+            Err(Error::Conflict("stop".into()))
+        });
+        assert!(matches!(r, Err(Error::Conflict(_))));
+        assert!(!ledger.serial_exists("01").expect("query"));
     }
 }

@@ -88,7 +88,10 @@ impl Vault {
             let der = info.to_der().map_err(|e| Error::Generate(e.to_string()))?;
             let pem = pkcs8::der::pem::encode_string(LABEL, pkcs8::der::pem::LineEnding::LF, &der)
                 .map_err(|e| Error::Generate(e.to_string()))?;
-            fsutil::write_atomic(path, pem.as_bytes(), 0o600)?;
+            if !fsutil::write_new(path, pem.as_bytes(), 0o600)? {
+                // Another command created the vault meanwhile: use that one.
+                return Vault::open_or_create(path, passphrase);
+            }
             k
         };
         let cipher = Aes256Gcm::new_from_slice(&key)

@@ -49,12 +49,17 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
     let mut authority = ctx.authority()?;
     let key_path = ctx.layout.keys_dir().join(format!("{}.key", args.id));
     // A key from an earlier (possibly interrupted) run is reused: same key, same request.
+    // Created only if absent, atomically: two `server issue` at once agree on one key.
     let key = if key_path.exists() {
         ca::keys::read_plain(&key_path)?
     } else {
         let k = ca::keys::generate()?;
-        ca::keys::write_plain(&key_path, &k)?;
-        k
+        let pem = zeroize::Zeroizing::new(k.serialize_pem());
+        if ca::fsutil::write_new(&key_path, pem.as_bytes(), 0o600)? {
+            k
+        } else {
+            ca::keys::read_plain(&key_path)?
+        }
     };
     let public_key = PublicKey::from_sec1(key.public_key_raw())?;
     let mut names: Vec<String> = dns
