@@ -26,7 +26,7 @@ pub mod write;
 pub use owner::{check_owned, check_owned_dir};
 pub use read::{read_limited, read_limited_string};
 pub use root::resolve_in_root;
-pub use write::{Replace, create_dir, replace};
+pub use write::{Replace, create_dir, remove_stale_temps, replace, write_new};
 
 /// What a file type is called in an error ("a FIFO", "a directory", ...).
 pub fn kind_name(ft: std::fs::FileType) -> &'static str {
