@@ -154,6 +154,49 @@ pub struct CrlReport {
     pub renewed: bool,
     /// Files written.
     pub written: Vec<PathBuf>,
+    /// Broker directories from the ledger that were not written, and why (a path read back
+    /// from the ledger is checked before anything is written there).
+    pub skipped: Vec<SkippedTarget>,
+}
+
+/// A CRL target from the ledger that was refused.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SkippedTarget {
+    /// The target as the ledger holds it.
+    pub path: PathBuf,
+    /// Why nothing was written there.
+    pub reason: String,
+}
+
+/// Checks a CRL target read back from the ledger before writing there: an absolute
+/// `.../crl.pem` in a real directory (not a link) that holds a broker configuration
+/// (`mosquitto.conf`) and that is ours alone. `Ok(false)`: the directory is gone (skipped
+/// quietly, never recreated).
+pub fn check_crl_target(t: &Path) -> std::result::Result<bool, String> {
+    if !t.is_absolute() || t.file_name() != Some(std::ffi::OsStr::new("crl.pem")) {
+        return Err("not an absolute path to a crl.pem".into());
+    }
+    let dir = t.parent().ok_or("no directory")?;
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.is_dir() {
+        return Err(format!(
+            "{} is {}, not a directory",
+            dir.display(),
+            safe_fs::kind_name(meta.file_type())
+        ));
+    }
+    safe_fs::check_owned_dir(dir).map_err(|e| e.to_string())?;
+    if !std::fs::symlink_metadata(dir.join("mosquitto.conf")).is_ok_and(|m| m.is_file()) {
+        return Err(format!(
+            "{} holds no mosquitto.conf: not a broker directory written by `emit broker`",
+            dir.display()
+        ));
+    }
+    Ok(true)
 }
 
 /// Computes a request identity from its parts.
@@ -346,7 +389,12 @@ impl Store {
 }
 
 fn write_if_differs(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    if std::fs::read(path).ok().as_deref() == Some(data) {
+    // Bounded, regular files only: a FIFO planted in a broker directory must not hang us.
+    if safe_fs::read_limited(path, 2 * data.len() as u64 + 4096)
+        .ok()
+        .as_deref()
+        == Some(data)
+    {
         return Ok(());
     }
     fsutil::write_atomic(path, data, mode)
@@ -685,7 +733,7 @@ impl Authority {
         };
         if !due {
             let c = latest.ok_or_else(|| Error::Generate("no CRL".into()))?;
-            let written = self.write_crl()?;
+            let (written, skipped) = self.write_crl()?;
             return Ok(CrlReport {
                 number: c.number,
                 this_update: rfc3339(c.this_update),
@@ -693,6 +741,7 @@ impl Authority {
                 revoked: c.revoked,
                 renewed: false,
                 written,
+                skipped,
             });
         }
         let issuer = &self.issuer;
@@ -738,7 +787,7 @@ impl Authority {
             Ok(rec)
         })?;
         fault::point("crl-after-ledger");
-        let written = self.write_crl()?;
+        let (written, skipped) = self.write_crl()?;
         Ok(CrlReport {
             number: rec.number,
             this_update: rfc3339(rec.this_update),
@@ -746,6 +795,7 @@ impl Authority {
             revoked: rec.revoked,
             renewed: true,
             written,
+            skipped,
         })
     }
 
@@ -753,7 +803,7 @@ impl Authority {
     ///
     /// Done under the ledger's write lock, reading the newest CRL there: two commands that
     /// each signed a CRL cannot leave the older one in place, whatever order they finish in.
-    fn write_crl(&self) -> Result<Vec<PathBuf>> {
+    fn write_crl(&self) -> Result<(Vec<PathBuf>, Vec<SkippedTarget>)> {
         let home_crl = self.store.layout.crl();
         self.store.ledger.transaction(|tx| {
             let latest = tx
@@ -765,15 +815,26 @@ impl Authority {
                 .unwrap_or_default();
             let pem = crl_pem(&latest.der);
             let mut written = vec![home_crl.clone()];
+            let mut skipped = Vec::new();
             write_if_differs(&home_crl, pem.as_bytes(), 0o644)?;
             for t in &targets {
-                // A broker directory that was removed is skipped, not recreated.
-                if t.parent().is_some_and(Path::exists) {
-                    write_if_differs(t, pem.as_bytes(), 0o644)?;
-                    written.push(t.clone());
+                match check_crl_target(t) {
+                    Ok(true) => {
+                        write_if_differs(t, pem.as_bytes(), 0o644)?;
+                        written.push(t.clone());
+                    }
+                    // A broker directory that was removed is skipped, not recreated.
+                    Ok(false) => {}
+                    Err(reason) => {
+                        tracing::warn!(target = %t.display(), %reason, "CRL target skipped");
+                        skipped.push(SkippedTarget {
+                            path: t.clone(),
+                            reason,
+                        });
+                    }
                 }
             }
-            Ok(written)
+            Ok((written, skipped))
         })
     }
 }

@@ -377,3 +377,53 @@ fn a_chip_profile_name_that_is_a_path_is_refused_at_the_line_that_names_it() {
     );
     assert!(!home.path().join("ledger.sqlite").exists());
 }
+
+#[test]
+fn crl_targets_read_back_from_the_ledger_are_checked_before_anything_is_written() {
+    let home = Home::with_broker();
+    let out = home.work().join("broker");
+    home.emit_broker(&out, None, &[]);
+    // The broker directory becomes a link to somewhere else: nothing is written there.
+    let elsewhere = home.work().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    std::fs::write(elsewhere.join("mosquitto.conf"), "x").expect("conf");
+    std::fs::rename(&out, home.work().join("moved")).expect("move");
+    symlink(&elsewhere, &out).expect("plant");
+    let o = home.run(&["crl", "--renew"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("NOT written"), "{text}");
+    assert!(text.contains("symbolic link"), "{text}");
+    assert!(!elsewhere.join("crl.pem").exists());
+
+    // A directory others can write, and one without a broker configuration: refused too.
+    std::fs::remove_file(&out).expect("unplant");
+    std::fs::rename(home.work().join("moved"), &out).expect("back");
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let j = home.json(&["crl", "--renew"]);
+    assert_eq!(j["skipped"].as_array().map(Vec::len), Some(1), "{j}");
+    assert!(
+        j["skipped"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("chmod go-w"),
+        "{j}"
+    );
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // A FIFO planted as crl.pem is replaced, never read (no hang).
+    std::fs::remove_file(out.join("crl.pem")).expect("rm");
+    nix::unistd::mkfifo(
+        &out.join("crl.pem"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("fifo");
+    let t = Instant::now();
+    let j = home.json(&["crl", "--renew"]);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(j["skipped"].as_array().map(Vec::len), Some(0), "{j}");
+    assert!(
+        std::fs::symlink_metadata(out.join("crl.pem"))
+            .expect("crl")
+            .is_file()
+    );
+}

@@ -25,7 +25,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let r = authority.crl(args.renew)?;
     let files: Vec<String> = r.written.iter().map(|p| p.display().to_string()).collect();
     let human = format!(
-        "CRL number {} {}: {} revoked, next update {}\n  written: {}",
+        "CRL number {} {}: {} revoked, next update {}\n  written: {}{}",
         r.number,
         if r.renewed {
             "renewed"
@@ -35,6 +35,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         r.revoked,
         r.next_update,
         files.join(", "),
+        crate::cmd::skipped_targets(&r.skipped),
     );
     ctx.print(&json!(r), &human);
     Ok(())

@@ -128,7 +128,7 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
             let mut authority = ctx.authority()?;
             let (serials, crl) = authority.revoke_identity(&id, &reason)?;
             let human = format!(
-                "revoked `{id}`: {} certificate(s) {}\nCRL number {} written to {}\n  next: reload the broker (kill -HUP $(pidof mosquitto)); `emit broker` also drops it from the ACL",
+                "revoked `{id}`: {} certificate(s) {}\nCRL number {} written to {}{}\n  next: reload the broker (kill -HUP $(pidof mosquitto)); `emit broker` also drops it from the ACL",
                 serials.len(),
                 serials.join(", "),
                 crl.number,
@@ -136,7 +136,8 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                crate::cmd::skipped_targets(&crl.skipped),
             );
             ctx.print(&json!({ "id": id, "revoked": serials, "crl": crl }), &human);
         }

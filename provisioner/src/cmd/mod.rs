@@ -9,3 +9,17 @@ pub mod emit;
 pub mod init;
 pub mod provision;
 pub mod server;
+
+/// The human lines for CRL targets the ledger named but that were refused (empty if none).
+pub(crate) fn skipped_targets(skipped: &[ca::authority::SkippedTarget]) -> String {
+    skipped
+        .iter()
+        .map(|s| {
+            format!(
+                "\n  NOT written: {} ({}); fix the directory or re-run `emit broker` for it",
+                s.path.display(),
+                s.reason
+            )
+        })
+        .collect()
+}
