@@ -242,3 +242,91 @@ fn injected_faults_show_up_as_the_host_would_see_them() {
         64
     );
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn the_state_file_is_0600_after_every_write_whatever_the_umask() {
+    use nix::sys::stat::{Mode, umask};
+    for mask in [0o022, 0o000] {
+        let old = umask(Mode::from_bits_truncate(mask));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chip.toml");
+        let mut chip = Chip::open(&path).unwrap();
+        let created = mode_of(&path);
+        // A command that changes non-volatile state rewrites the file.
+        let before = std::fs::read(&path).unwrap();
+        run(&mut chip, Command::counter(0, true)).unwrap();
+        let after_write = mode_of(&path);
+        let changed = std::fs::read(&path).unwrap() != before;
+        umask(old);
+        assert_eq!(created, 0o600, "new state file with umask {mask:03o}");
+        assert!(changed, "the counter increment was persisted");
+        assert_eq!(after_write, 0o600, "rewritten state file, umask {mask:03o}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("chip.toml")]);
+    }
+}
+
+#[test]
+fn a_state_file_readable_by_others_is_tightened_to_0600_on_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chip.toml");
+    let sn = Chip::open(&path).unwrap().serial_number();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let chip = Chip::open(&path).unwrap();
+    assert_eq!(chip.serial_number(), sn, "the same chip, loaded");
+    assert_eq!(mode_of(&path), 0o600, "tightened by the load alone");
+}
+
+#[test]
+fn a_fifo_a_directory_a_link_or_a_huge_file_as_state_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO nobody writes to: opening it must neither block nor hang the read.
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let t = Instant::now();
+    let err = Chip::open(&fifo).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(2), "no wait on the FIFO");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let msg = err.to_string();
+    assert!(msg.contains("fifo.toml") && msg.contains("FIFO"), "{msg}");
+    assert!(msg.contains("not a regular file"), "{msg}");
+    // A directory.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let msg = Chip::open(&sub).unwrap_err().to_string();
+    assert!(msg.contains("directory"), "{msg}");
+    // A symbolic link (to a real state file): refused, the target left alone.
+    let real = dir.path().join("real.toml");
+    drop(Chip::open(&real).unwrap());
+    let before = std::fs::read(&real).unwrap();
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let msg = Chip::open(&link).unwrap_err().to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+    assert_eq!(std::fs::read(&real).unwrap(), before);
+    // A file above the 1 MiB bound: refused before being read.
+    let huge = dir.path().join("huge.toml");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(8 << 20).unwrap();
+    let err = Chip::open(&huge).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("bytes, more than"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&huge).unwrap().len(),
+        8 << 20,
+        "untouched"
+    );
+}

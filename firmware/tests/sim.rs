@@ -261,3 +261,97 @@ fn mongoose_protocol_answers_the_ready_handshake() {
         String::from_utf8_lossy(&got)
     );
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn chip_state_and_store_files_are_0600_after_a_write_under_umask_022() {
+    use nix::sys::stat::{Mode, umask};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The board inherits the umask at spawn: 022, as in a login shell.
+    let old = umask(Mode::from_bits_truncate(0o022));
+    let sim = Sim::start(dir.path(), &["--baud", "0"]);
+    umask(old);
+    let mut port = sim.port();
+    port.put("device.crt", b"a certificate, say");
+    let state = dir.path().join("chip.state");
+    let store = dir.path().join("chip.state.store");
+    assert_eq!(mode_of(&state), 0o600, "chip state (keys in clear)");
+    assert_eq!(mode_of(&store), 0o600, "board store");
+    // A second write replaces the file: still 0600, no temporary left behind.
+    port.put("device.key", b"more");
+    assert_eq!(mode_of(&store), 0o600);
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|n| n != "tty")
+        .collect();
+    names.sort();
+    assert_eq!(names, ["chip.state", "chip.state.store"]);
+}
+
+#[test]
+fn a_store_file_readable_by_others_is_tightened_and_a_fifo_store_stops_the_board() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let sim = Sim::start(dir.path(), &["--baud", "0"]);
+        sim.port().put("device.crt", b"kept");
+    }
+    let store = dir.path().join("chip.state.store");
+    let state = dir.path().join("chip.state");
+    for p in [&store, &state] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    {
+        let sim = Sim::start(dir.path(), &["--baud", "0"]);
+        let mut port = sim.port();
+        assert_eq!(port.get("device.crt").as_deref(), Some(&b"kept"[..]));
+        assert_eq!(mode_of(&store), 0o600, "store tightened on load");
+        assert_eq!(mode_of(&state), 0o600, "chip state tightened on load");
+    }
+    // A FIFO where the store belongs: a clear error at once, no hang, exit 1.
+    std::fs::remove_file(&store).expect("rm");
+    nix::unistd::mkfifo(&store, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sensor-sim"))
+        .arg("--link")
+        .arg(dir.path().join("tty"))
+        .arg("--state")
+        .arg(&state)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sensor-sim hung on a FIFO store");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("chip.state.store") && err.contains("FIFO"),
+        "{err}"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(&store).expect("stat").file_type();
+    assert!(kind.is_fifo(), "the FIFO is left alone");
+}

@@ -9,24 +9,38 @@
 //! and sync word, and only hear frames that started while they were in RX mode.
 //!
 //! Wire format of a datagram (little endian):
-//! `"LRA1" | kind (1 HELLO, 2 TX, 3 INJECT, 4 DELIVER) | frame fields | payload`.
+//! `"LRA1" | kind (1 HELLO, 2 TX, 3 INJECT, 4 DELIVER) | frame fields | payload`, or
+//! `"LRA1" | 5 REFUSED | most ports (u32)` from a full hub.
+//!
+//! Attachment: a port is attached by its HELLO or TX datagrams and stays attached while it
+//! is heard from; an [`AirPort`] in use says hello again every [`KEEPALIVE`], so a receiver
+//! is known again shortly after the hub restarts. The hub forgets a port not heard from for
+//! [`PORT_TIMEOUT`] (it is gone: UDP tells nothing else on an unconnected socket) and never a
+//! live one: beyond [`MAX_PORTS`] live ports it refuses new ones with a REFUSED datagram and
+//! a warning on its stderr.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write as _};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"LRA1";
 /// Largest datagram: header fields plus a 255-byte payload.
 const MAX_DATAGRAM: usize = 64 + 255;
-/// Most ports a hub serves; the least recently heard is forgotten beyond this.
-pub const MAX_PORTS: usize = 64;
+/// Most live ports a hub serves by default; beyond this new ports are refused (a live port
+/// is never evicted).
+pub const MAX_PORTS: usize = 1024;
+/// A port not heard from (hello, keep-alive or transmission) for this long is gone.
+pub const PORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// An [`AirPort`] in use says hello at least this often.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// Microseconds since the Unix epoch (the air's clock, shared by all local processes).
 pub fn now_us() -> u64 {
@@ -125,6 +139,11 @@ pub enum AirMsg {
     Inject(AirFrame),
     /// A frame delivered by the hub.
     Deliver(AirFrame),
+    /// The hub is full: it serves this many live ports and did not attach the sender.
+    Refused {
+        /// The hub's bound.
+        max_ports: u32,
+    },
 }
 
 /// Why a datagram was not understood.
@@ -149,6 +168,11 @@ impl AirMsg {
         let (kind, f) = match self {
             AirMsg::Hello => {
                 out.push(1);
+                return out;
+            }
+            AirMsg::Refused { max_ports } => {
+                out.push(5);
+                out.extend_from_slice(&max_ports.to_le_bytes());
                 return out;
             }
             AirMsg::Tx(f) => (2, f),
@@ -183,6 +207,12 @@ impl AirMsg {
         let kind = b[4];
         if kind == 1 {
             return Ok(AirMsg::Hello);
+        }
+        if kind == 5 {
+            let bytes: [u8; 4] = b[5..].try_into().map_err(|_| AirDecodeError::Truncated)?;
+            return Ok(AirMsg::Refused {
+                max_ports: u32::from_le_bytes(bytes),
+            });
         }
         if !(2..=4).contains(&kind) {
             return Err(AirDecodeError::Kind(kind));
@@ -250,9 +280,19 @@ pub fn require_loopback(addr: SocketAddr) -> io::Result<()> {
 }
 
 /// A chip's (or tool's) attachment to the hub.
+///
+/// It keeps itself attached: [`AirPort::drain`] (which receivers call all the time) and
+/// [`AirPort::send`] say hello again when the hub has not heard from this port for
+/// [`KEEPALIVE`], so a restarted hub knows it again within about that time.
 #[derive(Debug)]
 pub struct AirPort {
     socket: UdpSocket,
+    hub: SocketAddr,
+    born: Instant,
+    /// Milliseconds since `born` of the last hello or transmission sent.
+    last_attach_ms: AtomicU64,
+    /// The hub refused this port (its last word was REFUSED, not a delivery).
+    refused: AtomicBool,
 }
 
 impl AirPort {
@@ -262,27 +302,75 @@ impl AirPort {
         let socket = UdpSocket::bind(("127.0.0.1", 0))?;
         socket.connect(hub)?;
         socket.set_nonblocking(true)?;
-        let p = Self { socket };
+        let p = Self {
+            socket,
+            hub,
+            born: Instant::now(),
+            last_attach_ms: AtomicU64::new(0),
+            refused: AtomicBool::new(false),
+        };
         p.send(&AirMsg::Hello)?;
         Ok(p)
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Sends one message to the hub.
     pub fn send(&self, msg: &AirMsg) -> io::Result<()> {
+        if matches!(msg, AirMsg::Hello | AirMsg::Tx(_)) {
+            // both attach this port at the hub
+            self.last_attach_ms.store(self.now_ms(), Ordering::Relaxed);
+        } else {
+            self.keep_alive();
+        }
         self.socket.send(&msg.encode()).map(|_| ())
+    }
+
+    /// Says hello if the hub has not heard from this port for [`KEEPALIVE`]. A failure (the
+    /// hub is down) is retried at the next interval.
+    pub fn keep_alive(&self) {
+        let now = self.now_ms();
+        let last = self.last_attach_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= KEEPALIVE.as_millis() as u64 {
+            self.last_attach_ms.store(now, Ordering::Relaxed);
+            let _ = self.socket.send(&AirMsg::Hello.encode());
+        }
+    }
+
+    /// Whether the hub refused to attach this port (it is full) and has delivered nothing
+    /// since.
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Takes every frame delivered so far (non-blocking); undecodable datagrams are skipped.
     pub fn drain(&self) -> Vec<AirFrame> {
+        self.keep_alive();
         let mut out = Vec::new();
         let mut buf = [0u8; MAX_DATAGRAM + 16];
         loop {
             match self.socket.recv(&mut buf) {
-                Ok(n) => {
-                    if let Ok(AirMsg::Deliver(f)) = AirMsg::decode(&buf[..n]) {
+                Ok(n) => match AirMsg::decode(&buf[..n]) {
+                    Ok(AirMsg::Deliver(f)) => {
+                        self.refused.store(false, Ordering::Relaxed);
                         out.push(f);
                     }
-                }
+                    // said once per refusal, not on every refused keep-alive
+                    Ok(AirMsg::Refused { max_ports })
+                        if !self.refused.swap(true, Ordering::Relaxed) =>
+                    {
+                        eprintln!(
+                            "lora-link: the air hub {} refused this port: it serves {max_ports} \
+                             live ports already, the most it takes; frames on the air do not \
+                             reach this radio until ports leave (stop idle radios and sniffers, \
+                             or restart the hub)",
+                            self.hub
+                        );
+                    }
+                    _ => {}
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ECONNREFUSED from an earlier send while the hub was down: keep going
                 Err(_) => break,
@@ -334,6 +422,12 @@ pub struct HubStats {
     pub deliveries: u64,
     /// Datagrams that were not understood.
     pub garbage: u64,
+    /// Ports attached now.
+    pub ports: u64,
+    /// Ports forgotten because they were not heard from for the port timeout.
+    pub expired: u64,
+    /// Datagrams from new ports refused because the hub was full.
+    pub refused: u64,
 }
 
 /// One line of a recording.
@@ -350,7 +444,12 @@ struct RecordLine<'a> {
 pub struct AirHub {
     socket: UdpSocket,
     cfg: HubConfig,
-    ports: Vec<(SocketAddr, u64)>,
+    /// Attached ports and when each was last heard from.
+    ports: HashMap<SocketAddr, Instant>,
+    max_ports: usize,
+    port_timeout: Duration,
+    last_sweep: Instant,
+    last_full_warning: Option<Instant>,
     rng: u64,
     stats: Arc<Mutex<HubStats>>,
     record: Option<BufWriter<File>>,
@@ -406,10 +505,22 @@ impl AirHub {
             socket,
             rng: cfg.seed ^ 0x9E37_79B9_7F4A_7C15,
             cfg,
-            ports: Vec::new(),
+            ports: HashMap::new(),
+            max_ports: MAX_PORTS,
+            port_timeout: PORT_TIMEOUT,
+            last_sweep: Instant::now(),
+            last_full_warning: None,
             stats: Arc::default(),
             record,
         })
+    }
+
+    /// Sets the most live ports served (at least 1) and the time after which a port not heard
+    /// from is forgotten (defaults [`MAX_PORTS`], [`PORT_TIMEOUT`]). A port in use says hello
+    /// every [`KEEPALIVE`]: a timeout much shorter than that forgets live ports.
+    pub fn set_port_limits(&mut self, max_ports: usize, timeout: Duration) {
+        self.max_ports = max_ports.max(1);
+        self.port_timeout = timeout;
     }
 
     /// The bound address.
@@ -443,6 +554,9 @@ impl AirHub {
     pub fn run(mut self, stop: &AtomicBool) -> io::Result<()> {
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::SeqCst) {
+            if self.last_sweep.elapsed() >= Duration::from_secs(1) {
+                self.expire();
+            }
             let (n, src) = match self.socket.recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e)
@@ -470,23 +584,57 @@ impl AirHub {
         }
     }
 
-    fn attach(&mut self, src: SocketAddr) {
-        let t = now_us();
-        if let Some(p) = self.ports.iter_mut().find(|p| p.0 == src) {
-            p.1 = t;
-            return;
+    /// Forgets the ports not heard from for the port timeout.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.last_sweep = now;
+        let timeout = self.port_timeout;
+        let before = self.ports.len();
+        self.ports
+            .retain(|_, heard| now.duration_since(*heard) < timeout);
+        let gone = (before - self.ports.len()) as u64;
+        let n = self.ports.len() as u64;
+        self.bump(|s| {
+            s.expired += gone;
+            s.ports = n;
+        });
+    }
+
+    /// Attaches `src` (or notes that it is alive). Returns false when the hub is full of live
+    /// ports: `src` is refused, told so, and no live port is evicted.
+    fn attach(&mut self, src: SocketAddr) -> bool {
+        let now = Instant::now();
+        if let Some(heard) = self.ports.get_mut(&src) {
+            *heard = now;
+            return true;
         }
-        if self.ports.len() >= MAX_PORTS
-            && let Some(i) = self
-                .ports
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, p)| p.1)
-                .map(|(i, _)| i)
-        {
-            self.ports.swap_remove(i);
+        if self.ports.len() >= self.max_ports {
+            self.expire();
         }
-        self.ports.push((src, t));
+        if self.ports.len() >= self.max_ports {
+            self.bump(|s| s.refused += 1);
+            let max = u32::try_from(self.max_ports).unwrap_or(u32::MAX);
+            let _ = self
+                .socket
+                .send_to(&AirMsg::Refused { max_ports: max }.encode(), src);
+            if self
+                .last_full_warning
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                self.last_full_warning = Some(now);
+                eprintln!(
+                    "lora-link air: {} live ports attached, the most this hub serves: refusing \
+                     {src} (ports not heard from for {:?} are forgotten)",
+                    self.ports.len(),
+                    self.port_timeout
+                );
+            }
+            return false;
+        }
+        self.ports.insert(src, now);
+        let n = self.ports.len() as u64;
+        self.bump(|s| s.ports = n);
+        true
     }
 
     fn random(&mut self) -> u64 {
@@ -510,7 +658,7 @@ impl AirHub {
             }
             Ok(AirMsg::Tx(f)) => (f, false),
             Ok(AirMsg::Inject(f)) => (f, true),
-            Ok(AirMsg::Deliver(_)) | Err(_) => {
+            Ok(AirMsg::Deliver(_) | AirMsg::Refused { .. }) | Err(_) => {
                 self.bump(|s| s.garbage += 1);
                 return;
             }
@@ -557,9 +705,15 @@ impl AirHub {
             return;
         }
         let bytes = AirMsg::Deliver(frame).encode();
+        let now = Instant::now();
+        let timeout = self.port_timeout;
         let mut n = 0;
-        for (p, _) in &self.ports {
-            if *p != src && self.socket.send_to(&bytes, p).is_ok() {
+        for (p, heard) in &self.ports {
+            // A port gone silent is not delivered to (the sweep forgets it soon).
+            if *p != src
+                && now.duration_since(*heard) < timeout
+                && self.socket.send_to(&bytes, p).is_ok()
+            {
                 n += 1;
             }
         }
@@ -579,12 +733,17 @@ mod tests {
             AirMsg::Inject(f.clone()),
             AirMsg::Deliver(f),
             AirMsg::Hello,
+            AirMsg::Refused { max_ports: 1024 },
         ] {
             assert_eq!(AirMsg::decode(&m.encode()), Ok(m));
         }
         assert_eq!(AirMsg::decode(b"LRA"), Err(AirDecodeError::Truncated));
         assert_eq!(AirMsg::decode(b"XXXX\x01"), Err(AirDecodeError::Magic));
         assert_eq!(AirMsg::decode(b"LRA1\x09"), Err(AirDecodeError::Kind(9)));
+        assert_eq!(
+            AirMsg::decode(b"LRA1\x05\x01"),
+            Err(AirDecodeError::Truncated)
+        );
         let mut b = AirMsg::Tx(AirFrame::new(vec![1, 2, 3])).encode();
         b.pop();
         assert_eq!(AirMsg::decode(&b), Err(AirDecodeError::Truncated));

@@ -177,7 +177,9 @@ impl Chip {
 
     /// Loads the chip from its state file, or creates a blank chip persisted there. Every
     /// later change of non-volatile state is written to the file atomically before the chip
-    /// answers.
+    /// answers. The file holds the keys in clear: it is written 0600 whatever the umask, and a
+    /// state file others may access is set to 0600 on load (with a warning on stderr); a
+    /// symbolic link, FIFO, device or a file above 1 MiB is refused.
     pub fn open(path: &Path) -> io::Result<Chip> {
         let mut chip = match NvState::load(path) {
             Ok(nv) => Self::from_nv(nv),

@@ -1,10 +1,13 @@
 //! The chip's non-volatile state (EEPROM) and its state file.
 
 use crate::config::{CONFIG_SIZE, ConfigZone, OTP_SIZE, SLOT_COUNT, slot_size};
+use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
-use std::path::Path;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::string::String;
 use std::vec::Vec;
 
@@ -147,6 +150,10 @@ impl NvState {
 
     /// Writes the state atomically: a temporary file in the same directory, fsync, rename,
     /// fsync of the directory. After a crash the file holds the old or the new state.
+    ///
+    /// The file holds the chip's keys in clear, so it is mode 0600 whatever the umask: the
+    /// temporary is created under an unpredictable name (`O_CREAT|O_EXCL|O_NOFOLLOW`, so a
+    /// planted file or link is never written through) and its mode is set on the open file.
     pub fn save(&self, path: &Path, durable: bool) -> io::Result<()> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -155,11 +162,11 @@ impl NvState {
         let name = path
             .file_name()
             .ok_or_else(|| invalid("state path has no file name".into()))?;
-        let mut tmp_name = name.to_os_string();
-        tmp_name.push(std::format!(".tmp{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
+        let (tmp, f) = create_private_temp(dir, name)?;
         let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
+            let mut f = f;
+            // fchmod: exact, whatever the umask did to the mode given at creation
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
             f.write_all(self.to_text().as_bytes())?;
             if durable {
                 f.sync_all()?;
@@ -180,7 +187,126 @@ impl NvState {
     }
 
     /// Loads a state file.
+    ///
+    /// The file must be a regular file (a FIFO, device or directory is refused at once, never
+    /// waited on), not a symbolic link, and at most [`MAX_STATE_FILE`] bytes. A state file
+    /// that group or others may access (an older emulator wrote 0644) is ours: it is set to
+    /// 0600 through the open file and a warning says so on stderr; if that fails, the load
+    /// fails. The error names what is wrong (the caller adds the path).
     pub fn load(path: &Path) -> io::Result<Self> {
-        Self::from_text(&fs::read_to_string(path)?)
+        Self::from_text(&read_state_file(path)?)
     }
+}
+
+/// Largest state file accepted (a real one is about 3 KiB of TOML).
+pub const MAX_STATE_FILE: u64 = 1 << 20;
+
+/// Creates `NAME.tmp.PID.RANDOM` in `dir`, new (never an existing file or link), mode 0600.
+fn create_private_temp(dir: &Path, name: &OsStr) -> io::Result<(PathBuf, fs::File)> {
+    let mut last = None;
+    for _ in 0..8 {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).map_err(|e| {
+            io::Error::other(std::format!("no randomness for a temporary file name: {e}"))
+        })?;
+        let mut tmp_name = name.to_os_string();
+        tmp_name.push(std::format!(".tmp.{}.{}", std::process::id(), to_hex(&r)));
+        let tmp = dir.join(tmp_name);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    std::format!("cannot create the temporary {}: {e}", tmp.display()),
+                ));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no temporary file name was free")))
+}
+
+fn file_kind(t: fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads a state file as described at [`NvState::load`]. `NotFound` stays `NotFound`.
+fn read_state_file(path: &Path) -> io::Result<String> {
+    // O_NONBLOCK: opening a FIFO does not wait for a writer (no effect on a regular file).
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "is a symbolic link: the emulator replaces its state file on every write, \
+                     so give the path of the file itself",
+                )
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            std::format!(
+                "is a {}, not a regular file: a chip state file is a small text file the \
+                 emulator writes; give another path",
+                file_kind(meta.file_type())
+            ),
+        ));
+    }
+    if meta.len() > MAX_STATE_FILE {
+        return Err(invalid(std::format!(
+            "is {} bytes, more than a state file can be ({MAX_STATE_FILE}): not a chip state file",
+            meta.len()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    std::format!(
+                        "is accessible to group or others (mode {mode:04o}) and cannot be set to \
+                         0600 ({e}): it holds the chip's keys in clear; chmod 600 it"
+                    ),
+                )
+            })?;
+        std::eprintln!(
+            "atecc emulator: {}: was mode {mode:04o} (accessible to group or others); set to 0600, \
+             it holds the chip's keys in clear",
+            path.display()
+        );
+    }
+    let mut text = String::new();
+    (&f).take(MAX_STATE_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_STATE_FILE {
+        return Err(invalid(std::format!(
+            "grew beyond {MAX_STATE_FILE} bytes while being read: not a chip state file"
+        )));
+    }
+    Ok(text)
 }

@@ -131,9 +131,10 @@ pub fn run(args: Args) -> Result<(), String> {
     let chip = Arc::new(Mutex::new(Atecc::new(bus)));
     let mut store_path = args.state.clone().into_os_string();
     store_path.push(".store");
-    let store: SharedStore = Arc::new(Mutex::new(Box::new(Store::open(FilePersist::new(
-        store_path,
-    )))));
+    let persist = FilePersist::new(store_path);
+    // A store file that cannot be loaded stops the board (rather than an empty store).
+    persist.check().map_err(|e| format!("store {e}"))?;
+    let store: SharedStore = Arc::new(Mutex::new(Box::new(Store::open(persist))));
 
     let pty = Pty::open(&args.link)
         .map_err(|e| format!("serial port link {}: {e}", args.link.display()))?;

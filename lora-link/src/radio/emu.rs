@@ -9,7 +9,9 @@
 //!
 //! Radio frames travel over an [`AirPort`] to a `lora-link air` hub; a receiving chip
 //! ignores frames on another frequency, SF, BW, LDRO setting or sync word, and frames that
-//! started before it entered RX.
+//! started before it entered RX. While the host polls the chip (every `RegOpMode` or
+//! `RegIrqFlags` read lets time pass), its port says hello to the hub every
+//! [`crate::air::KEEPALIVE`], so a restarted hub knows the chip again without a restart.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
