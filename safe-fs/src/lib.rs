@@ -24,7 +24,7 @@ pub mod root;
 pub mod write;
 
 pub use owner::{check_owned, check_owned_dir};
-pub use read::{read_limited, read_limited_string};
+pub use read::{read_limited, read_limited_string, read_private};
 pub use root::resolve_in_root;
 pub use write::{Replace, create_dir, remove_stale_temps, replace, write_new};
 

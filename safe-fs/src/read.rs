@@ -61,6 +61,67 @@ pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Reads a private file of ours (a key, a chip image, a board's store): like [`read_limited`],
+/// but a symbolic link is refused (the file is replaced on every write, so it must be the file
+/// itself), a missing file is `Ok(None)`, and a file that group or others may access is set to
+/// 0600 through its descriptor; the mode it had is returned so the caller can say so.
+pub fn read_private(path: &Path, limit: u64) -> std::io::Result<Option<(Vec<u8>, Option<u32>)>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            (OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits(),
+        )
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(invalid(
+                "is a symbolic link: it is replaced on every write, so it must be the file \
+                 itself; remove the link"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(invalid(format!(
+            "is {}, not a regular file",
+            kind_name(meta.file_type())
+        )));
+    }
+    if meta.len() > limit {
+        return Err(invalid(format!(
+            "is {} bytes, more than the {limit} bytes allowed here",
+            meta.len()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    let loose = mode & 0o077 != 0;
+    if loose {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "is accessible to group or others (mode {mode:04o}) and cannot be set \
+                         to 0600 ({e}): chmod 600 it"
+                    ),
+                )
+            })?;
+    }
+    let mut buf = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(invalid(format!(
+            "grew past the {limit} bytes allowed here while it was read"
+        )));
+    }
+    Ok(Some((buf, loose.then_some(mode))))
+}
+
 /// [`read_limited`], as UTF-8 text.
 pub fn read_limited_string(path: &Path, limit: u64) -> std::io::Result<String> {
     let bytes = read_limited(path, limit)?;
@@ -109,6 +170,24 @@ mod tests {
         f.set_len(100 << 20).expect("sparse 100 MB");
         let e = read_limited(&big, 1 << 20).expect_err("too large");
         assert!(e.to_string().contains("104857600 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_private_file_is_tightened_and_a_link_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("dir");
+        let p = d.path().join("chip.state");
+        assert!(read_private(&p, 10).expect("missing").is_none());
+        std::fs::write(&p, "abc").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (data, was) = read_private(&p, 10).expect("read").expect("present");
+        assert_eq!((data.as_slice(), was), (&b"abc"[..], Some(0o644)));
+        let mode = std::fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&p, &link).expect("link");
+        let e = read_private(&link, 10).expect_err("link");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 
     #[test]
