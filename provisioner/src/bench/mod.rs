@@ -7,7 +7,8 @@ pub mod ownership;
 pub mod port;
 pub mod provision;
 pub mod provision_mos;
-pub mod text;
+/// Untrusted text shown safely (lives in `manifests`, shared with the gateway and the receiver).
+pub use manifests::text;
 
 /// What a board link can do: talk to the chip, and to the firmware's blob store.
 pub trait Board: atecc::client::Transport<Error = LinkError> {

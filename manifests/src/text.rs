@@ -1,4 +1,4 @@
-//! Showing text that came from a board (or any other untrusted peer) without letting it talk
+//! Showing text that came from a board, a broker or a radio (any untrusted peer) without letting it talk
 //! to the operator's terminal.
 //!
 //! A board can send anything: terminal escapes (`ESC ] 0 ; title BEL` retitles the window,
