@@ -3,7 +3,9 @@
 //! message handed to the radio thread and acknowledged only then (manual acks: a QoS 1/2
 //! message the gateway did not take is redelivered by the broker). The session is persistent
 //! (clean session off, client id = gateway id): what is published at QoS 1/2 while the gateway
-//! is down is delivered when it comes back.
+//! is down is delivered when it comes back. The broker (`emit broker`) takes the client id from
+//! the certificate's CN (`use_username_as_clientid`), so the session is the identity's and no
+//! other certified client can take it over; the manifest's `mqtt.client_id` must be that CN.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lora_link::mqtt::{Backoff, TlsFiles, client_config, mqtt_options, qos};
+use lora_link::mqtt::{Backoff, TlsFiles, check_client_id, client_config, mqtt_options, qos};
 use lora_link::records::Record;
 use manifests::gateway::LoadedGateway;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
@@ -44,6 +46,10 @@ impl BridgeConfig {
             server_name: m.server_name.clone(),
         })
         .map_err(|e| format!("{}: {e}", g.path.display()))?;
+        // The broker knows the gateway by its certificate's CN, also as client id: the
+        // persistent session is the identity's, whatever a client id says.
+        check_client_id(&m.client_id, &g.cert_file)
+            .map_err(|e| format!("{}: field `mqtt.client_id`: {e}", g.path.display()))?;
         Ok(BridgeConfig {
             options: mqtt_options(
                 &m.client_id,

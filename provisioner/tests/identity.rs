@@ -328,3 +328,59 @@ fn a_burst_beyond_mosquittos_default_queue_reaches_a_stalled_gateway_whole() {
     let got = burst_to_a_stalled_gateway(&m, &ca, &gw, &salon, N);
     assert_eq!(got, N, "the gateway got {got} of {N} readings");
 }
+
+/// The subject CN of a PEM certificate file, as openssl reads it.
+fn cn_of(crt: &Path) -> String {
+    let subject = openssl_ok(&[
+        "x509",
+        "-in",
+        &crt.to_string_lossy(),
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "multiline",
+    ]);
+    subject
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("commonName")
+                .map(|v| v.trim_start_matches([' ', '=']))
+        })
+        .unwrap_or_else(|| panic!("no commonName in {subject}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn emitted_gateway_and_receiver_manifests_name_their_certificates_cn_as_client_id() {
+    let home = Home::with_broker();
+    let gw_dir = home.work().join("gw");
+    home.ok(&[
+        "emit",
+        "gateway",
+        GATEWAY,
+        "--out",
+        &gw_dir.to_string_lossy(),
+    ]);
+    let text = std::fs::read_to_string(gw_dir.join("gateway.toml")).expect("gateway.toml");
+    let m = manifests::gateway::GatewayManifest::parse(&text, Path::new("gateway.toml"))
+        .expect("gateway manifest");
+    assert_eq!(m.mqtt.client_id, GATEWAY);
+    assert_eq!(cn_of(&gw_dir.join(&m.mqtt.cert_file)), m.mqtt.client_id);
+
+    let rx_dir = home.work().join("rx");
+    home.ok(&[
+        "emit",
+        "receiver",
+        "recepteur",
+        "--out",
+        &rx_dir.to_string_lossy(),
+    ]);
+    let text = std::fs::read_to_string(rx_dir.join("receiver.toml")).expect("receiver.toml");
+    let l = manifests::link::LinkManifest::parse(&text, Path::new("receiver.toml"))
+        .expect("receiver manifest");
+    let mqtt = l.mqtt.expect("an [mqtt] section");
+    assert_eq!(mqtt.client_id, "recepteur");
+    assert_eq!(cn_of(&rx_dir.join(&mqtt.cert_file)), mqtt.client_id);
+}
