@@ -68,6 +68,14 @@ impl BridgeConfig {
     }
 }
 
+/// Capacity of the request queue between the bridge and rumqttc's event loop. Every message
+/// received queues its acknowledgement there (`try_ack`, which must not wait: only this loop
+/// drains the queue), and one network read can hand over everything the broker has in flight
+/// (`max_inflight_messages` of `emit broker`). Four times that, so an ack is never refused: an
+/// unacknowledged message would hold a slot of the broker's in-flight window until the next
+/// connection, and a full window stalls delivery.
+pub const REQUEST_CAPACITY: usize = 4 * manifests::mosquitto::MAX_INFLIGHT_MESSAGES as usize;
+
 /// Why the bridge stopped by itself.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,7 +97,7 @@ pub async fn run(
     // A persistent session: the broker keeps the subscriptions and queues QoS 1/2 messages
     // while the gateway is away (restart, network loss), and redelivers what was not acked.
     options.set_manual_acks(true).set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(options, 256);
+    let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut backoff = cfg.backoff.clone();
     let mut connected = false;
     let mut watchdog = tokio::time::interval(Duration::from_millis(500));
@@ -143,6 +151,8 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // Never waits on the radio: the channel is unbounded and the radio thread's
+                    // queue decides what the air can take (and counts what it drops).
                     count(&|c| c.received += 1);
                     let record = Record::new(p.topic.clone(), p.payload.to_vec());
                     if to_radio.send(ToRadio::Record(record)).is_err() {
