@@ -119,8 +119,8 @@ gw = json.load(open(f"{d}/gateway.json"))
 report["gateway"] = gw
 t, l = gw["throughput"], gw["latency"]
 rows.append(("gateway throughput, MQTT in -> sealed frames (burst of %d readings)" % t["messages"],
-             "%.0f msg/s (%d arrived)" % (t["gateway_msg_per_s"], t["gateway_received"]),
-             "mosquitto_sub %.0f msg/s (%d arrived)" % (t["mosquitto_sub_msg_per_s"], t["mosquitto_sub_received"]),
+             "%.0f msg/s (%d/%d arrived)" % (t["gateway_msg_per_s"], t["gateway_received"], t["messages"]),
+             "mosquitto_sub %.0f msg/s (%d/%d arrived)" % (t["mosquitto_sub_msg_per_s"], t["mosquitto_sub_received"], t["messages"]),
              "%.2f" % (t["gateway_msg_per_s"] / t["mosquitto_sub_msg_per_s"]), ">= 0.9 (keeps up)"))
 rows.append(("gateway CPU per message", "%.1f us" % t["gateway_cpu_us_per_msg"],
              "mosquitto_sub %.1f us" % t["mosquitto_sub_cpu_us_per_msg"],

@@ -3,7 +3,9 @@
 //! message handed to the radio thread and acknowledged only then (manual acks: a QoS 1/2
 //! message the gateway did not take is redelivered by the broker). The session is persistent
 //! (clean session off, client id = gateway id): what is published at QoS 1/2 while the gateway
-//! is down is delivered when it comes back.
+//! is down is delivered when it comes back. The broker (`emit broker`) takes the client id from
+//! the certificate's CN (`use_username_as_clientid`), so the session is the identity's and no
+//! other certified client can take it over; the manifest's `mqtt.client_id` must be that CN.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lora_link::mqtt::{Backoff, TlsFiles, client_config, mqtt_options, qos};
+use lora_link::mqtt::{Backoff, TlsFiles, check_client_id, client_config, mqtt_options, qos};
 use lora_link::records::Record;
 use manifests::gateway::LoadedGateway;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
@@ -44,6 +46,10 @@ impl BridgeConfig {
             server_name: m.server_name.clone(),
         })
         .map_err(|e| format!("{}: {e}", g.path.display()))?;
+        // The broker knows the gateway by its certificate's CN, also as client id: the
+        // persistent session is the identity's, whatever a client id says.
+        check_client_id(&m.client_id, &g.cert_file)
+            .map_err(|e| format!("{}: field `mqtt.client_id`: {e}", g.path.display()))?;
         Ok(BridgeConfig {
             options: mqtt_options(
                 &m.client_id,
@@ -61,6 +67,14 @@ impl BridgeConfig {
         })
     }
 }
+
+/// Capacity of the request queue between the bridge and rumqttc's event loop. Every message
+/// received queues its acknowledgement there (`try_ack`, which must not wait: only this loop
+/// drains the queue), and one network read can hand over everything the broker has in flight
+/// (`max_inflight_messages` of `emit broker`). Four times that, so an ack is never refused: an
+/// unacknowledged message would hold a slot of the broker's in-flight window until the next
+/// connection, and a full window stalls delivery.
+pub const REQUEST_CAPACITY: usize = 4 * manifests::mosquitto::MAX_INFLIGHT_MESSAGES as usize;
 
 /// Why the bridge stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +97,7 @@ pub async fn run(
     // A persistent session: the broker keeps the subscriptions and queues QoS 1/2 messages
     // while the gateway is away (restart, network loss), and redelivers what was not acked.
     options.set_manual_acks(true).set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(options, 256);
+    let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
     let mut backoff = cfg.backoff.clone();
     let mut connected = false;
     let mut watchdog = tokio::time::interval(Duration::from_millis(500));
@@ -137,6 +151,8 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // Never waits on the radio: the channel is unbounded and the radio thread's
+                    // queue decides what the air can take (and counts what it drops).
                     count(&|c| c.received += 1);
                     let record = Record::new(p.topic.clone(), p.payload.to_vec());
                     if to_radio.send(ToRadio::Record(record)).is_err() {

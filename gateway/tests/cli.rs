@@ -51,3 +51,63 @@ fn help_has_examples_and_exit_codes() {
         "{text}"
     );
 }
+
+/// A gateway directory that loads: a self-signed certificate with CN `passerelle` (openssl)
+/// as CA and client certificate, its key, a link manifest and key; `client_id` as given.
+fn gateway_dir(d: &std::path::Path, client_id: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .arg("-keyout")
+        .arg(d.join("gw.key"))
+        .args(["-subj", "/CN=passerelle", "-out"])
+        .arg(d.join("gw.crt"))
+        .output()
+        .expect("openssl (the tests use the real CLI)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(d.join("gw.key"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    std::fs::copy(d.join("gw.crt"), d.join("ca.crt")).expect("ca");
+    let link = "version = 1\nrole = \"gateway\"\nstate_dir = \"state\"\n[node]\nname = \"passerelle\"\naddress = 10\n[[peers]]\nname = \"recepteur\"\naddress = 1\n[key]\nfile = \"link.key\"\n";
+    std::fs::write(d.join("link.toml"), link).expect("link");
+    std::fs::write(d.join("link.key"), "000102030405060708090a0b0c0d0e0f\n").expect("key");
+    for f in ["link.toml", "link.key"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    std::fs::create_dir_all(d.join("state")).expect("state");
+    let p = d.join("gateway.toml");
+    std::fs::write(
+        &p,
+        format!("version = 1\n[mqtt]\nhost = \"127.0.0.1\"\nclient_id = \"{client_id}\"\nca_file = \"ca.crt\"\ncert_file = \"gw.crt\"\nkey_file = \"gw.key\"\nfilters = [\"maison/#\"]\n[link]\nmanifest = \"link.toml\"\n"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p
+}
+
+#[test]
+fn a_client_id_other_than_the_certificates_cn_is_refused() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = gateway_dir(d.path(), "garage-1");
+    let out = gateway(&["--manifest", &p.to_string_lossy(), "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("mqtt.client_id")
+            && err.contains("`garage-1`")
+            && err.contains("CN `passerelle`")
+            && err.contains("use_username_as_clientid"),
+        "{err}"
+    );
+
+    let p = gateway_dir(d.path(), "passerelle");
+    let out = gateway(&["--manifest", &p.to_string_lossy(), "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("is valid"), "{err}");
+}

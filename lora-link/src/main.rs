@@ -166,6 +166,9 @@ fn republisher(
         server_name: None,
     })
     .map_err(|e| usage(format!("{}: [mqtt]: {e}", manifest.display())))?;
+    // The broker knows the receiver by its certificate's CN, also as client id.
+    lora_link::mqtt::check_client_id(&m.client_id, &resolve(&m.cert_file))
+        .map_err(|e| usage(format!("{}: [mqtt] client_id: {e}", manifest.display())))?;
     let opts = mqtt_options(&m.client_id, &m.host, m.port, Duration::from_secs(30), tls);
     Ok(MqttSink::start(
         opts,

@@ -73,6 +73,18 @@ pub enum TlsSetupError {
     /// rustls refused the material (e.g. the key does not match the certificate).
     #[error("TLS configuration: {0}")]
     Rustls(String),
+    /// The configured MQTT client id is not the certificate's identity.
+    #[error(
+        "client id `{client_id}` is not the identity of {cert_file} (CN `{identity}`): the broker `provisioner emit broker` configures replaces every client id by the certificate's CN (`use_username_as_clientid`), so the session would not be the one this manifest names; set client_id = \"{identity}\" or re-run `provisioner emit` for this node"
+    )]
+    ClientIdNotIdentity {
+        /// The certificate file.
+        cert_file: PathBuf,
+        /// The client id configured.
+        client_id: String,
+        /// The certificate's CN.
+        identity: String,
+    },
 }
 
 fn read_pem_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsSetupError> {
@@ -103,6 +115,48 @@ fn check_private(path: &Path) -> Result<(), TlsSetupError> {
         }
     }
     Ok(())
+}
+
+/// The identity the broker knows this node by: the subject CN of the first certificate in
+/// `cert_file` (the broker takes it as username and as client id).
+pub fn certificate_identity(cert_file: &Path) -> Result<String, TlsSetupError> {
+    let bad = |why: String| TlsSetupError::File {
+        file: cert_file.to_path_buf(),
+        why,
+    };
+    let pem = read_pem_file(cert_file, "certificate")?;
+    let leaf = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| bad("no CERTIFICATE block".into()))?
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    let mut cns = cert.subject().iter_common_name();
+    let cn = cns
+        .next()
+        .ok_or_else(|| bad("the certificate has no subject CN, the broker would refuse it".into()))?
+        .as_str()
+        .map_err(|e| bad(format!("the subject CN is not a string: {e}")))?
+        .to_string();
+    if cns.next().is_some() {
+        return Err(bad("the certificate has more than one subject CN".into()));
+    }
+    Ok(cn)
+}
+
+/// Refuses a client id other than the certificate's identity (see [`certificate_identity`]):
+/// the broker would replace it anyway, so a different value can only mislead.
+pub fn check_client_id(client_id: &str, cert_file: &Path) -> Result<(), TlsSetupError> {
+    let identity = certificate_identity(cert_file)?;
+    if identity == client_id {
+        Ok(())
+    } else {
+        Err(TlsSetupError::ClientIdNotIdentity {
+            cert_file: cert_file.to_path_buf(),
+            client_id: client_id.to_string(),
+            identity,
+        })
+    }
 }
 
 /// The ring provider: the only one this workspace compiles in.
@@ -478,5 +532,55 @@ mod tests {
             .expect_err("insecure")
             .to_string();
         assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    /// A self-signed certificate made by the openssl CLI with subject `subj`.
+    fn openssl_cert(dir: &Path, name: &str, subj: &str) -> PathBuf {
+        let crt = dir.join(format!("{name}.crt"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .arg("-keyout")
+            .arg(dir.join(format!("{name}.key")))
+            .args(["-subj", subj, "-out"])
+            .arg(&crt)
+            .output()
+            .expect("openssl (install it: the tests use the real CLI)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crt
+    }
+
+    #[test]
+    fn the_client_id_must_be_the_certificates_cn() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let crt = openssl_cert(d.path(), "gw", "/O=Maison/CN=passerelle");
+        assert_eq!(certificate_identity(&crt).expect("cn"), "passerelle");
+        check_client_id("passerelle", &crt).expect("same id");
+        let e = check_client_id("garage-1", &crt)
+            .expect_err("another id")
+            .to_string();
+        assert!(
+            e.contains("`garage-1`")
+                && e.contains("CN `passerelle`")
+                && e.contains("use_username_as_clientid")
+                && e.contains("client_id = \"passerelle\""),
+            "{e}"
+        );
+        let none = openssl_cert(d.path(), "anon", "/O=Maison");
+        let e = certificate_identity(&none).expect_err("no cn").to_string();
+        assert!(e.contains("no subject CN"), "{e}");
+        std::fs::write(
+            d.path().join("junk.crt"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let e = certificate_identity(&d.path().join("junk.crt"))
+            .expect_err("junk")
+            .to_string();
+        assert!(e.contains("junk.crt"), "{e}");
     }
 }

@@ -50,7 +50,10 @@ pub struct DeviceConfig {
     pub format: u32,
     /// Device identity: the certificate's CN and the MQTT username the broker derives from it.
     pub device_id: String,
-    /// MQTT client id (usually the device id).
+    /// MQTT client id: the device id. The broker of `emit broker` replaces any other client
+    /// id by the certificate's CN (`use_username_as_clientid`); [`DeviceConfig::to_blob`]
+    /// refuses a different one, and the firmware connects with the device id whatever a blob
+    /// read back says.
     pub client_id: String,
     /// Address the device connects to: a DNS name or an IP literal.
     pub broker_host: String,
@@ -81,6 +84,7 @@ impl DeviceConfig {
     /// Encodes the blob. Fails only if the configuration is invalid or too large.
     pub fn to_blob(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
+        self.check_client_id()?;
         let text = toml::to_string(self).map_err(|e| Error::Encode(e.to_string()))?;
         if text.len() > MAX_BLOB_LEN {
             return Err(Error::TooLarge {
@@ -107,6 +111,22 @@ impl DeviceConfig {
         let cfg: DeviceConfig = crate::error::parse_toml(BLOB_NAME, text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The client id is the identity: refused otherwise, with why. (Not part of
+    /// [`DeviceConfig::validate`]: a board whose stored blob predates the rule still boots, and
+    /// the broker replaces its client id by the CN.)
+    pub fn check_client_id(&self) -> Result<(), Error> {
+        if self.client_id == self.device_id {
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            at: Location::field(BLOB_NAME, "client_id"),
+            expected: format!(
+                "the device id `{}` (found `{}`): the broker replaces the client id by the certificate's CN (use_username_as_clientid), so no other value can be used",
+                self.device_id, self.client_id
+            ),
+        })
     }
 
     /// Checks the semantic rules a TOML schema cannot express.
@@ -196,5 +216,23 @@ mod tests {
         qos.qos = 3;
         let err = qos.to_blob().expect_err("qos 3");
         assert!(err.to_string().contains("qos"), "{err}");
+    }
+
+    #[test]
+    fn a_client_id_other_than_the_identity_is_not_written_but_still_read() {
+        let mut other = sample();
+        other.client_id = "passerelle".into();
+        let err = other.to_blob().expect_err("client id").to_string();
+        assert!(
+            err.contains("client_id")
+                && err.contains("`salon-1`")
+                && err.contains("use_username_as_clientid"),
+            "{err}"
+        );
+        // A blob written before the rule still decodes (the firmware then uses the device id).
+        let text = toml::to_string(&other).expect("toml");
+        let back = DeviceConfig::from_blob(text.as_bytes()).expect("decodes");
+        assert_eq!(back.client_id, "passerelle");
+        assert!(back.check_client_id().is_err());
     }
 }

@@ -14,7 +14,7 @@
 //! host = "broker.maison.lan"          # address to connect to
 //! port = 8883
 //! server_name = "broker.maison.lan"   # optional: name checked in the broker's certificate
-//! client_id = "passerelle"
+//! client_id = "passerelle"          # the CN of cert_file (checked when the gateway starts)
 //! ca_file = "ca.crt"
 //! cert_file = "passerelle.crt"
 //! key_file = "passerelle.key"         # PEM PKCS#8, mode 0600
@@ -89,7 +89,9 @@ pub struct GatewayMqtt {
     /// to 127.0.0.1 while the certificate names `broker.maison.lan`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// MQTT client id (the broker knows the gateway by its certificate's CN).
+    /// MQTT client id: the CN of `cert_file`, the gateway's identity. The broker of `emit
+    /// broker` replaces any other client id by that CN (`use_username_as_clientid`), which
+    /// also keys the persistent session; `gateway` refuses a manifest where they differ.
     pub client_id: String,
     /// CA certificates (PEM) that signed the broker's certificate.
     pub ca_file: PathBuf,

@@ -351,7 +351,9 @@ pub struct MqttParams {
     /// Broker port (8883 by default).
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
-    /// MQTT client id.
+    /// MQTT client id: the CN of `cert_file`, the node's identity. The broker of `emit broker`
+    /// replaces any other client id by that CN (`use_username_as_clientid`), so `lora-link rx`
+    /// refuses a manifest where they differ.
     pub client_id: String,
     /// CA certificate (PEM) that signed the broker's certificate.
     pub ca_file: PathBuf,

@@ -154,7 +154,8 @@ fn subscribe_hex(
             "-W",
             &timeout_s.to_string(),
         ])
-        .args(["-F", "%t %x", "-t", filter, "-i", "far-side-monitor"])
+        // the client id is the certificate's CN (the broker would make it so anyway)
+        .args(["-F", "%t %x", "-t", filter, "-i", "moniteur"])
         .arg("--cafile")
         .arg(cafile)
         .arg("--cert")
@@ -361,7 +362,7 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
     ];
     let mut sub = subscribe_hex(far_port, &far_ca, &monitor, "maison/#", messages.len(), 30);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !far.log_text().contains("as far-side-monitor") {
+    while !far.log_text().contains(" as moniteur ") {
         assert!(
             Instant::now() < deadline,
             "the far-side subscriber never connected:\n{}",

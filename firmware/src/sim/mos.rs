@@ -345,7 +345,15 @@ pub fn provisioned(
     store: &crate::store::Store<super::persist::FilePersist>,
 ) -> Result<Provisioned, String> {
     let config = load_config(store.blob(CONFIG_FILE.as_bytes()));
-    let (cfg, cert, ca) = device_config(&config)?;
+    let (mut cfg, cert, ca) = device_config(&config)?;
+    // The broker replaces the client id by the certificate's CN: connect as the identity.
+    if let Err(e) = cfg.check_client_id() {
+        eprintln!(
+            "sensor-sim: mqtt.client_id: {e}; connecting as `{}`",
+            cfg.device_id
+        );
+        cfg.client_id = cfg.device_id.clone();
+    }
     let blob = cfg.to_blob().map_err(|e| e.to_string())?;
     Provisioned::from_blobs(
         Some(&blob),

@@ -164,7 +164,12 @@ pub async fn run(p: Provisioned, signer: Arc<dyn DigestSigner>, mut changed: wat
             return;
         }
     };
-    let mut opts = MqttOptions::new(c.client_id.clone(), c.broker_host.clone(), c.port);
+    // The client id is the identity (the certificate's CN): the broker replaces any other by
+    // it (`use_username_as_clientid`), so a persistent session is the device's own.
+    if let Err(e) = c.check_client_id() {
+        eprintln!("sensor-sim: {e}; connecting as `{}`", c.device_id);
+    }
+    let mut opts = MqttOptions::new(c.device_id.clone(), c.broker_host.clone(), c.port);
     let ka = if c.keep_alive_s == 0 {
         Duration::ZERO
     } else {

@@ -785,6 +785,8 @@ pub fn write_gateway(
             host,
             port: opts.broker_port.unwrap_or(site.broker.port),
             server_name,
+            // The certificate's CN is `id` too (issue_node): the broker takes the CN as client
+            // id (use_username_as_clientid) and `gateway` refuses any other value.
             client_id: id.to_string(),
             ca_file: target_path(out, opts, "ca.crt"),
             cert_file: target_path(out, opts, &format!("{id}.crt")),
@@ -919,6 +921,7 @@ pub fn write_receiver(
                 .clone()
                 .unwrap_or_else(|| "localhost".into()),
             port: opts.broker_port.unwrap_or(site.broker.port),
+            // = the certificate's CN, as the broker and `lora-link rx` require.
             client_id: id.to_string(),
             ca_file: target_path(out, opts, "ca.crt"),
             cert_file: target_path(out, opts, &format!("{id}.crt")),
