@@ -86,18 +86,44 @@ impl Counters {
     }
 }
 
-/// Writes the counters file atomically (temporary file + rename), mode 0644.
+/// Writes the counters file atomically, mode 0644, through an unpredictable `O_EXCL`
+/// temporary: a link planted in the state directory is replaced, never written through.
 pub fn write_counters(path: &std::path::Path, c: &Counters) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, format!("{}\n", c.to_json_line()))?;
-    std::fs::rename(&tmp, path)
+    let line = format!("{}\n", c.to_json_line());
+    safe_fs::replace(path, line.as_bytes(), &safe_fs::Replace::new(0o644))
 }
 
 /// How long the radio thread keeps transmitting queued records after a stop request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Logs one line on stderr, prefixed with `gateway:`.
+/// Logs one line on stderr, prefixed with `gateway:`. Topics and errors come from the broker
+/// and the devices: control characters are escaped before they reach a terminal or journal.
 #[macro_export]
 macro_rules! log {
-    ($($arg:tt)*) => { eprintln!("gateway: {}", format_args!($($arg)*)) };
+    ($($arg:tt)*) => {
+        eprintln!("gateway: {}", manifests::text::escape_max(&format!($($arg)*), 4096))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counters_file_replaces_a_planted_link_instead_of_writing_through_it() {
+        let d = tempfile::tempdir().expect("dir");
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("victim");
+        let path = d.path().join("counters.json");
+        for p in [path.clone(), path.with_extension("json.tmp")] {
+            std::os::unix::fs::symlink(&victim, p).expect("plant");
+        }
+        write_counters(&path, &Counters::default()).expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "untouched"
+        );
+        let text = std::fs::read_to_string(&path).expect("counters");
+        assert!(text.starts_with('{'), "{text}");
+    }
 }

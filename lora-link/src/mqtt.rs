@@ -405,9 +405,11 @@ impl MqttSink {
                         }
                         c.connection_errors.fetch_add(1, Ordering::SeqCst);
                         let d = backoff.next_delay();
+                        // The error may carry what the broker sent: shown escaped.
                         eprintln!(
-                            "{log_prefix}: broker connection {}: {e}; retrying in {} ms",
+                            "{log_prefix}: broker connection {}: {}; retrying in {} ms",
                             if was_connected { "lost" } else { "failed" },
+                            manifests::text::escape(&e.to_string()),
                             d.as_millis()
                         );
                         was_connected = false;
