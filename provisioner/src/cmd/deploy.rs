@@ -41,7 +41,9 @@ provisioner deploy gateway passerelle --root /mnt/sdcard --broker-host localhost
 Then on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway\n\n\
 Files: /etc/iot-gateway/ (0700; keys and manifests 0600), /etc/systemd/system/iot-gateway.service,\n\
 /var/lib/iot-gateway/ (0700). Re-running it replaces /etc/iot-gateway atomically with the same\n\
-certificate, key and link key. The gateway binary itself is not copied (see --bin).")]
+certificate, key and link key. The gateway binary itself is not copied (see --bin).\n\
+Links inside ROOT are followed as the Pi sees them (an absolute link from ROOT, never from this\n\
+machine's /); a link that leaves ROOT is refused before anything is written.")]
     Gateway(GatewayArgs),
 }
 
