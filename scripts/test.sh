@@ -15,4 +15,5 @@ echo "== aarch64 cross-build"; lora-link/cross-check.sh
 if [ -x firmware/tests/cryptoauthlib/run.sh ]; then
     echo "== Microchip cryptoauthlib against the emulated chip"; firmware/tests/cryptoauthlib/run.sh
 fi
+echo "== pkilint (RFC 5280 linter) on one certificate of every profile"; ca/tests/pkilint/run.sh
 echo "== all tests passed"

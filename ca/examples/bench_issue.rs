@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             organization: None,
             dns: vec![],
             ips: vec![],
-            uris: vec![format!("urn:atecc508a:sn:0123{i:010x}ee")],
+            serial_number: Some(format!("0123{i:010x}ee")),
         },
         public_key: key.clone(),
         request_id: ca::authority::request_id(&[b"bench", &key.0]),

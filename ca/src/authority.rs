@@ -442,8 +442,7 @@ impl Authority {
         let root_key = load_or_create_key(&layout.root_key(), passphrase)?;
         fault::point("init-after-key");
         let t = now() - BACKDATE;
-        let mut subject = Subject::named(&opts.name, opts.organization.clone());
-        subject.uris.clear();
+        let subject = Subject::named(&opts.name, opts.organization.clone());
         let serial = random_serial()?;
         let path_len = if opts.issuing_ca { 1 } else { 0 };
         let root_params =

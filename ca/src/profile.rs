@@ -1,11 +1,38 @@
 //! Certificate profiles: what each kind of certificate contains. The CA decides every
 //! extension; nothing a CSR asks for is copied except its key and (for servers) its names.
+//!
+//! # Identity rules
+//!
+//! - A device's or client's identity is its subject **CN**: the device id, or the name of the
+//!   gateway, receiver or client. It is unique within the CA's ledger and is the MQTT username
+//!   (mosquitto's `use_identity_as_username`). The ACL grants topics to that name.
+//! - A device certificate also carries the chip's serial number (the ATECC508A's 9-byte
+//!   serial, 18 lowercase hex digits) in the subject's **serialNumber** attribute (X.520
+//!   2.5.4.5, PrintableString), as IEEE 802.1AR does for device identities. The provisioner
+//!   binds it: a certificate names the chip its key lives in.
+//! - The site is the issuing CA itself (one CA per site home); the kind of holder (device,
+//!   gateway, receiver, client) is recorded in the ledger and shown by the EKU.
+//! - No certificate carries a SAN URI. Earlier versions wrote
+//!   `urn:iot-provisioner:SITE:KIND:ID` and `urn:atecc508a:sn:SN`; nothing ever read them,
+//!   and no URI form is accepted by every common validator: pkilint (RFC 5280 linter) accepts
+//!   only network URLs (`http`, `https`, `ftp`, ...) with a host name, and RFC 5280 4.2.1.6
+//!   requires any URI with an authority to name a fully qualified domain as its host, which a
+//!   site name is not. An `https://` URL would claim a resource on a domain the site may not
+//!   own. The subject DN is understood by every validator.
+//! - Servers are named by their SAN DNS names and IP addresses (rustls ignores the CN).
+//!
+//! Every end-entity certificate has a Subject Key Identifier (RFC 5280 4.2.1.2, SHA-256 of
+//! the public key truncated to 160 bits, RFC 7093 method 1), an Authority Key Identifier
+//! equal to its issuer's Subject Key Identifier, and basicConstraints `cA: FALSE`. The CA
+//! certificates have a Subject Key Identifier too, and the issuing CA an Authority Key
+//! Identifier. All of them are clean under pkilint's `lint_pkix_cert` at WARNING
+//! (`ca/tests/pkilint/run.sh` checks one of each profile).
 
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -20,9 +47,9 @@ pub enum Profile {
     IssuingCa,
     /// The broker: SAN DNS and IP, EKU serverAuth.
     Server,
-    /// A sensor: CN = device id, SAN URI with the chip serial number, EKU clientAuth.
+    /// A sensor: CN = device id, subject serialNumber = chip serial number, EKU clientAuth.
     Device,
-    /// A gateway, receiver or other client: EKU clientAuth.
+    /// A gateway, receiver or other client: CN = its name, EKU clientAuth.
     Client,
 }
 
@@ -58,6 +85,26 @@ impl Profile {
     }
 }
 
+/// X.520 serialNumber attribute type.
+const OID_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
+/// Upper bound of serialNumber (X.520 ub-serial-number).
+const MAX_SERIAL_NUMBER_LEN: usize = 64;
+
+/// A serialNumber value: a PrintableString of 1 to 64 characters.
+fn serial_value(sn: &str) -> Result<DnValue> {
+    if sn.is_empty() || sn.len() > MAX_SERIAL_NUMBER_LEN {
+        return Err(Error::BadRequest(format!(
+            "serial number `{sn}` must have 1 to {MAX_SERIAL_NUMBER_LEN} characters"
+        )));
+    }
+    let v = sn.try_into().map_err(|_| {
+        Error::BadRequest(format!(
+            "serial number `{sn}` may hold only letters, digits, space and '()+,-./:=?"
+        ))
+    })?;
+    Ok(DnValue::PrintableString(v))
+}
+
 /// What goes into a certificate besides its key.
 #[derive(Debug, Clone)]
 pub struct Subject {
@@ -69,8 +116,9 @@ pub struct Subject {
     pub dns: Vec<String>,
     /// IP addresses (server profile).
     pub ips: Vec<IpAddr>,
-    /// URIs (device and client identities).
-    pub uris: Vec<String>,
+    /// The device's hardware serial number (device profile only, required there): written as
+    /// the subject's serialNumber attribute.
+    pub serial_number: Option<String>,
 }
 
 impl Subject {
@@ -81,7 +129,7 @@ impl Subject {
             organization,
             dns: vec![],
             ips: vec![],
-            uris: vec![],
+            serial_number: None,
         }
     }
 }
@@ -101,11 +149,36 @@ pub fn params(
         dn.push(DnType::OrganizationName, o.as_str());
     }
     dn.push(DnType::CommonName, subject.common_name.as_str());
+    match (&subject.serial_number, profile) {
+        (Some(sn), Profile::Device) => {
+            dn.push(
+                DnType::CustomDnType(OID_SERIAL_NUMBER.to_vec()),
+                serial_value(sn)?,
+            );
+        }
+        (None, Profile::Device) => {
+            return Err(Error::BadRequest(
+                "a device certificate needs the chip serial number".into(),
+            ));
+        }
+        (Some(_), _) => {
+            return Err(Error::BadRequest(format!(
+                "only device certificates carry a serial number, not {}",
+                profile.name()
+            )));
+        }
+        (None, _) => {}
+    }
     p.distinguished_name = dn;
     p.serial_number = Some(SerialNumber::from_slice(serial));
     p.not_before = not_before;
     p.not_after = not_before + Duration::days(i64::from(days));
     p.use_authority_key_identifier_extension = profile != Profile::RootCa;
+    // rcgen writes a Subject Key Identifier for CA certificates and, with `ExplicitNoCa`, for
+    // end-entity certificates too (with basicConstraints cA FALSE): RFC 5280 4.2.1.2 says
+    // they SHOULD have one, and pkilint warns without it.
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    p.is_ca = IsCa::ExplicitNoCa;
     for name in &subject.dns {
         let ia5 = name
             .as_str()
@@ -115,13 +188,6 @@ pub fn params(
     }
     for ip in &subject.ips {
         p.subject_alt_names.push(SanType::IpAddress(*ip));
-    }
-    for uri in &subject.uris {
-        let ia5 = uri
-            .as_str()
-            .try_into()
-            .map_err(|_| Error::BadRequest(format!("`{uri}` is not an ASCII URI")))?;
-        p.subject_alt_names.push(SanType::URI(ia5));
     }
     match profile {
         Profile::RootCa | Profile::IssuingCa => {
@@ -147,4 +213,38 @@ pub fn params(
         }
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(sn: Option<&str>, profile: Profile) -> Result<CertificateParams> {
+        let mut s = Subject::named("salon-1", None);
+        s.serial_number = sn.map(str::to_string);
+        params(profile, &s, &[1; 16], OffsetDateTime::now_utc(), 30, 0)
+    }
+
+    #[test]
+    fn a_device_certificate_names_its_chip_in_the_subject_and_nothing_else_does() {
+        let p = device(Some("0123c0ffee0000a1ee"), Profile::Device).expect("device");
+        let sn = p
+            .distinguished_name
+            .get(&DnType::CustomDnType(OID_SERIAL_NUMBER.to_vec()))
+            .expect("serialNumber");
+        assert_eq!(
+            sn,
+            &DnValue::PrintableString("0123c0ffee0000a1ee".try_into().expect("printable"))
+        );
+        assert!(p.subject_alt_names.is_empty());
+        assert_eq!(p.is_ca, IsCa::ExplicitNoCa);
+        let e = device(None, Profile::Device).expect_err("no serial");
+        assert!(e.to_string().contains("chip serial number"), "{e}");
+        let e = device(Some("0123"), Profile::Client).expect_err("client with serial");
+        assert!(e.to_string().contains("only device"), "{e}");
+        for bad in ["", "a@b", &"0".repeat(65)] {
+            let e = device(Some(bad), Profile::Device).expect_err("bad serial");
+            assert!(e.to_string().contains("serial number"), "{bad}: {e}");
+        }
+    }
 }

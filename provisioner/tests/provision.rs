@@ -142,16 +142,23 @@ fn a_blank_board_becomes_a_locked_certified_sensor_that_publishes_through_mosqui
         "-ext",
         "subjectAltName",
     ]);
-    assert!(
-        text.contains("CN = salon-1") && text.contains("urn:atecc508a:sn:"),
-        "{text}"
-    );
+    assert!(text.contains("CN = salon-1, serialNumber = 0123"), "{text}");
     let cert_key = cert_public_key(&home, &pem);
 
     drop(broker);
     let mut chip = board.stop_and_open_chip();
     let zone = chip.config_zone();
     assert!(zone.is_config_locked() && zone.is_data_locked());
+    // The certificate names this chip: its serial number is the subject's serialNumber.
+    let sn: String = zone
+        .serial_number()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        text.contains(&format!("serialNumber = {sn}")),
+        "{sn}: {text}"
+    );
     // The profile's zone, and since then one change only: the identity slot locked (Lockable).
     let profile =
         atecc::profile::Profile::from_toml(atecc::profile::TLS_DEVICE_PROFILE).expect("profile");

@@ -446,10 +446,7 @@ pub(crate) fn issue_device_certificate(
         organization: site.site.organization.clone(),
         dns: vec![],
         ips: vec![],
-        uris: vec![
-            format!("urn:iot-provisioner:{}:device:{}", site.site.name, job.id),
-            format!("urn:atecc508a:sn:{sn_hex}"),
-        ],
+        serial_number: Some(sn_hex.to_string()),
     };
     let mut ca = lock_ca(shared);
     let old: Vec<String> = if job.reissue {

@@ -75,7 +75,7 @@ pub fn run(ctx: &Context, cmd: CertCommand) -> Result<()> {
                 organization: site.site.organization.clone(),
                 dns,
                 ips: csr.ips.clone(),
-                uris: vec![],
+                serial_number: None,
             };
             (subject, None)
         }
@@ -100,16 +100,12 @@ pub fn run(ctx: &Context, cmd: CertCommand) -> Result<()> {
             } else {
                 args.publish.clone()
             };
-            let uri = format!(
-                "urn:iot-provisioner:{}:client:{}",
-                site.site.name, csr.common_name
-            );
             let subject = Subject {
                 common_name: csr.common_name.clone(),
                 organization: site.site.organization.clone(),
                 dns: vec![],
                 ips: vec![],
-                uris: vec![uri],
+                serial_number: None,
             };
             let identity = IdentityRecord {
                 id: csr.common_name.clone(),

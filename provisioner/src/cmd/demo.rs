@@ -839,10 +839,7 @@ fn issue_client(
             organization: site.site.organization.clone(),
             dns: vec![],
             ips: vec![],
-            uris: vec![format!(
-                "urn:iot-provisioner:{}:client:{id}",
-                site.site.name
-            )],
+            serial_number: None,
         },
         public_key,
         request_id,

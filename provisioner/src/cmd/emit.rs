@@ -515,10 +515,7 @@ fn issue_node(
             organization: site.site.organization.clone(),
             dns: vec![],
             ips: vec![],
-            uris: vec![format!(
-                "urn:iot-provisioner:{}:{kind}:{id}",
-                site.site.name
-            )],
+            serial_number: None,
         },
         public_key,
         request_id,

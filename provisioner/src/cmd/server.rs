@@ -83,7 +83,7 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
         organization: site.site.organization.clone(),
         dns: dns.clone(),
         ips: ips.clone(),
-        uris: vec![],
+        serial_number: None,
     };
     let identity = IdentityRecord {
         id: args.id.clone(),
