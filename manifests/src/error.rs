@@ -162,16 +162,30 @@ fn missing_field(message: &str) -> Option<&str> {
 /// Rewords serde's "invalid type: string \"8883\", expected u16" as "expected an integer
 /// 0..=65535, found a string \"8883\"": the expected kind first, in TOML's words.
 fn humanize(message: &str) -> String {
-    for (prefix, article) in [("invalid type: ", "a "), ("invalid value: ", "")] {
+    for (prefix, with_article) in [("invalid type: ", true), ("invalid value: ", false)] {
         if let Some(rest) = message.strip_prefix(prefix)
             && let Some((found, expected)) = rest.rsplit_once(", expected ")
         {
-            let found = match found.split_once(' ') {
-                // serde writes `integer `70000``: keep the value, drop the backquotes.
-                Some((kind, value)) if value.starts_with('`') => {
-                    format!("{article}{kind} {}", value.trim_matches('`'))
+            // serde writes `integer `70000``, `string "8883"`, `floating point `1.5``.
+            let (kind, value) = match found.find(['`', '"']) {
+                Some(i) => (found[..i].trim(), Some(found[i..].trim_matches('`'))),
+                None => (found, None),
+            };
+            let found = match (with_article, value) {
+                // A wrong value: the value says it all.
+                (false, Some(v)) => v.to_string(),
+                (false, None) => kind.to_string(),
+                (true, _) => {
+                    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    };
+                    match value {
+                        Some(v) => format!("{article} {kind} {v}"),
+                        None => format!("{article} {kind}"),
+                    }
                 }
-                _ => format!("{article}{found}"),
             };
             return format!("expected {}, found {found}", toml_kind(expected));
         }
@@ -401,6 +415,46 @@ pub fn read_text(path: &Path, max: usize) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_messages_are_reworded_in_tomls_terms() {
+        assert_eq!(
+            humanize("invalid type: string \"8883\", expected u16"),
+            "expected an integer 0..=65535, found a string \"8883\""
+        );
+        assert_eq!(
+            humanize("invalid type: integer `3`, expected a string"),
+            "expected a string, found an integer 3"
+        );
+        assert_eq!(
+            humanize("invalid type: string \"a\", expected a sequence"),
+            "expected an array, found a string \"a\""
+        );
+        assert_eq!(
+            humanize("invalid value: integer `300`, expected u8"),
+            "expected an integer 0..=255, found 300"
+        );
+        assert_eq!(
+            humanize("invalid type: floating point `1.5`, expected u8"),
+            "expected an integer 0..=255, found a floating point 1.5"
+        );
+        assert_eq!(humanize("missing field `qos`"), "missing field `qos`");
+    }
+
+    #[test]
+    fn field_paths_quote_keys_that_are_not_bare() {
+        let p = FieldPath::root()
+            .key("profiles")
+            .key("a.b")
+            .key("readings")
+            .index(1)
+            .key("topic");
+        assert_eq!(p.to_string(), "profiles.\"a.b\".readings[1].topic");
+        assert_eq!(
+            FieldPath::parse("peers[1].address"),
+            FieldPath::root().key("peers").index(1).key("address")
+        );
+    }
 
     #[test]
     fn site_and_gateway_manifests_from_devices_or_huge_files_are_clear_errors() {

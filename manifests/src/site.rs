@@ -540,7 +540,7 @@ mod tests {
         // Out of range, and a type error inside an array of inline tables.
         let err = load_err(&EXAMPLE_SMART_HOME.replace("port = 8883", "port = 70000"));
         assert!(
-            err.contains("field `broker.port`: expected an integer 0..=65535, found integer 70000"),
+            err.contains("field `broker.port`: expected an integer 0..=65535, found 70000"),
             "{err}"
         );
         let bad = EXAMPLE_SMART_HOME.replace("quantity = \"humidity\"", "quantity = 7");
