@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Location, parse_toml, read_text};
+use crate::error::{Error, FieldPath, Location, locate, parse_toml, read_text};
 use crate::link::{LinkKey, LinkManifest, LinkManifestError, LinkRole, LoadedLink};
 use crate::topic::check_topic_filter;
 
@@ -259,7 +259,7 @@ impl GatewayManifest {
                 readable("link.manifest", &p)?;
                 LinkManifest::load(&p)?
             }
-            (None, Some(embedded)) => load_embedded(embedded, path, dir)?,
+            (None, Some(embedded)) => load_embedded(embedded, &text, path, dir)?,
             // validate() rejected the other combinations
             _ => {
                 return Err(Error::Invalid {
@@ -304,7 +304,7 @@ impl GatewayManifest {
 
     fn validate(&self, file: &str, text: &str) -> Result<(), Error> {
         let bad = |field: &str, expected: String| Error::Invalid {
-            at: locate(file, text, field),
+            at: locate(file, text, &FieldPath::parse(field)),
             expected,
         };
         if self.version != GATEWAY_MANIFEST_VERSION {
@@ -361,8 +361,8 @@ impl GatewayManifest {
                 "at least one topic filter, e.g. filters = [\"maison/#\"]".into(),
             ));
         }
-        for f in &m.filters {
-            check_topic_filter(f).map_err(|e| bad("mqtt.filters", e))?;
+        for (i, f) in m.filters.iter().enumerate() {
+            check_topic_filter(f).map_err(|e| bad(&format!("mqtt.filters[{i}]"), e))?;
         }
         if m.qos > 2 {
             return Err(bad("mqtt.qos", format!("0, 1 or 2, found {}", m.qos)));
@@ -412,17 +412,16 @@ impl GatewayManifest {
 }
 
 /// Validates an embedded link manifest and resolves its key (inline: the gateway manifest
-/// must be private; file: relative to the gateway manifest's directory).
+/// must be private; file: relative to the gateway manifest's directory). Errors name the
+/// gateway manifest's own lines and `link.embedded.` fields.
 fn load_embedded(
     embedded: &LinkManifest,
+    text: &str,
     path: &Path,
     dir: &Path,
 ) -> Result<LoadedLink, GatewayManifestError> {
-    let src = embedded
-        .to_toml()
-        .map_err(|e| Error::Encode(format!("link.embedded: {e}")))?;
-    let label = PathBuf::from(format!("{} [link.embedded]", path.display()));
-    let manifest = LinkManifest::parse(&src, &label)?;
+    embedded.validate_within(text, path, &FieldPath::parse("link.embedded"))?;
+    let manifest = embedded.clone();
     let bad_key = |file: &Path, e: String| Error::Invalid {
         at: Location::field(&file.display().to_string(), "key"),
         expected: e,
@@ -478,35 +477,6 @@ pub fn check_private(path: &Path) -> Result<(), GatewayManifestError> {
         }
     }
     Ok(())
-}
-
-/// Location of a dotted field (`mqtt.qos`) in the source: the line of `qos =` inside
-/// `[mqtt]`, or the table header, or just the field name.
-fn locate(file: &str, text: &str, field: &str) -> Location {
-    let (table, key) = field.rsplit_once('.').unwrap_or(("", field));
-    let mut current = String::new();
-    let mut offset = 0usize;
-    let mut table_at = None;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-            if current == field && table_at.is_none() {
-                table_at = Some(offset);
-            }
-        } else if current == table
-            && let Some((k, _)) = t.split_once('=')
-            && k.trim() == key
-        {
-            let col = line.find(k.trim()).unwrap_or(0);
-            return Location::at_offset(file, text, offset + col, Some(field.to_string()));
-        }
-        offset += line.len();
-    }
-    match table_at {
-        Some(o) => Location::at_offset(file, text, o, Some(field.to_string())),
-        None => Location::field(file, field),
-    }
 }
 
 #[cfg(test)]
@@ -585,6 +555,80 @@ file = "link.key"
             .expect_err("unknown")
             .to_string();
         assert!(s.contains("bogus"), "{s}");
+    }
+
+    #[test]
+    fn errors_point_at_the_key_in_its_own_table_and_name_the_full_path() {
+        // A string where the port number belongs: field path and line.
+        let s = parse(&GOOD.replace("port = 8883", "port = \"8883\""))
+            .expect_err("type")
+            .to_string();
+        assert_eq!(
+            s,
+            "g.toml:5:8: field `mqtt.port`: expected an integer 0..=65535, found a string \"8883\""
+        );
+        // The second filter of a multi-line array, at its own line.
+        let s = parse(&GOOD.replace(
+            "filters = [\"maison/#\", \"maison/+/temperature\"]",
+            "filters = [\n  \"maison/#\",\n  \"maison/+x/temperature\",\n]",
+        ))
+        .expect_err("filter")
+        .to_string();
+        assert!(s.starts_with("g.toml:12:3: field `mqtt.filters[1]`"), "{s}");
+        // qos = 3 in an inline `mqtt` table (no `[mqtt]` header to search for).
+        let inline = "mqtt = { host = \"h\", client_id = \"gw\", ca_file = \"c\", cert_file = \"c\", key_file = \"k\", filters = [\"a/#\"], qos = 3 }\nversion = 1\n[link]\nmanifest = \"link.toml\"\n";
+        let s = parse(inline).expect_err("qos").to_string();
+        assert!(s.starts_with("g.toml:1:107: field `mqtt.qos`"), "{s}");
+        // A missing field names its table.
+        let s = parse(&GOOD.replace("client_id = \"passerelle\"\n", ""))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            s.starts_with("g.toml:3:1: field `mqtt.client_id`: missing field"),
+            "{s}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_embedded_link_is_reported_at_the_gateway_manifests_own_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for f in ["ca.crt", "gw.crt"] {
+            std::fs::write(d.join(f), "x").expect("write");
+        }
+        crate::link::write_secret(&d.join("gw.key"), b"x").expect("key");
+        crate::link::write_secret(&d.join("link.key"), b"000102030405060708090a0b0c0d0e0f\n")
+            .expect("key");
+        let embedded = LINK
+            .replace("[node]", "[link.embedded.node]")
+            .replace("[[peers]]", "[[link.embedded.peers]]")
+            .replace("[key]", "[link.embedded.key]")
+            .replace("version = 1\nrole", "[link.embedded]\nversion = 1\nrole");
+        // A second peer with the first one's address: its own line, not the first `address`.
+        let embedded = embedded.replace(
+            "[link.embedded.key]",
+            "[[link.embedded.peers]]\nname = \"autre\"\naddress = 1\n[link.embedded.key]",
+        );
+        let text = GOOD.replace("[link]\nmanifest = \"link.toml\"\n", &embedded);
+        let p = d.join("gateway.toml");
+        crate::link::write_secret(&p, text.as_bytes()).expect("write");
+        let line = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| *l == "address = 1")
+            .nth(1)
+            .map(|(i, _)| i + 1)
+            .expect("line");
+        let e = GatewayManifest::load(&p)
+            .expect_err("duplicate peer")
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "gateway.toml:{line}:1: field `link.embedded.peers[1].address`"
+            )) && e.contains("duplicate"),
+            "{e}"
+        );
     }
 
     #[cfg(unix)]

@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{FieldPath, describe_toml_error, locate};
+
 /// Version of the link manifest schema this code reads and writes.
 pub const LINK_MANIFEST_VERSION: u32 = 1;
 /// Highest topic index that travels as a one-byte index on air (indices are 0..=127).
@@ -450,13 +452,25 @@ pub enum LinkManifestError {
 
 impl LinkManifestError {
     fn invalid(file: &Path, src: &str, field: &str, expected: impl Into<String>) -> Self {
-        let (line, column) = locate_field(src, field).unwrap_or((0, 0));
+        Self::invalid_at(file, src, &FieldPath::parse(field), expected)
+    }
+
+    /// An error at `field` (located in its own table of `src`, e.g. the second `[[peers]]`).
+    fn invalid_at(file: &Path, src: &str, field: &FieldPath, expected: impl Into<String>) -> Self {
+        Self::from_location(
+            file,
+            locate(&file.display().to_string(), src, field),
+            expected.into(),
+        )
+    }
+
+    fn from_location(file: &Path, at: crate::Location, expected: String) -> Self {
         Self::Invalid {
             file: file.to_path_buf(),
-            line,
-            column,
-            field: field.to_string(),
-            expected: expected.into(),
+            line: at.line.unwrap_or(0),
+            column: at.column.unwrap_or(0),
+            field: at.field.unwrap_or_else(|| "?".into()),
+            expected,
         }
     }
 }
@@ -554,8 +568,21 @@ impl LinkManifest {
     }
 
     fn validate(&self, src: &str, file: &Path) -> Result<(), LinkManifestError> {
-        let bad =
-            |field: &str, expected: String| LinkManifestError::invalid(file, src, field, expected);
+        self.validate_within(src, file, &FieldPath::root())
+    }
+
+    /// Validates a manifest written at `prefix` of `src` (a gateway manifest's
+    /// `[link.embedded]`): errors name the lines of `src` and the full field path.
+    pub(crate) fn validate_within(
+        &self,
+        src: &str,
+        file: &Path,
+        prefix: &FieldPath,
+    ) -> Result<(), LinkManifestError> {
+        let bad = |field: &str, expected: String| {
+            let path = prefix.clone().join(&FieldPath::parse(field));
+            LinkManifestError::invalid_at(file, src, &path, expected)
+        };
         if self.version != LINK_MANIFEST_VERSION {
             return Err(bad(
                 "version",
@@ -584,19 +611,19 @@ impl LinkManifest {
         for (i, p) in self.peers.iter().enumerate() {
             if p.address == self.node.address {
                 return Err(bad(
-                    "peers.address",
+                    &format!("peers[{i}].address"),
                     format!("peer #{i} has this node's own address {}", p.address),
                 ));
             }
             if p.address == BROADCAST_ADDRESS && self.role == LinkRole::Receiver {
                 return Err(bad(
-                    "peers.address",
+                    &format!("peers[{i}].address"),
                     "a receiver's peers are senders: expected 0..=254, found 255".into(),
                 ));
             }
             if self.peers[..i].iter().any(|q| q.address == p.address) {
                 return Err(bad(
-                    "peers.address",
+                    &format!("peers[{i}].address"),
                     format!("duplicate peer address {}", p.address),
                 ));
             }
@@ -659,7 +686,7 @@ impl LinkManifest {
         for (i, t) in self.topics.iter().enumerate() {
             if t.index > MAX_TOPIC_INDEX {
                 return Err(bad(
-                    "topics.index",
+                    &format!("topics[{i}].index"),
                     format!(
                         "expected a topic index 0..={MAX_TOPIC_INDEX}, found {}",
                         t.index
@@ -667,17 +694,20 @@ impl LinkManifest {
                 ));
             }
             if let Err(e) = check_topic(&t.topic) {
-                return Err(bad("topics.topic", format!("topic #{i}: {e}")));
+                return Err(bad(
+                    &format!("topics[{i}].topic"),
+                    format!("topic #{i}: {e}"),
+                ));
             }
             if self.topics[..i].iter().any(|u| u.index == t.index) {
                 return Err(bad(
-                    "topics.index",
+                    &format!("topics[{i}].index"),
                     format!("duplicate topic index {}", t.index),
                 ));
             }
             if self.topics[..i].iter().any(|u| u.topic == t.topic) {
                 return Err(bad(
-                    "topics.topic",
+                    &format!("topics[{i}].topic"),
                     format!("duplicate topic {:?}", t.topic),
                 ));
             }
@@ -767,110 +797,11 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     safe_fs::replace(path, bytes, &safe_fs::Replace::new(0o600))
 }
 
-/// Turns a toml error into file/line/column/field/expected.
+/// Turns a toml error into file/line/column/field/expected (the field path as in
+/// [`crate::error::parse_toml`]: `peers[1].address`, `radio.spreading_factor`).
 fn toml_error(file: &Path, src: &str, e: &toml::de::Error) -> LinkManifestError {
-    let (line, column, field) = match e.span() {
-        Some(span) => {
-            let (line, column) = line_col(src, span.start);
-            (line, column, field_at(src, span.start))
-        }
-        None => (0, 0, "?".to_string()),
-    };
-    // toml's messages for missing fields name them: use that when we have nothing better.
-    let msg = e.message().trim().to_string();
-    let field = match (field.as_str(), msg.strip_prefix("missing field `")) {
-        (_, Some(rest)) => {
-            let name = rest.split('`').next().unwrap_or("?");
-            let table = table_at(src, e.span().map(|s| s.start).unwrap_or(0));
-            if table.is_empty() {
-                name.to_string()
-            } else {
-                format!("{table}.{name}")
-            }
-        }
-        _ => field,
-    };
-    LinkManifestError::Invalid {
-        file: file.to_path_buf(),
-        line,
-        column,
-        field,
-        expected: msg,
-    }
-}
-
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
-    let before = src.get(..offset).unwrap_or("");
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, column)
-}
-
-/// The `[table]` (or `[[table]]`) header in force at `offset`, without brackets.
-fn table_at(src: &str, offset: usize) -> String {
-    let before = src.get(..offset.min(src.len())).unwrap_or("");
-    let mut table = String::new();
-    for l in before.lines() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-        }
-    }
-    table
-}
-
-/// Dotted field path of the `key = value` line containing `offset`.
-fn field_at(src: &str, offset: usize) -> String {
-    let offset = offset.min(src.len());
-    let start = src
-        .get(..offset)
-        .and_then(|b| b.rfind('\n'))
-        .map(|i| i + 1)
-        .unwrap_or(0);
-    let line = src[start..].lines().next().unwrap_or("");
-    let table = table_at(src, start);
-    let key = line.split('=').next().map(str::trim).unwrap_or("");
-    let key_ok = !key.is_empty() && line.contains('=') && !key.starts_with('[');
-    match (table.is_empty(), key_ok) {
-        (_, false) if table.is_empty() => "?".into(),
-        (_, false) => table,
-        (true, true) => key.to_string(),
-        (false, true) => format!("{table}.{key}"),
-    }
-}
-
-/// Finds the 1-based (line, column) of a dotted field in the source, for semantic errors.
-fn locate_field(src: &str, field: &str) -> Option<(usize, usize)> {
-    let (table, key) = match field.rsplit_once('.') {
-        Some((t, k)) => (t, k),
-        None => ("", field),
-    };
-    let mut current = String::new();
-    let mut table_line = None;
-    for (i, l) in src.lines().enumerate() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-            if current == field {
-                table_line = table_line.or(Some((i + 1, 1)));
-            }
-            continue;
-        }
-        if current == table
-            && let Some((k, _)) = t.split_once('=')
-            && k.trim() == key
-        {
-            let col = l.find(k.trim()).unwrap_or(0) + 1;
-            return Some((i + 1, col));
-        }
-    }
-    table_line
+    let (at, message) = describe_toml_error(&file.display().to_string(), src, e);
+    LinkManifestError::from_location(file, at, message)
 }
 
 #[cfg(test)]
@@ -935,7 +866,23 @@ topic = "maison/salon/temperature"
     fn semantic_errors_are_located() {
         let bad = GOOD.replace("address = 10", "address = 1");
         let s = parse(&bad).expect_err("own address").to_string();
-        assert!(s.contains("peers.address"), "{s}");
+        assert!(s.contains("r.toml:12:1: field `peers[0].address`"), "{s}");
+        // The second `[[peers]]` is named and located, not the first one's `address`.
+        let bad = GOOD.replace(
+            "address = 10\n",
+            "address = 10\n\n[[peers]]\nname = \"pi3\"\naddress = 10\n",
+        );
+        let s = parse(&bad).expect_err("duplicate").to_string();
+        assert!(
+            s.contains("r.toml:16:1: field `peers[1].address`") && s.contains("duplicate"),
+            "{s}"
+        );
+        let bad = GOOD.replace("address = 10\n", "address = \"10\"\n");
+        let s = parse(&bad).expect_err("type").to_string();
+        assert!(
+            s.contains("r.toml:12:11: field `peers[0].address`: expected an integer 0..=255, found a string \"10\""),
+            "{s}"
+        );
         let bad = GOOD.replace("0e0f\"", "0e\"");
         let s = parse(&bad).expect_err("short key").to_string();
         assert!(

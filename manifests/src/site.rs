@@ -16,8 +16,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::device::Quantity;
-use crate::error::{Error, Location, parse_toml, read_text};
-use crate::topic::{check_identity, check_topic_filter, check_topic_name};
+use crate::error::{Error, FieldPath, locate, parse_toml, read_text};
+use crate::topic::{
+    check_identity, check_topic_filter, check_topic_name, expand_template, parse_template,
+};
 
 /// The example site shipped with the crate (`manifests/examples/smart-home.toml`).
 pub const EXAMPLE_SMART_HOME: &str = include_str!("../examples/smart-home.toml");
@@ -226,12 +228,15 @@ pub struct TopicVars<'a> {
     pub id: &'a str,
 }
 
-/// Expands `{root}`, `{room}` and `{id}` in a topic template.
+/// Expands `{root}`, `{room}` and `{id}` in a topic template, in one pass (a value is never
+/// expanded again). [`Site::load`] has refused any other placeholder.
 pub fn expand_topic(template: &str, vars: &TopicVars<'_>) -> String {
-    template
-        .replace("{root}", vars.root)
-        .replace("{room}", vars.room)
-        .replace("{id}", vars.id)
+    expand_template(template, |name| match name {
+        "root" => Some(vars.root),
+        "room" => Some(vars.room),
+        "id" => Some(vars.id),
+        _ => None,
+    })
 }
 
 impl Site {
@@ -265,116 +270,122 @@ impl Site {
     }
 
     fn validate(&self, file: &str, text: &str) -> Result<(), Error> {
-        // Semantic errors point at the line where the offending key is written.
-        let invalid = |field: &str, key: &str, expected: String| {
-            let at = match find_key(text, key) {
-                Some(off) => Location::at_offset(file, text, off, Some(field.to_string())),
-                None => Location::field(file, field),
-            };
-            Error::Invalid { at, expected }
+        // Semantic errors point at the line where the offending key is written, inside its
+        // own table (`profiles.porte.qos` at the `qos` of `[profiles.porte]`).
+        let invalid = |field: FieldPath, expected: String| Error::Invalid {
+            at: locate(file, text, &field),
+            expected,
         };
-        check_identity(&self.site.name).map_err(|e| invalid("site.name", "name", e))?;
+        let at = FieldPath::parse;
+        check_identity(&self.site.name).map_err(|e| invalid(at("site.name"), e))?;
         if self.broker.dns.is_empty() && self.broker.ip.is_empty() {
             return Err(invalid(
-                "broker.dns",
-                "[broker]",
+                at("broker.dns"),
                 "at least one DNS name or IP address for the broker (rustls checks the SAN)".into(),
             ));
         }
-        for name in &self.broker.dns {
+        for (i, name) in self.broker.dns.iter().enumerate() {
             if !is_dns_name(name) {
                 return Err(invalid(
-                    "broker.dns",
-                    "dns",
+                    at("broker.dns").index(i),
                     format!("a DNS name (got `{name}`)"),
                 ));
             }
         }
         if self.broker.port == 0 {
-            return Err(invalid("broker.port", "port", "a TCP port 1..65535".into()));
+            return Err(invalid(at("broker.port"), "a TCP port 1..65535".into()));
         }
         if !(1..=3650).contains(&self.site.leaf_days) {
-            return Err(invalid(
-                "site.leaf_days",
-                "leaf_days",
-                "1..3650 days".into(),
-            ));
+            return Err(invalid(at("site.leaf_days"), "1..3650 days".into()));
         }
         if !(1..=365).contains(&self.site.crl_days) {
-            return Err(invalid("site.crl_days", "crl_days", "1..365 days".into()));
+            return Err(invalid(at("site.crl_days"), "1..365 days".into()));
         }
         let root = &self.topics.root;
-        check_topic_name(root).map_err(|e| invalid("topics.root", "root", e))?;
-        for room in &self.topics.rooms {
-            if room.is_empty() || room.contains(['/', '+', '#', ' ']) {
+        check_topic_name(root).map_err(|e| invalid(at("topics.root"), e))?;
+        if root.contains(['{', '}']) {
+            return Err(invalid(
+                at("topics.root"),
+                format!("a literal topic prefix without `{{` or `}}` (got `{root}`)"),
+            ));
+        }
+        for (i, room) in self.topics.rooms.iter().enumerate() {
+            let here = || at("topics.rooms").index(i);
+            if room.is_empty() || room.contains(['/', '+', '#', ' ', '{', '}']) {
                 return Err(invalid(
-                    "topics.rooms",
-                    "rooms",
-                    format!("a single topic level (got `{room}`)"),
+                    here(),
+                    format!("a single topic level without braces (got `{room}`)"),
+                ));
+            }
+            check_topic_name(room).map_err(|e| invalid(here(), e))?;
+            if let Some(j) = self.topics.rooms[..i].iter().position(|r| r == room) {
+                return Err(invalid(
+                    here(),
+                    format!("each room listed once (`{room}` is also topics.rooms[{j}])"),
                 ));
             }
         }
         for (name, p) in &self.profiles {
-            let f = |k: &str| format!("profiles.{name}.{k}");
-            check_identity(name).map_err(|e| invalid(&format!("profiles.{name}"), name, e))?;
+            let table = FieldPath::root().key("profiles").key(name);
+            let f = |k: &str| table.clone().key(k);
+            check_identity(name).map_err(|e| invalid(table.clone(), e))?;
             // A chip profile is a file name in the home: no `/`, no `..`.
             check_identity(&p.chip)
-                .map_err(|e| invalid(&f("chip"), "chip", format!("a chip profile name: {e}")))?;
+                .map_err(|e| invalid(f("chip"), format!("a chip profile name: {e}")))?;
             if p.key_slot > 7 {
-                return Err(invalid(
-                    &f("key_slot"),
-                    "key_slot",
-                    "a P-256 key slot 0..7".into(),
-                ));
+                return Err(invalid(f("key_slot"), "a P-256 key slot 0..7".into()));
             }
             if p.write_key_slot > 15 || p.write_key_slot == p.key_slot {
                 return Err(invalid(
-                    &f("write_key_slot"),
-                    "write_key_slot",
+                    f("write_key_slot"),
                     "a slot 0..15 other than the key slot".into(),
                 ));
             }
             if p.qos > 2 {
-                return Err(invalid(&f("qos"), "qos", "0, 1 or 2".into()));
+                return Err(invalid(f("qos"), format!("0, 1 or 2 (got {})", p.qos)));
             }
             if p.readings.is_empty() {
-                return Err(invalid(
-                    &f("readings"),
-                    "readings",
-                    "at least one reading".into(),
-                ));
+                return Err(invalid(f("readings"), "at least one reading".into()));
             }
             let vars = TopicVars {
                 root,
                 room: "room",
                 id: "id",
             };
-            for r in &p.readings {
-                check_topic_name(&expand_topic(&r.topic, &vars))
-                    .map_err(|e| invalid(&f("readings.topic"), "topic", e))?;
+            let check_template = |field: FieldPath, t: &str| {
+                parse_template(t).map_err(|e| invalid(field.clone(), e))?;
+                check_topic_name(&expand_topic(t, &vars)).map_err(|e| invalid(field, e))
+            };
+            for (i, r) in p.readings.iter().enumerate() {
+                let field = f("readings").index(i).key("topic");
+                check_template(field.clone(), &r.topic)?;
+                if let Some(j) = p.readings[..i].iter().position(|q| q.topic == r.topic) {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "one reading per topic (`{}` is also readings[{j}])",
+                            r.topic
+                        ),
+                    ));
+                }
             }
             if let Some(s) = &p.status_topic {
-                check_topic_name(&expand_topic(s, &vars))
-                    .map_err(|e| invalid(&f("status_topic"), "status_topic", e))?;
+                check_template(f("status_topic"), s)?;
             }
             if p.interval_s == 0 {
-                return Err(invalid(
-                    &f("interval_s"),
-                    "interval_s",
-                    "at least 1 second".into(),
-                ));
+                return Err(invalid(f("interval_s"), "at least 1 second".into()));
             }
         }
         for (id, g) in &self.gateways {
-            check_identity(id).map_err(|e| invalid(&format!("gateways.{id}"), id, e))?;
-            for s in &g.subscribe {
-                check_topic_filter(s)
-                    .map_err(|e| invalid(&format!("gateways.{id}.subscribe"), "subscribe", e))?;
+            let table = FieldPath::root().key("gateways").key(id);
+            check_identity(id).map_err(|e| invalid(table.clone(), e))?;
+            for (i, s) in g.subscribe.iter().enumerate() {
+                check_literal_filter(s)
+                    .map_err(|e| invalid(table.clone().key("subscribe").index(i), e))?;
             }
             if !self.receivers.contains_key(&g.receiver) {
                 return Err(invalid(
-                    &format!("gateways.{id}.receiver"),
-                    "receiver",
+                    table.key("receiver"),
                     format!(
                         "a receiver defined under [receivers] (got `{}`)",
                         g.receiver
@@ -383,33 +394,27 @@ impl Site {
             }
         }
         for (id, r) in &self.receivers {
-            check_identity(id).map_err(|e| invalid(&format!("receivers.{id}"), id, e))?;
-            for s in &r.publish {
-                check_topic_filter(s)
-                    .map_err(|e| invalid(&format!("receivers.{id}.publish"), "publish", e))?;
+            let table = FieldPath::root().key("receivers").key(id);
+            check_identity(id).map_err(|e| invalid(table.clone(), e))?;
+            for (i, s) in r.publish.iter().enumerate() {
+                check_literal_filter(s)
+                    .map_err(|e| invalid(table.clone().key("publish").index(i), e))?;
             }
         }
         Ok(())
     }
 }
 
-/// Byte offset of the first line that assigns or opens `key`.
-fn find_key(text: &str, key: &str) -> Option<usize> {
-    let mut off = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim_start();
-        let lead = line.len() - t.len();
-        if t.starts_with(key)
-            && (key.starts_with('[') || t[key.len()..].trim_start().starts_with('='))
-        {
-            return Some(off + lead);
-        }
-        if t.starts_with('[') && t.contains(&format!(".{key}]")) {
-            return Some(off + lead);
-        }
-        off += line.len();
+/// A gateway's or receiver's topic filter: placeholders are expanded only in profile topics,
+/// so a `{root}` here would be matched literally and forward nothing.
+fn check_literal_filter(s: &str) -> Result<(), String> {
+    check_topic_filter(s)?;
+    if s.contains(['{', '}']) {
+        return Err(format!(
+            "a literal topic filter (got `{s}`): placeholders such as {{root}} are expanded only in profile topics"
+        ));
     }
-    None
+    Ok(())
 }
 
 fn is_dns_name(name: &str) -> bool {
@@ -472,6 +477,153 @@ mod tests {
             .to_string();
         assert!(err.contains("qos") && err.contains("0, 1 or 2"), "{err}");
         assert!(err.starts_with("site.toml:"), "{err}");
+    }
+
+    /// 1-based (line, column) of `needle` on the first line after the line starting with
+    /// `after` (or on it) that contains it.
+    fn pos(text: &str, after: &str, needle: &str) -> (usize, usize) {
+        let start = text
+            .lines()
+            .position(|l| l.starts_with(after))
+            .expect("anchor line");
+        text.lines()
+            .enumerate()
+            .skip(start)
+            .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, l[..c].chars().count() + 1)))
+            .expect("needle")
+    }
+
+    fn load_err(text: &str) -> String {
+        Site::from_toml_str("site.toml", text)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_bad_qos_in_a_later_profile_is_reported_at_that_profiles_line() {
+        // `qos = 0` is thermometre's; climat's `qos = 1` comes first in the file and
+        // sorts first too, where a search for the key name alone lands.
+        let bad = EXAMPLE_SMART_HOME.replacen("qos = 0", "qos = 3", 1);
+        let err = load_err(&bad);
+        let (line, col) = pos(&bad, "[profiles.thermometre]", "qos = 3");
+        assert!(
+            err.starts_with(&format!(
+                "site.toml:{line}:{col}: field `profiles.thermometre.qos`: expected 0, 1 or 2"
+            )),
+            "{err}"
+        );
+        // The same with dotted keys in a `[profiles]` table written after its sub-tables.
+        let dotted = EXAMPLE_SMART_HOME.replace(
+            "[gateways.passerelle]",
+            "[profiles]\nyy.readings = [{ topic = \"{root}/{room}/t\", quantity = \"temperature\" }]\nyy.qos = 9\n\n[gateways.passerelle]",
+        );
+        let err = load_err(&dotted);
+        // The column of `qos` itself.
+        let (line, col) = pos(&dotted, "[profiles]", "qos = 9");
+        assert!(
+            err.starts_with(&format!("site.toml:{line}:{col}: field `profiles.yy.qos`")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_string_where_a_number_belongs_names_the_field_path_and_line() {
+        let bad = EXAMPLE_SMART_HOME.replace("port = 8883", "port = \"8883\"");
+        let err = load_err(&bad);
+        let (line, col) = pos(&bad, "[broker]", "\"8883\"");
+        assert_eq!(
+            err,
+            format!(
+                "site.toml:{line}:{col}: field `broker.port`: expected an integer 0..=65535, found a string \"8883\""
+            )
+        );
+        // Out of range, and a type error inside an array of inline tables.
+        let err = load_err(&EXAMPLE_SMART_HOME.replace("port = 8883", "port = 70000"));
+        assert!(
+            err.contains("field `broker.port`: expected an integer 0..=65535, found 70000"),
+            "{err}"
+        );
+        let bad = EXAMPLE_SMART_HOME.replace("quantity = \"humidity\"", "quantity = 7");
+        let err = load_err(&bad);
+        let (line, col) = pos(&bad, "[profiles.climat]", "quantity = 7");
+        let col = col + "quantity = ".len();
+        assert!(
+            err.starts_with(&format!(
+                "site.toml:{line}:{col}: field `profiles.climat.readings[1].quantity`"
+            )),
+            "{err}"
+        );
+        // A missing field names its table and itself.
+        let bad = EXAMPLE_SMART_HOME.replace(
+            "readings = [{ topic = \"{root}/{room}/porte\", quantity = \"door\" }]\n",
+            "",
+        );
+        let err = load_err(&bad);
+        let (line, col) = pos(&bad, "[profiles.porte]", "[profiles.porte]");
+        assert!(
+            err.starts_with(&format!(
+                "site.toml:{line}:{col}: field `profiles.porte.readings`: missing field `readings`"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_placeholder_is_refused_at_its_line_with_the_known_ones() {
+        let bad = EXAMPLE_SMART_HOME.replace("{root}/{room}/luminosite", "{root}/{rom}/luminosite");
+        let err = load_err(&bad);
+        let (line, col) = pos(&bad, "[profiles.luminosite]", "topic = \"{root}/{rom}");
+        assert!(
+            err.starts_with(&format!(
+                "site.toml:{line}:{col}: field `profiles.luminosite.readings[1].topic`"
+            )) && err.contains("`{rom}`")
+                && err.contains("{root}, {room}, {id}"),
+            "{err}"
+        );
+        let bad = EXAMPLE_SMART_HOME.replace("{root}/{room}/status", "{root}/{room/status");
+        let err = load_err(&bad);
+        assert!(
+            err.contains("field `profiles.porte.status_topic`") && err.contains("not closed"),
+            "{err}"
+        );
+        // Placeholders are not expanded in gateway filters: refused, not silently literal.
+        let bad =
+            EXAMPLE_SMART_HOME.replace("subscribe = [\"maison/#\"]", "subscribe = [\"{root}/#\"]");
+        let err = load_err(&bad);
+        assert!(
+            err.contains("field `gateways.passerelle.subscribe[0]`") && err.contains("literal"),
+            "{err}"
+        );
+        // A root that would be expanded again.
+        let bad = EXAMPLE_SMART_HOME.replace("root = \"maison\"", "root = \"{id}\"");
+        assert!(load_err(&bad).contains("field `topics.root`"));
+    }
+
+    #[test]
+    fn list_items_are_located_by_index() {
+        let bad = EXAMPLE_SMART_HOME.replace("\"garage\"", "\"salon\"");
+        let err = load_err(&bad);
+        assert!(
+            err.contains("field `topics.rooms[3]`") && err.contains("topics.rooms[1]"),
+            "{err}"
+        );
+        let bad = EXAMPLE_SMART_HOME.replace("\"raspberrypi.local\"", "\"raspberry pi\"");
+        let err = load_err(&bad);
+        let (line, col) = pos(&bad, "[broker]", "\"raspberry pi\"");
+        assert!(
+            err.starts_with(&format!("site.toml:{line}:{col}: field `broker.dns[1]`")),
+            "{err}"
+        );
+        let bad = EXAMPLE_SMART_HOME.replace(
+            "{ topic = \"{root}/{room}/luminosite\"",
+            "{ topic = \"{root}/{room}/temperature\"",
+        );
+        let err = load_err(&bad);
+        assert!(
+            err.contains("field `profiles.luminosite.readings[1].topic`")
+                && err.contains("readings[0]"),
+            "{err}"
+        );
     }
 
     #[test]

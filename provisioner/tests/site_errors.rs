@@ -1,0 +1,72 @@
+//! A broken site file handed to `provisioner init --site`: exit code 3, the message names the
+//! file, the line of the offending key inside its own table, and the full field path; nothing
+//! is created.
+
+mod common;
+
+use common::*;
+
+/// Runs `init --site` on `text`; returns stderr after checking the refusal.
+fn refused_init(text: &str) -> String {
+    let home = Home::new();
+    let site = home.work().join("bad.toml");
+    std::fs::write(&site, text).expect("write site");
+    let o = home.run(&["init", "--site", &site.to_string_lossy()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(!home.path().exists(), "a refused init created the home");
+    err
+}
+
+/// 1-based line of the first line at or after the one starting with `after` that starts with
+/// `key`.
+fn line_of(text: &str, after: &str, key: &str) -> usize {
+    let start = text
+        .lines()
+        .position(|l| l.starts_with(after))
+        .expect("anchor");
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| l.starts_with(key))
+        .map(|(i, _)| i + 1)
+        .expect("line")
+}
+
+#[test]
+fn init_reports_a_bad_site_at_the_offending_line_with_the_field_path() {
+    // qos = 3 in the thermometre profile, the second in the file to have a `qos`.
+    let text = manifests::site::EXAMPLE_SMART_HOME.replacen("qos = 0", "qos = 3", 1);
+    let err = refused_init(&text);
+    let line = line_of(&text, "[profiles.thermometre]", "qos = 3");
+    assert!(
+        err.contains(&format!(
+            "bad.toml:{line}:1: field `profiles.thermometre.qos`: expected 0, 1 or 2"
+        )),
+        "{err}"
+    );
+
+    // A string where the port number belongs.
+    let text = manifests::site::EXAMPLE_SMART_HOME.replace("port = 8883", "port = \"8883\"");
+    let err = refused_init(&text);
+    let line = line_of(&text, "[broker]", "port =");
+    assert!(
+        err.contains(&format!(
+            "bad.toml:{line}:8: field `broker.port`: expected an integer 0..=65535, found a string \"8883\""
+        )),
+        "{err}"
+    );
+
+    // A typo in a topic placeholder.
+    let text = manifests::site::EXAMPLE_SMART_HOME
+        .replace("\"{root}/{room}/porte\"", "\"{root}/{rom}/porte\"");
+    let err = refused_init(&text);
+    let line = line_of(&text, "[profiles.porte]", "readings =");
+    assert!(
+        err.contains(&format!(
+            "bad.toml:{line}:15: field `profiles.porte.readings[0].topic`"
+        )) && err.contains("{rom}")
+            && err.contains("{root}, {room}, {id}"),
+        "{err}"
+    );
+}
