@@ -141,8 +141,11 @@ const RUNS: u32 = 4;
 
 fn retryable(e: &ProvisionError) -> bool {
     match e {
-        // A missing or busy port, or the board's time is up: running again cannot help.
-        ProvisionError::Link(LinkError::Open(_) | LinkError::Deadline { .. }) => false,
+        // A missing or busy port, another firmware, or the board's time is up: running
+        // again cannot help.
+        ProvisionError::Link(
+            LinkError::Open(_) | LinkError::Deadline { .. } | LinkError::OtherFirmware { .. },
+        ) => false,
         ProvisionError::Link(_) | ProvisionError::Chip { .. } => true,
         _ => false,
     }
@@ -178,6 +181,18 @@ fn provision_with_retries(
             }
             other => return other,
         }
+    }
+}
+
+/// The exit code a board's failure calls for (the process exits with the worst board's).
+fn failure_code(e: &ProvisionError) -> Code {
+    match e {
+        ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => Code::State,
+        ProvisionError::Config(_) | ProvisionError::Link(LinkError::OtherFirmware { .. }) => {
+            Code::Input
+        }
+        ProvisionError::Ca(ca::Error::WrongPassphrase { .. }) => Code::Credentials,
+        _ => Code::Failure,
     }
 }
 
@@ -217,6 +232,12 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         )
         .with_help("give one --id per --port, or one template such as --id 'salon-{n}'"));
     };
+    // A path that cannot be a serial port is a wrong argument: refused before any board.
+    for port in &args.port {
+        if let Some(why) = crate::bench::port::not_a_serial_port(port) {
+            return Err(CliError::new(Code::Input, format!("--port {why}")));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (id, port) in ids.iter().zip(&args.port) {
         manifests::topic::check_identity(id)
@@ -374,15 +395,30 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut worst: Option<CliError> = None;
     let mut report = Vec::new();
     let mut human = String::new();
-    for (port, r, ms) in &results {
+    let failed = results.iter().filter(|r| r.1.is_err()).count();
+    for ((port, r, ms), (_, job)) in results.iter().zip(&jobs) {
         match r {
             Ok(o) => {
                 // The physical floor of this exchange: bytes x 10 bits / baud + the chip's
                 // typical execution times (what `scripts/bench-provision.sh` compares against).
                 let floor = o.link.map(|l| l.floor_s(args.baud));
-                report.push(
-                    json!({ "port": port, "ok": true, "ms": ms, "floor_s": floor, "result": o }),
-                );
+                // A board stopped before an irreversible step is not done: the process
+                // exits 6 for it, and its record says so.
+                let stopped = o.status == "needs-lock";
+                let mut record = json!({
+                    "port": port,
+                    "id": o.id,
+                    "ok": !stopped,
+                    "status": if stopped { "stopped" } else if o.status == "dry-run" { "dry-run" } else { "done" },
+                    "ms": ms,
+                    "floor_s": floor,
+                    "result": o,
+                });
+                if stopped {
+                    record["stopped"] = json!("needs --lock");
+                    record["exit_code"] = json!(Code::NeedsPermission as i32);
+                }
+                report.push(record);
                 if let (Some(l), Some(f)) = (o.link, floor) {
                     human.push_str(&format!(
                         "{} on the wire ({} lines, {} resent), physical floor {:.2} s at {} baud, ratio {:.2}\n",
@@ -416,7 +452,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                         ));
                     }
                 }
-                if o.status == "needs-lock" && worst.is_none() {
+                if stopped && worst.is_none() {
                     worst = Some(
                         CliError::new(
                             Code::NeedsPermission,
@@ -436,26 +472,37 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                     ) => crate::bench::port::other_openers_hint(port),
                     _ => String::new(),
                 };
-                report.push(
-                    json!({ "port": port, "ok": false, "ms": ms, "error": format!("{e}{hint}") }),
-                );
-                human.push_str(&format!("{port}: FAILED: {e}{hint}\n"));
-                let code = match e {
-                    ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => {
-                        Code::State
+                let code = failure_code(e);
+                report.push(json!({
+                    "port": port,
+                    "id": job.id,
+                    "ok": false,
+                    "status": "failed",
+                    "exit_code": code as i32,
+                    "ms": ms,
+                    "error": format!("{e}{hint}"),
+                }));
+                human.push_str(&format!("{port} {}: FAILED: {e}{hint}\n", job.id));
+                let help = match e {
+                    ProvisionError::Link(LinkError::OtherFirmware { fix, .. }) => {
+                        Some(format!("re-run with {fix}"))
                     }
-                    ProvisionError::Config(_) => Code::Input,
-                    ProvisionError::Ca(ca::Error::WrongPassphrase { .. }) => Code::Credentials,
-                    _ => Code::Failure,
+                    _ => None,
                 };
-                worst = Some(CliError::new(
+                let mut err = CliError::new(
                     code,
-                    format!(
-                        "{} of {} board(s) failed",
-                        results.iter().filter(|r| r.1.is_err()).count(),
-                        results.len()
-                    ),
-                ));
+                    format!("{failed} of {} board(s) failed", results.len()),
+                );
+                if let Some(h) = help {
+                    err = err.with_help(h);
+                }
+                // A failure outranks a stop; among failures, the first board's counts.
+                if worst
+                    .as_ref()
+                    .is_none_or(|w| w.code() == Code::NeedsPermission as i32)
+                {
+                    worst = Some(err);
+                }
             }
         }
     }
@@ -465,7 +512,12 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     ctx.print(
-        &json!({ "boards": report, "seconds": started.elapsed().as_secs_f64() }),
+        &json!({
+            "boards": report,
+            "ok": worst.is_none(),
+            "exit_code": worst.as_ref().map_or(0, CliError::code),
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
         &human,
     );
     match worst {
