@@ -11,7 +11,9 @@ use serde_json::json;
 use crate::bench::LinkError;
 use crate::bench::kit::KitLink;
 use crate::bench::mos::MosLink;
-use crate::bench::provision::{self, Job, Outcome, Progress, ProvisionError, Quiet, Shared};
+use crate::bench::provision::{
+    self, CaAccess, Job, Outcome, Progress, ProvisionError, Quiet, Shared,
+};
 use crate::bench::provision_mos;
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
@@ -196,6 +198,113 @@ fn failure_code(e: &ProvisionError) -> Code {
     }
 }
 
+/// The 1-based line of the first line of `text` after line `from` (0: the start) that starts
+/// with `start` once indented, before the next `[section]` when `in_section`.
+fn line_of(text: &str, from: usize, start: &str, in_section: bool) -> Option<usize> {
+    for (i, line) in text.lines().enumerate().skip(from) {
+        let t = line.trim_start();
+        if t.starts_with(start) {
+            return Some(i + 1);
+        }
+        if in_section && t.starts_with('[') {
+            return None;
+        }
+    }
+    None
+}
+
+/// Slots of `chip` that can hold the key of `profile` with `source`.
+fn key_slots_for(
+    chip: &atecc::profile::Profile,
+    profile: &manifests::site::DeviceProfile,
+    source: KeySource,
+) -> Vec<u8> {
+    (0u8..=7)
+        .filter(|&n| {
+            let mut p = profile.clone();
+            p.key_slot = n;
+            n != p.write_key_slot && provision::check_profile(&p, chip, source).is_ok()
+        })
+        .collect()
+}
+
+/// Where to fix a site profile whose chip profile's key slot does not take `source`: the
+/// site file and line, the chip profile's file and line, and slots or profiles that work.
+fn key_slot_help(
+    ctx: &Context,
+    name: &str,
+    profile: &manifests::site::DeviceProfile,
+    chip: &atecc::profile::Profile,
+    source: KeySource,
+) -> String {
+    let site = ctx.layout.site();
+    let text = safe_fs::read_limited_string(&site, 1 << 20).unwrap_or_default();
+    let section = line_of(&text, 0, &format!("[profiles.{name}]"), false);
+    let at = match section {
+        Some(l) => match line_of(&text, l, "key_slot", true) {
+            Some(k) => format!("{}:{k} (key_slot of [profiles.{name}])", site.display()),
+            None => format!(
+                "{}:{l} ([profiles.{name}], key_slot not set: it defaults to 0)",
+                site.display()
+            ),
+        },
+        None => format!("{} ([profiles.{name}])", site.display()),
+    };
+    let slot = profile.key_slot;
+    let (chip_file, chip_text) = if profile.chip == "tls-device" {
+        (
+            "the built-in chip profile tls-device (atecc/profiles/tls-device.toml in the sources)"
+                .to_string(),
+            atecc::profile::TLS_DEVICE_PROFILE.to_string(),
+        )
+    } else {
+        let path = ctx
+            .layout
+            .home
+            .join("chips")
+            .join(format!("{}.toml", profile.chip));
+        let text = safe_fs::read_limited_string(&path, 256 * 1024).unwrap_or_default();
+        (path.display().to_string(), text)
+    };
+    let chip_at = match line_of(&chip_text, 0, &format!("[slot.{slot}]"), false) {
+        Some(l) => format!("{chip_file}, line {l} ([slot.{slot}])"),
+        None => format!("{chip_file} ([slot.{slot}] not set)"),
+    };
+    let field = match source {
+        KeySource::Chip => "write_config with bit 0b0010 (GenKey)".to_string(),
+        KeySource::Host => format!(
+            "write_config with bit 0b0100 (encrypted PrivWrite) and write_key = {}",
+            profile.write_key_slot
+        ),
+    };
+    let mut fixes = Vec::new();
+    let here = key_slots_for(chip, profile, source);
+    if let Some(n) = here.first() {
+        fixes.push(format!(
+            "set key_slot = {n} at {at} (slot {n} of chip profile `{}` takes it)",
+            profile.chip
+        ));
+    }
+    if profile.chip != "tls-device"
+        && let Ok(builtin) = atecc::profile::Profile::from_toml(atecc::profile::TLS_DEVICE_PROFILE)
+        && key_slots_for(&builtin, profile, source).contains(&slot)
+    {
+        fixes.push(format!(
+            "use the built-in chip profile: chip = \"tls-device\" in [profiles.{name}] of {} (its slot {slot} takes it)",
+            site.display()
+        ));
+    }
+    fixes.push(format!(
+        "give slot {slot} {field} in {chip_at} (only for chips not yet locked with it)"
+    ));
+    let other = match source {
+        KeySource::Chip => "--key-source host",
+        KeySource::Host => "--key-source chip",
+    };
+    fixes.push(format!("or use {other}"));
+    fixes.join("; ")
+}
+
 /// Runs `device provision`.
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let site = ctx.site()?;
@@ -287,8 +396,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // Fail on the profile before touching any chip.
     let chip = provision::chip_profile(&profile.chip, &ctx.layout.home)
         .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
-    provision::check_profile(&profile, &chip, key_source)
-        .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
+    provision::check_profile(&profile, &chip, key_source).map_err(|e| {
+        CliError::new(Code::Input, format!("profile `{profile_name}`: {e}")).with_help(
+            key_slot_help(ctx, &profile_name, &profile, &chip, key_source),
+        )
+    })?;
     // A secret in clear on the wire needs the operator's word, before any port is opened.
     if args.transport == Transport::Mos {
         for (_, job) in &jobs {
@@ -297,13 +409,22 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         }
     }
 
-    let mut authority = ctx.authority()?;
-    if args.lock && !args.dry_run {
-        // One key derivation up front rather than inside the first board's run (locking
-        // the data zone needs the vault for the write key).
-        authority.open_vault()?;
-    }
-    let authority = Mutex::new(authority);
+    // A dry run reads the ledger and changes nothing: it needs neither the CA key nor its
+    // passphrase.
+    let (full, read_only);
+    let authority: &dyn CaAccess = if args.dry_run {
+        read_only = Mutex::new(ctx.store()?);
+        &read_only
+    } else {
+        let mut authority = ctx.authority()?;
+        if args.lock {
+            // One key derivation up front rather than inside the first board's run (locking
+            // the data zone needs the vault for the write key).
+            authority.open_vault()?;
+        }
+        full = Mutex::new(authority);
+        &full
+    };
     let show = !ctx.json && std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
@@ -326,7 +447,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     };
     let progress: &dyn Progress = if show { &bars } else { &Quiet };
     let shared = Shared {
-        authority: &authority,
+        authority,
         site: &site,
         home: ctx.layout.home.clone(),
         progress,
