@@ -473,3 +473,32 @@ fn device_revoke_prints_its_json_record() {
     let text = home.ok(&["device", "revoke", "probe-1"]);
     assert!(text.contains("already revoked"), "{text}");
 }
+
+#[test]
+fn the_id_template_shown_by_the_help_is_printed_as_written_and_works() {
+    let home = home_with_site(free_port());
+    let help = home.ok(&["device", "provision", "--help"]);
+    assert!(help.contains("--id 'cuisine-{N}'"), "{help}");
+    let a = SimBoard::start(&home.work(), "ta", 0, false);
+    let b = SimBoard::start(&home.work(), "tb", 0, false);
+    let v = home.json(&[
+        "device",
+        "provision",
+        "--port",
+        &a.port(),
+        "--port",
+        &b.port(),
+        "--id",
+        "salon-{N}",
+        "--profile",
+        "climat",
+        "--dry-run",
+    ]);
+    let ids: Vec<&str> = v["boards"]
+        .as_array()
+        .expect("boards")
+        .iter()
+        .filter_map(|b| b["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["salon-1", "salon-2"], "{v}");
+}

@@ -27,7 +27,7 @@ EXAMPLES:
   provisioner device provision --port /dev/ttyUSB0 --id salon-1 --profile climat --lock
   # Three boards at once, ids from a template
   provisioner device provision --port /dev/ttyUSB0 --port /dev/ttyUSB1 --port /dev/ttyUSB2 \\
-      --id 'cuisine-{n}' --room cuisine --profile thermometre --lock
+      --id 'cuisine-{N}' --room cuisine --profile thermometre --lock
 
 Running it again on a provisioned board verifies it and reports; a chip locked with another
 configuration is refused with the difference by field name. --reissue gives a new certificate
@@ -42,9 +42,10 @@ is issued and written: that key can never be replaced; taking over such a board 
 key already in the chip, after proof of possession.
 
 The private key is generated in the chip (--key-source chip, the default) or on this host and
-sent only encrypted (--key-source host, encrypted PrivWrite). The write key is generated here,
-kept encrypted in the ledger, and crosses the USB wire once, before the data zone is locked:
-the only time the chip accepts it.
+sent only encrypted (--key-source host, encrypted PrivWrite; slot 0 of the built-in tls-device
+chip profile takes either). The write key is generated here, kept encrypted in the ledger, and
+crosses the USB wire once, before the data zone is locked: the only time the chip accepts it.
+--dry-run reads the ledger only: it needs no CA passphrase and issues nothing.
 
 --transport mos provisions a board that runs stock Mongoose OS with its ATCA RPC service
 (Sys.GetInfo, ATCA.*, FS.Put, Config.Set/Save) to the same state, and sets mqtt.ssl_key to
@@ -68,7 +69,7 @@ pub struct Args {
     /// Serial port of the board (repeatable: several boards in parallel).
     #[arg(long, required = true, value_name = "PATH")]
     port: Vec<String>,
-    /// Device id, one per --port, or one template with {n} (1, 2, ...).
+    /// Device id, one per --port, or one template with {N} (1, 2, ...; lowercase works too).
     #[arg(long, required = true, value_name = "ID")]
     id: Vec<String>,
     /// Device profile from the site file.
@@ -83,7 +84,7 @@ pub struct Args {
     /// Permit locking the chip's config and data zones (irreversible).
     #[arg(long)]
     lock: bool,
-    /// Show every change and change nothing (no secret is printed).
+    /// Show every change and change nothing (no secret is printed; needs no CA passphrase).
     #[arg(long)]
     dry_run: bool,
     /// Issue a new certificate for the same chip key and revoke the old one.
@@ -330,9 +331,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .clone();
     let ids: Vec<String> = if args.id.len() == args.port.len() {
         args.id.clone()
-    } else if args.id.len() == 1 && args.id[0].contains("{n}") {
+    } else if args.id.len() == 1 && (args.id[0].contains("{n}") || args.id[0].contains("{N}")) {
+        // `{N}` is what the help shows: clap prints `{n}` in help text as a line break.
         (1..=args.port.len())
-            .map(|n| args.id[0].replace("{n}", &n.to_string()))
+            .map(|n| {
+                args.id[0]
+                    .replace("{n}", &n.to_string())
+                    .replace("{N}", &n.to_string())
+            })
             .collect()
     } else {
         return Err(CliError::new(
