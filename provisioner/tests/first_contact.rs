@@ -502,3 +502,40 @@ fn the_id_template_shown_by_the_help_is_printed_as_written_and_works() {
         .collect();
     assert_eq!(ids, ["salon-1", "salon-2"], "{v}");
 }
+
+#[test]
+fn a_port_held_with_a_lock_is_named_in_use_with_its_holder_at_once() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let home = home_with_site(free_port());
+    let board = SimBoard::start(&home.work(), "b", 0, false);
+    // What picocom does: open the port and take an exclusive flock on it.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(&board.link)
+        .expect("open");
+    let lock =
+        nix::fcntl::Flock::lock(held, nix::fcntl::FlockArg::LockExclusiveNonblock).expect("flock");
+    let t = Instant::now();
+    let o = home.run(&[
+        "--json",
+        "device",
+        "provision",
+        "--port",
+        &board.port(),
+        "--id",
+        "salon-1",
+        "--profile",
+        "climat",
+    ]);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let v = json_of(&o);
+    let e = v["boards"][0]["error"].as_str().expect("error").to_string();
+    assert!(e.contains("is in use by another program"), "{e}");
+    assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+    assert!(e.contains("flock") && e.contains("picocom"), "{e}");
+    assert!(!e.contains("the device is gone"), "{e}");
+    drop(lock);
+}
