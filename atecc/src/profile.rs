@@ -368,9 +368,9 @@ fn parse_slot(key: &str) -> Result<usize, ProfileError> {
     }
 }
 
-/// The built-in TLS device profile (`profiles/tls-device.toml`): slot 0 a chip-generated
-/// device key, slot 2 a key injectable by encrypted PrivWrite, slot 4 the write key, slots
-/// 9–10 certificate storage.
+/// The built-in TLS device profile (`profiles/tls-device.toml`): slot 0 the device key,
+/// generated in the chip or injected by encrypted PrivWrite (Lockable), slot 2 another key
+/// injectable by encrypted PrivWrite, slot 4 the write key, slots 9–10 certificate storage.
 pub const TLS_DEVICE_PROFILE: &str = include_str!("../profiles/tls-device.toml");
 
 #[cfg(test)]

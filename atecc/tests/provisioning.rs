@@ -257,7 +257,8 @@ fn encrypted_privwrite_with_a_wrong_write_key_fails_and_the_slot_is_unchanged() 
         Err(ClientError::Chip(Error::Status(Status::ExecutionError)))
     );
     assert_eq!(chip.slot(2).unwrap(), &before[..]);
-    // Plain PrivWrite is refused after data lock, and so is a slot without PrivWrite rights.
+    // Plain PrivWrite is refused after data lock, and so is a slot without PrivWrite rights
+    // (slot 1 of the built-in profile: GenKey only).
     let plain = [0u8; 68];
     expect_refused(
         &mut chip,
@@ -265,7 +266,7 @@ fn encrypted_privwrite_with_a_wrong_write_key_fails_and_the_slot_is_unchanged() 
         Status::ExecutionError,
     );
     let r = Client::new(&mut chip).priv_write_encrypted(
-        0,
+        1,
         &scalar,
         WRITE_KEY_SLOT,
         &WRITE_KEY,

@@ -29,6 +29,12 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(6);
 const DRAIN_LIMIT: Duration = Duration::from_millis(400);
 /// Largest blob read back (the firmware keeps blobs of at most 4 KiB).
 const MAX_BLOB_READ: usize = 64 * 1024;
+/// Bytes kept of what the board sent while connecting, to tell which firmware it runs.
+const SEEN_LIMIT: usize = 4096;
+/// How long a board that does not speak the kit protocol is given to answer Mongoose OS's
+/// ready question (it answers at once; its log chatter comes every second or so).
+const PROBE_WAIT: Duration = Duration::from_millis(600);
+
 /// One board's whole provisioning (every run and retry) at 115200 baud or faster: a run
 /// takes a few seconds, so this only ends a line too noisy to get through.
 pub const BOARD_LIMIT: Duration = Duration::from_secs(60);
@@ -50,6 +56,9 @@ pub struct KitLink {
     deadline: Instant,
     /// Lines sent and bytes moved, for the report.
     pub stats: LinkStats,
+    /// The first bytes the board sent (bounded), kept until the link is up: they tell
+    /// another firmware (Mongoose OS logs `mgos_...` lines) from a kit board.
+    seen: Option<Vec<u8>>,
 }
 
 /// Traffic counters.
@@ -243,12 +252,22 @@ impl KitLink {
             pending: LineReader::default(),
             deadline,
             stats: LinkStats::default(),
+            seen: Some(Vec::new()),
         };
         // A partial line left by an earlier session ends here; its error reply is skipped.
         link.send_raw(b"\n")?;
         std::thread::sleep(Duration::from_millis(5));
         link.drain()?;
-        let name = link.exchange("board:device(00)")?.head;
+        let name = match link.exchange("board:device(00)") {
+            Ok(reply) => reply.head,
+            // Silence or text that is not the kit protocol: another firmware? Saying which
+            // (and the option that speaks it) beats four runs into the same wall.
+            Err(e @ (LinkError::Timeout { .. } | LinkError::Protocol { .. })) => {
+                return Err(link.other_firmware().unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
+        link.seen = None;
         if !name.contains("508") {
             return Err(LinkError::Protocol {
                 port: link.path.clone(),
@@ -260,6 +279,65 @@ impl KitLink {
         link.timeout = LINE_TIMEOUT;
         link.wake()?;
         Ok(link)
+    }
+
+    /// Keeps the start of what the board sent while connecting (bounded).
+    fn keep_seen(&mut self, data: &[u8]) {
+        if let Some(seen) = &mut self.seen {
+            let room = SEEN_LIMIT.saturating_sub(seen.len());
+            seen.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    /// A board that does not answer the kit protocol: is it running Mongoose OS? Its log lines
+    /// (`mgos_...`, `Mongoose OS`) or its RPC framing (`"""` delimiters, JSON frames) in what
+    /// it sent, or an answer to the ready question of its RPC-over-UART channel (a frame of
+    /// 0x04, which `mos` sends before every request; harmless to any other firmware).
+    fn other_firmware(&mut self) -> Option<LinkError> {
+        if self.send_raw(b"\n\"\"\"\x04\"\"\"\n").is_ok() {
+            let until = (Instant::now() + PROBE_WAIT).min(self.deadline);
+            let mut decoder = super::mos::Decoder::new(SEEN_LIMIT);
+            let mut tokens = Vec::new();
+            let mut buf = [0u8; 512];
+            decoder.push(self.seen.as_deref().unwrap_or_default(), &mut tokens);
+            while Instant::now() < until && !tokens.iter().any(mos_token) {
+                match self.port.read(&mut buf) {
+                    Ok(n) => {
+                        self.stats.bytes_in += n as u64;
+                        self.keep_seen(&buf[..n]);
+                        decoder.push(&buf[..n], &mut tokens);
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::TimedOut
+                            || e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            if tokens.iter().any(mos_token) {
+                let how = match tokens.iter().find_map(log_of_mongoose) {
+                    Some(line) => format!(
+                        "it answered the ready question of Mongoose OS's RPC over UART; it logs `{line}`"
+                    ),
+                    None => "it answered the ready question of Mongoose OS's RPC over UART".into(),
+                };
+                return Some(self.runs_mongoose(&how));
+            }
+            if let Some(line) = tokens.iter().find_map(log_of_mongoose) {
+                return Some(self.runs_mongoose(&format!("it logs `{line}`")));
+            }
+        }
+        None
+    }
+
+    fn runs_mongoose(&self, how: &str) -> LinkError {
+        LinkError::OtherFirmware {
+            port: self.path.clone(),
+            found: format!(
+                "this board runs Mongoose OS ({how}), not the provisioning firmware's kit protocol"
+            ),
+            fix: "--transport mos",
+        }
     }
 
     /// Throws away what the board sends until it is quiet for one read timeout. A board that
@@ -274,6 +352,7 @@ impl KitLink {
                 Ok(n) => {
                     bytes += n as u64;
                     self.stats.bytes_in += n as u64;
+                    self.keep_seen(&buf[..n]);
                 }
                 Err(e)
                     if e.kind() == std::io::ErrorKind::TimedOut
@@ -342,6 +421,7 @@ impl KitLink {
             match self.port.read(&mut buf) {
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
+                    self.keep_seen(&buf[..n]);
                     self.pending.push(&buf[..n]);
                 }
                 Err(e)
@@ -467,6 +547,22 @@ impl KitLink {
         let data = self.status_exchange(command)?;
         // Board text: shown to the operator and kept in reports, so escaped here, once.
         Ok(super::text::escape_bytes_max(&data, 512))
+    }
+}
+
+/// A token only Mongoose OS's RPC-over-UART channel sends: the ready answer or a JSON frame.
+fn mos_token(t: &super::mos::Token) -> bool {
+    matches!(t, super::mos::Token::Ready | super::mos::Token::Frame(_))
+}
+
+/// A log line of Mongoose OS (its modules are `mgos_*`; its banner says `Mongoose OS`), cut
+/// to 100 characters (already escaped by the decoder).
+fn log_of_mongoose(t: &super::mos::Token) -> Option<String> {
+    match t {
+        super::mos::Token::Log(line) if line.contains("mgos_") || line.contains("Mongoose OS") => {
+            Some(line.chars().take(100).collect())
+        }
+        _ => None,
     }
 }
 

@@ -82,6 +82,17 @@ pub enum LinkError {
         /// What was being sent.
         command: String,
     },
+    /// The board runs other firmware than the transport speaks (Mongoose OS under the kit
+    /// transport, the provisioning firmware under `--transport mos`).
+    #[error("{port}: {found}: re-run with {fix}")]
+    OtherFirmware {
+        /// Port.
+        port: String,
+        /// What the board is, and how that was seen (sanitised).
+        found: String,
+        /// The option that speaks its protocol.
+        fix: &'static str,
+    },
     /// The board answered something that is not the protocol.
     #[error("{port}: unexpected answer to `{command}`: {answer}")]
     Protocol {

@@ -275,6 +275,9 @@ pub struct MosLink {
     deadline: Instant,
     /// Counters.
     pub stats: MosStats,
+    /// The board answered in the kit protocol (`SS(hex)` status lines): it runs the
+    /// provisioning firmware, and the ready handshake is given up early.
+    kit_replies: bool,
 }
 
 impl MosLink {
@@ -293,8 +296,50 @@ impl MosLink {
         let _ = port.write_request_to_send(false);
         let mut link = MosLink::with_port(port, path, timeout);
         link.deadline = deadline;
-        link.ready("ready handshake")?;
-        Ok(link)
+        match link.ready("ready handshake") {
+            Ok(()) => Ok(link),
+            // No ready answer: a board running the provisioning firmware says so when asked
+            // in its own protocol (one harmless, read-only line).
+            Err(e @ LinkError::RpcTimeout { .. }) => Err(link.kit_board().unwrap_or(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the board answers the kit protocol's `board:device(00)` (the provisioning
+    /// firmware names the chip it bridges, `ATECC508A(00)`).
+    fn kit_board(&mut self) -> Option<LinkError> {
+        self.write_paced(b"\nboard:device(00)\n").ok()?;
+        let until = (Instant::now() + Duration::from_millis(600)).min(self.deadline);
+        let mut lines = super::kit::LineReader::default();
+        let mut buf = [0u8; 512];
+        while Instant::now() < until {
+            match self.port.read(&mut buf) {
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    lines.push(&buf[..n]);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+            while let Ok(Some(line)) = lines.next_line() {
+                if let Some(reply) = super::kit::parse_reply(&line)
+                    && reply.head.contains("508")
+                {
+                    return Some(LinkError::OtherFirmware {
+                        port: self.path.clone(),
+                        found: format!(
+                            "this board runs the provisioning firmware (it answered the kit protocol's `board:device(00)` with `{}`), not Mongoose OS",
+                            super::kit::sanitize(&line)
+                        ),
+                        fix: "--transport kit (the default)",
+                    });
+                }
+            }
+        }
+        None
     }
 
     /// A link over an already open port.
@@ -312,6 +357,7 @@ impl MosLink {
             next_id,
             deadline: Instant::now() + super::kit::BOARD_LIMIT,
             stats: MosStats::default(),
+            kit_replies: false,
         }
     }
 
@@ -373,6 +419,9 @@ impl MosLink {
         match t {
             Token::Log(line) => {
                 self.stats.log_lines += 1;
+                self.kit_replies |= super::kit::parse_reply(line)
+                    .and_then(super::kit::parse_status)
+                    .is_some();
                 tracing::debug!(port = %self.path, "board log: {line}");
             }
             Token::Corrupt(why) => {
@@ -429,7 +478,7 @@ impl MosLink {
                     return Ok(());
                 }
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.kit_replies {
                 return Err(self.timeout_error(command));
             }
         }

@@ -139,11 +139,11 @@ pub fn check_board_owner(
 ) -> Result<Owner, ProvisionError> {
     let (ca_ders, known_key) = {
         let ca = lock_ca(shared);
-        let ders = vec![ca.store.root_der()?, ca.store.issuer_der()?];
+        let ders = vec![ca.store().root_der()?, ca.store().issuer_der()?];
         let known = match ev.slot_key {
             Some(k) => {
                 let hexkey = hex::encode(k);
-                ca.store.ledger.identities()?.iter().any(|i| {
+                ca.store().ledger.identities()?.iter().any(|i| {
                     i.attrs.get("public_key").and_then(|v| v.as_str()) == Some(hexkey.as_str())
                 })
             }

@@ -7,7 +7,7 @@
 //! at once with who holds it, instead of the two programs stealing each other's bytes.
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ pub fn open(path: &str, baud: u32) -> Result<Box<dyn SerialPort>, LinkError> {
             available()
         )));
     }
+    not_a_serial_port(path).map_or(Ok(()), |why| Err(LinkError::Open(why)))?;
     check_not_in_use(path)?;
     let port = serialport::new(path, baud)
         .data_bits(serialport::DataBits::Eight)
@@ -54,6 +55,31 @@ pub fn open(path: &str, baud: u32) -> Result<Box<dyn SerialPort>, LinkError> {
         ))),
         Err(e) => Err(LinkError::Open(explain(path, &e))),
     }
+}
+
+/// Why `path` (which exists) cannot be a serial port, from its file type alone: a regular
+/// file, a directory, a FIFO, a socket or a block device. `None` for a character device (a
+/// serial port is one; one that is not a tty is told apart when it is opened) and for a path
+/// that cannot be looked at (the open says why).
+pub fn not_a_serial_port(path: &str) -> Option<String> {
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    let what = if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() {
+        "a block device (a disk?)"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{path} is {what}, not a serial port: give the board's serial device, such as /dev/ttyUSB0 or /dev/ttyACM0 (`ls /dev/ttyUSB* /dev/ttyACM*` lists them; a board appears when plugged in){}",
+        available()
+    ))
 }
 
 /// Refuses a port another program holds: a live lock file, an exclusive open (`TIOCEXCL`,
@@ -323,6 +349,16 @@ fn explain(path: &str, e: &serialport::Error) -> String {
         return format!(
             "{}. On Ubuntu, brltty grabs CH340/CP210x adapters: `sudo apt remove brltty` ({text})",
             busy(path, "the port is busy")
+        );
+    }
+    // ENOTTY: a character device that is not a terminal (/dev/null, /dev/random...).
+    if text.contains("os error 25")
+        || text.contains("Not a typewriter")
+        || text.contains("Inappropriate ioctl")
+    {
+        return format!(
+            "{path} is a character device but not a serial port (not a terminal): give the board's serial device, such as /dev/ttyUSB0 or /dev/ttyACM0.{}",
+            available()
         );
     }
     if matches!(e.kind(), serialport::ErrorKind::NoDevice) {

@@ -15,7 +15,7 @@ use atecc::config::{ConfigZone, OTP_SIZE, SLOT_COUNT, slot_size};
 use atecc::opcode::Zone;
 use atecc::packet::Command;
 use ca::ledger::IdentityRecord;
-use ca::{Authority, IssueRequest, Profile, PublicKey, Subject};
+use ca::{Authority, IssueRequest, Profile, PublicKey, Store, Subject};
 use manifests::device::{DeviceConfig, Reading};
 use manifests::site::{DeviceProfile, KeySource, Site, TopicVars, expand_topic};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
@@ -209,12 +209,12 @@ pub fn check_profile(
     let wc = key.write_config;
     match source {
         KeySource::Chip if wc & 0b0010 == 0 => Err(ProvisionError::Config(format!(
-            "slot {} does not allow GenKey after lock (WriteConfig bit 13); use --key-source host or a slot that does",
+            "key slot {} does not allow GenKey after lock (its chip profile's write_config lacks 0b0010), so --key-source chip cannot create a key there",
             p.key_slot
         ))),
         KeySource::Host if wc & 0b0100 == 0 || key.write_key != p.write_key_slot => {
             Err(ProvisionError::Config(format!(
-                "slot {} does not take an encrypted PrivWrite with the write key in slot {} (WriteConfig bit 14, WriteKey); in the built-in profile use key_slot = 2",
+                "key slot {} does not take a PrivWrite encrypted with the write key in slot {} (its chip profile's write_config lacks 0b0100 or its write_key differs), so --key-source host cannot inject a key there",
                 p.key_slot, p.write_key_slot
             )))
         }
@@ -259,10 +259,65 @@ pub(crate) fn diff(current: &ConfigZone, wanted: &ConfigZone) -> Vec<FieldChange
     out
 }
 
+/// The CA a run works with: with its signing key (`Mutex<Authority>`), or the ledger and
+/// files alone (`Mutex<Store>`: a dry run reads and never writes, so it needs no passphrase).
+pub trait CaAccess: Sync {
+    /// Locks it for one operation (issuance and secrets are serialised through it).
+    fn lock_ca(&self) -> CaGuard<'_>;
+}
+
+/// The CA, locked.
+pub enum CaGuard<'a> {
+    /// With its signing key and vault.
+    Authority(std::sync::MutexGuard<'a, Authority>),
+    /// The ledger and files only.
+    ReadOnly(std::sync::MutexGuard<'a, Store>),
+}
+
+impl CaGuard<'_> {
+    /// The ledger and files.
+    pub fn store(&self) -> &Store {
+        match self {
+            CaGuard::Authority(a) => &a.store,
+            CaGuard::ReadOnly(s) => s,
+        }
+    }
+
+    /// The CA with its key; an error in a run opened without it (a dry run never gets here).
+    pub fn authority(&mut self) -> Result<&mut Authority, ProvisionError> {
+        match self {
+            CaGuard::Authority(a) => Ok(a),
+            CaGuard::ReadOnly(_) => Err(ProvisionError::Conflict(
+                "this step needs the CA key, and the run was opened without it (dry run); nothing was written".into(),
+            )),
+        }
+    }
+}
+
+impl CaAccess for Mutex<Authority> {
+    fn lock_ca(&self) -> CaGuard<'_> {
+        // A panic in another board's thread must not stop this one: the ledger is
+        // transactional.
+        CaGuard::Authority(
+            self.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+impl CaAccess for Mutex<Store> {
+    fn lock_ca(&self) -> CaGuard<'_> {
+        CaGuard::ReadOnly(
+            self.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
 /// Everything one provisioning run shares between boards.
 pub struct Shared<'a> {
     /// The CA (issuance and secrets are serialised through it).
-    pub authority: &'a Mutex<Authority>,
+    pub authority: &'a dyn CaAccess,
     /// The site.
     pub site: &'a Site,
     /// The home (for chip profiles and device manifests).
@@ -271,11 +326,8 @@ pub struct Shared<'a> {
     pub progress: &'a dyn Progress,
 }
 
-pub(crate) fn lock_ca<'a>(s: &'a Shared<'_>) -> std::sync::MutexGuard<'a, Authority> {
-    // A panic in another board's thread must not stop this one: the ledger is transactional.
-    s.authority
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(crate) fn lock_ca<'a>(s: &'a Shared<'_>) -> CaGuard<'a> {
+    s.authority.lock_ca()
 }
 
 /// The device's readings (topics expanded), its status topic, and every topic it may publish.
@@ -314,7 +366,7 @@ pub(crate) fn check_ownership(
     sn_hex: &str,
 ) -> Result<(), ProvisionError> {
     let ca = lock_ca(shared);
-    for i in ca.store.ledger.identities()? {
+    for i in ca.store().ledger.identities()? {
         if i.kind == "device"
             && i.id != job.id
             && i.attrs.get("chip_serial").and_then(|v| v.as_str()) == Some(sn_hex)
@@ -326,7 +378,7 @@ pub(crate) fn check_ownership(
             )));
         }
     }
-    if let Some(existing) = ca.store.ledger.identity(&job.id)?
+    if let Some(existing) = ca.store().ledger.identity(&job.id)?
         && existing.kind == "device"
         && existing.status == "active"
         && existing
@@ -350,7 +402,7 @@ pub(crate) fn certified_key(
     sn_hex: &str,
 ) -> Result<Option<String>, ProvisionError> {
     Ok(lock_ca(shared)
-        .store
+        .store()
         .ledger
         .identity(&job.id)?
         .and_then(|i| {
@@ -448,7 +500,8 @@ pub(crate) fn issue_device_certificate(
         ips: vec![],
         serial_number: Some(sn_hex.to_string()),
     };
-    let mut ca = lock_ca(shared);
+    let mut guard = lock_ca(shared);
+    let ca = guard.authority()?;
     let old: Vec<String> = if job.reissue {
         ca.store
             .ledger
@@ -480,6 +533,55 @@ pub(crate) fn issue_device_certificate(
         issued,
         chain,
         bundle,
+    })
+}
+
+/// What a dry run says of the certificate step for a key already in the chip, from the
+/// ledger alone (no possession check, no issuance, nothing written).
+pub(crate) fn certificate_plan(
+    shared: &Shared<'_>,
+    job: &Job,
+    public: &[u8; 64],
+    writes: &str,
+) -> Result<Step, ProvisionError> {
+    let ca = lock_ca(shared);
+    let ledger = &ca.store().ledger;
+    let (action, detail) = if job.reissue {
+        let current = ledger
+            .certificates_of(&job.id)?
+            .into_iter()
+            .filter(|c| c.revoked_at.is_none())
+            .count();
+        (
+            "would",
+            format!(
+                "prove possession, issue a new certificate for `{}`, revoke the {current} current one(s) (superseded), {writes}",
+                job.id
+            ),
+        )
+    } else {
+        let request_id = ca::authority::request_id(&[b"device", job.id.as_bytes(), public, b""]);
+        match ledger.by_request(&request_id)? {
+            Some(rec) if rec.revoked_at.is_none() => (
+                "verified",
+                format!(
+                    "already issued for this key (serial {}); a run would prove possession again and {writes}",
+                    rec.serial
+                ),
+            ),
+            _ => (
+                "would",
+                format!(
+                    "prove possession, issue a device certificate for `{}`, {writes}",
+                    job.id
+                ),
+            ),
+        }
+    };
+    Ok(Step {
+        step: "certificate",
+        action,
+        detail,
     })
 }
 
@@ -730,7 +832,9 @@ pub fn provision(
         shared
             .progress
             .step(&port, "writing the write key and locking the data zone");
-        let wk = lock_ca(shared).secret_or_create(&wk_name, 32)?;
+        let wk = lock_ca(shared)
+            .authority()?
+            .secret_or_create(&wk_name, 32)?;
         let mut contents: Vec<Vec<u8>> = (0..SLOT_COUNT).map(|n| vec![0u8; slot_size(n)]).collect();
         contents[wk_slot as usize][..32].copy_from_slice(&wk);
         for (n, data) in contents.iter().enumerate() {
@@ -831,7 +935,7 @@ pub fn provision(
                 shared
                     .progress
                     .step(&port, "injecting a host key (encrypted PrivWrite)");
-                let wk = lock_ca(shared).secret(&wk_name)?.ok_or_else(|| {
+                let wk = lock_ca(shared).authority()?.secret(&wk_name)?.ok_or_else(|| {
                     ProvisionError::Conflict(format!("{port}: no write key for chip {sn_hex} in the ledger: it was locked by another tool; use --key-source chip"))
                 })?;
                 let mut wk32 = [0u8; 32];
@@ -884,6 +988,20 @@ pub fn provision(
         return Ok(out);
     };
     out.public_key = Some(hex::encode(public));
+    if job.dry_run {
+        // A dry run proves nothing, issues nothing and writes nothing: it says what a run
+        // would do from here.
+        let plan = certificate_plan(
+            shared,
+            job,
+            &public,
+            "write device.crt, ca.crt and device.toml where they differ",
+        )?;
+        step(&mut out, plan.step, plan.action, plan.detail);
+        let (action, detail) = ownership::slot_lock_plan(&wanted, &zone, slot, job).report(slot);
+        step(&mut out, "key lock", action, detail);
+        return Ok(out);
+    }
 
     // 4. Proof of possession: the chip signs a fresh challenge.
     let challenge = random::<32>();

@@ -28,10 +28,10 @@ use zeroize::Zeroize;
 use super::mos::{MosLink, SetKey};
 use super::ownership::{self, BoardEvidence, SlotLock};
 use super::provision::{
-    DeviceCertificate, Job, Outcome, ProvisionError, Shared, Step, certified_key, check_ownership,
-    check_profile, chip_profile, device_config, device_topics, diff, identify_chip,
-    issue_device_certificate, lock_ca, nothing_done, random, refuse_if_locked_differently,
-    verify_possession, wanted_zone,
+    DeviceCertificate, Job, Outcome, ProvisionError, Shared, Step, certificate_plan, certified_key,
+    check_ownership, check_profile, chip_profile, device_config, device_topics, diff,
+    identify_chip, issue_device_certificate, lock_ca, nothing_done, random,
+    refuse_if_locked_differently, verify_possession, wanted_zone,
 };
 use atecc::config::ConfigZone;
 
@@ -298,7 +298,9 @@ pub fn provision_mos(
                 &port,
                 "writing the write key (in clear) and locking the data zone",
             );
-            let mut wk = lock_ca(shared).secret_or_create(&wk_name, 32)?;
+            let mut wk = lock_ca(shared)
+                .authority()?
+                .secret_or_create(&wk_name, 32)?;
             let r = link.set_key(SetKey {
                 slot: wk_slot,
                 block: 0,
@@ -392,7 +394,7 @@ pub fn provision_mos(
                 shared
                     .progress
                     .step(&port, "injecting a host key (ATCA.SetKey, in clear)");
-                let wk = lock_ca(shared).secret(&wk_name)?.ok_or_else(|| {
+                let wk = lock_ca(shared).authority()?.secret(&wk_name)?.ok_or_else(|| {
                     ProvisionError::Conflict(format!("{port}: no write key for chip {sn_hex} in the ledger: its data zone was locked by another tool or without --key-source host; use --key-source chip"))
                 })?;
                 let mut wk32 = [0u8; 32];
@@ -446,6 +448,16 @@ pub fn provision_mos(
         return Ok(out);
     };
     out.public_key = Some(hex::encode(public));
+    if job.dry_run {
+        let plan = certificate_plan(
+            shared,
+            job,
+            &public,
+            &format!("FS.Put {CERT_FILE} and {CA_FILE} and Config.Set mqtt.* where they differ"),
+        )?;
+        out.steps.push(plan);
+        return Ok(out);
+    }
 
     // 4. Proof of possession.
     let challenge = random::<32>();

@@ -127,10 +127,19 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
         DeviceCommand::Revoke { id, reason } => {
             let mut authority = ctx.authority()?;
             let (serials, crl) = authority.revoke_identity(&id, &reason)?;
+            // Revoking again is safe and changes nothing but the CRL's number: say so.
+            let already = serials.is_empty();
+            let what = if already {
+                format!("`{id}` was already revoked: no certificate left to revoke")
+            } else {
+                format!(
+                    "revoked `{id}`: {} certificate(s) {}",
+                    serials.len(),
+                    serials.join(", ")
+                )
+            };
             let human = format!(
-                "revoked `{id}`: {} certificate(s) {}\nCRL number {} written to {}{}\n  next: reload the broker (kill -HUP $(pidof mosquitto)); `emit broker` also drops it from the ACL",
-                serials.len(),
-                serials.join(", "),
+                "{what}\nCRL number {} written to {}{}\n  next: reload the broker (kill -HUP $(pidof mosquitto)); `emit broker` also drops it from the ACL",
                 crl.number,
                 crl.written
                     .iter()
@@ -139,7 +148,10 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                     .join(", "),
                 crate::cmd::skipped_targets(&crl.skipped),
             );
-            ctx.print(&json!({ "id": id, "revoked": serials, "crl": crl }), &human);
+            ctx.print(
+                &json!({ "id": id, "revoked": serials, "already_revoked": already, "crl": crl }),
+                &human,
+            );
         }
     }
     Ok(())

@@ -11,7 +11,9 @@ use serde_json::json;
 use crate::bench::LinkError;
 use crate::bench::kit::KitLink;
 use crate::bench::mos::MosLink;
-use crate::bench::provision::{self, Job, Outcome, Progress, ProvisionError, Quiet, Shared};
+use crate::bench::provision::{
+    self, CaAccess, Job, Outcome, Progress, ProvisionError, Quiet, Shared,
+};
 use crate::bench::provision_mos;
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
@@ -25,7 +27,7 @@ EXAMPLES:
   provisioner device provision --port /dev/ttyUSB0 --id salon-1 --profile climat --lock
   # Three boards at once, ids from a template
   provisioner device provision --port /dev/ttyUSB0 --port /dev/ttyUSB1 --port /dev/ttyUSB2 \\
-      --id 'cuisine-{n}' --room cuisine --profile thermometre --lock
+      --id 'cuisine-{N}' --room cuisine --profile thermometre --lock
 
 Running it again on a provisioned board verifies it and reports; a chip locked with another
 configuration is refused with the difference by field name. --reissue gives a new certificate
@@ -40,9 +42,10 @@ is issued and written: that key can never be replaced; taking over such a board 
 key already in the chip, after proof of possession.
 
 The private key is generated in the chip (--key-source chip, the default) or on this host and
-sent only encrypted (--key-source host, encrypted PrivWrite). The write key is generated here,
-kept encrypted in the ledger, and crosses the USB wire once, before the data zone is locked:
-the only time the chip accepts it.
+sent only encrypted (--key-source host, encrypted PrivWrite; slot 0 of the built-in tls-device
+chip profile takes either). The write key is generated here, kept encrypted in the ledger, and
+crosses the USB wire once, before the data zone is locked: the only time the chip accepts it.
+--dry-run reads the ledger only: it needs no CA passphrase and issues nothing.
 
 --transport mos provisions a board that runs stock Mongoose OS with its ATCA RPC service
 (Sys.GetInfo, ATCA.*, FS.Put, Config.Set/Save) to the same state, and sets mqtt.ssl_key to
@@ -66,7 +69,7 @@ pub struct Args {
     /// Serial port of the board (repeatable: several boards in parallel).
     #[arg(long, required = true, value_name = "PATH")]
     port: Vec<String>,
-    /// Device id, one per --port, or one template with {n} (1, 2, ...).
+    /// Device id, one per --port, or one template with {N} (1, 2, ...; lowercase works too).
     #[arg(long, required = true, value_name = "ID")]
     id: Vec<String>,
     /// Device profile from the site file.
@@ -81,7 +84,7 @@ pub struct Args {
     /// Permit locking the chip's config and data zones (irreversible).
     #[arg(long)]
     lock: bool,
-    /// Show every change and change nothing (no secret is printed).
+    /// Show every change and change nothing (no secret is printed; needs no CA passphrase).
     #[arg(long)]
     dry_run: bool,
     /// Issue a new certificate for the same chip key and revoke the old one.
@@ -141,8 +144,11 @@ const RUNS: u32 = 4;
 
 fn retryable(e: &ProvisionError) -> bool {
     match e {
-        // A missing or busy port, or the board's time is up: running again cannot help.
-        ProvisionError::Link(LinkError::Open(_) | LinkError::Deadline { .. }) => false,
+        // A missing or busy port, another firmware, or the board's time is up: running
+        // again cannot help.
+        ProvisionError::Link(
+            LinkError::Open(_) | LinkError::Deadline { .. } | LinkError::OtherFirmware { .. },
+        ) => false,
         ProvisionError::Link(_) | ProvisionError::Chip { .. } => true,
         _ => false,
     }
@@ -181,6 +187,125 @@ fn provision_with_retries(
     }
 }
 
+/// The exit code a board's failure calls for (the process exits with the worst board's).
+fn failure_code(e: &ProvisionError) -> Code {
+    match e {
+        ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => Code::State,
+        ProvisionError::Config(_) | ProvisionError::Link(LinkError::OtherFirmware { .. }) => {
+            Code::Input
+        }
+        ProvisionError::Ca(ca::Error::WrongPassphrase { .. }) => Code::Credentials,
+        _ => Code::Failure,
+    }
+}
+
+/// The 1-based line of the first line of `text` after line `from` (0: the start) that starts
+/// with `start` once indented, before the next `[section]` when `in_section`.
+fn line_of(text: &str, from: usize, start: &str, in_section: bool) -> Option<usize> {
+    for (i, line) in text.lines().enumerate().skip(from) {
+        let t = line.trim_start();
+        if t.starts_with(start) {
+            return Some(i + 1);
+        }
+        if in_section && t.starts_with('[') {
+            return None;
+        }
+    }
+    None
+}
+
+/// Slots of `chip` that can hold the key of `profile` with `source`.
+fn key_slots_for(
+    chip: &atecc::profile::Profile,
+    profile: &manifests::site::DeviceProfile,
+    source: KeySource,
+) -> Vec<u8> {
+    (0u8..=7)
+        .filter(|&n| {
+            let mut p = profile.clone();
+            p.key_slot = n;
+            n != p.write_key_slot && provision::check_profile(&p, chip, source).is_ok()
+        })
+        .collect()
+}
+
+/// Where to fix a site profile whose chip profile's key slot does not take `source`: the
+/// site file and line, the chip profile's file and line, and slots or profiles that work.
+fn key_slot_help(
+    ctx: &Context,
+    name: &str,
+    profile: &manifests::site::DeviceProfile,
+    chip: &atecc::profile::Profile,
+    source: KeySource,
+) -> String {
+    let site = ctx.layout.site();
+    let text = safe_fs::read_limited_string(&site, 1 << 20).unwrap_or_default();
+    let section = line_of(&text, 0, &format!("[profiles.{name}]"), false);
+    let at = match section {
+        Some(l) => match line_of(&text, l, "key_slot", true) {
+            Some(k) => format!("{}:{k} (key_slot of [profiles.{name}])", site.display()),
+            None => format!(
+                "{}:{l} ([profiles.{name}], key_slot not set: it defaults to 0)",
+                site.display()
+            ),
+        },
+        None => format!("{} ([profiles.{name}])", site.display()),
+    };
+    let slot = profile.key_slot;
+    let (chip_file, chip_text) = if profile.chip == "tls-device" {
+        (
+            "the built-in chip profile tls-device (atecc/profiles/tls-device.toml in the sources)"
+                .to_string(),
+            atecc::profile::TLS_DEVICE_PROFILE.to_string(),
+        )
+    } else {
+        let path = ctx
+            .layout
+            .home
+            .join("chips")
+            .join(format!("{}.toml", profile.chip));
+        let text = safe_fs::read_limited_string(&path, 256 * 1024).unwrap_or_default();
+        (path.display().to_string(), text)
+    };
+    let chip_at = match line_of(&chip_text, 0, &format!("[slot.{slot}]"), false) {
+        Some(l) => format!("{chip_file}, line {l} ([slot.{slot}])"),
+        None => format!("{chip_file} ([slot.{slot}] not set)"),
+    };
+    let field = match source {
+        KeySource::Chip => "write_config with bit 0b0010 (GenKey)".to_string(),
+        KeySource::Host => format!(
+            "write_config with bit 0b0100 (encrypted PrivWrite) and write_key = {}",
+            profile.write_key_slot
+        ),
+    };
+    let mut fixes = Vec::new();
+    let here = key_slots_for(chip, profile, source);
+    if let Some(n) = here.first() {
+        fixes.push(format!(
+            "set key_slot = {n} at {at} (slot {n} of chip profile `{}` takes it)",
+            profile.chip
+        ));
+    }
+    if profile.chip != "tls-device"
+        && let Ok(builtin) = atecc::profile::Profile::from_toml(atecc::profile::TLS_DEVICE_PROFILE)
+        && key_slots_for(&builtin, profile, source).contains(&slot)
+    {
+        fixes.push(format!(
+            "use the built-in chip profile: chip = \"tls-device\" in [profiles.{name}] of {} (its slot {slot} takes it)",
+            site.display()
+        ));
+    }
+    fixes.push(format!(
+        "give slot {slot} {field} in {chip_at} (only for chips not yet locked with it)"
+    ));
+    let other = match source {
+        KeySource::Chip => "--key-source host",
+        KeySource::Host => "--key-source chip",
+    };
+    fixes.push(format!("or use {other}"));
+    fixes.join("; ")
+}
+
 /// Runs `device provision`.
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let site = ctx.site()?;
@@ -206,9 +331,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .clone();
     let ids: Vec<String> = if args.id.len() == args.port.len() {
         args.id.clone()
-    } else if args.id.len() == 1 && args.id[0].contains("{n}") {
+    } else if args.id.len() == 1 && (args.id[0].contains("{n}") || args.id[0].contains("{N}")) {
+        // `{N}` is what the help shows: clap prints `{n}` in help text as a line break.
         (1..=args.port.len())
-            .map(|n| args.id[0].replace("{n}", &n.to_string()))
+            .map(|n| {
+                args.id[0]
+                    .replace("{n}", &n.to_string())
+                    .replace("{N}", &n.to_string())
+            })
             .collect()
     } else {
         return Err(CliError::new(
@@ -217,6 +347,12 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         )
         .with_help("give one --id per --port, or one template such as --id 'salon-{n}'"));
     };
+    // A path that cannot be a serial port is a wrong argument: refused before any board.
+    for port in &args.port {
+        if let Some(why) = crate::bench::port::not_a_serial_port(port) {
+            return Err(CliError::new(Code::Input, format!("--port {why}")));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (id, port) in ids.iter().zip(&args.port) {
         manifests::topic::check_identity(id)
@@ -266,8 +402,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // Fail on the profile before touching any chip.
     let chip = provision::chip_profile(&profile.chip, &ctx.layout.home)
         .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
-    provision::check_profile(&profile, &chip, key_source)
-        .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
+    provision::check_profile(&profile, &chip, key_source).map_err(|e| {
+        CliError::new(Code::Input, format!("profile `{profile_name}`: {e}")).with_help(
+            key_slot_help(ctx, &profile_name, &profile, &chip, key_source),
+        )
+    })?;
     // A secret in clear on the wire needs the operator's word, before any port is opened.
     if args.transport == Transport::Mos {
         for (_, job) in &jobs {
@@ -276,13 +415,22 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         }
     }
 
-    let mut authority = ctx.authority()?;
-    if args.lock && !args.dry_run {
-        // One key derivation up front rather than inside the first board's run (locking
-        // the data zone needs the vault for the write key).
-        authority.open_vault()?;
-    }
-    let authority = Mutex::new(authority);
+    // A dry run reads the ledger and changes nothing: it needs neither the CA key nor its
+    // passphrase.
+    let (full, read_only);
+    let authority: &dyn CaAccess = if args.dry_run {
+        read_only = Mutex::new(ctx.store()?);
+        &read_only
+    } else {
+        let mut authority = ctx.authority()?;
+        if args.lock {
+            // One key derivation up front rather than inside the first board's run (locking
+            // the data zone needs the vault for the write key).
+            authority.open_vault()?;
+        }
+        full = Mutex::new(authority);
+        &full
+    };
     let show = !ctx.json && std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}")
@@ -305,7 +453,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     };
     let progress: &dyn Progress = if show { &bars } else { &Quiet };
     let shared = Shared {
-        authority: &authority,
+        authority,
         site: &site,
         home: ctx.layout.home.clone(),
         progress,
@@ -374,15 +522,30 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut worst: Option<CliError> = None;
     let mut report = Vec::new();
     let mut human = String::new();
-    for (port, r, ms) in &results {
+    let failed = results.iter().filter(|r| r.1.is_err()).count();
+    for ((port, r, ms), (_, job)) in results.iter().zip(&jobs) {
         match r {
             Ok(o) => {
                 // The physical floor of this exchange: bytes x 10 bits / baud + the chip's
                 // typical execution times (what `scripts/bench-provision.sh` compares against).
                 let floor = o.link.map(|l| l.floor_s(args.baud));
-                report.push(
-                    json!({ "port": port, "ok": true, "ms": ms, "floor_s": floor, "result": o }),
-                );
+                // A board stopped before an irreversible step is not done: the process
+                // exits 6 for it, and its record says so.
+                let stopped = o.status == "needs-lock";
+                let mut record = json!({
+                    "port": port,
+                    "id": o.id,
+                    "ok": !stopped,
+                    "status": if stopped { "stopped" } else if o.status == "dry-run" { "dry-run" } else { "done" },
+                    "ms": ms,
+                    "floor_s": floor,
+                    "result": o,
+                });
+                if stopped {
+                    record["stopped"] = json!("needs --lock");
+                    record["exit_code"] = json!(Code::NeedsPermission as i32);
+                }
+                report.push(record);
                 if let (Some(l), Some(f)) = (o.link, floor) {
                     human.push_str(&format!(
                         "{} on the wire ({} lines, {} resent), physical floor {:.2} s at {} baud, ratio {:.2}\n",
@@ -416,7 +579,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                         ));
                     }
                 }
-                if o.status == "needs-lock" && worst.is_none() {
+                if stopped && worst.is_none() {
                     worst = Some(
                         CliError::new(
                             Code::NeedsPermission,
@@ -436,26 +599,37 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
                     ) => crate::bench::port::other_openers_hint(port),
                     _ => String::new(),
                 };
-                report.push(
-                    json!({ "port": port, "ok": false, "ms": ms, "error": format!("{e}{hint}") }),
-                );
-                human.push_str(&format!("{port}: FAILED: {e}{hint}\n"));
-                let code = match e {
-                    ProvisionError::LockedDifferently { .. } | ProvisionError::Conflict(_) => {
-                        Code::State
+                let code = failure_code(e);
+                report.push(json!({
+                    "port": port,
+                    "id": job.id,
+                    "ok": false,
+                    "status": "failed",
+                    "exit_code": code as i32,
+                    "ms": ms,
+                    "error": format!("{e}{hint}"),
+                }));
+                human.push_str(&format!("{port} {}: FAILED: {e}{hint}\n", job.id));
+                let help = match e {
+                    ProvisionError::Link(LinkError::OtherFirmware { fix, .. }) => {
+                        Some(format!("re-run with {fix}"))
                     }
-                    ProvisionError::Config(_) => Code::Input,
-                    ProvisionError::Ca(ca::Error::WrongPassphrase { .. }) => Code::Credentials,
-                    _ => Code::Failure,
+                    _ => None,
                 };
-                worst = Some(CliError::new(
+                let mut err = CliError::new(
                     code,
-                    format!(
-                        "{} of {} board(s) failed",
-                        results.iter().filter(|r| r.1.is_err()).count(),
-                        results.len()
-                    ),
-                ));
+                    format!("{failed} of {} board(s) failed", results.len()),
+                );
+                if let Some(h) = help {
+                    err = err.with_help(h);
+                }
+                // A failure outranks a stop; among failures, the first board's counts.
+                if worst
+                    .as_ref()
+                    .is_none_or(|w| w.code() == Code::NeedsPermission as i32)
+                {
+                    worst = Some(err);
+                }
             }
         }
     }
@@ -465,7 +639,12 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     ctx.print(
-        &json!({ "boards": report, "seconds": started.elapsed().as_secs_f64() }),
+        &json!({
+            "boards": report,
+            "ok": worst.is_none(),
+            "exit_code": worst.as_ref().map_or(0, CliError::code),
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
         &human,
     );
     match worst {
