@@ -138,6 +138,7 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     count(&|c| c.received += 1);
+                    tracing::debug!(topic = %p.topic, bytes = p.payload.len(), "message from the broker");
                     let record = Record::new(p.topic.clone(), p.payload.to_vec());
                     if to_radio.send(ToRadio::Record(record)).is_err() {
                         return Err(BridgeError::RadioGone);
