@@ -16,7 +16,9 @@ use crate::bench::provision_mos;
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
 
-/// Help text shown after the options.
+/// Help text shown after the options. (`{\x1b[0mn}`: clap prints a bare `{n}` as a line
+/// break; the style reset inside, stripped off a terminal and invisible on one, keeps the
+/// template literal.)
 pub const HELP: &str = "\
 EXAMPLES:
   # See what would change, without touching the chip
@@ -25,7 +27,7 @@ EXAMPLES:
   provisioner device provision --port /dev/ttyUSB0 --id salon-1 --profile climat --lock
   # Three boards at once, ids from a template
   provisioner device provision --port /dev/ttyUSB0 --port /dev/ttyUSB1 --port /dev/ttyUSB2 \\
-      --id 'cuisine-{n}' --room cuisine --profile thermometre --lock
+      --id 'cuisine-{\x1b[0mn}' --room cuisine --profile thermometre --lock
 
 Running it again on a provisioned board verifies it and reports; a chip locked with another
 configuration is refused with the difference by field name. --reissue gives a new certificate
@@ -67,7 +69,12 @@ pub struct Args {
     #[arg(long, required = true, value_name = "PATH")]
     port: Vec<String>,
     /// Device id, one per --port, or one template with {n} (1, 2, ...).
-    #[arg(long, required = true, value_name = "ID")]
+    #[arg(
+        long,
+        required = true,
+        value_name = "ID",
+        help = "Device id, one per --port, or one template with {\x1b[0mn} (1, 2, ...)"
+    )]
     id: Vec<String>,
     /// Device profile from the site file.
     #[arg(long, value_name = "NAME")]
