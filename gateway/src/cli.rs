@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use clap::{CommandFactory, Parser};
 
 /// The cargo features this build has (shown by `--version`).
-pub const FEATURES: &[&str] = if cfg!(feature = "rpi") {
-    &["rpi"]
-} else {
-    &[]
-};
+pub const FEATURES: &[&str] = if cfg!(feature = "rpi") { &["rpi"] } else { &[] };
 
 /// Forward MQTT messages from the broker over the secure LoRa link.
 ///

@@ -16,11 +16,7 @@ use lora_link::mqtt::{Backoff, MqttSink, TlsFiles, client_config, mqtt_options};
 use lora_link::rx::{self, JsonLinesSink, RecordSink};
 
 /// The cargo features this build has (shown by `--version`).
-const FEATURES: &[&str] = if cfg!(feature = "rpi") {
-    &["rpi"]
-} else {
-    &[]
-};
+const FEATURES: &[&str] = if cfg!(feature = "rpi") { &["rpi"] } else { &[] };
 
 /// Secure LoRa link: receiver daemon, simulated air, frame injection and capture.
 ///
@@ -82,7 +78,12 @@ enum Cmd {
     ///   lora-link air --loss 0.1 --corrupt 0.05 --record air.jsonl
     Air {
         /// Address of the simulated air to listen on (loopback only; alias --listen).
-        #[arg(long = "air", alias = "listen", value_name = "ADDR", default_value = "127.0.0.1:7700")]
+        #[arg(
+            long = "air",
+            alias = "listen",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:7700"
+        )]
         listen: SocketAddr,
         /// Probability of losing a frame (0..1).
         #[arg(long, default_value_t = 0.0)]
@@ -104,7 +105,12 @@ enum Cmd {
     ///   lora-link inject --file air.jsonl          # replay a recording or a sniff capture
     Inject {
         /// Address of the simulated air (alias --hub).
-        #[arg(long = "air", alias = "hub", value_name = "ADDR", default_value = "127.0.0.1:7700")]
+        #[arg(
+            long = "air",
+            alias = "hub",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:7700"
+        )]
         hub: SocketAddr,
         /// Frame bytes as hex.
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
@@ -122,7 +128,12 @@ enum Cmd {
     ///   lora-link sniff --timeout 30 > capture.jsonl
     Sniff {
         /// Address of the simulated air (alias --hub).
-        #[arg(long = "air", alias = "hub", value_name = "ADDR", default_value = "127.0.0.1:7700")]
+        #[arg(
+            long = "air",
+            alias = "hub",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:7700"
+        )]
         hub: SocketAddr,
         /// Stop after this many frames.
         #[arg(long)]
@@ -345,7 +356,12 @@ fn run(cli: Cli) -> CliResult {
                 (None, None) => return Err(usage("give --hex or --file")),
             };
             for f in &frames {
-                tracing::debug!(bytes = f.payload.len(), sf = f.sf, freq_hz = f.freq_hz, "injecting a frame");
+                tracing::debug!(
+                    bytes = f.payload.len(),
+                    sf = f.sf,
+                    freq_hz = f.freq_hz,
+                    "injecting a frame"
+                );
                 port.send(&AirMsg::Inject(f.clone())).map_err(rt)?;
                 std::thread::sleep(Duration::from_millis(20));
             }

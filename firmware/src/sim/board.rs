@@ -74,7 +74,12 @@ pub struct Args {
     pub state: PathBuf,
     /// Protocol spoken on the serial port, as `provisioner device provision --transport`
     /// (alias --protocol).
-    #[arg(long = "transport", alias = "protocol", value_enum, default_value = "kit")]
+    #[arg(
+        long = "transport",
+        alias = "protocol",
+        value_enum,
+        default_value = "kit"
+    )]
     pub protocol: Protocol,
     /// Baud rate to pace the serial port at (10 bits per byte); 0 = unpaced.
     #[arg(long, default_value_t = 115_200)]
