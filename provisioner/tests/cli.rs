@@ -423,3 +423,40 @@ fn the_default_home_is_absolute_and_follows_xdg() {
     assert!(data.join("provisioner/ledger.sqlite").is_file());
     assert_eq!(std::fs::read_dir(&elsewhere).expect("cwd").count(), 0);
 }
+
+#[test]
+fn one_name_per_meaning_with_the_old_names_kept_as_aliases() {
+    let home = Home::with_broker();
+    // --port is a serial path in `device provision`; the broker's TCP port is --listen-port.
+    let help = stdout(&home.run(&["emit", "broker", "--help"]));
+    assert!(help.contains("--listen-port <PORT>"), "{help}");
+    assert!(!help.contains("--port <"), "{help}");
+    for flag in ["--listen-port", "--port"] {
+        let out = home.work().join(format!("broker{flag}"));
+        home.ok(&[
+            "emit",
+            "broker",
+            "--out",
+            &out.to_string_lossy(),
+            flag,
+            "18999",
+            "--bind",
+            "127.0.0.1",
+            "--run-as",
+            "root",
+        ]);
+        let conf = std::fs::read_to_string(out.join("mosquitto.conf")).expect("conf");
+        assert!(
+            conf.lines().any(|l| l.starts_with("listener 18999")),
+            "{flag}: {conf}"
+        );
+    }
+    // The board simulator says --transport, as `device provision` does; --protocol still works.
+    for flag in ["--transport", "--protocol"] {
+        let dir = home.work();
+        let board = SimBoard::start_with(&dir, &format!("t{flag}"), 0, false, &[flag, "mos"]);
+        assert!(board.link.exists());
+    }
+    let o = home.run(&["sim-board", "--help"]);
+    assert!(stdout(&o).contains("--transport <"), "{}", stdout(&o));
+}
