@@ -154,6 +154,7 @@ pub async fn run(
                     // Never waits on the radio: the channel is unbounded and the radio thread's
                     // queue decides what the air can take (and counts what it drops).
                     count(&|c| c.received += 1);
+                    tracing::debug!(topic = %p.topic, bytes = p.payload.len(), "message from the broker");
                     let record = Record::new(p.topic.clone(), p.payload.to_vec());
                     if to_radio.send(ToRadio::Record(record)).is_err() {
                         return Err(BridgeError::RadioGone);

@@ -10,6 +10,7 @@
 //! The configuration is one file, [`manifests::gateway::GatewayManifest`].
 
 pub mod bridge;
+pub mod cli;
 pub mod forward;
 
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! `gateway`: Pi #1 daemon that subscribes to the broker with its own client certificate and
 //! forwards readings over the secure LoRa link.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -9,41 +8,27 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use gateway::cli::Cli;
+
 use gateway::bridge::{self, BridgeConfig};
 use gateway::forward::{self, ToRadio};
 use gateway::{Counters, SHUTDOWN_GRACE, log, write_counters};
 use lora_link::LinkSender;
 use manifests::gateway::GatewayManifest;
 
-/// Forward MQTT messages from the broker over the secure LoRa link.
-///
-/// Connects to the broker of the manifest with the gateway's client certificate (mutual TLS),
-/// subscribes to the manifest's topic filters, and sends each message as a record over the
-/// LoRa link within the duty-cycle budget. Logs go to stderr; on SIGINT or SIGTERM it sends
-/// what the budget allows for a few seconds, then prints its counters as one JSON line on
-/// stdout ({"received","queued","sent","frames_sent","dropped_queue_full",...}) and exits 0.
-///
-/// EXAMPLES:
-///   gateway --manifest /etc/iot-gateway/gateway.toml
-///   gateway --manifest ./passerelle/gateway.toml --check
-///
-/// EXIT CODES:
-///   0  stopped by a signal (or --check passed)
-///   1  runtime failure (radio, counter state)
-///   2  bad arguments or manifest (the message names the file and field)
-#[derive(Debug, Parser)]
-#[command(name = "gateway", version, verbatim_doc_comment)]
-struct Cli {
-    /// Gateway manifest (written by `provisioner emit gateway ID`, mode 0600).
-    #[arg(long, env = "GATEWAY_MANIFEST", value_name = "FILE")]
-    manifest: PathBuf,
-    /// Only load and check the manifest, the certificates and the link; then exit.
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> ExitCode {
+    cli_common::quiet_broken_pipe();
     let cli = Cli::parse();
+    cli_common::init_logging(cli.verbose, "GATEWAY_LOG");
+    if let Some(tool) = &cli.tool {
+        return match cli_common::run_tool(tool, gateway::cli::command()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
@@ -55,14 +40,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), (u8, String)> {
     let config = |e: String| (2u8, e);
-    let g = GatewayManifest::load(&cli.manifest).map_err(|e| config(e.to_string()))?;
+    let Some(manifest) = cli.manifest.as_deref() else {
+        return Err((2, "--manifest FILE is required".into()));
+    };
+    let g = GatewayManifest::load(manifest).map_err(|e| config(e.to_string()))?;
     let m = &g.manifest.mqtt;
     let bridge_cfg = BridgeConfig::from_manifest(&g).map_err(config)?;
     let sender = LinkSender::from_manifest(&g.link).map_err(|e| (1, e.to_string()))?;
     if cli.check {
         eprintln!(
             "gateway: {} is valid: broker {}:{} (TLS name {}), {} filter(s), link node {} -> {}",
-            cli.manifest.display(),
+            manifest.display(),
             m.host,
             m.port,
             m.tls_server_name(),
@@ -70,6 +58,20 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
             g.link.manifest.node.address,
             g.link.manifest.destination().unwrap_or(255),
         );
+        if cli.json {
+            cli_common::out(
+                &serde_json::json!({
+                    "ok": true,
+                    "manifest": manifest,
+                    "broker": format!("{}:{}", m.host, m.port),
+                    "tls_name": m.tls_server_name(),
+                    "filters": m.filters,
+                    "node": g.link.manifest.node.address,
+                    "destination": g.link.manifest.destination().unwrap_or(255),
+                })
+                .to_string(),
+            );
+        }
         return Ok(());
     }
     let radio = lora_link::radio::open(&g.link.manifest.radio, g.link.manifest.air.as_ref())
@@ -120,7 +122,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     {
         log!("cannot write counters to {}: {e}", path.display());
     }
-    println!("{}", final_counters.to_json_line());
+    cli_common::out(&final_counters.to_json_line());
     if !final_counters.balanced() {
         log!("counters do not add up (received vs sent + dropped + waiting): please report");
     }

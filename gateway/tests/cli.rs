@@ -111,3 +111,49 @@ fn a_client_id_other_than_the_certificates_cn_is_refused() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("is valid"), "{err}");
 }
+
+#[test]
+fn logging_flags_version_completions_and_man_page() {
+    let help = String::from_utf8_lossy(&gateway(&["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("GATEWAY_LOG") && help.contains("--verbose") && help.contains("--json"),
+        "{help}"
+    );
+    let v = String::from_utf8_lossy(&gateway(&["--version"]).stdout).into_owned();
+    assert!(
+        v.starts_with("gateway ")
+            && v.contains("(rev ")
+            && v.contains(&format!(
+                "features: {}",
+                if cfg!(feature = "rpi") { "rpi" } else { "none" }
+            )),
+        "{v}"
+    );
+    // Subcommands need no --manifest.
+    let o = gateway(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--manifest"));
+    let d = tempfile::tempdir().expect("tempdir");
+    let o = gateway(&["man", "--out", &d.path().to_string_lossy()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(d.path().join("gateway.1")).expect("gateway.1");
+    assert!(page.contains("\n.TH gateway 1") && page.contains("EXIT CODES"));
+    // Still required when running.
+    let o = gateway(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--manifest"));
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly_with_status_0() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["completions", "zsh"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+}

@@ -15,14 +15,34 @@ use lora_link::link::LinkReceiver;
 use lora_link::mqtt::{Backoff, MqttSink, TlsFiles, client_config, mqtt_options};
 use lora_link::rx::{self, JsonLinesSink, RecordSink};
 
+/// The cargo features this build has (shown by `--version`).
+const FEATURES: &[&str] = if cfg!(feature = "rpi") { &["rpi"] } else { &[] };
+
 /// Secure LoRa link: receiver daemon, simulated air, frame injection and capture.
 ///
-/// EXIT CODES: 0 success, 1 runtime error (radio, hub, state), 2 bad arguments or manifest.
+/// The simulated air's address is `--air ADDR` in every subcommand (`air`, `inject`,
+/// `sniff`), as in `provisioner emit gateway/receiver --air`; the older `--listen` and
+/// `--hub` are still accepted.
 #[derive(Debug, Parser)]
-#[command(name = "lora-link", version)]
+#[command(
+    name = "lora-link",
+    version = cli_common::version(FEATURES),
+    after_help = after_help()
+)]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace; or LORA_LINK_LOG=LEVEL).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+fn after_help() -> String {
+    format!(
+        "EXIT CODES:\n  0  success (or stopped by SIGINT/SIGTERM)\n  1  runtime error (radio, hub, state)\n  \
+         2  bad arguments or manifest (the message names the file and field)\n\n{}",
+        cli_common::logging_help("LORA_LINK_LOG")
+    )
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,11 +74,16 @@ enum Cmd {
     /// Run the simulated air: a UDP hub on 127.0.0.1 for emulated SX1276s.
     ///
     /// EXAMPLES:
-    ///   lora-link air --listen 127.0.0.1:7700
+    ///   lora-link air --air 127.0.0.1:7700
     ///   lora-link air --loss 0.1 --corrupt 0.05 --record air.jsonl
     Air {
-        /// Address to listen on (loopback only).
-        #[arg(long, default_value = "127.0.0.1:7700")]
+        /// Address of the simulated air to listen on (loopback only; alias --listen).
+        #[arg(
+            long = "air",
+            alias = "listen",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:7700"
+        )]
         listen: SocketAddr,
         /// Probability of losing a frame (0..1).
         #[arg(long, default_value_t = 0.0)]
@@ -79,8 +104,13 @@ enum Cmd {
     ///   lora-link inject --hex 010a05050000deadbeef
     ///   lora-link inject --file air.jsonl          # replay a recording or a sniff capture
     Inject {
-        /// Hub address.
-        #[arg(long, default_value = "127.0.0.1:7700")]
+        /// Address of the simulated air (alias --hub).
+        #[arg(
+            long = "air",
+            alias = "hub",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:7700"
+        )]
         hub: SocketAddr,
         /// Frame bytes as hex.
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
@@ -97,8 +127,13 @@ enum Cmd {
     ///   lora-link sniff --count 10
     ///   lora-link sniff --timeout 30 > capture.jsonl
     Sniff {
-        /// Hub address.
-        #[arg(long, default_value = "127.0.0.1:7700")]
+        /// Address of the simulated air (alias --hub).
+        #[arg(
+            long = "air",
+            alias = "hub",
+            value_name = "ADDR",
+            default_value = "127.0.0.1:7700"
+        )]
         hub: SocketAddr,
         /// Stop after this many frames.
         #[arg(long)]
@@ -133,6 +168,8 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         preamble: u16,
     },
+    #[command(flatten)]
+    Tool(cli_common::Tool),
 }
 
 /// PHY settings of injected frames (defaults: 868.0 MHz, SF7, 125 kHz, 4/5, CRC on).
@@ -206,7 +243,9 @@ fn stop_on_signals(stop: Arc<AtomicBool>) {
 }
 
 fn main() -> ExitCode {
+    cli_common::quiet_broken_pipe();
     let cli = Cli::parse();
+    cli_common::init_logging(cli.verbose, "LORA_LINK_LOG");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
@@ -227,6 +266,10 @@ fn usage<E: std::fmt::Display>(e: E) -> (u8, String) {
 
 fn run(cli: Cli) -> CliResult {
     match cli.cmd {
+        Cmd::Tool(tool) => {
+            use clap::CommandFactory;
+            cli_common::run_tool(&tool, Cli::command()).map_err(rt)
+        }
         Cmd::Airtime {
             sf,
             bw,
@@ -238,7 +281,7 @@ fn run(cli: Cli) -> CliResult {
             let mut m = Modulation::new(sf, bw, cr).map_err(usage)?;
             m.crc = !no_crc;
             m.preamble = preamble;
-            println!("{}", format_ms(m.time_on_air(bytes)));
+            cli_common::out(&format_ms(m.time_on_air(bytes)));
             Ok(())
         }
         Cmd::Air {
@@ -316,6 +359,12 @@ fn run(cli: Cli) -> CliResult {
                 (None, None) => return Err(usage("give --hex or --file")),
             };
             for f in &frames {
+                tracing::debug!(
+                    bytes = f.payload.len(),
+                    sf = f.sf,
+                    freq_hz = f.freq_hz,
+                    "injecting a frame"
+                );
                 port.send(&AirMsg::Inject(f.clone())).map_err(rt)?;
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -335,7 +384,7 @@ fn run(cli: Cli) -> CliResult {
                 && deadline.is_none_or(|d| std::time::Instant::now() < d)
             {
                 if let Some(f) = port.recv_timeout(Duration::from_millis(200)).map_err(rt)? {
-                    println!("{}", serde_json::to_string(&f).map_err(rt)?);
+                    cli_common::out(&serde_json::to_string(&f).map_err(rt)?);
                     n += 1;
                 }
                 if hello.elapsed() > Duration::from_secs(5) {

@@ -11,6 +11,25 @@ use crate::exit::{CliError, Code, Result};
 /// Environment variable holding the CA passphrase.
 pub const PASSPHRASE_ENV: &str = "PROVISIONER_PASSPHRASE";
 
+/// The home when neither `--home` nor `PROVISIONER_HOME` is given: an absolute path that does
+/// not depend on the working directory, `$XDG_DATA_HOME/provisioner`, else
+/// `~/.local/share/provisioner` (XDG Base Directory specification; a relative
+/// `XDG_DATA_HOME` is ignored, as the specification says).
+pub fn default_home() -> Result<PathBuf> {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(data) = absolute(std::env::var_os("XDG_DATA_HOME")) {
+        return Ok(data.join("provisioner"));
+    }
+    match absolute(std::env::var_os("HOME")) {
+        Some(home) => Ok(home.join(".local").join("share").join("provisioner")),
+        None => Err(CliError::new(
+            Code::Usage,
+            "no CA home: --home is not given, PROVISIONER_HOME is unset and HOME is not an absolute path",
+        )
+        .with_help("give --home DIR or set PROVISIONER_HOME")),
+    }
+}
+
 /// Shared command context.
 pub struct Context {
     /// Home layout.
@@ -137,14 +156,13 @@ impl Context {
     }
 
     /// Prints a result: JSON on stdout in `--json` mode, otherwise the human text.
+    ///
+    /// A closed stdout (`| head`) ends the process quietly with status 0.
     pub fn print(&self, value: &serde_json::Value, human: &str) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(value).unwrap_or_default()
-            );
+            cli_common::out(&serde_json::to_string_pretty(value).unwrap_or_default());
         } else if !human.is_empty() {
-            println!("{human}");
+            cli_common::out(human);
         }
     }
 }

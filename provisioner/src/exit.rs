@@ -7,6 +7,8 @@ use std::fmt;
 pub enum Code {
     /// 1: I/O, SQLite, generation failures.
     Failure = 1,
+    /// 2: usage (clap reports its own usage errors with 2 too).
+    Usage = 2,
     /// 3: invalid input; nothing changed.
     Input = 3,
     /// 4: credentials; nothing changed.
@@ -92,7 +94,30 @@ impl From<manifests::Error> for CliError {
 /// Result with [`CliError`].
 pub type Result<T> = std::result::Result<T, CliError>;
 
-/// Wraps an I/O error with the file it concerns.
+/// Wraps an I/O error with the file it concerns (an internal file: exit 1).
 pub fn io(path: &std::path::Path, e: std::io::Error) -> CliError {
     CliError::new(Code::Failure, format!("{}: {e}", path.display()))
+}
+
+/// Whether an I/O error on a file the user named is the user's input being wrong (no such
+/// file, not readable, a directory) rather than a failure of this machine.
+fn input_kind(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::NotFound | K::PermissionDenied | K::IsADirectory | K::InvalidInput | K::InvalidData
+    )
+}
+
+/// An error reading a file the user gave on the command line (`--csr FILE`, ...): a missing,
+/// unreadable or wrong-kind file is invalid input (exit 3) and names the path and the flag;
+/// anything else converts as usual.
+pub fn input_file(flag: &str, e: ca::Error) -> CliError {
+    match &e {
+        ca::Error::Io { path, source } if input_kind(source.kind()) => {
+            CliError::new(Code::Input, format!("{flag} {}: {source}", path.display()))
+                .with_help(format!("check the path given to {flag}"))
+        }
+        _ => CliError::from(e),
+    }
 }

@@ -1,6 +1,7 @@
 //! `provisioner`: the operator's command line. It creates the site's CA, issues the broker's
 //! certificate, signs CSRs, revokes, keeps the CRL fresh and emits the broker configuration.
-//! All state lives under one home directory (`--home`, env `PROVISIONER_HOME`).
+//! All state lives under one home directory (`--home`, env `PROVISIONER_HOME`, default
+//! `$XDG_DATA_HOME/provisioner` or `~/.local/share/provisioner`).
 
 mod cmd;
 mod context;
@@ -12,6 +13,10 @@ use provisioner::bench;
 use crate::context::Context;
 
 const EXAMPLES: &str = "\
+HOME:
+  --home DIR, else PROVISIONER_HOME, else $XDG_DATA_HOME/provisioner, else
+  ~/.local/share/provisioner. The examples below set PROVISIONER_HOME once.
+
 EXAMPLES:
   # A new site from the example house, the broker's certificate, and its configuration
   export PROVISIONER_HOME=~/maison-pki
@@ -25,6 +30,10 @@ EXAMPLES:
   provisioner cert sign --csr probe.csr --profile client --out probe.crt
   provisioner device revoke probe-1 && kill -HUP $(pidof mosquitto)
 
+  # Shell completions and manual pages (the same for gateway, lora-link and sensor-sim)
+  provisioner completions bash > /etc/bash_completion.d/provisioner
+  provisioner man --out /usr/local/share/man/man1
+
 PASSPHRASE:
   The CA key is encrypted. The passphrase comes from the environment variable
   PROVISIONER_PASSPHRASE, from --passphrase-file FILE (mode 0600), or from a prompt on the
@@ -36,27 +45,38 @@ EXIT CODES:
   2  usage error (unknown flag, missing argument)
   3  invalid input (site file, CSR, public key, profile): nothing was changed
   4  credentials (wrong passphrase, key file readable by others): nothing was changed
-  5  state (no CA yet, CA expired, unknown device, conflict): nothing was changed";
+  5  state (no CA yet, CA expired, unknown device, conflict): nothing was changed
+  6  stopped before an irreversible step that was not permitted (`device provision`
+     without --lock): re-run with the permission
+
+LOGGING:
+  Logs go to stderr, results (and --json) to stdout. -v shows each provisioning step with
+  its port (info), -vv each command sent to the chip (debug; keys, passphrases and key
+  payloads are never logged), -vvv everything (trace). PROVISIONER_LOG=LEVEL (off, error,
+  warn, info, debug, trace) overrides -v. Colour only on a terminal and when NO_COLOR is
+  unset; progress bars only on a terminal.";
 
 /// Provision an IoT sensor network: CA, broker certificate, devices, broker configuration.
 #[derive(Debug, Parser)]
-#[command(name = "provisioner", version, after_long_help = EXAMPLES)]
+#[command(
+    name = "provisioner",
+    version = cli_common::version(&[]),
+    after_help = "Exit codes 0-6, examples, passphrase and logging: see --help.",
+    after_long_help = EXAMPLES
+)]
 pub struct Cli {
     /// Home directory holding the CA, the ledger and the site file.
-    #[arg(
-        long,
-        env = "PROVISIONER_HOME",
-        global = true,
-        default_value = "provisioner-home"
-    )]
-    home: std::path::PathBuf,
+    /// [default: $XDG_DATA_HOME/provisioner, else ~/.local/share/provisioner]
+    #[arg(long, env = "PROVISIONER_HOME", global = true, value_name = "DIR")]
+    home: Option<std::path::PathBuf>,
     /// Read the CA passphrase from this file (mode 0600) instead of PROVISIONER_PASSPHRASE or a prompt.
     #[arg(long, global = true, value_name = "FILE")]
     passphrase_file: Option<std::path::PathBuf>,
     /// Print results as JSON on stdout (logs stay on stderr).
     #[arg(long, global = true)]
     json: bool,
-    /// More log output on stderr (-v, -vv).
+    /// More log output on stderr: -v each step with its port, -vv each chip command, -vvv
+    /// trace (or PROVISIONER_LOG=LEVEL).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
@@ -88,9 +108,12 @@ enum Command {
     /// over their serial ports, both brokers, the gateway, the LoRa air and the receiver.
     #[command(after_help = cmd::demo::HELP)]
     Demo(cmd::demo::Args),
+    #[command(flatten)]
+    Tool(cli_common::Tool),
 }
 
 fn main() {
+    cli_common::quiet_broken_pipe();
     // `provisioner sim-board ARGS` runs a simulated board (the `sensor-sim` of the firmware
     // crate) as a child process of `demo` and of the tests, from this same binary.
     let mut argv = std::env::args_os();
@@ -106,28 +129,29 @@ fn main() {
         });
     }
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => tracing::level_filters::LevelFilter::WARN,
-        1 => tracing::level_filters::LevelFilter::INFO,
-        _ => tracing::level_filters::LevelFilter::DEBUG,
+    cli_common::init_logging(cli.verbose, "PROVISIONER_LOG");
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        if let Some(help) = e.help() {
+            eprintln!("  help: {help}");
+        }
+        std::process::exit(e.code());
+    }
+}
+
+fn run(cli: Cli) -> exit::Result<()> {
+    if let Command::Tool(tool) = &cli.command {
+        use clap::CommandFactory;
+        return cli_common::run_tool(tool, Cli::command())
+            .map_err(|e| exit::CliError::new(exit::Code::Failure, e));
+    }
+    let home = match cli.home {
+        Some(h) => h,
+        None => context::default_home()?,
     };
-    let level = match std::env::var("PROVISIONER_LOG") {
-        Ok(v) => v.parse().unwrap_or_else(|_| {
-            eprintln!(
-                "warning: PROVISIONER_LOG={}: expected off, error, warn, info, debug or trace",
-                v.escape_debug()
-            );
-            level
-        }),
-        Err(_) => level,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
-    let ctx = Context::new(cli.home, cli.passphrase_file, cli.json);
-    let result = match cli.command {
+    tracing::debug!(home = %home.display(), "CA home");
+    let ctx = Context::new(home, cli.passphrase_file, cli.json);
+    match cli.command {
         Command::Init(a) => cmd::init::run(&ctx, a),
         Command::Server(c) => cmd::server::run(&ctx, c),
         Command::Cert(c) => cmd::cert::run(&ctx, c),
@@ -136,12 +160,6 @@ fn main() {
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Demo(a) => cmd::demo::run(&ctx, a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        if let Some(help) = e.help() {
-            eprintln!("  help: {help}");
-        }
-        std::process::exit(e.code());
+        Command::Tool(_) => Ok(()),
     }
 }

@@ -8,5 +8,6 @@
 //! Exit codes: 0 stopped by SIGINT/SIGTERM; 1 runtime failure; 2 usage error.
 
 fn main() -> std::process::ExitCode {
+    cli_common::quiet_broken_pipe();
     firmware::sim::board::main_with_args(std::env::args_os())
 }

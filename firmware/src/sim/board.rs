@@ -44,8 +44,27 @@ pub enum TimingArg {
 }
 
 /// A simulated ESP8266 + ATECC508A sensor board on a pseudo-terminal.
+///
+/// The firmware core serves Microchip's kit protocol (or Mongoose OS RPC with --transport mos)
+/// on a pseudo-terminal linked at --link, in front of an emulated ATECC508A persisted in
+/// --state. Once provisioned, the sensor application publishes readings to the broker over
+/// mutual TLS with the chip's key.
+///
+/// EXAMPLES:
+///   sensor-sim --link /tmp/ttyUSB0 --state /tmp/board0.chip
+///   sensor-sim --link /tmp/ttyUSB1 --state /tmp/board1.chip --transport mos -v
+///
+/// EXIT CODES:
+///   0  stopped by SIGINT/SIGTERM
+///   1  runtime failure (pseudo-terminal, chip state, broker)
+///   2  usage error
 #[derive(Debug, Parser)]
-#[command(name = "sensor-sim", version)]
+#[command(
+    name = "sensor-sim",
+    version = cli_common::version(&[]),
+    verbatim_doc_comment,
+    after_help = cli_common::logging_help("SENSOR_SIM_LOG")
+)]
 pub struct Args {
     /// Where to link the board's serial port, e.g. /tmp/ttyUSB0.
     #[arg(long)]
@@ -53,8 +72,14 @@ pub struct Args {
     /// Chip state file (created blank if absent); the store lives in STATE.store.
     #[arg(long)]
     pub state: PathBuf,
-    /// Serial protocol.
-    #[arg(long, value_enum, default_value = "kit")]
+    /// Protocol spoken on the serial port, as `provisioner device provision --transport`
+    /// (alias --protocol).
+    #[arg(
+        long = "transport",
+        alias = "protocol",
+        value_enum,
+        default_value = "kit"
+    )]
     pub protocol: Protocol,
     /// Baud rate to pace the serial port at (10 bits per byte); 0 = unpaced.
     #[arg(long, default_value_t = 115_200)]
@@ -66,6 +91,22 @@ pub struct Args {
     /// flipped with this probability (e.g. 0.001).
     #[arg(long, default_value_t = 0.0)]
     pub line_fault_rate: f64,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace; or SENSOR_SIM_LOG=LEVEL).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The whole `sensor-sim` command line: the board's arguments, or `completions` / `man`.
+pub fn command() -> clap::Command {
+    use clap::{CommandFactory, Subcommand};
+    let board = Args::command();
+    let about = board.get_about().cloned().unwrap_or_default();
+    let long_about = board.get_long_about().cloned().unwrap_or_default();
+    cli_common::Tool::augment_subcommands(board)
+        .about(about)
+        .long_about(long_about)
+        .subcommand_negates_reqs(true)
+        .args_conflicts_with_subcommands(true)
 }
 
 struct Events {
@@ -98,13 +139,31 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let args = match Args::try_parse_from(argv) {
-        Ok(a) => a,
+    use clap::FromArgMatches;
+    let parsed = command().try_get_matches_from(argv).and_then(|m| {
+        if m.subcommand().is_some() {
+            cli_common::Tool::from_arg_matches(&m).map(Err)
+        } else {
+            Args::from_arg_matches(&m).map(Ok)
+        }
+    });
+    let args = match parsed {
+        Ok(Ok(a)) => a,
+        Ok(Err(tool)) => {
+            return match cli_common::run_tool(&tool, command()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sensor-sim: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    cli_common::init_logging(args.verbose, "SENSOR_SIM_LOG");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,6 +180,7 @@ pub fn run(args: Args) -> Result<(), String> {
     // A simulated chip need not fsync its EEPROM after every command: atomic renames keep it
     // consistent across kills, and the timing model stands for the chip's write time.
     chip.set_fast_persist(true);
+    tracing::info!(state = %args.state.display(), transport = ?args.protocol, baud = args.baud, "chip state opened");
     chip.set_timing(match args.timing {
         TimingArg::None => Timing::None,
         TimingArg::Typ => Timing::Typical,

@@ -570,6 +570,8 @@ impl atecc::client::Transport for KitLink {
     type Error = LinkError;
 
     fn transact(&mut self, packet: &[u8], response: &mut [u8]) -> Result<usize, LinkError> {
+        // Opcode and parameters only: the data bytes (a write key, an encrypted key) never.
+        tracing::debug!(port = %self.path, opcode = %packet.get(1).map_or_else(String::new, |&op| atecc::opcode::Opcode::from_u8(op).map_or_else(|| format!("0x{op:02X}"), |o| format!("{o:?}"))), param1 = packet.get(2).copied().unwrap_or(0), param2 = u16::from_le_bytes([packet.get(3).copied().unwrap_or(0), packet.get(4).copied().unwrap_or(0)]), data_bytes = packet.len().saturating_sub(7), "chip command");
         let line = format!("E:t({})", hex::encode_upper(packet));
         let typical = packet
             .get(1)
@@ -629,6 +631,7 @@ impl Board for KitLink {
     }
 
     fn get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError> {
+        tracing::debug!(port = %self.path, blob = %sanitize(name), "reading a file from the board's store");
         self.last_wake = None;
         let mut out = Vec::new();
         loop {
@@ -659,6 +662,7 @@ impl Board for KitLink {
     }
 
     fn put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
+        tracing::debug!(port = %self.path, blob = %sanitize(name), bytes = data.len(), "writing a file to the board's store");
         self.last_wake = None;
         let mut attempt = 1;
         loop {

@@ -487,6 +487,8 @@ impl MosLink {
     /// One call: handshake, request, the reply with the same id. An error object becomes
     /// [`LinkError::Refused`] with its code and message.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, LinkError> {
+        // The method only: the parameters of ATCA.SetKey carry keys in clear.
+        tracing::debug!(port = %self.path, method = %method.escape_debug(), "RPC call");
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({ "id": id, "src": "provisioner", "method": method, "params": params });

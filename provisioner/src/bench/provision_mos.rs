@@ -133,6 +133,7 @@ pub fn provision_mos(
         ..Outcome::default()
     };
     let step = |out: &mut Outcome, step: &'static str, action: &'static str, detail: String| {
+        tracing::info!(port = %port, "{step}: {action} {detail}");
         shared
             .progress
             .step(&port, &format!("{step}: {action} {detail}"));

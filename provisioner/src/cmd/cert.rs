@@ -57,7 +57,8 @@ pub fn run(ctx: &Context, cmd: CertCommand) -> Result<()> {
             ),
         ));
     }
-    let bytes = ca::fsutil::read_bounded(&args.csr, ca::request::MAX_CSR_LEN as u64)?;
+    let bytes = ca::fsutil::read_bounded(&args.csr, ca::request::MAX_CSR_LEN as u64)
+        .map_err(|e| crate::exit::input_file("--csr", e))?;
     let csr = ca::parse_csr(&bytes)?;
     let site = ctx.site()?;
     for t in args.publish.iter().chain(&args.subscribe) {

@@ -8,6 +8,7 @@
 //! etc/iot-gateway/                     0700  gateway.toml link.toml (0600), ID.key link.key (0600),
 //!                                            ID.crt ca.crt (0644)
 //! etc/systemd/system/iot-gateway.service 0644
+//! usr/local/share/man/man1/gateway.1   0644  the unit's Documentation=man:gateway(1)
 //! var/lib/iot-gateway/                 0700  counter lease, counters.json (StateDirectory)
 //! ```
 //!
@@ -29,6 +30,8 @@ pub const ETC_DIR: &str = "/etc/iot-gateway";
 pub const STATE_DIR: &str = "/var/lib/iot-gateway";
 /// The unit file on the target.
 pub const UNIT_PATH: &str = "/etc/systemd/system/iot-gateway.service";
+/// The gateway's manual page on the target (the unit's `Documentation=man:gateway(1)`).
+pub const MAN_PATH: &str = "/usr/local/share/man/man1/gateway.1";
 
 /// `deploy` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -40,7 +43,7 @@ provisioner deploy gateway passerelle --root /srv/nfs/pi1\n  \
 provisioner deploy gateway passerelle --root /mnt/sdcard --broker-host localhost\n\n\
 Then on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway\n\n\
 Files: /etc/iot-gateway/ (0700; keys and manifests 0600), /etc/systemd/system/iot-gateway.service,\n\
-/var/lib/iot-gateway/ (0700). Re-running it replaces /etc/iot-gateway atomically with the same\n\
+/usr/local/share/man/man1/gateway.1, /var/lib/iot-gateway/ (0700). Re-running it replaces /etc/iot-gateway atomically with the same\n\
 certificate, key and link key. The gateway binary itself is not copied (see --bin).\n\
 Links inside ROOT are followed as the Pi sees them (an absolute link from ROOT, never from this\n\
 machine's /); a link that leaves ROOT is refused before anything is written.")]
@@ -103,7 +106,13 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
     let etc_parent = etc.parent().map(Path::to_path_buf).unwrap_or(root.clone());
     let state = inside(STATE_DIR)?;
     let unit = inside(UNIT_PATH)?;
-    for d in [&etc_parent, &state, unit.parent().unwrap_or(&root)] {
+    let man = inside(MAN_PATH)?;
+    for d in [
+        &etc_parent,
+        &state,
+        unit.parent().unwrap_or(&root),
+        man.parent().unwrap_or(&root),
+    ] {
         mkdirs(&root, d, if *d == state { 0o700 } else { 0o755 })?;
     }
     safe_fs::create_dir(&state, 0o700, None).map_err(|e| crate::exit::io(&state, e))?;
@@ -130,6 +139,9 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
     };
     let unit_text = render_unit(&args.id, &args.bin);
     ca::fsutil::write_atomic(&unit, unit_text.as_bytes(), 0o644)?;
+    let page = cli_common::man_page(gateway::cli::command())
+        .map_err(|e| CliError::new(Code::Failure, format!("rendering gateway.1: {e}")))?;
+    ca::fsutil::write_atomic(&man, &page, 0o644)?;
     if etc.exists() {
         std::fs::rename(&etc, &old).map_err(|e| crate::exit::io(&etc, e))?;
     }
@@ -147,13 +159,13 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         .map(|n| Path::new(ETC_DIR).join(n))
         .collect();
     let human = format!(
-        "gateway `{}` installed into {}: {ETC_DIR} ({} files), {UNIT_PATH}, {STATE_DIR}\n  on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway",
+        "gateway `{}` installed into {}: {ETC_DIR} ({} files), {UNIT_PATH}, {MAN_PATH}, {STATE_DIR}\n  on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway",
         args.id,
         root.display(),
         files.len(),
     );
     ctx.print(
-        &json!({ "id": args.id, "root": root, "etc": ETC_DIR, "unit": UNIT_PATH, "state": STATE_DIR,
+        &json!({ "id": args.id, "root": root, "etc": ETC_DIR, "unit": UNIT_PATH, "man": MAN_PATH, "state": STATE_DIR,
                  "files": files, "serial": emitted.serial, "existing": emitted.existing }),
         &human,
     );

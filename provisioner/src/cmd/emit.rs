@@ -102,8 +102,8 @@ pub struct BrokerArgs {
     /// Output directory (created 0700; 0750 root:GROUP when run as root, see --run-as).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// TLS listener port. Default: the site's broker port.
-    #[arg(long)]
+    /// TLS listener port (TCP; --port is an old alias). Default: the site's broker port.
+    #[arg(long = "listen-port", alias = "port", value_name = "PORT")]
     port: Option<u16>,
     /// Bind the listener to this address only (e.g. 127.0.0.1).
     #[arg(long, value_name = "ADDR")]

@@ -18,7 +18,9 @@ use crate::bench::provision_mos;
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
 
-/// Help text shown after the options.
+/// Help text shown after the options. The id template is written `{N}`: clap prints a
+/// lowercase `{n}` in help text as a line break and has no escape for it (`{n}` still works
+/// on the command line).
 pub const HELP: &str = "\
 EXAMPLES:
   # See what would change, without touching the chip
