@@ -22,11 +22,12 @@ pub enum EmitCommand {
 provisioner emit broker --out ./broker --run-as root && mosquitto -c ./broker/mosquitto.conf\n  \
 provisioner emit broker --out ./pi-etc --prefix /etc/mosquitto/site --run-as mosquitto\n\n\
 Re-running it rewrites every file atomically (new devices join the ACL, revoked ones leave it);\n\
-reload mosquitto afterwards: kill -HUP $(cat PREFIX/mosquitto.pid) (the conf's pid_file).\n\
-`provisioner crl` keeps OUT/crl.pem fresh.\n\n\
-COPYING TO THE BROKER MACHINE (keeps the owner and modes mosquitto needs):\n  \
-tar -C OUT --owner=root --group=mosquitto --mode=u=rwX,g=rX,o= -cf - . |\n    \
-ssh pi@HOST 'sudo mkdir -p PREFIX && sudo tar -C PREFIX -xpf - --same-owner'\n\n\
+reload mosquitto afterwards: kill -HUP $(cat PREFIX/run/mosquitto.pid) (the conf's pid_file;\n\
+run/ is the one directory mosquitto's account may write). `provisioner crl` keeps OUT/crl.pem fresh.\n\n\
+COPYING TO THE BROKER MACHINE (sets the owner and modes mosquitto needs; printed with --prefix):\n  \
+tar -C OUT --exclude=./run --owner=root --group=mosquitto --mode=u=rwX,g=rX,o= -cf - . |\n    \
+ssh pi@HOST 'sudo mkdir -p PREFIX && sudo tar -C PREFIX -xpf - --same-owner &&\n    \
+sudo install -d -o mosquitto -g mosquitto -m 0750 PREFIX/run'\n\n\
 CRL FRESHNESS:\n  \
 mosquitto refuses every client once the CRL's nextUpdate has passed. --units-out (default\n  \
 OUT-bench, beside OUT and not copied with it) receives provisioner-crl.service (runs\n  \
