@@ -48,6 +48,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let bridge_cfg = BridgeConfig::from_manifest(&g).map_err(config)?;
     let sender = LinkSender::from_manifest(&g.link).map_err(|e| (1, e.to_string()))?;
     if cli.check {
+        radio_supported(&g.link.manifest).map_err(|e| (1, e))?;
         eprintln!(
             "gateway: {} is valid: broker {}:{} (TLS name {}), {} filter(s), link node {} -> {}",
             manifest.display(),
@@ -133,5 +134,21 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
             log!("stopped cleanly");
             Ok(())
         }
+    }
+}
+
+/// Whether this binary can drive the radio the link manifest asks for: `--check` must not
+/// pass a manifest the daemon then fails to start with.
+fn radio_supported(m: &manifests::link::LinkManifest) -> Result<(), String> {
+    use manifests::link::RadioBackend;
+    match m.radio.backend {
+        RadioBackend::Emulated if m.air.is_none() => Err(
+            "the link manifest asks for the emulated radio but has no [air] hub: give `provisioner emit gateway` --air 127.0.0.1:PORT".into(),
+        ),
+        RadioBackend::Emulated => Ok(()),
+        RadioBackend::Sx127x if cfg!(feature = "rpi") => Ok(()),
+        RadioBackend::Sx127x => Err(
+            "the link manifest asks for the real SX127x radio, but this gateway was built without feature `rpi`: build it with `cargo build -p gateway --features rpi` (lora-link/cross-check.sh --release for the Pi), or emit the manifest with --air ADDR for the emulated radio".into(),
+        ),
     }
 }

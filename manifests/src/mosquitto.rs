@@ -88,7 +88,10 @@ pub fn render_conf(listener: &Listener, files: &BrokerFiles) -> Result<String, E
         ("keyfile", &files.keyfile),
         ("crlfile", &files.crlfile),
         ("acl_file", &files.aclfile),
-    ] {
+    ]
+    .into_iter()
+    .chain(listener.pid_file.as_ref().map(|p| ("pid_file", p)))
+    {
         let s = p.to_string_lossy();
         // mosquitto reads one directive per line; a newline in a path would inject directives.
         if s.contains(['\n', '\r']) || !p.is_absolute() {
@@ -280,6 +283,21 @@ mod tests {
             pid_file: None,
         };
         assert!(render_conf(&l, &f).is_err());
+        let l = Listener {
+            pid_file: Some("/run/m.pid\nallow_anonymous true".into()),
+            ..l
+        };
+        assert!(render_conf(&l, &files()).is_err());
+        let l = Listener {
+            pid_file: Some("/etc/m/run/mosquitto.pid".into()),
+            ..l
+        };
+        let conf = render_conf(&l, &files()).expect("render");
+        assert!(
+            conf.lines()
+                .any(|x| x == "pid_file /etc/m/run/mosquitto.pid"),
+            "{conf}"
+        );
         let e = AclEntry {
             user: "x".into(),
             comment: String::new(),

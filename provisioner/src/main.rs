@@ -28,7 +28,7 @@ EXAMPLES:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\
       -keyout probe.key -subj /CN=probe-1 -out probe.csr
   provisioner cert sign --csr probe.csr --profile client --out probe.crt
-  provisioner device revoke probe-1 && kill -HUP $(pidof mosquitto)
+  provisioner device revoke probe-1 && kill -HUP $(cat ./broker/run/mosquitto.pid)
 
   # Shell completions and manual pages (the same for gateway, lora-link and sensor-sim)
   provisioner completions bash > /etc/bash_completion.d/provisioner

@@ -126,14 +126,17 @@ fn a_broker_with_an_expired_crl_refuses_clients_until_crl_renews_it_and_mosquitt
     assert!(!shown.is_empty(), "no nextUpdate in {}", crl_pem.display());
 
     // What renews it in production: a daily timer running `provisioner crl`, then a reload.
-    let service = std::fs::read_to_string(out.join("provisioner-crl.service")).expect("service");
-    let timer = std::fs::read_to_string(out.join("provisioner-crl.timer")).expect("timer");
+    // The units belong on the CA machine: beside OUT (OUT-bench), not in what goes to the broker.
+    let units = home.work().join("broker-bench");
+    let service = std::fs::read_to_string(units.join("provisioner-crl.service")).expect("service");
+    let timer = std::fs::read_to_string(units.join("provisioner-crl.timer")).expect("timer");
     let home_dir = home.path().canonicalize().expect("home");
     assert!(
         service.contains("Type=oneshot")
             && service.contains(&format!("--home \"{}\"", home_dir.display()))
             && service.contains("--passphrase-file \"/etc/provisioner/ca-passphrase\" crl")
-            && service.contains("kill -HUP $$(pidof mosquitto)"),
+            && service.contains("kill -HUP \"$$pid\"")
+            && service.contains(&format!("sh \"{}/run/mosquitto.pid\"", out.display())),
         "{service}"
     );
     assert!(

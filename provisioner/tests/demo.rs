@@ -97,6 +97,29 @@ fn the_demo_provisions_three_boards_delivers_every_qos12_reading_refuses_intrude
         m["forwarded"].as_u64().is_some_and(|f| f >= 3),
         "the gateway forwarded: {m}"
     );
+    // The totals add up: delivered is the sum of the per-topic counts and never exceeds what
+    // was published, for the whole and for each device; late and duplicate arrivals apart.
+    let per_topic = m["per_topic"].as_array().expect("per topic");
+    let sum = |k: &str| per_topic.iter().filter_map(|t| t[k].as_u64()).sum::<u64>();
+    assert_eq!(m["delivered"].as_u64(), Some(sum("delivered")), "{m}");
+    assert_eq!(m["published"].as_u64(), Some(sum("published")), "{m}");
+    assert!(m["delivered"].as_u64() <= m["published"].as_u64(), "{m}");
+    assert!(
+        m["duplicates"].is_u64() && m["arrived_from_before_service"].is_u64(),
+        "{m}"
+    );
+    for d in list {
+        assert!(
+            d["readings_delivered"].as_u64() <= d["readings_published"].as_u64(),
+            "a device delivered more than it published: {d}"
+        );
+    }
+    let hour = &s["airtime"]["hour_at_this_rate"];
+    assert!(
+        hour["fits"].is_boolean() && hour["share_of_budget"].is_f64(),
+        "{s}"
+    );
+    assert!(stderr.contains("at this rate an hour uses"), "{stderr}");
     let air = &s["airtime"];
     assert!(air["used_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{air}");
     assert!(
@@ -191,4 +214,102 @@ fn the_demo_refuses_a_home_that_is_not_empty() {
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn an_interrupted_json_demo_prints_its_partial_summary_and_a_kept_home_its_passphrase_file() {
+    require("mosquitto");
+    require("mosquitto_sub");
+    require("mosquitto_pub");
+    sibling_bin("gateway");
+    sibling_bin("lora-link");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("h");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .arg("--json")
+        .arg("--home")
+        .arg(&home)
+        .args(["demo", "--sensors", "1", "--duration", "60", "--keep"])
+        .env_remove("PROVISIONER_HOME")
+        .env_remove("PROVISIONER_PASSPHRASE")
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run provisioner demo");
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(k) = stderr_pipe.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..k]));
+            let _ = tx.send(all.clone());
+        }
+        all
+    });
+    // Interrupt once the boards are in service (step 7).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let seen = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+        if seen.contains("== 7.") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo never reached step 7");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = reader.join().expect("stderr");
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no summary JSON ({e}):\n{}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(s["interrupted"], true, "{s}");
+    assert_eq!(s["ok"], false, "{s}");
+    assert_eq!(s["signal"], "SIGINT", "{s}");
+    assert_eq!(s["step"]["number"], 7, "{s}");
+    assert_eq!(s["devices"]["provisioned"], 1, "{s}");
+    for p in s["processes"].as_array().expect("processes") {
+        let pid = p["pid"].as_u64().expect("pid");
+        assert!(!alive(pid), "still running: {p}");
+    }
+    // The kept home comes with its passphrase, in a 0600 file, never on the output.
+    let file = PathBuf::from(s["passphrase_file"].as_str().expect("passphrase_file"));
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&file).expect("passphrase file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let pass = std::fs::read_to_string(&file).expect("read");
+    assert!(pass.starts_with("demo-"), "not a demo passphrase");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert!(
+        !stderr.contains(&pass) && !String::from_utf8_lossy(&out.stdout).contains(&pass),
+        "the passphrase was shown"
+    );
+    // And it opens the CA.
+    let crl = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .arg("--home")
+        .arg(&home)
+        .arg("--passphrase-file")
+        .arg(&file)
+        .args(["crl", "--renew"])
+        .env_remove("PROVISIONER_PASSPHRASE")
+        .env_remove("PROVISIONER_HOME")
+        .output()
+        .expect("crl");
+    assert!(
+        crl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&crl.stderr)
+    );
 }

@@ -712,3 +712,333 @@ fn deploy_gateway_installs_configuration_unit_and_state_directory_atomically() {
     ]);
     assert_eq!(o.status.code(), Some(3));
 }
+
+/// The line of `out` that starts (after spaces) with `label`, without it.
+fn hint<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no `{label}` line in:\n{out}"))
+}
+
+/// Runs a printed shell line with `sh -c`, the remote part (`ssh HOST 'CMD'`) run here and
+/// without `sudo` (the test runs as the account that owns everything).
+fn run_printed(line: &str, dir: &Path) -> std::process::Output {
+    let local = line.replace("ssh HOST ", "sh -c ").replace("sudo ", "");
+    Command::new("sh")
+        .args(["-c", &local])
+        .current_dir(dir)
+        .output()
+        .expect("sh")
+}
+
+#[test]
+fn emit_receiver_run_lines_work_as_printed_and_with_a_prefix_say_to_copy_first() {
+    let home = Home::new();
+    home.ok(&["init"]);
+    // Without --prefix: the manifest named by the run line loads, and its key files, relative
+    // to it, are there (run from another directory than the one emit ran in).
+    let out = home.ok(&[
+        "emit",
+        "receiver",
+        "recepteur",
+        "--out",
+        "./rx",
+        "--air",
+        "127.0.0.1:7700",
+    ]);
+    let run = hint(&out, "run:");
+    let manifest = run
+        .strip_prefix("lora-link rx --manifest ")
+        .unwrap_or_else(|| panic!("{run}"));
+    assert!(Path::new(manifest).is_absolute(), "{run}");
+    let loaded = manifests::link::LinkManifest::load(Path::new(manifest))
+        .unwrap_or_else(|e| panic!("{run}: {e}"));
+    let mqtt = loaded.manifest.mqtt.expect("[mqtt]");
+    let dir = Path::new(manifest).parent().expect("dir");
+    for f in [&mqtt.key_file, &mqtt.cert_file, &mqtt.ca_file] {
+        let p = dir.join(f);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{} named by {run}: {e}", p.display()));
+    }
+
+    // With --prefix the files are valid on the receiver only: the hint says to copy first,
+    // and the printed copy then the printed run line's manifest work there.
+    let pi = home.work().join("pi2");
+    let prefix = pi.join("etc/lora-link");
+    let prefix_s = prefix.to_string_lossy().into_owned();
+    let out = home.ok(&[
+        "emit",
+        "receiver",
+        "recepteur",
+        "--out",
+        "./rx2",
+        "--prefix",
+        &prefix_s,
+        "--air",
+        "127.0.0.1:7700",
+    ]);
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("run:")),
+        "a run line for files not yet copied:\n{out}"
+    );
+    let after = hint(
+        &out,
+        &format!("after copying to {prefix_s} on the receiver (Pi #2), run there:"),
+    );
+    assert_eq!(
+        after,
+        format!("sudo lora-link rx --manifest {prefix_s}/receiver.toml"),
+        "{out}"
+    );
+    let copied = run_printed(hint(&out, "copy:"), &home.work());
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let loaded = manifests::link::LinkManifest::load(&prefix.join("receiver.toml"))
+        .unwrap_or_else(|e| panic!("after the printed copy: {e}"));
+    let mqtt = loaded.manifest.mqtt.expect("[mqtt]");
+    assert_eq!(mqtt.key_file, prefix.join("recepteur.key"));
+    assert_eq!(mode(&mqtt.key_file), 0o600);
+    std::fs::read(&mqtt.key_file).expect("the key at the path the manifest names");
+}
+
+#[test]
+fn init_suggests_a_server_issue_that_keeps_the_site_broker_names() {
+    let home = Home::new();
+    let out = home.ok(&["init"]);
+    let next = hint(&out, "next:");
+    for name in ["broker.maison.lan", "raspberrypi.local", "192.168.1.10"] {
+        assert!(next.contains(name), "{name} missing from `{next}`");
+    }
+    // The suggested command, as printed, certifies exactly those names.
+    let cmd = next.split("   (").next().expect("command");
+    let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+    assert_eq!(args, ["server", "issue"], "{next}");
+    let issued = home.json(&args);
+    let names: Vec<&str> = issued["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["192.168.1.10", "broker.maison.lan", "raspberrypi.local"]
+    );
+}
+
+#[test]
+fn deploy_gateway_refuses_receiver_flags_and_emit_gateway_and_receiver_have_their_own_help() {
+    let home = Home::new();
+    home.ok(&["init"]);
+    let root = home.work().join("pi1-root");
+    std::fs::create_dir_all(&root).expect("root");
+    let root_s = root.to_string_lossy().into_owned();
+    for flag in [
+        &["--no-mqtt"][..],
+        &["--prefix", "/x"],
+        &["--state-dir", "/x"],
+    ] {
+        let mut a = vec!["deploy", "gateway", "passerelle", "--root", root_s.as_str()];
+        a.extend_from_slice(flag);
+        let out = home.run(&a);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {err}");
+        assert!(err.contains(flag[0]), "{flag:?} not named: {err}");
+    }
+    assert!(!root.join("etc").exists(), "something was installed");
+    // emit gateway takes no receiver flag, emit receiver no gateway flag.
+    let out = home.run(&["emit", "gateway", "passerelle", "--out", "./g", "--no-mqtt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = home.run(&[
+        "emit",
+        "receiver",
+        "recepteur",
+        "--out",
+        "./r",
+        "--server-name",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let g = home.ok(&["emit", "gateway", "--help"]);
+    let r = home.ok(&["emit", "receiver", "--help"]);
+    assert_ne!(g, r);
+    assert!(
+        g.contains("gateway.toml") && !g.contains("--no-mqtt"),
+        "{g}"
+    );
+    assert!(
+        r.contains("lora-link rx") && !r.contains("--server-name"),
+        "{r}"
+    );
+}
+
+#[test]
+fn gateway_check_refuses_a_manifest_for_a_radio_this_build_cannot_drive() {
+    let gateway = sibling_bin("gateway");
+    let home = Home::new();
+    home.ok(&["init"]);
+    // No --air: the real SX127x, which a build without `rpi` (this one) cannot open.
+    home.ok(&["emit", "gateway", "passerelle", "--out", "./gw"]);
+    let out = Command::new(&gateway)
+        .arg("--manifest")
+        .arg(home.work().join("gw/gateway.toml"))
+        .arg("--check")
+        .output()
+        .expect("gateway");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--check passed: {err}");
+    assert!(err.contains("rpi") && err.contains("SX127x"), "{err}");
+    // The emulated radio on a hub: valid.
+    home.ok(&[
+        "emit",
+        "gateway",
+        "passerelle",
+        "--out",
+        "./gw2",
+        "--air",
+        "127.0.0.1:7700",
+    ]);
+    let out = Command::new(&gateway)
+        .arg("--manifest")
+        .arg(home.work().join("gw2/gateway.toml"))
+        .arg("--check")
+        .output()
+        .expect("gateway");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `log` contains `needle`.
+fn wait_log(log: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in {}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn emit_broker_hints_run_copy_and_reload_as_printed_and_keep_the_crl_units_off_the_broker() {
+    require("mosquitto");
+    let home = Home::with_broker();
+    // A directory every account can enter, as /etc/mosquitto is.
+    let work = home.work();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let port = free_port();
+    let port_s = port.to_string();
+    // As the top-level help shows it: no --run-as.
+    let out = home.ok(&[
+        "emit",
+        "broker",
+        "--out",
+        "./broker",
+        "--port",
+        &port_s,
+        "--bind",
+        "127.0.0.1",
+    ]);
+    assert!(!out.contains("warning"), "{out}");
+    let run = hint(&out, "run:");
+    let log = work.join("mosquitto.log");
+    let mut broker = Command::new("sh")
+        .args(["-c", &format!("exec {run}")])
+        .current_dir(&work)
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(
+            std::fs::File::options()
+                .append(true)
+                .open(&log)
+                .expect("log"),
+        )
+        .spawn()
+        .expect("mosquitto");
+    wait_log(&log, "running");
+    let reload = run_printed(hint(&out, "reload:"), &work);
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    wait_log(&log, "Reloading config");
+    let _ = broker.kill();
+    let _ = broker.wait();
+    // The CRL units: beside OUT, never in it; they reload through the pid file too.
+    let units = work.join("broker-bench");
+    assert!(!work.join("broker/provisioner-crl.service").exists());
+    let service = std::fs::read_to_string(units.join("provisioner-crl.service")).expect("unit");
+    assert!(!service.contains("pidof"), "{service}");
+    assert!(service.contains("/broker/run/mosquitto.pid"), "{service}");
+
+    // With --prefix: copy first (the printed copy keeps what mosquitto needs), then run there.
+    let prefix = work.join("pi1/etc/mosquitto/site");
+    let prefix_s = prefix.to_string_lossy().into_owned();
+    let out = home.ok(&[
+        "emit",
+        "broker",
+        "--out",
+        "./pi1-broker",
+        "--prefix",
+        &prefix_s,
+        "--port",
+        &port_s,
+        "--bind",
+        "127.0.0.1",
+    ]);
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("run:")),
+        "{out}"
+    );
+    let copied = run_printed(hint(&out, "copy:"), &work);
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert!(
+        !prefix.join("provisioner-crl.service").exists(),
+        "CRL units copied to the broker"
+    );
+    assert_eq!(mode(&prefix), 0o750);
+    assert_eq!(mode(&prefix.join("broker.key")), 0o640);
+    let run = hint(
+        &out,
+        &format!("after copying to {prefix_s} on the broker, run there:"),
+    );
+    let mut broker = Command::new("sh")
+        .args(["-c", &format!("exec {run}")])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(
+            std::fs::File::options()
+                .append(true)
+                .open(&log)
+                .expect("log"),
+        )
+        .spawn()
+        .expect("mosquitto");
+    wait_log(&log, "running");
+    let reload = hint(&out, "reload:");
+    let reload = reload.split("   (").next().expect("command");
+    let done = run_printed(reload, &work);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    wait_log(&log, "Reloading config");
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

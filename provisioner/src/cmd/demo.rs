@@ -634,6 +634,8 @@ struct TopicSeen {
     readings: BTreeSet<(String, String)>,
     /// Other payloads (the status topic's online/offline), counted.
     other: u64,
+    /// Readings seen again (QoS 1 redelivery): counted here, never as delivered.
+    dupes: u64,
     last: String,
 }
 
@@ -645,16 +647,55 @@ struct Seen {
     subscribed: bool,
 }
 
-impl Seen {
-    fn count(&self) -> u64 {
-        self.topics
-            .values()
-            .map(|t| t.readings.len() as u64 + t.other)
-            .sum()
-    }
+type Shared2 = Arc<Mutex<Seen>>;
+
+/// Published on Pi #1 vs delivered on Pi #2, topic by topic: delivered counts only messages
+/// published in service that arrived (once each), so it never exceeds published.
+#[derive(Debug, Default)]
+struct Counts {
+    published: u64,
+    delivered: u64,
+    /// QoS 1/2 messages published and not delivered.
+    missing: u64,
+    /// Distinct messages on Pi #2 that Pi #1 saw before the service window (the boards'
+    /// first readings after provisioning, still crossing the link) or never.
+    earlier: u64,
+    /// Readings Pi #2 delivered more than once.
+    dupes: u64,
+    by_qos: BTreeMap<u8, (u64, u64)>,
+    per_topic: Vec<Value>,
 }
 
-type Shared2 = Arc<Mutex<Seen>>;
+impl Counts {
+    fn of(near: &Seen, far: &Seen) -> Counts {
+        let mut c = Counts::default();
+        for (topic, t) in &near.topics {
+            let f = far.topics.get(topic).cloned().unwrap_or_default();
+            let published = t.readings.len() as u64 + t.other;
+            let delivered =
+                t.readings.intersection(&f.readings).count() as u64 + f.other.min(t.other);
+            let e = c.by_qos.entry(t.qos).or_default();
+            e.0 += published;
+            e.1 += delivered;
+            if t.qos >= 1 {
+                c.missing += published - delivered;
+            }
+            c.published += published;
+            c.delivered += delivered;
+            c.per_topic.push(
+                json!({ "topic": topic, "qos": t.qos, "published": published,
+                "delivered": delivered, "duplicates": f.dupes, "last": t.last }),
+            );
+        }
+        for (topic, f) in &far.topics {
+            c.dupes += f.dupes;
+            let t = near.topics.get(topic).cloned().unwrap_or_default();
+            c.earlier +=
+                f.readings.difference(&t.readings).count() as u64 + f.other.saturating_sub(t.other);
+        }
+        c
+    }
+}
 
 fn lock(s: &Shared2) -> std::sync::MutexGuard<'_, Seen> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -740,10 +781,13 @@ fn monitor_thread(
                 t.last = m.payload.to_string();
                 match serde_json::from_str::<Value>(m.payload) {
                     Ok(v) if v.get("seq").is_some() => {
-                        t.readings.insert((
+                        let fresh = t.readings.insert((
                             v["device"].as_str().unwrap_or("").to_string(),
                             m.payload.to_string(),
                         ));
+                        if !fresh {
+                            t.dupes += 1;
+                        }
                     }
                     _ => t.other += 1,
                 }
@@ -793,8 +837,50 @@ impl Progress for Bars {
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// What is known so far, for the summary printed when the demo is interrupted.
+static PARTIAL: Mutex<BTreeMap<String, Value>> = Mutex::new(BTreeMap::new());
+/// Both monitors' observations, once they run.
+static MONITORS: std::sync::OnceLock<(Shared2, Shared2)> = std::sync::OnceLock::new();
+
+fn partial(key: &str, v: Value) {
+    PARTIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key.to_string(), v);
+}
+
+/// The summary of an interrupted demo: the steps reached, the devices, the messages counted
+/// so far (same rules as the full summary), every process (all stopped by now).
+fn interrupted_summary(procs: &Procs, started: Instant) -> Value {
+    let mut m: serde_json::Map<String, Value> = PARTIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .into_iter()
+        .collect();
+    let sig = Signal::try_from(STOP_SIGNAL.load(Ordering::SeqCst))
+        .map(|s| s.as_str())
+        .unwrap_or("a signal");
+    m.insert("ok".into(), json!(false));
+    m.insert("interrupted".into(), json!(true));
+    m.insert("signal".into(), json!(sig));
+    if let Some((near, far)) = MONITORS.get() {
+        let c = Counts::of(&lock(near), &lock(far));
+        m.insert(
+            "messages".into(),
+            json!({ "published": c.published, "delivered": c.delivered,
+                    "qos12_missing": c.missing, "arrived_from_before_service": c.earlier,
+                    "duplicates": c.dupes, "per_topic": c.per_topic }),
+        );
+    }
+    m.insert("processes".into(), json!(procs.listing()));
+    m.insert("seconds".into(), json!(started.elapsed().as_secs_f64()));
+    Value::Object(m)
+}
+
 fn step(n: u32, text: &str) {
     let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    partial("step", json!({ "number": n, "title": text }));
     eprintln!("\n\x1b[1m== {n}. {text}\x1b[0m  [{t:.1} s]");
 }
 
@@ -882,14 +968,32 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let started = *START.get_or_init(Instant::now);
     let procs = Procs::default();
     let dir = workdir(ctx, args.keep)?;
-    let result = demo(ctx, &args, &procs, &dir.root, started);
+    let result = demo(ctx, &args, &procs, &dir, started);
     // Everything stops here on every path (Procs and Workdir also clean up on unwinding).
     let pids = procs.all_pids();
     procs.stop(&pids, Duration::from_secs(3));
-    if args.keep || dir.keep {
+    if dir.keep {
         eprintln!("   demo files kept in {}", dir.root.display());
+        let known = PARTIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let (Some(Value::String(home)), Some(Value::String(file))) =
+            (known.get("home"), known.get("passphrase_file"))
+        {
+            eprintln!(
+                "   its CA passphrase is in {file} (0600, never shown), e.g.\n     provisioner --home {home} --passphrase-file {file} device list"
+            );
+        }
     }
     drop(dir);
+    if result.is_err() && stopping() && ctx.json {
+        partial("kept", json!(args.keep || explicit_home()));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&interrupted_summary(&procs, started)).unwrap_or_default()
+        );
+    }
     let summary = result?;
     if ctx.json {
         println!(
@@ -908,7 +1012,14 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
 }
 
 #[allow(clippy::too_many_lines)]
-fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant) -> Result<Value> {
+fn demo(
+    ctx: &Context,
+    args: &Args,
+    procs: &Procs,
+    dir: &Workdir,
+    started: Instant,
+) -> Result<Value> {
+    let root = dir.root.as_path();
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(Code::Failure, format!("own executable: {e}")))?;
     let bin_dir = exe
@@ -941,6 +1052,12 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         ca::fsutil::private_dir(d)?;
     }
     let passphrase = Zeroizing::new(format!("demo-{}", random_hex(24)?));
+    if dir.keep {
+        // A kept home is of use only with its passphrase: in a private file, never shown.
+        let file = work.join("passphrase");
+        ca::fsutil::write_atomic(&file, passphrase.as_bytes(), 0o600)?;
+        partial("passphrase_file", json!(file));
+    }
     let me = |args: &[&str]| {
         let mut c = Command::new(&exe);
         c.arg("--home").arg(&home).args(args);
@@ -977,6 +1094,11 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
     ca::fsutil::private_dir(&work.join("boards"))?;
     let (near_port, far_port, air_port) = (free_tcp_port()?, free_tcp_port()?, free_udp_port()?);
     let (site, scale) = demo_site(near_port, &sensors, args.duration)?;
+    partial(
+        "ports",
+        json!({ "broker_pi1_tcp": near_port, "broker_pi2_tcp": far_port, "air_udp": air_port }),
+    );
+    partial("home", json!(home));
     let site_file = work.join("site.toml");
     ca::fsutil::write_atomic(&site_file, site.to_toml()?.as_bytes(), 0o644)?;
 
@@ -1082,6 +1204,14 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
     note(&format!(
         "{n} device(s) provisioned in {prov_s:.1} s: chip zones locked, key generated in the chip, certificate and device.toml written"
     ));
+    partial(
+        "devices",
+        json!({ "requested": n, "provisioned": n, "provisioning_seconds": prov_s,
+                "list": sensors.iter().zip(&outcomes).map(|(s, (_, r))| json!({
+                    "id": s.id, "profile": s.profile,
+                    "certificate": r.as_ref().ok().and_then(|o| o.certificate.clone()) }))
+                .collect::<Vec<_>>() }),
+    );
 
     step(
         5,
@@ -1247,6 +1377,7 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
     // Monitors: `moniteur` on both brokers, QoS 2, so nothing the brokers accept is missed.
     let near_seen: Shared2 = Arc::default();
     let far_seen: Shared2 = Arc::default();
+    let _ = MONITORS.set((near_seen.clone(), far_seen.clone()));
     let live_start = Instant::now();
     let per_second = if n <= 8 { 6 } else { 3 };
     let monitor = |name: &str,
@@ -1308,6 +1439,11 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
             "intervals x{scale:.1} so {n} sensors stay inside the LoRa duty-cycle budget"
         ));
     }
+    let intervals: Vec<u32> = sensors
+        .iter()
+        .filter_map(|s| site.profile(&s.profile).ok().map(|p| p.interval_s.max(1)))
+        .collect();
+    note(&schedule_note(&intervals, args.duration));
 
     // Intrusions, a few seconds into the traffic.
     let live_end = Instant::now() + Duration::from_secs(args.duration);
@@ -1480,9 +1616,23 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         }
     }
 
-    // The rest of the live phase.
+    // The rest of the live phase; a quiet stretch says when the next reading is due.
+    let mut last_seen = (lock(&far_seen).messages, Instant::now());
+    let mut told = false;
     while Instant::now() < live_end {
         nap(Duration::from_millis(200).min(live_end.saturating_duration_since(Instant::now())))?;
+        let now_seen = lock(&far_seen).messages;
+        if now_seen != last_seen.0 {
+            last_seen = (now_seen, Instant::now());
+            told = false;
+        } else if !told && last_seen.1.elapsed() >= QUIET {
+            told = true;
+            let t = live_start.elapsed().as_secs_f64();
+            eprintln!(
+                "  {t:>6.1}s  quiet     {}",
+                quiet_line(&intervals, t, args.duration)
+            );
+        }
     }
 
     step(
@@ -1607,32 +1757,28 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
     }
 
     // Per topic: accepted by Pi #1 (the devices' side) vs delivered on Pi #2.
-    let mut per_topic = Vec::new();
-    let mut by_qos: BTreeMap<u8, (u64, u64)> = BTreeMap::new();
-    let mut missing = 0u64;
-    for (topic, t) in &near.topics {
-        let f = far.topics.get(topic).cloned().unwrap_or_default();
-        let published = t.readings.len() as u64 + t.other;
-        let delivered = t.readings.intersection(&f.readings).count() as u64 + f.other.min(t.other);
-        let e = by_qos.entry(t.qos).or_default();
-        e.0 += published;
-        e.1 += delivered;
-        if t.qos >= 1 {
-            missing += published - delivered;
-        }
-        per_topic.push(
-            json!({ "topic": topic, "qos": t.qos, "published": published,
-            "delivered": delivered, "last": t.last }),
-        );
-    }
-    let published = near.count();
-    let delivered = far.count();
+    let counts = Counts::of(&near, &far);
+    let (published, delivered, missing) = (counts.published, counts.delivered, counts.missing);
+    let by_qos = counts.by_qos.clone();
     let qos_json: BTreeMap<String, Value> = by_qos
         .iter()
         .map(|(q, (p, d))| (format!("qos{q}"), json!({ "published": p, "delivered": d })))
         .collect();
     let airtime_us = gateway["airtime_us"].as_u64().unwrap_or(0);
     let budget_ms = 36_000.0;
+    let hour = hour_projection(
+        airtime_us,
+        gateway["sent"].as_u64().unwrap_or(0),
+        &sensors
+            .iter()
+            .filter_map(|s| {
+                site.profile(&s.profile)
+                    .ok()
+                    .map(|p| (p.readings.len() as u32, p.interval_s.max(1)))
+            })
+            .collect::<Vec<_>>(),
+        budget_ms,
+    );
     let devices: Vec<Value> = sensors
         .iter()
         .zip(&outcomes)
@@ -1645,10 +1791,18 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
                 .values()
                 .map(|t| t.readings.iter().filter(|(d, _)| d == &s.id).count())
                 .sum::<usize>();
-            let got = far
+            // Delivered: what this device published in service that reached the far side.
+            let got = near
                 .topics
-                .values()
-                .map(|t| t.readings.iter().filter(|(d, _)| d == &s.id).count())
+                .iter()
+                .map(|(topic, t)| {
+                    far.topics.get(topic).map_or(0, |f| {
+                        t.readings
+                            .intersection(&f.readings)
+                            .filter(|(d, _)| d == &s.id)
+                            .count()
+                    })
+                })
                 .sum::<usize>();
             json!({
                 "id": s.id, "room": s.room, "profile": s.profile,
@@ -1687,11 +1841,15 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         "messages": {
             "published": published, "forwarded": gateway["sent"], "delivered": delivered,
             "by_qos": qos_json, "qos12_missing": missing, "qos12_all_delivered": all_delivered,
-            "per_topic": per_topic,
-            "note": "published = accepted by the broker on Pi #1 from the devices once in service (after their reboot); forwarded = every record the gateway sent over LoRa, the boards' first messages after provisioning included; delivered = distinct messages a subscriber saw on the broker on Pi #2 once in service",
+            "per_topic": counts.per_topic,
+            "arrived_from_before_service": counts.earlier, "duplicates": counts.dupes,
+            "note": "published = accepted by the broker on Pi #1 from the devices once in service (after their reboot); forwarded = every record the gateway sent over LoRa, the boards' first messages after provisioning included; delivered = those published messages a subscriber saw on the broker on Pi #2 (the sum of per_topic, never more than published); arrived_from_before_service = messages the boards sent before their reboot that reached Pi #2 during the run; duplicates = readings Pi #2 delivered more than once (QoS 1), not counted as delivered",
         },
         "airtime": { "used_ms": airtime_us as f64 / 1000.0, "budget_ms_per_hour": budget_ms,
                      "share_of_budget": airtime_us as f64 / 1000.0 / budget_ms,
+                     "hour_at_this_rate": hour.as_ref().map(|h| json!({
+                         "records": h.records, "airtime_ms": h.airtime_ms,
+                         "share_of_budget": h.share, "fits": h.share <= 1.0 })),
                      "duty_cycle_percent": 1.0, "sub_band": "g1 868.0-868.6 MHz",
                      "frames": gateway["frames_sent"], "bytes": gateway["bytes_on_air"] },
         "gateway": gateway, "receiver": receiver,
@@ -1711,9 +1869,15 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         outcomes.iter().filter(|(_, r)| r.is_ok()).count()
     );
     eprintln!(
-        "   messages              {published} published on Pi #1, {} forwarded over LoRa in {} frame(s), {delivered} delivered on Pi #2",
+        "   messages              {published} published on Pi #1, {} forwarded over LoRa in {} frame(s), {delivered} of them delivered on Pi #2",
         gateway["sent"], gateway["frames_sent"]
     );
+    if counts.earlier > 0 || counts.dupes > 0 {
+        eprintln!(
+            "                         (also {} sent before the reboot arrived, {} duplicate(s) not counted)",
+            counts.earlier, counts.dupes
+        );
+    }
     eprintln!(
         "                         (published and delivered count from the reboot into service; forwarded also\n                          holds what the boards sent right after provisioning)"
     );
@@ -1734,6 +1898,19 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         budget_ms / 1000.0,
         airtime_us as f64 / 10.0 / budget_ms
     );
+    if let Some(h) = &hour {
+        eprintln!(
+            "                         at this rate an hour uses {:.0} % of the 1 % duty-cycle budget: {}\n                          ({} readings an hour at these intervals, {:.1} ms of air each as measured)",
+            h.share * 100.0,
+            if h.share <= 1.0 {
+                "fits"
+            } else {
+                "does not fit"
+            },
+            h.records,
+            h.per_record_ms,
+        );
+    }
     eprintln!(
         "   intrusions            {refused} of {} refused",
         intrusions.len()
@@ -1763,6 +1940,87 @@ fn demo(ctx: &Context, args: &Args, procs: &Procs, root: &Path, started: Instant
         started.elapsed().as_secs_f64()
     );
     Ok(summary)
+}
+
+/// How long the far side may stay silent before the live view says why.
+const QUIET: Duration = Duration::from_secs(5);
+
+/// When readings come: each board publishes on connecting, then every interval.
+fn schedule_note(intervals: &[u32], duration_s: u64) -> String {
+    let (Some(lo), Some(hi)) = (intervals.iter().min(), intervals.iter().max()) else {
+        return "no sensor publishes".into();
+    };
+    let every = if lo == hi {
+        format!("every {lo} s")
+    } else {
+        format!("every {lo} to {hi} s")
+    };
+    if u64::from(*lo) >= duration_s {
+        format!(
+            "each sensor publishes once on connecting, then {every}: after the first readings have crossed the link nothing is due before the end of this {duration_s} s run"
+        )
+    } else {
+        format!("each sensor publishes once on connecting, then {every}")
+    }
+}
+
+/// The next reading due after `t` seconds of service (boards publish at 0, i, 2i, ...).
+fn next_due(intervals: &[u32], t: f64) -> Option<f64> {
+    intervals
+        .iter()
+        .map(|&i| {
+            let i = f64::from(i);
+            ((t / i).floor() + 1.0) * i
+        })
+        .min_by(f64::total_cmp)
+}
+
+/// What a quiet stretch of the live view says.
+fn quiet_line(intervals: &[u32], t: f64, duration_s: u64) -> String {
+    match next_due(intervals, t) {
+        Some(due) if due <= duration_s as f64 => format!(
+            "nothing new on Pi #2 for {} s; the next reading is due at about {due:.0} s",
+            QUIET.as_secs()
+        ),
+        Some(due) => format!(
+            "nothing new on Pi #2 for {} s; no reading is due before the end ({duration_s} s, next at about {due:.0} s)",
+            QUIET.as_secs()
+        ),
+        None => "nothing new on Pi #2".into(),
+    }
+}
+
+/// An hour of this house at these intervals, with the airtime per record measured.
+#[derive(Debug, Clone, PartialEq)]
+struct HourProjection {
+    records: u64,
+    per_record_ms: f64,
+    airtime_ms: f64,
+    share: f64,
+}
+
+/// `sensors`: (readings per round, interval in s) of each; None before any record was sent.
+fn hour_projection(
+    airtime_us: u64,
+    records_sent: u64,
+    sensors: &[(u32, u32)],
+    budget_ms: f64,
+) -> Option<HourProjection> {
+    if records_sent == 0 || airtime_us == 0 {
+        return None;
+    }
+    let per_record_ms = airtime_us as f64 / 1000.0 / records_sent as f64;
+    let records: u64 = sensors
+        .iter()
+        .map(|&(n, i)| u64::from(n) * 3600 / u64::from(i.max(1)))
+        .sum();
+    let airtime_ms = per_record_ms * records as f64;
+    Some(HourProjection {
+        records,
+        per_record_ms,
+        airtime_ms,
+        share: airtime_ms / budget_ms,
+    })
 }
 
 type Outcomes = Vec<(Sensor, std::result::Result<Outcome, ProvisionError>)>;
@@ -1923,4 +2181,76 @@ fn reboot(link: &Path, baud: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_live_view_says_when_the_next_reading_is_due() {
+        // Intervals longer than the run: the note and the quiet line both say so.
+        let long = [100, 200];
+        assert!(schedule_note(&long, 40).contains("nothing is due before the end"));
+        let q = quiet_line(&long, 18.0, 40);
+        assert!(
+            q.contains("no reading is due before the end") && q.contains("100 s"),
+            "{q}"
+        );
+        // Short ones: the next one is named.
+        assert_eq!(next_due(&[6, 5], 11.0), Some(12.0));
+        let q = quiet_line(&[6, 5], 11.0, 40);
+        assert!(q.contains("due at about 12 s"), "{q}");
+    }
+
+    #[test]
+    fn the_hour_projection_says_whether_an_hour_fits_the_budget() {
+        // 100 records sent with 10 s of air: 100 ms each.
+        let fits = hour_projection(10_000_000, 100, &[(1, 60)], 36_000.0).expect("projection");
+        assert_eq!(fits.records, 60);
+        assert!(
+            (fits.airtime_ms - 6_000.0).abs() < 1e-6 && fits.share < 1.0,
+            "{fits:?}"
+        );
+        let over = hour_projection(10_000_000, 100, &[(2, 5); 10], 36_000.0).expect("projection");
+        assert_eq!(over.records, 14_400);
+        assert!(over.share > 1.0, "{over:?}");
+        assert_eq!(hour_projection(0, 0, &[(1, 1)], 36_000.0), None);
+    }
+
+    #[test]
+    fn delivered_counts_only_published_messages_once_and_never_exceeds_published() {
+        let mut near = Seen::default();
+        let mut far = Seen::default();
+        let r = |d: &str, p: &str| (d.to_string(), p.to_string());
+        let t = near
+            .topics
+            .entry("maison/salon/temperature".into())
+            .or_default();
+        t.qos = 1;
+        t.readings.insert(r("salon-1", "a"));
+        t.readings.insert(r("salon-1", "b"));
+        let f = far
+            .topics
+            .entry("maison/salon/temperature".into())
+            .or_default();
+        f.qos = 1;
+        // "a" delivered (twice: one duplicate), "b" missing, "z" from before the service.
+        f.readings.insert(r("salon-1", "a"));
+        f.dupes = 1;
+        f.readings.insert(r("salon-1", "z"));
+        far.topics
+            .entry("maison/garage/status".into())
+            .or_default()
+            .other = 2;
+        let c = Counts::of(&near, &far);
+        assert_eq!((c.published, c.delivered, c.missing), (2, 1, 1));
+        assert_eq!((c.earlier, c.dupes), (3, 1));
+        let sum: u64 = c
+            .per_topic
+            .iter()
+            .filter_map(|t| t["delivered"].as_u64())
+            .sum();
+        assert_eq!(sum, c.delivered);
+    }
 }

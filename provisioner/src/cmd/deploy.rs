@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::cmd::emit::{NodeOptions, write_gateway};
+use crate::cmd::emit::{GatewayOptions, Placement, write_gateway};
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
 
@@ -62,8 +62,10 @@ pub struct GatewayArgs {
     /// Path of the gateway binary on the target (ExecStart of the unit).
     #[arg(long, value_name = "PATH", default_value = "/usr/local/bin/gateway")]
     bin: PathBuf,
+    /// The gateway's own options (the paths on the Pi are fixed: /etc/iot-gateway and
+    /// /var/lib/iot-gateway; receiver options do not apply here).
     #[command(flatten)]
-    node: NodeOptions,
+    node: GatewayOptions,
 }
 
 /// Runs `deploy`.
@@ -126,10 +128,10 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         }
     }
     safe_fs::create_dir(&staging, 0o700, None).map_err(|e| crate::exit::io(&staging, e))?;
-    let mut opts = args.node.clone();
-    opts.prefix = Some(PathBuf::from(ETC_DIR));
-    opts.state_dir = Some(PathBuf::from(STATE_DIR));
-    opts.no_mqtt = false;
+    let opts = args.node.node(&Placement {
+        prefix: Some(PathBuf::from(ETC_DIR)),
+        state_dir: Some(PathBuf::from(STATE_DIR)),
+    });
     let emitted = match write_gateway(ctx, &args.id, &opts, &staging) {
         Ok(e) => e,
         Err(e) => {

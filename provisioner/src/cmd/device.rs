@@ -21,7 +21,7 @@ pub enum DeviceCommand {
     },
     /// Revoke every certificate of a device or client and publish a new CRL.
     #[command(
-        after_help = "Then reload the broker so it reads the new CRL: kill -HUP $(pidof mosquitto)"
+        after_help = "Then reload the broker so it reads the new CRL: kill -HUP $(cat DIR/run/mosquitto.pid)\n(DIR: the broker directory `emit broker` wrote; its mosquitto.conf names the pid_file)"
     )]
     Revoke {
         /// Device or client id.
@@ -139,7 +139,7 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                 )
             };
             let human = format!(
-                "{what}\nCRL number {} written to {}{}\n  next: reload the broker (kill -HUP $(pidof mosquitto)); `emit broker` also drops it from the ACL",
+                "{what}\nCRL number {} written to {}{}\n  next: reload each broker (kill -HUP $(cat DIR/run/mosquitto.pid), the pid_file of its mosquitto.conf); `emit broker` also drops it from the ACL",
                 crl.number,
                 crl.written
                     .iter()

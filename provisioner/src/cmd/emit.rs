@@ -22,78 +22,192 @@ pub enum EmitCommand {
 provisioner emit broker --out ./broker --run-as root && mosquitto -c ./broker/mosquitto.conf\n  \
 provisioner emit broker --out ./pi-etc --prefix /etc/mosquitto/site --run-as mosquitto\n\n\
 Re-running it rewrites every file atomically (new devices join the ACL, revoked ones leave it);\n\
-reload mosquitto with SIGHUP afterwards. `provisioner crl` keeps OUT/crl.pem fresh.\n\n\
+reload mosquitto afterwards: kill -HUP $(cat PREFIX/run/mosquitto.pid) (the conf's pid_file;\n\
+run/ is the one directory mosquitto's account may write). `provisioner crl` keeps OUT/crl.pem fresh.\n\n\
+COPYING TO THE BROKER MACHINE (sets the owner and modes mosquitto needs; printed with --prefix):\n  \
+tar -C OUT --exclude=./run --owner=root --group=mosquitto --mode=u=rwX,g=rX,o= -cf - . |\n    \
+ssh pi@HOST 'sudo mkdir -p PREFIX && sudo tar -C PREFIX -xpf - --same-owner &&\n    \
+sudo install -d -o mosquitto -g mosquitto -m 0750 PREFIX/run'\n\n\
 CRL FRESHNESS:\n  \
-mosquitto refuses every client once the CRL's nextUpdate has passed. OUT also receives\n  \
-provisioner-crl.service (runs `provisioner --home HOME --passphrase-file FILE crl`, then reloads\n  \
-mosquitto) and provisioner-crl.timer (daily, Persistent=true). On the machine holding the CA home:\n    \
-install -m 0644 OUT/provisioner-crl.service OUT/provisioner-crl.timer /etc/systemd/system/\n    \
+mosquitto refuses every client once the CRL's nextUpdate has passed. --units-out (default\n  \
+OUT-bench, beside OUT and not copied with it) receives provisioner-crl.service (runs\n  \
+`provisioner --home HOME --passphrase-file FILE crl`, then reloads mosquitto through its pid\n  \
+file) and provisioner-crl.timer (daily, Persistent=true). On the machine holding the CA home:\n    \
+install -m 0644 UNITS/provisioner-crl.service UNITS/provisioner-crl.timer /etc/systemd/system/\n    \
 systemctl daemon-reload && systemctl enable --now provisioner-crl.timer")]
     Broker(BrokerArgs),
-    /// Gateway manifest, link manifest, client certificate and key, CA, link key.
-    #[command(after_help = "EXAMPLES:\n  \
-provisioner emit gateway passerelle --out ./passerelle && gateway --manifest ./passerelle/gateway.toml\n  \
-provisioner emit gateway passerelle --out ./gw --broker-host 127.0.0.1 --broker-port 18883 --air 127.0.0.1:7700\n\n\
-The gateway's certificate (CN = ID, ACL read = the site's subscribe filters) and its P-256 key\n\
-(generated here, kept 0600 under the home's keys/) are reused on every run, and so is the link\n\
-key shared with the receiver (kept encrypted in the ledger). Secrets are written 0600.")]
-    Gateway(NodeArgs),
-    /// Receiver link manifest (with the far-side broker), client certificate and key, CA, link key.
-    #[command(after_help = "EXAMPLES:\n  \
+    /// Gateway (Pi #1): gateway.toml, link.toml, client certificate and key, CA, link key.
+    #[command(
+        long_about = "Writes everything `gateway` needs on Pi #1: gateway.toml (broker, TLS files, \
+topic filters), link.toml (LoRa node, peer, topic table), the gateway's client certificate \
+(CN = ID, ACL read = the site's subscribe filters) and key, the CA bundle and the link key \
+shared with the receiver. To install into a Pi's root filesystem with a systemd unit, use \
+`provisioner deploy gateway` instead.",
+        after_help = "EXAMPLES:\n  \
+provisioner emit gateway passerelle --out ./passerelle && gateway --manifest ./passerelle/gateway.toml --check\n  \
+provisioner emit gateway passerelle --out ./gw --broker-host 127.0.0.1 --broker-port 18883 --air 127.0.0.1:7700\n  \
+provisioner emit gateway passerelle --out ./gw --broker-host 192.168.1.10 --server-name broker.maison.lan\n\n\
+The gateway's P-256 key (generated here, kept 0600 under the home's keys/) and certificate are\n\
+reused on every run, and so is the link key shared with the receiver (kept encrypted in the\n\
+ledger). Secrets are written 0600. Without --air the manifest asks for the real SX127x radio:\n\
+only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it."
+    )]
+    Gateway(GatewayArgs),
+    /// Receiver (Pi #2): receiver.toml for `lora-link rx`, client certificate and key, CA, link key.
+    #[command(
+        long_about = "Writes everything `lora-link rx` needs on Pi #2: receiver.toml (LoRa node, \
+peer gateway, topic table and an [mqtt] section to republish on the broker on Pi #2), the \
+receiver's client certificate (CN = ID, ACL write = the site's publish filters) and key, the CA \
+bundle and the link key shared with the gateway.",
+        after_help = "EXAMPLES:\n  \
 provisioner emit receiver recepteur --out ./recepteur && lora-link rx --manifest ./recepteur/receiver.toml\n  \
 provisioner emit receiver recepteur --out ./rx --broker-host 127.0.0.1 --broker-port 18884 --air 127.0.0.1:7700\n  \
 provisioner emit receiver recepteur --out ./rx --no-mqtt     # print JSON lines instead of republishing\n\n\
-The receiver's certificate (CN = ID, ACL write = the site's publish filters) lets it republish\n\
-on the broker on its side; run `provisioner emit broker` afterwards so that broker's ACL knows it.")]
-    Receiver(NodeArgs),
+The receiver republishes on the broker on its side (default localhost); run `provisioner emit\n\
+broker` for that broker afterwards so its ACL knows the receiver."
+    )]
+    Receiver(ReceiverArgs),
 }
 
-/// Arguments of `emit gateway` and `emit receiver`.
+/// Arguments of `emit gateway`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct NodeArgs {
-    /// Gateway or receiver id from the site file (`[gateways.ID]` / `[receivers.ID]`).
+pub struct GatewayArgs {
+    /// Gateway id from the site file (`[gateways.ID]`).
     #[arg(value_name = "ID")]
     pub id: String,
     /// Output directory (created 0700).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub node: NodeOptions,
+    pub gateway: GatewayOptions,
+    #[command(flatten)]
+    pub place: Placement,
 }
 
-/// Options shared by `emit gateway|receiver` and `deploy gateway`.
+/// Arguments of `emit receiver`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReceiverArgs {
+    /// Receiver id from the site file (`[receivers.ID]`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Output directory (created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Broker on the receiver's side to republish on. Default: localhost (the broker on Pi #2).
+    #[arg(long, value_name = "HOST")]
+    pub broker_host: Option<String>,
+    /// Port of that broker. Default: the site's broker port.
+    #[arg(long, value_name = "PORT")]
+    pub broker_port: Option<u16>,
+    /// MQTT QoS for republishing.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    #[command(flatten)]
+    pub radio: RadioOptions,
+    #[command(flatten)]
+    pub place: Placement,
+    /// No [mqtt] section; `lora-link rx` prints JSON lines instead.
+    #[arg(long)]
+    pub no_mqtt: bool,
+}
+
+/// Options of the gateway, shared by `emit gateway` and `deploy gateway`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct NodeOptions {
-    /// Broker to connect to. Gateway default: the site's broker; receiver default: localhost
-    /// (the broker on Pi #2).
+pub struct GatewayOptions {
+    /// Broker to subscribe to. Default: the site's broker (`connect`, else its first name).
     #[arg(long, value_name = "HOST")]
     pub broker_host: Option<String>,
     /// Broker port. Default: the site's broker port.
     #[arg(long, value_name = "PORT")]
     pub broker_port: Option<u16>,
-    /// Name to check in the broker's certificate when it differs from --broker-host
-    /// (gateway only).
+    /// Name to check in the broker's certificate when it differs from --broker-host.
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
-    /// MQTT QoS for subscribing (gateway) or republishing (receiver).
+    /// MQTT QoS for subscribing.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
+    #[command(flatten)]
+    pub radio: RadioOptions,
+}
+
+/// Radio options, both ends.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RadioOptions {
     /// Use the emulated radio on this `lora-link air` hub (loopback), e.g. 127.0.0.1:7700.
+    /// Without it the manifest asks for the real SX127x.
     #[arg(long, value_name = "ADDR")]
     pub air: Option<std::net::SocketAddr>,
     /// Spreading factor 7..=12 (both ends must agree). Default: the link schema's (SF7).
     #[arg(long, value_name = "SF", value_parser = clap::value_parser!(u8).range(7..=12))]
     pub sf: Option<u8>,
+}
+
+/// Where the emitted files live on the target (`emit` only; `deploy` fixes both).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Placement {
     /// Directory for the counter lease / replay state. Default: OUT/state (or PREFIX/state).
     #[arg(long, value_name = "PATH")]
     pub state_dir: Option<PathBuf>,
     /// Directory where the files will be on the target machine, if not OUT itself: the
-    /// manifests then name absolute paths under it.
+    /// manifests then name absolute paths under it, and OUT must be copied there.
     #[arg(long, value_name = "PATH")]
     pub prefix: Option<PathBuf>,
-    /// Receiver only: no [mqtt] section; `lora-link rx` prints JSON lines instead.
-    #[arg(long)]
+}
+
+/// Everything `write_gateway` / `write_receiver` need, whichever command asked.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Broker host (gateway: to subscribe to; receiver: to republish on).
+    pub broker_host: Option<String>,
+    /// Broker port.
+    pub broker_port: Option<u16>,
+    /// TLS name of the broker (gateway only).
+    pub server_name: Option<String>,
+    /// MQTT QoS.
+    pub qos: u8,
+    /// Emulated air hub.
+    pub air: Option<std::net::SocketAddr>,
+    /// Spreading factor.
+    pub sf: Option<u8>,
+    /// State directory on the target.
+    pub state_dir: Option<PathBuf>,
+    /// Where the files will be on the target.
+    pub prefix: Option<PathBuf>,
+    /// Receiver only: no [mqtt] section.
     pub no_mqtt: bool,
+}
+
+impl GatewayOptions {
+    /// The options of a gateway placed by `place`.
+    pub fn node(&self, place: &Placement) -> NodeOptions {
+        NodeOptions {
+            broker_host: self.broker_host.clone(),
+            broker_port: self.broker_port,
+            server_name: self.server_name.clone(),
+            qos: self.qos,
+            air: self.radio.air,
+            sf: self.radio.sf,
+            state_dir: place.state_dir.clone(),
+            prefix: place.prefix.clone(),
+            no_mqtt: false,
+        }
+    }
+}
+
+impl ReceiverArgs {
+    fn node(&self) -> NodeOptions {
+        NodeOptions {
+            broker_host: self.broker_host.clone(),
+            broker_port: self.broker_port,
+            server_name: None,
+            qos: self.qos,
+            air: self.radio.air,
+            sf: self.radio.sf,
+            state_dir: self.place.state_dir.clone(),
+            prefix: self.place.prefix.clone(),
+            no_mqtt: self.no_mqtt,
+        }
+    }
 }
 
 /// Arguments of `emit broker`.
@@ -127,6 +241,10 @@ pub struct BrokerArgs {
         default_value = "/etc/provisioner/ca-passphrase"
     )]
     crl_passphrase_file: PathBuf,
+    /// Directory for the CRL renewal units, which belong on the machine holding the CA home,
+    /// not on the broker. Default: OUT-bench, beside OUT (created 0700).
+    #[arg(long, value_name = "DIR")]
+    units_out: Option<PathBuf>,
 }
 
 /// Runs `emit`.
@@ -134,22 +252,17 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
     match cmd {
         EmitCommand::Broker(args) => broker(ctx, args),
         EmitCommand::Gateway(args) => {
+            let opts = args.gateway.node(&args.place);
             let out = prepare_out(&args.out)?;
-            let e = write_gateway(ctx, &args.id, &args.node, &out)?;
-            print_node(ctx, "gateway", &args.id, &out, &e, "gateway --manifest");
+            let e = write_gateway(ctx, &args.id, &opts, &out)?;
+            print_node(ctx, "gateway", &args.id, &out, &e, &opts);
             Ok(())
         }
         EmitCommand::Receiver(args) => {
+            let opts = args.node();
             let out = prepare_out(&args.out)?;
-            let e = write_receiver(ctx, &args.id, &args.node, &out)?;
-            print_node(
-                ctx,
-                "receiver",
-                &args.id,
-                &out,
-                &e,
-                "lora-link rx --manifest",
-            );
+            let e = write_receiver(ctx, &args.id, &opts, &out)?;
+            print_node(ctx, "receiver", &args.id, &out, &e, &opts);
             Ok(())
         }
     }
@@ -187,6 +300,10 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
     let access = BrokerAccess::for_account(args.run_as.as_deref())?;
     let out = access.create_dir(&args.out)?;
     let prefix = args.prefix.clone().unwrap_or_else(|| out.clone());
+    let units = match &args.units_out {
+        Some(u) => u.clone(),
+        None => default_units_dir(&out)?,
+    };
     let files = BrokerFiles {
         cafile: prefix.join("ca.crt"),
         certfile: prefix.join("broker.crt"),
@@ -198,7 +315,9 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
         port: args.port.unwrap_or(site.broker.port),
         bind: args.bind.clone(),
         run_as: args.run_as.clone(),
-        pid_file: None,
+        // A pid file beside the configuration: a reload signals this broker, not every
+        // mosquitto of the machine.
+        pid_file: Some(prefix.join(RUN_DIR).join(PID_FILE)),
     };
     let mut entries = Vec::new();
     let mut devices = 0;
@@ -261,26 +380,134 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
         paths.push(p);
     }
     store.add_crl_target(&out.join("crl.pem"))?;
+    access.create_run_dir(&out.join(RUN_DIR))?;
+    ca::fsutil::private_dir(&units)?;
+    let units = units
+        .canonicalize()
+        .map_err(|e| crate::exit::io(&units, e))?;
+    let pid_file = prefix.join(RUN_DIR).join(PID_FILE);
     let (service, timer) = render_crl_units(ctx, &out, &prefix, &args.crl_passphrase_file)?;
+    let mut unit_paths = Vec::new();
     for (name, text) in [
         ("provisioner-crl.service", service),
         ("provisioner-crl.timer", timer),
     ] {
-        let p = out.join(name);
+        let p = units.join(name);
         ca::fsutil::write_atomic(&p, text.as_bytes(), 0o644)?;
-        paths.push(p);
+        unit_paths.push(p);
     }
-    let human = format!(
-        "broker configuration in {}: listener {} (TLS, client certificates required), {} identities in the ACL, CRL number {}\n  run:    mosquitto -c {}\n  reload: kill -HUP $(pidof mosquitto)\n  CRL:    install -m 0644 {}/provisioner-crl.{{service,timer}} /etc/systemd/system/ && systemctl enable --now provisioner-crl.timer",
+    let account = access.account_name(args.run_as.as_deref());
+    let mut human = format!(
+        "broker configuration in {}: listener {} (TLS, client certificates required), {} identities in the ACL, CRL number {}",
         out.display(),
         listener.port,
         devices,
         crl.number,
-        files.aclfile.with_file_name("mosquitto.conf").display(),
-        out.display(),
     );
-    ctx.print(&json!({ "out": out, "files": paths, "port": listener.port, "identities": devices, "crl_number": crl.number }), &human);
+    let conf_path = prefix.join("mosquitto.conf");
+    let mut warnings = Vec::new();
+    if args.prefix.is_some() && prefix != out {
+        let user = args.run_as.as_deref().unwrap_or("mosquitto");
+        human.push_str(&format!(
+            "\n  copy:   {}\n          (HOST = the broker machine; root:{user}, directory 0750, files 0640: mosquitto reads them, cannot change them; {RUN_DIR}/ is {user}'s, for its pid file)\n  after copying to {} on the broker, run there: mosquitto -c {}\n  reload: kill -HUP $(cat {})   (on the broker)",
+            broker_copy_command(&out, &prefix, &sh_word(user)),
+            prefix.display(),
+            conf_path.display(),
+            pid_file.display(),
+        ));
+    } else {
+        if let Some(w) = access.unreachable(&out, account.as_deref()) {
+            human.push_str(&format!("\n  warning: {w}"));
+            warnings.push(w);
+        }
+        human.push_str(&format!(
+            "\n  run:    mosquitto -c {}\n  reload: kill -HUP $(cat {})",
+            conf_path.display(),
+            pid_file.display(),
+        ));
+    }
+    human.push_str(&format!(
+        "\n  CRL:    on the machine holding the CA home (not the broker): install -m 0644 {} {} /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now provisioner-crl.timer",
+        unit_paths[0].display(),
+        unit_paths[1].display(),
+    ));
+    ctx.print(
+        &json!({ "out": out, "files": paths, "units": unit_paths, "pid_file": pid_file,
+                 "port": listener.port, "identities": devices, "crl_number": crl.number,
+                 "warnings": warnings }),
+        &human,
+    );
     Ok(())
+}
+
+/// mosquitto's pid file (`pid_file` in mosquitto.conf), in [`RUN_DIR`].
+pub const PID_FILE: &str = "mosquitto.pid";
+
+/// The one directory of a broker directory that mosquitto's account may write: mosquitto
+/// writes its pid file after switching accounts, and nothing else of OUT is its own.
+pub const RUN_DIR: &str = "run";
+
+/// Where the CRL units go by default: `OUT-bench`, beside OUT, so copying OUT to the broker
+/// does not carry them.
+fn default_units_dir(out: &Path) -> Result<PathBuf> {
+    let name = out.file_name().ok_or_else(|| {
+        CliError::new(
+            Code::Input,
+            format!("--out {}: give a directory with a name", out.display()),
+        )
+    })?;
+    let mut n = name.to_os_string();
+    n.push("-bench");
+    Ok(out.with_file_name(n))
+}
+
+/// A shell word: single-quoted unless it is plainly safe.
+fn sh_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn sh_path(p: &Path) -> String {
+    sh_word(&p.to_string_lossy())
+}
+
+/// `tar` of OUT on this machine, with `create` options, piped to an extraction as root into
+/// PREFIX on HOST: what the archive says about owners and modes is what the target gets.
+fn copy_command(out: &Path, prefix: &Path, create: &str) -> String {
+    let p = sh_path(prefix);
+    let remote = format!("sudo mkdir -p {p} && sudo tar -C {p} -xpf - --same-owner");
+    format!(
+        "tar -C {} {create} -cf - . | ssh HOST {}",
+        sh_path(out),
+        sh_word(&remote)
+    )
+}
+
+/// The copy of a broker directory: owner root, group `user`'s (mosquitto's account, its
+/// group named after it as Debian does), directory 0750 and files 0640, whoever owns them
+/// here (GNU tar on this machine); then the run directory, the account's own.
+fn broker_copy_command(out: &Path, prefix: &Path, user: &str) -> String {
+    let p = sh_path(prefix);
+    let run = sh_path(&prefix.join(RUN_DIR));
+    let remote = format!(
+        "sudo mkdir -p {p} && sudo tar -C {p} -xpf - --same-owner && sudo install -d -o {user} -g {user} -m 0750 {run}"
+    );
+    format!(
+        "tar -C {} --exclude=./{RUN_DIR} --owner=root --group={user} --mode=u=rwX,g=rX,o= -cf - . | ssh HOST {}",
+        sh_path(out),
+        sh_word(&remote)
+    )
+}
+
+/// The copy of a gateway's or receiver's files: root's, the keys staying 0600.
+fn node_copy_command(out: &Path, prefix: &Path) -> String {
+    copy_command(out, prefix, "--owner=root --group=root")
 }
 
 /// `provisioner-crl.service` and `provisioner-crl.timer`: renew the CRL before its nextUpdate
@@ -324,17 +551,21 @@ fn render_crl_units(
     if prefix != out {
         // The files live elsewhere on the broker machine. When that is this machine, copy the
         // new CRL there; when it is another one, replace this line by a copy to it (scp) and the
-        // reload below by `ssh HOST systemctl reload mosquitto`.
+        // reload below by `ssh HOST 'sudo kill -HUP $(cat PREFIX/mosquitto.pid)'`.
         service.push_str(&format!(
             "ExecStartPost=/usr/bin/install -m 0644 {} {}\n",
             unit_arg(&out.join("crl.pem")),
             unit_arg(&prefix.join("crl.pem")),
         ));
     }
-    // SIGHUP makes mosquitto re-read its CRL; `$$` is a literal `$` in a unit file.
-    service.push_str(
-        "ExecStartPost=/bin/sh -c 'systemctl reload mosquitto.service 2>/dev/null || kill -HUP $$(pidof mosquitto)'\n",
-    );
+    // SIGHUP makes mosquitto re-read its CRL. Only the broker using this configuration is
+    // signalled, through its pid file (`pid_file` in mosquitto.conf); `$$` is a literal `$`
+    // in a unit file, and the path reaches sh as its argument $1, unquoted nowhere.
+    // mosquitto's account writes that file: only digits are used, nothing of it is echoed.
+    service.push_str(&format!(
+        "ExecStartPost=/bin/sh -c 'pid=$$(head -c 20 \"$$1\") && case $$pid in \"\"|*[!0-9]*) echo \"no mosquitto pid in $$1\" >&2; exit 1;; esac && kill -HUP \"$$pid\"' sh {}\n",
+        unit_arg(&prefix.join(RUN_DIR).join(PID_FILE)),
+    ));
     let timer =
         "# Written by `provisioner emit broker`: runs provisioner-crl.service daily; a run\n\
                  # missed while the machine was off happens at the next boot (Persistent=true).\n\
@@ -375,12 +606,17 @@ fn unit_arg(p: &Path) -> String {
 /// us does not switch accounts).
 struct BrokerAccess {
     group: Option<u32>,
+    /// The account mosquitto switches to, when we run as root and it exists here.
+    account: Option<nix::unistd::User>,
 }
 
 impl BrokerAccess {
     fn for_account(run_as: Option<&str>) -> Result<Self> {
         if !nix::unistd::geteuid().is_root() {
-            return Ok(BrokerAccess { group: None });
+            return Ok(BrokerAccess {
+                group: None,
+                account: None,
+            });
         }
         let name = run_as.unwrap_or("mosquitto");
         let user = nix::unistd::User::from_name(name)
@@ -388,6 +624,7 @@ impl BrokerAccess {
         match (user, run_as) {
             (Some(u), _) => Ok(BrokerAccess {
                 group: Some(u.gid.as_raw()),
+                account: Some(u),
             }),
             (None, Some(_)) => Err(CliError::new(
                 Code::Input,
@@ -395,8 +632,52 @@ impl BrokerAccess {
             )
             .with_help("give the account mosquitto runs as (Debian: mosquitto)")),
             // No mosquitto account here: mosquitto cannot switch to it either.
-            (None, None) => Ok(BrokerAccess { group: None }),
+            (None, None) => Ok(BrokerAccess {
+                group: None,
+                account: None,
+            }),
         }
+    }
+
+    /// The account mosquitto runs as once started, when it differs from ours.
+    fn account_name(&self, run_as: Option<&str>) -> Option<String> {
+        self.account
+            .as_ref()
+            .map(|u| u.name.clone())
+            .or_else(|| run_as.map(str::to_string))
+    }
+
+    /// Why the account mosquitto switches to cannot reach `out`, if it cannot: a directory
+    /// on the way it may not enter (group membership beyond its own group is not checked).
+    fn unreachable(&self, out: &Path, name: Option<&str>) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let u = self.account.as_ref()?;
+        if u.uid.is_root() {
+            return None;
+        }
+        let (uid, gid) = (u.uid.as_raw(), u.gid.as_raw());
+        for dir in out.ancestors().skip(1) {
+            let Ok(m) = std::fs::metadata(dir) else {
+                continue;
+            };
+            let mode = m.mode();
+            let bit = if m.uid() == uid {
+                0o100
+            } else if m.gid() == gid {
+                0o010
+            } else {
+                0o001
+            };
+            if mode & bit == 0 {
+                return Some(format!(
+                    "mosquitto switches to the account `{}` once started, which cannot enter {} (mode {:o}): started as printed it fails with \"Unable to open\"; use --run-as root, or --out a directory it can reach (e.g. under /etc/mosquitto)",
+                    name.unwrap_or(&u.name),
+                    dir.display(),
+                    mode & 0o7777,
+                ));
+            }
+        }
+        None
     }
 
     /// Creates OUT with its owner and mode and returns its canonical path.
@@ -407,6 +688,16 @@ impl BrokerAccess {
         };
         safe_fs::create_dir(out, mode, owner).map_err(|e| crate::exit::io(out, e))?;
         out.canonicalize().map_err(|e| crate::exit::io(out, e))
+    }
+
+    /// Creates OUT/run, where mosquitto writes its pid file once it runs as its account:
+    /// that account's, 0750 (ours and 0700 when we are not root).
+    fn create_run_dir(&self, dir: &Path) -> Result<()> {
+        let (mode, owner) = match (&self.account, self.group) {
+            (Some(u), Some(g)) => (0o750, Some((u.uid.as_raw(), g))),
+            _ => (0o700, None),
+        };
+        safe_fs::create_dir(dir, mode, owner).map_err(|e| crate::exit::io(dir, e))
     }
 
     /// Writes one file: secrets (`mode` 0600) become 0640 root:GROUP when mosquitto reads them.
@@ -421,7 +712,11 @@ impl BrokerAccess {
 
 /// Creates OUT (0700) and returns its canonical path.
 fn prepare_out(out: &Path) -> Result<PathBuf> {
-    BrokerAccess { group: None }.create_dir(out)
+    BrokerAccess {
+        group: None,
+        account: None,
+    }
+    .create_dir(out)
 }
 
 /// What `write_gateway` / `write_receiver` wrote.
@@ -439,19 +734,61 @@ pub struct NodeEmitted {
     pub addresses: (u8, u8),
 }
 
-fn print_node(ctx: &Context, kind: &str, id: &str, out: &Path, e: &NodeEmitted, run: &str) {
-    let human = format!(
-        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}\n  run: {run} {}",
+fn print_node(
+    ctx: &Context,
+    kind: &str,
+    id: &str,
+    out: &Path,
+    e: &NodeEmitted,
+    opts: &NodeOptions,
+) {
+    let (program, machine) = if kind == "gateway" {
+        ("gateway", "the gateway (Pi #1)")
+    } else {
+        ("lora-link rx", "the receiver (Pi #2)")
+    };
+    let manifest_name = e
+        .manifest
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let mut human = format!(
+        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}",
         out.display(),
         e.serial,
         if e.existing { "existing" } else { "issued" },
         e.addresses.0,
         e.addresses.1,
-        e.manifest.display(),
     );
+    let run = match &opts.prefix {
+        // The manifest names files under PREFIX: it is valid there only, after the copy.
+        Some(prefix) => {
+            let run = format!(
+                "sudo {program} --manifest {}",
+                sh_path(&prefix.join(&manifest_name))
+            );
+            human.push_str(&format!(
+                "\n  copy:   {}\n          (HOST = {machine}; root's files, keys 0600)\n  after copying to {} on {machine}, run there: {run}",
+                node_copy_command(out, prefix),
+                prefix.display(),
+            ));
+            run
+        }
+        None => {
+            let run = format!("{program} --manifest {}", sh_path(&e.manifest));
+            human.push_str(&format!("\n  run:    {run}"));
+            run
+        }
+    };
+    if opts.air.is_none() {
+        human.push_str(&format!(
+            "\n          (no --air: the manifest drives the real SX127x, which needs a {} built with `--features rpi`, see lora-link/cross-check.sh)",
+            if kind == "gateway" { "gateway" } else { "lora-link" },
+        ));
+    }
     ctx.print(
         &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
-                 "serial": e.serial, "existing": e.existing,
+                 "serial": e.serial, "existing": e.existing, "prefix": opts.prefix, "run": run,
                  "address": e.addresses.0, "peer_address": e.addresses.1 }),
         &human,
     );

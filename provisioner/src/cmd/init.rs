@@ -79,7 +79,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .set_meta("crl_days", &site.site.crl_days.to_string())?;
     let crl = authority.crl(false)?;
     let human = format!(
-        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: provisioner server issue --dns {}",
+        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: {}",
         if report.created {
             "created"
         } else {
@@ -92,11 +92,31 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         report.root_not_after,
         crl.number,
         crl.next_update,
-        site.broker.server_name().unwrap_or_else(|| "NAME".into()),
+        server_issue_hint(&site),
     );
     ctx.print(
         &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert() }),
         &human,
     );
     Ok(())
+}
+
+/// The `server issue` to run next: without flags it certifies the names of the site's
+/// [broker] section, which the hint lists; a site without names needs them given.
+fn server_issue_hint(site: &Site) -> String {
+    let names: Vec<String> = site
+        .broker
+        .dns
+        .iter()
+        .cloned()
+        .chain(site.broker.ip.iter().map(ToString::to_string))
+        .collect();
+    if names.is_empty() {
+        "provisioner server issue --dns NAME [--ip IP]   (the site's [broker] names no host)".into()
+    } else {
+        format!(
+            "provisioner server issue   (certifies the site's [broker] names: {})",
+            names.join(", ")
+        )
+    }
 }
