@@ -36,7 +36,10 @@ EXIT CODES:
   2  usage error (unknown flag, missing argument)
   3  invalid input (site file, CSR, public key, profile): nothing was changed
   4  credentials (wrong passphrase, key file readable by others): nothing was changed
-  5  state (no CA yet, CA expired, unknown device, conflict): nothing was changed";
+  5  state (no CA yet, CA expired, unknown device, conflict): nothing was changed
+  6  stopped before an irreversible step that was not permitted (--lock)
+  10 audit: a certificate or the CRL is inside its renewal window
+  11 audit: a certificate or the CRL has expired";
 
 /// Provision an IoT sensor network: CA, broker certificate, devices, broker configuration.
 #[derive(Debug, Parser)]
@@ -78,6 +81,8 @@ enum Command {
     Device(cmd::device::DeviceCommand),
     /// Publish the certificate revocation list (renews it when due).
     Crl(cmd::crl::Args),
+    /// Every certificate's days left; exits 10 if one is due for renewal, 11 if one expired.
+    Audit(cmd::audit::Args),
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
@@ -133,6 +138,7 @@ fn main() {
         Command::Cert(c) => cmd::cert::run(&ctx, c),
         Command::Device(c) => cmd::device::run(&ctx, c),
         Command::Crl(a) => cmd::crl::run(&ctx, a),
+        Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Demo(a) => cmd::demo::run(&ctx, a),

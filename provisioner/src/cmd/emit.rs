@@ -435,23 +435,35 @@ pub struct NodeEmitted {
     pub serial: String,
     /// True when the certificate existed already.
     pub existing: bool,
+    /// "renewed: the previous certificate ..." when an expired or due one was replaced.
+    pub renewed: Option<String>,
     /// This node's and the peer's RadioHead addresses.
     pub addresses: (u8, u8),
 }
 
 fn print_node(ctx: &Context, kind: &str, id: &str, out: &Path, e: &NodeEmitted, run: &str) {
     let human = format!(
-        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}\n  run: {run} {}",
+        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}{}\n  run: {run} {}",
         out.display(),
         e.serial,
-        if e.existing { "existing" } else { "issued" },
+        if e.existing {
+            "existing"
+        } else if e.renewed.is_some() {
+            "renewed"
+        } else {
+            "issued"
+        },
         e.addresses.0,
         e.addresses.1,
+        e.renewed
+            .as_deref()
+            .map(|n| format!("\n  {n}; restart or reload the {kind} to use the new one"))
+            .unwrap_or_default(),
         e.manifest.display(),
     );
     ctx.print(
         &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
-                 "serial": e.serial, "existing": e.existing,
+                 "serial": e.serial, "existing": e.existing, "renewed": e.renewed,
                  "address": e.addresses.0, "peer_address": e.addresses.1 }),
         &human,
     );
@@ -463,6 +475,7 @@ struct NodeIdentity {
     key_pem: zeroize::Zeroizing<String>,
     serial: String,
     existing: bool,
+    renewed: Option<String>,
 }
 
 fn issue_node(
@@ -544,6 +557,7 @@ fn issue_node(
     Ok(NodeIdentity {
         chain_pem,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        renewed: issued.renewal_note(),
         serial: issued.record.serial,
         existing: issued.existing,
     })
@@ -825,6 +839,7 @@ pub fn write_gateway(
         files,
         serial: ident.serial,
         existing: ident.existing,
+        renewed: ident.renewed,
         addresses: (me, peer),
     })
 }
@@ -951,6 +966,7 @@ pub fn write_receiver(
         files,
         serial: ident.serial,
         existing: ident.existing,
+        renewed: ident.renewed,
         addresses: (me, peer),
     })
 }
