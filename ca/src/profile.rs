@@ -241,3 +241,45 @@ impl LifetimePolicy {
         found.copied().unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn the_renewal_point_is_a_fraction_of_the_lifetime_or_days_before_expiry() {
+        assert_eq!(Renewal::default().renew_at(0, 30 * DAY), 20 * DAY);
+        assert_eq!(
+            Renewal::Fraction { num: 1, den: 2 }.renew_at(100, 100 + 10 * DAY),
+            100 + 5 * DAY
+        );
+        assert_eq!(Renewal::DaysBefore(7).renew_at(0, 100 * DAY), 93 * DAY);
+        // A window as long as the certificate (shortened to its issuer's life) falls back to
+        // two thirds instead of renewing on every run.
+        assert_eq!(Renewal::DaysBefore(30).renew_at(0, 30 * DAY), 20 * DAY);
+    }
+
+    #[test]
+    fn the_policy_picks_device_profiles_by_name_and_others_by_kind() {
+        let short = Lifetime {
+            days: Some(10),
+            renewal: Renewal::DaysBefore(2),
+        };
+        let mut p = LifetimePolicy::default();
+        p.device_profiles.insert("climat".into(), short);
+        p.kinds.insert("gateway".into(), short);
+        assert_eq!(p.lifetime("device", Some(("device", "climat"))), short);
+        assert_eq!(p.lifetime("client", Some(("gateway", "client"))), short);
+        assert_eq!(
+            p.lifetime("client", Some(("client", "client"))),
+            Lifetime::default()
+        );
+        assert_eq!(
+            p.lifetime("device", Some(("device", "porte"))),
+            Lifetime::default()
+        );
+        assert_eq!(p.lifetime("server", None), Lifetime::default());
+    }
+}

@@ -133,7 +133,10 @@ impl Lifetime {
         {
             return Err((
                 "renew_before_days",
-                format!("1..{} days, fewer than the lifetime of {days} days (got {b})", days.saturating_sub(1)),
+                format!(
+                    "1..{} days, fewer than the lifetime of {days} days (got {b})",
+                    days.saturating_sub(1)
+                ),
             ));
         }
         if let Some(f) = &self.renew_at {
@@ -151,7 +154,11 @@ impl Lifetime {
 
 /// Parses a renewal point `"N/M"`, 0 < N < M <= 1000 (e.g. `"2/3"`).
 pub fn parse_fraction(s: &str) -> Result<(u32, u32), String> {
-    let expected = || format!("a fraction N/M of the lifetime with 0 < N < M <= 1000, such as \"2/3\" (got `{s}`)");
+    let expected = || {
+        format!(
+            "a fraction N/M of the lifetime with 0 < N < M <= 1000, such as \"2/3\" (got `{s}`)"
+        )
+    };
     let (n, d) = s.split_once('/').ok_or_else(expected)?;
     let n: u32 = n.trim().parse().map_err(|_| expected())?;
     let d: u32 = d.trim().parse().map_err(|_| expected())?;
@@ -505,9 +512,8 @@ impl Site {
         }
         for (kind, l) in self.lifetimes.by_kind() {
             if let Some(l) = l {
-                l.check(self.site.leaf_days).map_err(|(key, e)| {
-                    invalid(&format!("lifetimes.{kind}.{key}"), key, e)
-                })?;
+                l.check(self.site.leaf_days)
+                    .map_err(|(key, e)| invalid(&format!("lifetimes.{kind}.{key}"), key, e))?;
             }
         }
         for (id, g) in &self.gateways {

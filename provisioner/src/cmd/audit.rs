@@ -188,12 +188,22 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
             && let Some(c) = store.ledger.by_serial(&serial)?
         {
             let renew = Renewal::TWO_THIRDS.renew_at(c.not_before, c.not_after);
-            push(&c.profile, &c.identity, &c.serial, &c.profile, renew, c.not_after);
+            push(
+                &c.profile,
+                &c.identity,
+                &c.serial,
+                &c.profile,
+                renew,
+                c.not_after,
+            );
         }
     }
     // Every identity with an active certificate (revoked identities have none).
     let mut seen = std::collections::BTreeSet::new();
-    for c in certs.iter().filter(|c| !matches!(c.profile.as_str(), "root-ca" | "issuing-ca")) {
+    for c in certs
+        .iter()
+        .filter(|c| !matches!(c.profile.as_str(), "root-ca" | "issuing-ca"))
+    {
         if !seen.insert(c.identity.clone()) {
             continue;
         }
@@ -208,13 +218,27 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
             .as_ref()
             .map_or(active.profile.as_str(), |i| i.profile.as_str());
         let renew = renew_at(&policy, &active, ident.as_ref());
-        push(kind, &active.identity, &active.serial, profile, renew, active.not_after);
+        push(
+            kind,
+            &active.identity,
+            &active.serial,
+            profile,
+            renew,
+            active.not_after,
+        );
     }
     match store.ledger.latest_crl()? {
         Some(crl) => {
             // `crl` signs a new one when a third or less of its lifetime is left.
             let renew = Renewal::TWO_THIRDS.renew_at(crl.this_update, crl.next_update);
-            push("crl", "crl", &crl.number.to_string(), "crl", renew, crl.next_update);
+            push(
+                "crl",
+                "crl",
+                &crl.number.to_string(),
+                "crl",
+                renew,
+                crl.next_update,
+            );
         }
         None => items.push(Item {
             kind: "crl".into(),
@@ -267,7 +291,10 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
         items
             .iter()
             .filter(|i| i.state == s)
-            .map(|i| format!("{} `{}`", i.kind, manifests::text::escape(&i.id)))
+            .map(|i| match i.kind.as_str() {
+                "crl" => "the CRL".to_string(),
+                k => format!("{k} `{}`", manifests::text::escape(&i.id)),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -285,7 +312,10 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
                 "{expired} expired: {}{}",
                 names(State::Expired),
                 if renew > 0 {
-                    format!("; {renew} inside the renewal window: {}", names(State::Renew))
+                    format!(
+                        "; {renew} inside the renewal window: {}",
+                        names(State::Renew)
+                    )
                 } else {
                     String::new()
                 }

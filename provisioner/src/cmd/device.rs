@@ -13,9 +13,11 @@ pub enum DeviceCommand {
     #[command(after_help = super::provision::HELP)]
     Provision(super::provision::Args),
     /// List devices and clients with their active certificate and the days it has left.
-    #[command(after_help = "EXAMPLES:\n  provisioner device list\n  provisioner device list --expiring 30d   # expired, or expiring within 30 days\n\n\
+    #[command(
+        after_help = "EXAMPLES:\n  provisioner device list\n  provisioner device list --expiring 30d   # expired, or expiring within 30 days\n\n\
 LEFT is whole days until the active certificate expires (negative: expired). RENEW says\n\
-`due` once it is past its renewal point; `provisioner audit` checks the whole site.")]
+`due` once it is past its renewal point; `provisioner audit` checks the whole site."
+    )]
     List {
         /// Only identities whose active certificate expires within DURATION (30d, 12h, 90m,
         /// 2w) or has expired.
@@ -77,7 +79,7 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                     .as_ref()
                     .map(|c| State::of(renew_at(&policy, c, Some(&i)), c.not_after, now));
                 if let Some(window) = expiring
-                    && !active.as_ref().is_some_and(|c| c.not_after - now <= window)
+                    && active.as_ref().is_none_or(|c| c.not_after - now > window)
                 {
                     continue;
                 }
@@ -88,7 +90,10 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                     i.profile,
                     i.status,
                     current.as_ref().map_or("-", |c| c.serial.as_str()),
-                    current.as_ref().map(|c| ts(c.not_after)).unwrap_or_default(),
+                    current
+                        .as_ref()
+                        .map(|c| ts(c.not_after))
+                        .unwrap_or_default(),
                     left.map(|d| format!("{d}d")).unwrap_or_else(|| "-".into()),
                     match state {
                         Some(State::Ok) => "-",

@@ -130,7 +130,7 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
         cert_path.display(),
         key_path.display(),
         if renewed.is_some() {
-            " (the broker directory gets the new certificate), then reload mosquitto"
+            " again to install the new certificate, then reload mosquitto (kill -HUP)"
         } else {
             ""
         },
