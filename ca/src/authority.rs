@@ -21,7 +21,7 @@ use crate::fault;
 use crate::fsutil;
 use crate::keys::{self, Passphrase};
 use crate::ledger::{CertRecord, CrlRecord, IdentityRecord, Ledger};
-use crate::profile::{self, Profile, Subject};
+use crate::profile::{self, Lifetime, LifetimePolicy, Profile, Subject};
 use crate::request::PublicKey;
 
 /// Root CA lifetime.
@@ -122,7 +122,8 @@ pub struct IssueRequest {
     pub public_key: PublicKey,
     /// Idempotence key: the same request twice yields the same certificate.
     pub request_id: String,
-    /// Validity in days (clamped to the issuing CA's lifetime).
+    /// Validity in days (clamped to the issuing CA's lifetime), unless the authority's
+    /// [`LifetimePolicy`] sets one for this kind of identity.
     pub days: u32,
     /// Identity to create or update in the same transaction.
     pub identity: Option<IdentityRecord>,
@@ -137,6 +138,27 @@ pub struct Issued {
     pub pem: String,
     /// True if this request had been issued before and nothing new was signed.
     pub existing: bool,
+    /// The certificate this one renews: the same request had been issued before, but that
+    /// certificate was expired or past its renewal point (it is now superseded).
+    pub renewed: Option<CertRecord>,
+}
+
+impl Issued {
+    /// "renewed: the previous certificate SERIAL expired on DATE" (or "expires"), if this
+    /// issuance renewed one.
+    pub fn renewal_note(&self) -> Option<String> {
+        let old = self.renewed.as_ref()?;
+        let verb = if old.not_after <= self.record.issued_at {
+            "expired"
+        } else {
+            "expires"
+        };
+        Some(format!(
+            "renewed: the previous certificate {} {verb} on {}",
+            old.serial,
+            rfc3339(old.not_after)
+        ))
+    }
 }
 
 /// Outcome of a CRL run.
@@ -414,6 +436,24 @@ pub struct Authority {
     vault: Option<crate::vault::Vault>,
     issuer: Issuer<'static, KeyPair>,
     issuer_not_after: OffsetDateTime,
+    policy: LifetimePolicy,
+}
+
+/// The lifetime `policy` gives the certificate `req` asks for.
+fn lifetime_of(policy: &LifetimePolicy, req: &IssueRequest) -> Lifetime {
+    policy.lifetime(
+        req.profile.name(),
+        req.identity
+            .as_ref()
+            .map(|i| (i.kind.as_str(), i.profile.as_str())),
+    )
+}
+
+/// True if `rec` must not be handed back for a re-run: it is unrevoked and past its renewal
+/// point (or expired). A revoked certificate is returned as it is, never renewed: renewing
+/// it would undo the revocation.
+fn due(rec: &CertRecord, life: &Lifetime, now: i64) -> bool {
+    rec.revoked_at.is_none() && now >= life.renewal.renew_at(rec.not_before, rec.not_after)
 }
 
 impl Authority {
@@ -533,7 +573,18 @@ impl Authority {
             vault: None,
             issuer,
             issuer_not_after: not_after,
+            policy: LifetimePolicy::default(),
         })
+    }
+
+    /// Sets the lifetimes and renewal points by kind of identity (from the site file).
+    pub fn set_policy(&mut self, policy: LifetimePolicy) {
+        self.policy = policy;
+    }
+
+    /// The lifetimes and renewal points in force.
+    pub fn policy(&self) -> &LifetimePolicy {
+        &self.policy
     }
 
     /// Issues one certificate (idempotent by `request_id`).
@@ -550,40 +601,61 @@ impl Authority {
     /// identical requests racing each other end in one certificate, which the second one
     /// returns as `existing`.
     pub fn issue_batch(&mut self, reqs: Vec<IssueRequest>) -> Result<Vec<Issued>> {
-        // Fast path, without the write lock: everything was issued before.
+        let t = now();
+        let ts = t.unix_timestamp();
+        // Fast path, without the write lock: everything was issued before and none of it is
+        // due for renewal.
         let mut known = Vec::with_capacity(reqs.len());
         for req in &reqs {
             match self.store.ledger.by_request(&req.request_id)? {
-                Some(rec) => known.push(rec),
-                None => break,
+                Some(rec) if !due(&rec, &lifetime_of(&self.policy, req), ts) => known.push(rec),
+                _ => break,
             }
         }
         if known.len() == reqs.len() {
-            return known.into_iter().map(|r| self.finish(r, true)).collect();
+            return known
+                .into_iter()
+                .map(|r| self.finish(r, true, None))
+                .collect();
         }
-        let t = now();
         let issuer = &self.issuer;
         let issuer_not_after = self.issuer_not_after;
+        let policy = &self.policy;
         let records = self.store.ledger.transaction(|tx| {
             let mut out = Vec::with_capacity(reqs.len());
             for req in &reqs {
-                // Seen under the lock, including earlier requests of this same batch.
-                if let Some(rec) = tx.by_request(&req.request_id)? {
-                    out.push((rec, true));
-                    continue;
-                }
+                let life = lifetime_of(policy, req);
+                // Seen under the lock, including earlier requests of this same batch. A
+                // certificate past its renewal point counts as missing (DESIGN.md 10).
+                let previous = match tx.by_request(&req.request_id)? {
+                    Some(rec) if !due(&rec, &life, ts) => {
+                        out.push((rec, true, None));
+                        continue;
+                    }
+                    other => other,
+                };
                 let serial = loop {
                     let s = random_serial()?;
                     if !tx.serial_exists(&hex::encode(s))? {
                         break s;
                     }
                 };
-                let record = sign(req, &serial, t, issuer, issuer_not_after)?;
+                let days = life.days.unwrap_or(req.days);
+                let record = sign(req, &serial, days, t, issuer, issuer_not_after)?;
+                // The identity has one active certificate: the one just signed. The one it
+                // renews and any other live one are superseded (still valid until they
+                // expire: a board keeps its old certificate until it has the new one).
+                if let Some(old) = &previous {
+                    tx.supersede(old, &record.serial, "renewed", ts)?;
+                }
+                for other in tx.live_of(&record.identity)? {
+                    tx.supersede(&other, &record.serial, "replaced", ts)?;
+                }
                 tx.insert_cert(&record)?;
                 if let Some(i) = &req.identity {
-                    tx.upsert_identity(i, t.unix_timestamp())?;
+                    tx.upsert_identity(i, ts)?;
                 }
-                out.push((record, false));
+                out.push((record, false, previous));
             }
             // Signed, not committed: a crash here leaves nothing behind.
             fault::point("issue-after-sign");
@@ -592,11 +664,16 @@ impl Authority {
         fault::point("issue-after-ledger");
         records
             .into_iter()
-            .map(|(rec, existing)| self.finish(rec, existing))
+            .map(|(rec, existing, renewed)| self.finish(rec, existing, renewed))
             .collect()
     }
 
-    fn finish(&self, record: CertRecord, existing: bool) -> Result<Issued> {
+    fn finish(
+        &self,
+        record: CertRecord,
+        existing: bool,
+        renewed: Option<CertRecord>,
+    ) -> Result<Issued> {
         // Certificates live in the ledger; files are written only where someone asks for
         // one (a file per certificate costs an inode allocation, the bulk of issuance time).
         let pem = cert_pem(&record.der);
@@ -604,6 +681,7 @@ impl Authority {
             record,
             pem,
             existing,
+            renewed,
         })
     }
 
@@ -838,10 +916,11 @@ impl Authority {
     }
 }
 
-/// Signs the certificate `req` asks for, with `serial`, issued at `t`.
+/// Signs the certificate `req` asks for, valid `days` days, with `serial`, issued at `t`.
 fn sign(
     req: &IssueRequest,
     serial: &[u8; 16],
+    days: u32,
     t: OffsetDateTime,
     issuer: &Issuer<'static, KeyPair>,
     issuer_not_after: OffsetDateTime,
@@ -853,7 +932,7 @@ fn sign(
         &req.subject,
         serial,
         not_before,
-        req.days.min(max_days),
+        days.min(max_days),
         0,
     )?;
     let (nb, na) = (

@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS crls (
     revoked      INTEGER NOT NULL,
     der          BLOB NOT NULL
 );
+-- A certificate replaced by a newer one for the same identity: renewed (same request, past its
+-- renewal point) or replaced (another request for the identity). It stays valid until it
+-- expires (superseded is not revoked) but is no longer the identity's active certificate, and
+-- its request_id gets the suffix `/superseded/<serial>` so the request names its successor.
+CREATE TABLE IF NOT EXISTS supersessions (
+    serial      TEXT PRIMARY KEY,
+    by_serial   TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    why         TEXT NOT NULL              -- renewed, replaced
+);
 ";
 
 /// One issued certificate.
@@ -107,6 +117,41 @@ pub struct IdentityRecord {
     pub attrs: serde_json::Map<String, serde_json::Value>,
     /// active or revoked.
     pub status: String,
+}
+
+/// Why a certificate stopped being its identity's active one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Supersession {
+    /// The superseded certificate.
+    pub serial: String,
+    /// Its successor.
+    pub by_serial: String,
+    /// When, Unix seconds.
+    pub at: i64,
+    /// `renewed` (the same request, past its renewal point) or `replaced` (a new request for
+    /// the same identity).
+    pub why: String,
+}
+
+fn supersession_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Supersession> {
+    Ok(Supersession {
+        serial: r.get(0)?,
+        by_serial: r.get(1)?,
+        at: r.get(2)?,
+        why: r.get(3)?,
+    })
+}
+
+/// Leaf certificates of `identity` neither revoked nor superseded, newest first.
+fn live_of(conn: &Connection, identity: &str) -> rusqlite::Result<Vec<CertRecord>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {CERT_COLS} FROM certificates WHERE identity = ?1 AND revoked_at IS NULL
+         AND profile NOT IN ('root-ca', 'issuing-ca')
+         AND serial NOT IN (SELECT serial FROM supersessions)
+         ORDER BY issued_at DESC, rowid DESC"
+    ))?;
+    let rows = st.query_map([identity], cert_from_row)?;
+    rows.collect()
 }
 
 /// A stored CRL.
@@ -268,6 +313,40 @@ impl Ledger {
             .map_err(self.err())?;
         let rows = st
             .query_map([identity], cert_from_row)
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// The active certificate of `identity`: the newest that is neither revoked nor
+    /// superseded (a leaf; CA certificates are not an identity's).
+    pub fn active_of(&self, identity: &str) -> Result<Option<CertRecord>> {
+        Ok(live_of(&self.conn, identity)
+            .map_err(self.err())?
+            .into_iter()
+            .next())
+    }
+
+    /// Whether (and by what) a certificate was superseded.
+    pub fn supersession(&self, serial: &str) -> Result<Option<Supersession>> {
+        self.conn
+            .query_row(
+                "SELECT serial, by_serial, at, why FROM supersessions WHERE serial = ?1",
+                [serial],
+                supersession_from_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Every supersession, oldest first.
+    pub fn supersessions(&self) -> Result<Vec<Supersession>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT serial, by_serial, at, why FROM supersessions ORDER BY at, serial")
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], supersession_from_row)
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.err())
@@ -462,6 +541,29 @@ impl Tx<'_> {
                     c.reason
                 ])
             })
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Leaf certificates of `identity` neither revoked nor superseded, newest first.
+    pub fn live_of(&self, identity: &str) -> Result<Vec<CertRecord>> {
+        live_of(self.tx, identity).map_err(self.err())
+    }
+
+    /// Records that `old` is superseded by `by_serial` (`why`: renewed or replaced) and moves
+    /// it off its request id, which is then free for its successor.
+    pub fn supersede(&self, old: &CertRecord, by_serial: &str, why: &str, now: i64) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO supersessions(serial, by_serial, at, why) VALUES(?1, ?2, ?3, ?4)",
+                params![old.serial, by_serial, now, why],
+            )
+            .map_err(self.err())?;
+        self.tx
+            .execute(
+                "UPDATE certificates SET request_id = request_id || '/superseded/' || serial WHERE serial = ?1",
+                [&old.serial],
+            )
             .map_err(self.err())?;
         Ok(())
     }

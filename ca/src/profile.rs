@@ -215,6 +215,99 @@ pub fn params(
     Ok(p)
 }
 
+/// When a certificate is due for renewal: a point in its lifetime after which an idempotent
+/// re-run treats it as missing and issues a new one (DESIGN.md section 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// At `num/den` of the lifetime (the default is two thirds, as step-ca).
+    Fraction {
+        /// Numerator.
+        num: u32,
+        /// Denominator (greater than `num`).
+        den: u32,
+    },
+    /// This many days before notAfter.
+    DaysBefore(u32),
+}
+
+impl Default for Renewal {
+    fn default() -> Self {
+        Renewal::TWO_THIRDS
+    }
+}
+
+impl Renewal {
+    /// Two thirds of the lifetime.
+    pub const TWO_THIRDS: Renewal = Renewal::Fraction { num: 2, den: 3 };
+
+    /// The Unix time from which a certificate valid from `not_before` to `not_after` is due.
+    ///
+    /// A window at least as long as the certificate (a lifetime shortened to the issuing CA's,
+    /// say) falls back to two thirds: otherwise every re-run would issue again.
+    pub fn renew_at(self, not_before: i64, not_after: i64) -> i64 {
+        let life = (not_after - not_before).max(0);
+        // Lifetimes are at most years (1e8 s) and fractions at most 1000/1000: no overflow.
+        let fraction = |num: u32, den: u32| {
+            let den = i64::from(den.max(1));
+            not_before + life.saturating_mul(i64::from(num).min(den)) / den
+        };
+        match self {
+            Renewal::Fraction { num, den } => fraction(num, den),
+            Renewal::DaysBefore(d) => {
+                let window = i64::from(d) * 86_400;
+                if window >= life {
+                    fraction(2, 3)
+                } else {
+                    not_after - window
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Renewal::Fraction { num, den } => write!(f, "at {num}/{den} of the lifetime"),
+            Renewal::DaysBefore(d) => write!(f, "{d} days before expiry"),
+        }
+    }
+}
+
+/// Lifetime and renewal point of one kind of certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lifetime {
+    /// Days a new certificate is valid; `None`: what the request asks for.
+    pub days: Option<u32>,
+    /// When it is due for renewal.
+    pub renewal: Renewal,
+}
+
+/// Lifetimes by kind of identity, set from the site file (`[lifetimes]` and the device
+/// profiles' `cert_days` / `renew_*`). What it does not name gets the request's lifetime and
+/// renewal at two thirds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LifetimePolicy {
+    /// By identity kind (`server`, `client`, `gateway`, `receiver`), or by certificate profile
+    /// name for a certificate without an identity record (`server`, `client`).
+    pub kinds: std::collections::BTreeMap<String, Lifetime>,
+    /// By device profile name (the site's `[profiles.NAME]`).
+    pub device_profiles: std::collections::BTreeMap<String, Lifetime>,
+}
+
+impl LifetimePolicy {
+    /// The lifetime of a certificate of `cert_profile` for an identity of `kind` and
+    /// (site or certificate) profile `profile`, if there is an identity record.
+    pub fn lifetime(&self, cert_profile: &str, identity: Option<(&str, &str)>) -> Lifetime {
+        let found = match identity {
+            Some(("device", p)) => self.device_profiles.get(p),
+            Some((kind, _)) => self.kinds.get(kind),
+            None => self.kinds.get(cert_profile),
+        };
+        found.copied().unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +339,42 @@ mod tests {
             let e = device(Some(bad), Profile::Device).expect_err("bad serial");
             assert!(e.to_string().contains("serial number"), "{bad}: {e}");
         }
+    }
+
+    const DAY: i64 = 86_400;
+
+    #[test]
+    fn the_renewal_point_is_a_fraction_of_the_lifetime_or_days_before_expiry() {
+        assert_eq!(Renewal::default().renew_at(0, 30 * DAY), 20 * DAY);
+        assert_eq!(
+            Renewal::Fraction { num: 1, den: 2 }.renew_at(100, 100 + 10 * DAY),
+            100 + 5 * DAY
+        );
+        assert_eq!(Renewal::DaysBefore(7).renew_at(0, 100 * DAY), 93 * DAY);
+        // A window as long as the certificate (shortened to its issuer's life) falls back to
+        // two thirds instead of renewing on every run.
+        assert_eq!(Renewal::DaysBefore(30).renew_at(0, 30 * DAY), 20 * DAY);
+    }
+
+    #[test]
+    fn the_policy_picks_device_profiles_by_name_and_others_by_kind() {
+        let short = Lifetime {
+            days: Some(10),
+            renewal: Renewal::DaysBefore(2),
+        };
+        let mut p = LifetimePolicy::default();
+        p.device_profiles.insert("climat".into(), short);
+        p.kinds.insert("gateway".into(), short);
+        assert_eq!(p.lifetime("device", Some(("device", "climat"))), short);
+        assert_eq!(p.lifetime("client", Some(("gateway", "client"))), short);
+        assert_eq!(
+            p.lifetime("client", Some(("client", "client"))),
+            Lifetime::default()
+        );
+        assert_eq!(
+            p.lifetime("device", Some(("device", "porte"))),
+            Lifetime::default()
+        );
+        assert_eq!(p.lifetime("server", None), Lifetime::default());
     }
 }

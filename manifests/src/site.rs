@@ -46,6 +46,128 @@ pub struct Site {
     /// LoRa receivers by id (Pi #2).
     #[serde(default)]
     pub receivers: BTreeMap<String, Receiver>,
+    /// Lifetimes and renewal points of the broker's, clients', gateways' and receivers'
+    /// certificates (devices: in their profile).
+    #[serde(default, skip_serializing_if = "Lifetimes::is_empty")]
+    pub lifetimes: Lifetimes,
+}
+
+/// `[lifetimes]`: one optional table per kind of certificate that is not a device's.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifetimes {
+    /// The broker (`server issue`, `cert sign --profile server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Lifetime>,
+    /// Clients signed with `cert sign --profile client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Lifetime>,
+    /// Gateways (`emit gateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Lifetime>,
+    /// Receivers (`emit receiver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<Lifetime>,
+}
+
+impl Lifetimes {
+    fn is_empty(&self) -> bool {
+        *self == Lifetimes::default()
+    }
+
+    /// Each kind with its setting.
+    pub fn by_kind(&self) -> [(&'static str, Option<&Lifetime>); 4] {
+        [
+            ("server", self.server.as_ref()),
+            ("client", self.client.as_ref()),
+            ("gateway", self.gateway.as_ref()),
+            ("receiver", self.receiver.as_ref()),
+        ]
+    }
+}
+
+/// A certificate lifetime and its renewal point. Unset: `site.leaf_days`, and renewal at two
+/// thirds of the lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifetime {
+    /// Days a new certificate is valid (1..3650).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days: Option<u32>,
+    /// Renew this many days before expiry (fewer than the lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_days: Option<u32>,
+    /// Renew at this fraction of the lifetime, `"N/M"` (default `"2/3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<String>,
+}
+
+/// Where in its lifetime a certificate is renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewPoint {
+    /// At `.0 / .1` of the lifetime.
+    Fraction(u32, u32),
+    /// This many days before expiry.
+    DaysBefore(u32),
+}
+
+impl Lifetime {
+    /// The renewal point, if one is set (validated when the site was loaded).
+    pub fn renew_point(&self) -> Option<RenewPoint> {
+        if let Some(d) = self.renew_before_days {
+            return Some(RenewPoint::DaysBefore(d));
+        }
+        let (n, d) = parse_fraction(self.renew_at.as_deref()?).ok()?;
+        Some(RenewPoint::Fraction(n, d))
+    }
+
+    /// Checks the setting; `leaf_days` is the lifetime when `cert_days` is unset. The error
+    /// names the key at fault and what is expected.
+    fn check(&self, leaf_days: u32) -> Result<(), (&'static str, String)> {
+        if let Some(d) = self.cert_days
+            && !(1..=3650).contains(&d)
+        {
+            return Err(("cert_days", format!("1..3650 days (got {d})")));
+        }
+        let days = self.cert_days.unwrap_or(leaf_days);
+        if let Some(b) = self.renew_before_days
+            && !(1..days).contains(&b)
+        {
+            return Err((
+                "renew_before_days",
+                format!(
+                    "1..{} days, fewer than the lifetime of {days} days (got {b})",
+                    days.saturating_sub(1)
+                ),
+            ));
+        }
+        if let Some(f) = &self.renew_at {
+            if self.renew_before_days.is_some() {
+                return Err((
+                    "renew_at",
+                    "either renew_at or renew_before_days, not both".into(),
+                ));
+            }
+            parse_fraction(f).map_err(|e| ("renew_at", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a renewal point `"N/M"`, 0 < N < M <= 1000 (e.g. `"2/3"`).
+pub fn parse_fraction(s: &str) -> Result<(u32, u32), String> {
+    let expected = || {
+        format!(
+            "a fraction N/M of the lifetime with 0 < N < M <= 1000, such as \"2/3\" (got `{s}`)"
+        )
+    };
+    let (n, d) = s.split_once('/').ok_or_else(expected)?;
+    let n: u32 = n.trim().parse().map_err(|_| expected())?;
+    let d: u32 = d.trim().parse().map_err(|_| expected())?;
+    if n == 0 || n >= d || d > 1000 {
+        return Err(expected());
+    }
+    Ok((n, d))
 }
 
 /// Site naming.
@@ -171,6 +293,26 @@ pub struct DeviceProfile {
     /// Seconds between readings (default 30).
     #[serde(default = "default_interval")]
     pub interval_s: u32,
+    /// Days a device certificate of this profile is valid (default: `site.leaf_days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_days: Option<u32>,
+    /// Renew this many days before expiry (instead of `renew_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_days: Option<u32>,
+    /// Renew at this fraction of the lifetime, `"N/M"` (default `"2/3"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<String>,
+}
+
+impl DeviceProfile {
+    /// The profile's certificate lifetime and renewal point.
+    pub fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            cert_days: self.cert_days,
+            renew_before_days: self.renew_before_days,
+            renew_at: self.renew_at.clone(),
+        }
+    }
 }
 
 fn default_chip() -> String {
@@ -374,6 +516,16 @@ impl Site {
             }
             if p.interval_s == 0 {
                 return Err(invalid(f("interval_s"), "at least 1 second".into()));
+            }
+            p.lifetime()
+                .check(self.site.leaf_days)
+                .map_err(|(key, e)| invalid(f(key), e))?;
+        }
+        for (kind, l) in self.lifetimes.by_kind() {
+            if let Some(l) = l {
+                l.check(self.site.leaf_days).map_err(|(key, e)| {
+                    invalid(FieldPath::root().key("lifetimes").key(kind).key(key), e)
+                })?;
             }
         }
         for (id, g) in &self.gateways {

@@ -139,7 +139,10 @@ impl Context {
             self.store()?;
         }
         let pass = self.passphrase(false)?;
-        Ok(Authority::open(&self.layout, &pass)?)
+        let mut authority = Authority::open(&self.layout, &pass)?;
+        // Lifetimes and renewal points from the site file (defaults without one).
+        authority.set_policy(crate::cmd::audit::home_policy(self));
+        Ok(authority)
     }
 
     /// The site file stored in the home.

@@ -17,6 +17,10 @@ pub enum Code {
     State = 5,
     /// 6: stopped before an irreversible step that was not permitted (`--lock`).
     NeedsPermission = 6,
+    /// 10 (`audit`): a certificate or the CRL is inside its renewal window.
+    Expiring = 10,
+    /// 11 (`audit`): a certificate or the CRL has expired.
+    Expired = 11,
 }
 
 /// A CLI error.

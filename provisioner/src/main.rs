@@ -48,6 +48,8 @@ EXIT CODES:
   5  state (no CA yet, CA expired, unknown device, conflict): nothing was changed
   6  stopped before an irreversible step that was not permitted (`device provision`
      without --lock): re-run with the permission
+  10 audit: a certificate or the CRL is inside its renewal window
+  11 audit: a certificate or the CRL has expired
 
 LOGGING:
   Logs go to stderr, results (and --json) to stdout. -v shows each provisioning step with
@@ -98,6 +100,8 @@ enum Command {
     Device(cmd::device::DeviceCommand),
     /// Publish the certificate revocation list (renews it when due).
     Crl(cmd::crl::Args),
+    /// Every certificate's days left; exits 10 if one is due for renewal, 11 if one expired.
+    Audit(cmd::audit::Args),
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> exit::Result<()> {
         Command::Cert(c) => cmd::cert::run(&ctx, c),
         Command::Device(c) => cmd::device::run(&ctx, c),
         Command::Crl(a) => cmd::crl::run(&ctx, a),
+        Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Demo(a) => cmd::demo::run(&ctx, a),

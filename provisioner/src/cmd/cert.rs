@@ -19,7 +19,8 @@ openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout
 provisioner cert sign --csr c.csr --profile client --out c.crt\n  \
 provisioner cert sign --csr c.csr --profile client --publish maison/probe/# --subscribe maison/#\n\n\
 The client's MQTT username is its CN. Without --publish it may publish under <root>/<CN>/#.\n\
-Signing the same CSR again prints the same certificate.")]
+Signing the same CSR again prints the same certificate, unless it has expired or is past its\n\
+renewal point: then a new one is issued for the CSR's key (`renewed`).")]
     Sign(SignArgs),
 }
 
@@ -134,20 +135,29 @@ pub fn run(ctx: &Context, cmd: CertCommand) -> Result<()> {
     if let Some(out) = &args.out {
         ca::fsutil::write_atomic(out, chain.as_bytes(), 0o644)?;
     }
+    let renewed = issued.renewal_note();
     let verb = if issued.existing {
         "existing"
+    } else if renewed.is_some() {
+        "renewed"
     } else {
         "issued"
     };
     let summary = format!(
-        "{verb} {} certificate {} for `{}`",
+        "{verb} {} certificate {} for `{}`{}",
         profile.name(),
         issued.record.serial,
-        csr.common_name
+        csr.common_name,
+        renewed
+            .as_deref()
+            .map(|n| format!("\n  {n}"))
+            .unwrap_or_default(),
     );
     if ctx.json {
         ctx.print(
             &json!({ "serial": issued.record.serial, "existing": issued.existing, "identity": csr.common_name,
+                     "renewed": issued.renewed.as_ref().map(|o| json!({ "serial": o.serial, "not_after": crate::cmd::audit::rfc3339(o.not_after) })),
+                     "not_after": crate::cmd::audit::rfc3339(issued.record.not_after),
                      "profile": profile.name(), "out": args.out, "pem": chain }),
             "",
         );

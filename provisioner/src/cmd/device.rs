@@ -12,8 +12,18 @@ pub enum DeviceCommand {
     /// its key, prove possession, issue its certificate, write its configuration.
     #[command(after_help = super::provision::HELP)]
     Provision(super::provision::Args),
-    /// List devices and clients with their certificate status.
-    List,
+    /// List devices and clients with their active certificate and the days it has left.
+    #[command(
+        after_help = "EXAMPLES:\n  provisioner device list\n  provisioner device list --expiring 30d   # expired, or expiring within 30 days\n\n\
+LEFT is whole days until the active certificate expires (negative: expired). RENEW says\n\
+`due` once it is past its renewal point; `provisioner audit` checks the whole site."
+    )]
+    List {
+        /// Only identities whose active certificate expires within DURATION (30d, 12h, 90m,
+        /// 2w) or has expired.
+        #[arg(long, value_name = "DURATION", value_parser = super::audit::parse_duration)]
+        expiring: Option<i64>,
+    },
     /// Show one device or client: identity, ACL, certificates.
     Show {
         /// Device or client id (its certificate CN).
@@ -47,31 +57,54 @@ fn ts(t: i64) -> String {
 pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
     match cmd {
         DeviceCommand::Provision(args) => return super::provision::run(ctx, args),
-        DeviceCommand::List => {
+        DeviceCommand::List { expiring } => {
+            use super::audit::{State, days_left, renew_at};
             let store = ctx.store()?;
+            let policy = super::audit::home_policy(ctx);
+            let now = ca::clock::now().unix_timestamp();
             let mut rows = Vec::new();
             let mut human = format!(
-                "{:<24} {:<9} {:<12} {:<8} {:<34} {}",
-                "ID", "KIND", "PROFILE", "STATUS", "SERIAL", "EXPIRES"
+                "{:<24} {:<9} {:<12} {:<8} {:<34} {:<21} {:>6} {}",
+                "ID", "KIND", "PROFILE", "STATUS", "SERIAL", "EXPIRES", "LEFT", "RENEW"
             );
             for i in store.ledger.identities()? {
-                let certs = store.ledger.certificates_of(&i.id)?;
-                let current = certs
-                    .iter()
-                    .rev()
-                    .find(|c| c.revoked_at.is_none())
-                    .or(certs.last());
+                // The active certificate; for a revoked identity, its last one.
+                let active = store.ledger.active_of(&i.id)?;
+                let current = match &active {
+                    Some(c) => Some(c.clone()),
+                    None => store.ledger.certificates_of(&i.id)?.pop(),
+                };
+                let left = active.as_ref().map(|c| days_left(c.not_after, now));
+                let state = active
+                    .as_ref()
+                    .map(|c| State::of(renew_at(&policy, c, Some(&i)), c.not_after, now));
+                if let Some(window) = expiring
+                    && active.as_ref().is_none_or(|c| c.not_after - now > window)
+                {
+                    continue;
+                }
                 human.push_str(&format!(
-                    "\n{:<24} {:<9} {:<12} {:<8} {:<34} {}",
+                    "\n{:<24} {:<9} {:<12} {:<8} {:<34} {:<21} {:>6} {}",
                     i.id,
                     i.kind,
                     i.profile,
                     i.status,
-                    current.map(|c| c.serial.as_str()).unwrap_or("-"),
-                    current.map(|c| ts(c.not_after)).unwrap_or_default()
+                    current.as_ref().map_or("-", |c| c.serial.as_str()),
+                    current
+                        .as_ref()
+                        .map(|c| ts(c.not_after))
+                        .unwrap_or_default(),
+                    left.map(|d| format!("{d}d")).unwrap_or_else(|| "-".into()),
+                    match state {
+                        Some(State::Ok) => "-",
+                        Some(State::Renew) => "due",
+                        Some(State::Expired) => "expired",
+                        None => "",
+                    }
                 ));
                 rows.push(json!({ "id": i.id, "kind": i.kind, "profile": i.profile, "status": i.status,
-                    "serial": current.map(|c| &c.serial), "not_after": current.map(|c| ts(c.not_after)) }));
+                    "serial": current.as_ref().map(|c| &c.serial), "not_after": current.as_ref().map(|c| ts(c.not_after)),
+                    "active": active.is_some(), "days_left": left, "state": state }));
             }
             ctx.print(&json!(rows), &human);
         }

@@ -730,6 +730,8 @@ pub struct NodeEmitted {
     pub serial: String,
     /// True when the certificate existed already.
     pub existing: bool,
+    /// "renewed: the previous certificate ..." when an expired or due one was replaced.
+    pub renewed: Option<String>,
     /// This node's and the peer's RadioHead addresses.
     pub addresses: (u8, u8),
 }
@@ -753,12 +755,22 @@ fn print_node(
         .map(PathBuf::from)
         .unwrap_or_default();
     let mut human = format!(
-        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}",
+        "{kind} `{id}` in {}: certificate {} ({}), LoRa address {} <-> {}{}",
         out.display(),
         e.serial,
-        if e.existing { "existing" } else { "issued" },
+        if e.existing {
+            "existing"
+        } else if e.renewed.is_some() {
+            "renewed"
+        } else {
+            "issued"
+        },
         e.addresses.0,
         e.addresses.1,
+        e.renewed
+            .as_deref()
+            .map(|n| format!("\n  {n}; restart or reload the {kind} to use the new one"))
+            .unwrap_or_default(),
     );
     let run = match &opts.prefix {
         // The manifest names files under PREFIX: it is valid there only, after the copy.
@@ -788,7 +800,7 @@ fn print_node(
     }
     ctx.print(
         &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
-                 "serial": e.serial, "existing": e.existing, "prefix": opts.prefix, "run": run,
+                 "serial": e.serial, "existing": e.existing, "renewed": e.renewed, "prefix": opts.prefix, "run": run,
                  "address": e.addresses.0, "peer_address": e.addresses.1 }),
         &human,
     );
@@ -800,6 +812,7 @@ struct NodeIdentity {
     key_pem: zeroize::Zeroizing<String>,
     serial: String,
     existing: bool,
+    renewed: Option<String>,
 }
 
 fn issue_node(
@@ -878,6 +891,7 @@ fn issue_node(
     Ok(NodeIdentity {
         chain_pem,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        renewed: issued.renewal_note(),
         serial: issued.record.serial,
         existing: issued.existing,
     })
@@ -1161,6 +1175,7 @@ pub fn write_gateway(
         files,
         serial: ident.serial,
         existing: ident.existing,
+        renewed: ident.renewed,
         addresses: (me, peer),
     })
 }
@@ -1288,6 +1303,7 @@ pub fn write_receiver(
         files,
         serial: ident.serial,
         existing: ident.existing,
+        renewed: ident.renewed,
         addresses: (me, peer),
     })
 }

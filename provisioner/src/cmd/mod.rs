@@ -1,5 +1,6 @@
 //! One module per command, each with its clap arguments and a `run`.
 
+pub mod audit;
 pub mod cert;
 pub mod crl;
 pub mod demo;

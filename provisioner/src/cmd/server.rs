@@ -15,8 +15,9 @@ pub enum ServerCommand {
     /// Issue the broker's certificate (key generated here, written 0600 under keys/).
     #[command(
         after_help = "EXAMPLES:\n  provisioner server issue --dns broker.maison.lan --dns raspberrypi.local --ip 192.168.1.10\n\n\
-Running it again with the same names prints the existing certificate; other names give a new\n\
-certificate for the same key."
+Running it again with the same names prints the existing certificate, unless it has expired or\n\
+is past its renewal point: then it issues a new one for the same key and says `renewed`. Other\n\
+names give a new certificate for the same key."
     )]
     Issue(IssueArgs),
 }
@@ -110,20 +111,35 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
     let cert_path = ctx.layout.keys_dir().join(format!("{}.crt", args.id));
     let chain = format!("{}{}", issued.pem, authority.store.chain_pem()?);
     ca::fsutil::write_atomic(&cert_path, chain.as_bytes(), 0o644)?;
+    let renewed = issued.renewal_note();
     let human = format!(
-        "{} broker certificate {} for {}\n  certificate  {}\n  key          {} (0600)\n  next: provisioner emit broker --out DIR",
+        "{} broker certificate {} for {}{}\n  certificate  {}\n  key          {} (0600)\n  next: provisioner emit broker --out DIR{}",
         if issued.existing {
             "existing"
+        } else if renewed.is_some() {
+            "renewed"
         } else {
             "issued"
         },
         issued.record.serial,
         names.join(", "),
+        renewed
+            .as_deref()
+            .map(|n| format!("\n  {n}"))
+            .unwrap_or_default(),
         cert_path.display(),
         key_path.display(),
+        if renewed.is_some() {
+            " again to install the new certificate, then reload mosquitto (kill -HUP)"
+        } else {
+            ""
+        },
     );
     ctx.print(
-        &json!({ "serial": issued.record.serial, "existing": issued.existing, "certificate": cert_path, "key": key_path, "names": names }),
+        &json!({ "serial": issued.record.serial, "existing": issued.existing,
+                 "renewed": issued.renewed.as_ref().map(|o| json!({ "serial": o.serial, "not_after": crate::cmd::audit::rfc3339(o.not_after) })),
+                 "not_after": crate::cmd::audit::rfc3339(issued.record.not_after),
+                 "certificate": cert_path, "key": key_path, "names": names }),
         &human,
     );
     Ok(())
