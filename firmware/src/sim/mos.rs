@@ -1248,22 +1248,27 @@ impl MosLoop {
         let mut noise = self.noise.clone();
         let stop = self.stop.clone();
         let mut master = pty.master();
+        // Since when the host has not taken our bytes: past TX_STALL they are dropped at once.
+        let mut stalled: Option<Instant> = None;
         let mut send =
             |bytes: &[u8], tx: &mut Pacer, noise: &mut LineNoise| -> std::io::Result<()> {
                 for chunk in bytes.chunks(16) {
                     sleep_until(tx.schedule(ns(Instant::now()), chunk.len() as u64));
                     let wire: Vec<u8> = chunk.iter().filter_map(|&b| noise.pass(b)).collect();
                     let mut at = 0;
-                    let stalled = Instant::now();
                     while at < wire.len() {
                         match master.write(&wire[at..]) {
-                            Ok(n) => at += n,
+                            Ok(n) => {
+                                at += n;
+                                stalled = None;
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                             Err(e)
                                 if e.kind() == std::io::ErrorKind::WouldBlock
                                     || e.raw_os_error() == Some(nix::libc::EIO) =>
                             {
-                                if stop.load(Ordering::SeqCst) || stalled.elapsed() >= TX_STALL {
+                                let since = *stalled.get_or_insert_with(Instant::now);
+                                if stop.load(Ordering::SeqCst) || since.elapsed() >= TX_STALL {
                                     return Ok(()); // nobody listens: the bytes are gone
                                 }
                                 let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLOUT)];
