@@ -233,6 +233,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 store: serial.store.clone(),
                 last_line_ms: serial.last_line_ms.clone(),
                 stop: serial.stop.clone(),
+                noise: serial.noise.clone(),
             }
             .run(&pty, &events),
         };

@@ -4,6 +4,8 @@
 pub mod board;
 pub mod bus;
 pub mod mos;
+pub mod mos_config;
+pub mod mos_uart;
 pub mod mqtt;
 pub mod persist;
 pub mod pty;

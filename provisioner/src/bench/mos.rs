@@ -613,20 +613,21 @@ impl MosLink {
         self.bytes_field("ATCA.Sign", &r, "signature")
     }
 
-    /// `FS.Put` in chunks (the first one replaces the file, the others append).
+    /// `FS.Put` in chunks, each at its `offset` (0 truncates the file, the firmware seeks to
+    /// the others), so a chunk sent again after a lost reply lands where it did before.
     pub fn fs_put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
         if data.is_empty() {
             return self
                 .call(
                     "FS.Put",
-                    json!({ "filename": name, "data": "", "append": false }),
+                    json!({ "filename": name, "offset": 0, "data": "" }),
                 )
                 .map(|_| ());
         }
         for (i, chunk) in data.chunks(PUT_CHUNK).enumerate() {
             self.call(
                 "FS.Put",
-                json!({ "filename": name, "data": b64::encode(chunk), "append": i > 0 }),
+                json!({ "filename": name, "offset": i * PUT_CHUNK, "data": b64::encode(chunk) }),
             )?;
         }
         Ok(())
