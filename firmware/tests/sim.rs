@@ -23,13 +23,20 @@ struct Sim {
 impl Sim {
     fn start(dir: &Path, extra: &[&str]) -> Sim {
         let link = dir.join("tty");
+        // A killed board leaves its link behind, pointing at a pty number the kernel may
+        // already have given to another test's board: wait for this board's own link.
+        let _ = std::fs::remove_file(&link);
         let child = Command::new(env!("CARGO_BIN_EXE_sensor-sim"))
             .arg("--link")
             .arg(&link)
             .arg("--state")
             .arg(dir.join("chip.state"))
             .args(extra)
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("SIM_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("spawn sensor-sim");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -323,6 +323,9 @@ impl SimBoard {
         let link = dir.join(format!("{name}.tty"));
         let state = dir.join(format!("{name}.chip"));
         let log = dir.join(format!("{name}.log"));
+        // A board killed earlier leaves its link behind, pointing at a pty number the kernel
+        // may have given to another test's board: wait for this board's own link.
+        let _ = std::fs::remove_file(&link);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisioner"));
         cmd.args([
             "sim-board",
