@@ -26,6 +26,7 @@
 //! | `lora-link/cross-check.sh --release` | skipped: `scripts/test.sh` runs the cross-build; the host build stands in |
 //! | `target/aarch64-unknown-linux-gnu/release/` | the directory of the host-built `provisioner`, `gateway`, `lora-link` (also on the bench's `PATH`) |
 //! | `mosquitto -c ...` without `-d`, `lora-link rx` | run in the background (killed at the end) |
+//! | `mosquitto -c ... -d` | after it exits 0, that Pi's broker port (P1 or P2) must be open within 10 s and still 1 s later, else the line fails |
 //! | `mosquitto_sub` | gains `-C 1 -W 30`: it must receive one reading within 30 s |
 //!
 //! What is checked: every command exits 0; the bench broker of "Using the provisioner" listens;
@@ -99,7 +100,10 @@ fn block(readme: &str, heading: &str) -> Vec<ReadmeCommand> {
                 text.push_str(head.trim_end());
                 text.push(' ');
                 i += 1;
-                assert!(i < lines.len(), "README.md:{line}: unterminated continuation");
+                assert!(
+                    i < lines.len(),
+                    "README.md:{line}: unterminated continuation"
+                );
             } else {
                 text.push_str(cur.trim_start());
                 i += 1;
@@ -107,7 +111,10 @@ fn block(readme: &str, heading: &str) -> Vec<ReadmeCommand> {
             }
         }
         // Continuation lines are indented: collapse the runs of spaces they leave.
-        let text = text.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>();
+        let text = text
+            .split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>();
         out.push(ReadmeCommand {
             line,
             text: text.join(" "),
@@ -118,7 +125,10 @@ fn block(readme: &str, heading: &str) -> Vec<ReadmeCommand> {
         i < lines.len(),
         "section `{heading}`: the ```sh block is not closed"
     );
-    assert!(!out.is_empty(), "section `{heading}`: no command in its block");
+    assert!(
+        !out.is_empty(),
+        "section `{heading}`: no command in its block"
+    );
     out
 }
 
@@ -180,7 +190,10 @@ fn substitute(c: &ReadmeCommand, b: &Bench) -> (String, bool) {
     }
     let bin = b.bin.to_string_lossy();
     s = s.replace("/dev/ttyUSB", &format!("{}/ttyUSB", b.dev.display()));
-    s = s.replace("target/aarch64-unknown-linux-gnu/release/", &format!("{bin}/"));
+    s = s.replace(
+        "target/aarch64-unknown-linux-gnu/release/",
+        &format!("{bin}/"),
+    );
     s = s.replace("/path/to/pi1-nfs-root", &b.pi1.to_string_lossy());
     // Addresses: `pi@HOST` names a simulated Pi (the shims map it); anything else is loopback.
     for (addr, tag) in [(PI1_ADDR, "\u{1}PI1\u{1}"), (PI2_ADDR, "\u{1}PI2\u{1}")] {
@@ -221,6 +234,20 @@ fn substitute(c: &ReadmeCommand, b: &Bench) -> (String, bool) {
     (s, background)
 }
 
+/// The port a `mosquitto ... -d` command's broker must listen on: the Pi's broker port.
+fn daemon_port(s: &str, step: u32, b: &Bench) -> Option<u16> {
+    let daemon =
+        s.contains("mosquitto -c ") && s.split_whitespace().any(|w| w == "-d" || w == "-d'");
+    if !daemon {
+        return None;
+    }
+    if PI2_STEPS.contains(&step) {
+        Some(b.p2)
+    } else {
+        Some(b.p1)
+    }
+}
+
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -229,6 +256,20 @@ const PRELUDE: &str = r#"
 exec 2>&1
 FAILED=""
 __boards=0
+# A daemon started with `mosquitto -d` must come up: wait for its port (or fail that line).
+# mosquitto opens its sockets before it loads its key: the port must still be open 1 s later.
+__wait_listen() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            sleep 1
+            (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+            break
+        fi
+        sleep 0.1
+    done
+    echo "(test: the broker does not listen on port $1: it stopped; with -d, mosquitto logs to its log_dest or syslog)"
+    return 1
+}
 __step() { printf '\n>>> README.md:%s: %s\n' "$1" "$2"; }
 __done() {
     if [ "$2" -ne 0 ]; then
@@ -281,6 +322,12 @@ fn script(cmds: &[ReadmeCommand], b: &Bench, logs: &Path) -> (String, usize) {
                 log.display(),
                 c.line
             );
+        } else if let Some(port) = daemon_port(&s, c.step, b) {
+            let _ = writeln!(
+                out,
+                "{s}\n__rc=$?\n[ $__rc -ne 0 ] || __wait_listen {port} || __rc=1\n__done {} $__rc",
+                c.line
+            );
         } else {
             let _ = writeln!(out, "{s}\n__done {} $?", c.line);
         }
@@ -317,7 +364,10 @@ __root_of() {{
         pi1 = sh_quote(&b.pi1.to_string_lossy()),
         pi2 = sh_quote(&b.pi2.to_string_lossy()),
     );
-    let pi_path = format!("{}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", pi_bin.display());
+    let pi_path = format!(
+        "{}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+        pi_bin.display()
+    );
     write_exec(
         &bench_bin.join("ssh"),
         &format!(
@@ -520,7 +570,9 @@ impl Run {
             return "";
         };
         let rest = &self.output[start + 1..];
-        let end = rest[1..].find("\n>>> README.md:").map_or(rest.len(), |e| e + 1);
+        let end = rest[1..]
+            .find("\n>>> README.md:")
+            .map_or(rest.len(), |e| e + 1);
         &rest[..end]
     }
     /// Every log the test and the simulated Pis wrote, for a failure message.
@@ -583,7 +635,9 @@ fn run_block(heading: &str) -> Run {
     let work = t.join("bench");
     let bench_bin = t.join("shims");
     let pi_bin = t.join("pi-shims");
-    for d in [&logs, &boards, &home, &work, &bench_bin, &pi_bin, &bench.dev] {
+    for d in [
+        &logs, &boards, &home, &work, &bench_bin, &pi_bin, &bench.dev,
+    ] {
         std::fs::create_dir_all(d).expect("mkdir");
     }
     for d in [&home, &work] {
@@ -606,7 +660,10 @@ fn run_block(heading: &str) -> Run {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/smart-home.toml"),
     )
     .expect("example site");
-    assert!(site.contains("port = 8883"), "example site: no `port = 8883`");
+    assert!(
+        site.contains("port = 8883"),
+        "example site: no `port = 8883`"
+    );
     let site = site
         .replace(
             "port = 8883",
@@ -724,13 +781,28 @@ fn on_real_hardware_runs_as_printed_and_a_reading_crosses_the_lora_link() {
     let seen = run.output_of(sub);
     // `mosquitto_sub -v` prints `TOPIC PAYLOAD`: a reading of a provisioned sensor, published
     // on Pi #1, forwarded over LoRa and republished by the receiver on Pi #2.
-    let reading = seen
-        .lines()
-        .find(|l| l.starts_with("maison/") && l.split_once(' ').is_some());
+    // Only `lora-link rx` may write on Pi #2's broker (its ACL), and the sensors connect to
+    // Pi #1's: a reading there crossed the LoRa link.
+    let reading = seen.lines().find_map(|l| {
+        let (topic, payload) = l.split_once(' ')?;
+        let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+        Some((topic.to_string(), v))
+    });
+    let Some((topic, v)) = reading else {
+        panic!(
+            "step 6: mosquitto_sub on Pi #2 received no reading:\n{seen}\n{}",
+            run.logs()
+        );
+    };
+    let device = v["device"].as_str().unwrap_or_default();
     assert!(
-        reading.is_some(),
-        "step 6: mosquitto_sub on Pi #2 received no reading:\n{seen}\n{}",
-        run.logs()
+        ["salon-1", "chambre_1-1", "chambre_1-2"].contains(&device),
+        "step 6: a reading from an unknown device: {topic} {v}"
+    );
+    let room = device.rsplit_once('-').map_or("", |(r, _)| r);
+    assert!(
+        topic.starts_with(&format!("maison/{room}/")) && v["value"].is_number(),
+        "step 6: {topic} {v} is not a reading of {device}"
     );
 }
 
@@ -752,7 +824,11 @@ fn the_substitutions_keep_the_commands_and_are_the_documented_ones() {
     };
     let s = |text: &str, step| substitute(&c(text, step), &b);
     assert_eq!(
-        s("provisioner device provision --port /dev/ttyUSB0 --id x   # comment", 2).0,
+        s(
+            "provisioner device provision --port /dev/ttyUSB0 --id x   # comment",
+            2
+        )
+        .0,
         "provisioner device provision --port /T/dev/ttyUSB0 --id x"
     );
     assert_eq!(
@@ -775,9 +851,21 @@ fn the_substitutions_keep_the_commands_and_are_the_documented_ones() {
         s("mosquitto_sub -h 192.168.1.11 -p 8883 -t 'maison/#' -v", 6).0,
         "mosquitto_sub -h 127.0.0.1 -p 2 -t 'maison/#' -v -C 1 -W 30"
     );
-    assert!(s("ssh pi@192.168.1.11 'lora-link rx --manifest /etc/l/r.toml'", 5).1);
+    assert!(
+        s(
+            "ssh pi@192.168.1.11 'lora-link rx --manifest /etc/l/r.toml'",
+            5
+        )
+        .1
+    );
     assert!(s("mosquitto -c ./broker/mosquitto.conf", 0).1);
-    assert!(!s("ssh pi@192.168.1.10 'mosquitto -c /etc/m/mosquitto.conf -d'", 3).1);
+    assert!(
+        !s(
+            "ssh pi@192.168.1.10 'mosquitto -c /etc/m/mosquitto.conf -d'",
+            3
+        )
+        .1
+    );
     assert_eq!(
         split_comment("a 'maison/#' b # c"),
         ("a 'maison/#' b", "# c")
