@@ -716,7 +716,6 @@ fn run_block(heading: &str) -> Run {
         .env_remove("PROVISIONER_CRASH_AT")
         .env_remove("PROVISIONER_FAKE_NOW")
         .env_remove("PROVISIONER_LOG")
-        .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .output()
         .expect("bash");
