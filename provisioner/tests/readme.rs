@@ -96,8 +96,10 @@ fn block(readme: &str, heading: &str) -> Vec<ReadmeCommand> {
         let mut text = String::new();
         loop {
             let cur = lines[i].trim_end();
-            if let Some(head) = cur.strip_suffix('\\') {
-                text.push_str(head.trim_end());
+            // A backslash continues the line; so does a trailing `|`, `&&` or `||`, as in sh.
+            let piped = cur.ends_with('|') || cur.ends_with("&&");
+            if let Some(head) = cur.strip_suffix('\\').or(piped.then_some(cur)) {
+                text.push_str(head.trim_start().trim_end());
                 text.push(' ');
                 i += 1;
                 assert!(
@@ -651,6 +653,7 @@ fn run_block(heading: &str) -> Run {
             "var/lib",
             "home/pi",
             "run",
+            "tmp",
         ] {
             std::fs::create_dir_all(root.join(d)).expect("pi skeleton");
         }
