@@ -373,6 +373,12 @@ fn parse_slot(key: &str) -> Result<usize, ProfileError> {
 /// injectable by encrypted PrivWrite, slot 4 the write key, slots 9–10 certificate storage.
 pub const TLS_DEVICE_PROFILE: &str = include_str!("../profiles/tls-device.toml");
 
+/// Earlier revisions of the built-in profile, oldest first. A config zone is locked for ever,
+/// so a chip locked with one of them must still be recognised as a `tls-device` chip (and
+/// provisioned as its revision allows: revision 1 has no Lockable slot, so its key slot is
+/// never slot-locked) instead of being refused as "locked with another configuration".
+pub const TLS_DEVICE_EARLIER_REVISIONS: &[&str] = &[include_str!("../profiles/tls-device-r1.toml")];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +393,17 @@ mod tests {
         assert_eq!(back.to_config_zone(&base), Ok(zone));
         let again = Profile::from_toml(&back.to_toml()).expect("rendered TOML parses");
         assert_eq!(again.to_config_zone(&base), Ok(zone));
+    }
+
+    #[test]
+    fn earlier_revisions_parse_and_differ_from_the_current_one() {
+        let base = ConfigZone::factory_default([0x01, 0x23, 0, 0, 0, 0, 0, 0, 0xEE]);
+        let now = Profile::from_toml(TLS_DEVICE_PROFILE).expect("built-in");
+        for text in TLS_DEVICE_EARLIER_REVISIONS {
+            let p = Profile::from_toml(text).expect("earlier revision");
+            assert_eq!(p.name, now.name);
+            assert_ne!(p.to_config_zone(&base), now.to_config_zone(&base));
+        }
     }
 
     #[test]

@@ -223,16 +223,33 @@ pub fn check_profile(
 }
 
 /// The config zone the profile wants on this chip. On a chip whose config zone is locked, the
-/// slot locks the chip gained since (Lockable slots only) are part of the same configuration.
+/// slot locks the chip gained since (Lockable slots only) are part of the same configuration,
+/// and a chip locked with an earlier revision of the built-in profile is that profile's chip
+/// (the revision it was locked with is what it is verified and provisioned against).
 pub(crate) fn wanted_zone(
     chip: &atecc::profile::Profile,
     zone: &ConfigZone,
 ) -> Result<ConfigZone, ProvisionError> {
-    let mut wanted = chip
-        .to_config_zone(zone)
-        .map_err(|e| ProvisionError::Config(format!("{e:?}")))?;
-    if zone.is_config_locked() {
-        wanted.accept_slot_locks(zone);
+    let as_locked = |p: &atecc::profile::Profile| {
+        let mut wanted = p
+            .to_config_zone(zone)
+            .map_err(|e| ProvisionError::Config(format!("{e:?}")))?;
+        if zone.is_config_locked() {
+            wanted.accept_slot_locks(zone);
+        }
+        Ok::<_, ProvisionError>(wanted)
+    };
+    let wanted = as_locked(chip)?;
+    if zone.is_config_locked() && chip.name == "tls-device" && !diff(zone, &wanted).is_empty() {
+        for text in atecc::profile::TLS_DEVICE_EARLIER_REVISIONS {
+            let earlier = atecc::profile::Profile::from_toml(text)
+                .map_err(|e| ProvisionError::Config(format!("built-in revision: {e}")))?;
+            let z = as_locked(&earlier)?;
+            if diff(zone, &z).is_empty() {
+                tracing::info!("chip locked with an earlier revision of `tls-device`");
+                return Ok(z);
+            }
+        }
     }
     Ok(wanted)
 }
