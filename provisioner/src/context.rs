@@ -30,6 +30,15 @@ pub fn default_home() -> Result<PathBuf> {
     }
 }
 
+/// Set once a command has printed its JSON result: an error after that is reported on stderr
+/// only, so stdout holds exactly one JSON document either way.
+static PRINTED_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a JSON result was printed on stdout.
+pub fn printed_json() -> bool {
+    PRINTED_JSON.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Shared command context.
 pub struct Context {
     /// Home layout.
@@ -163,6 +172,7 @@ impl Context {
     /// A closed stdout (`| head`) ends the process quietly with status 0.
     pub fn print(&self, value: &serde_json::Value, human: &str) {
         if self.json {
+            PRINTED_JSON.store(true, std::sync::atomic::Ordering::SeqCst);
             cli_common::out(&serde_json::to_string_pretty(value).unwrap_or_default());
         } else if !human.is_empty() {
             cli_common::out(human);

@@ -134,10 +134,24 @@ fn main() {
     }
     let cli = Cli::parse();
     cli_common::init_logging(cli.verbose, "PROVISIONER_LOG");
+    // With --json, a command that fails before printing its result still prints one JSON
+    // document (the demo prints its own summary, interrupted or not).
+    let json_errors = cli.json && !matches!(cli.command, Command::Demo(_) | Command::Tool(_));
     if let Err(e) = run(cli) {
         eprintln!("error: {e}");
         if let Some(help) = e.help() {
             eprintln!("  help: {help}");
+        }
+        if json_errors && !context::printed_json() {
+            cli_common::out(
+                &serde_json::json!({
+                    "ok": false,
+                    "exit_code": e.code(),
+                    "error": e.to_string(),
+                    "help": e.help(),
+                })
+                .to_string(),
+            );
         }
         std::process::exit(e.code());
     }

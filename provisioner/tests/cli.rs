@@ -460,3 +460,34 @@ fn one_name_per_meaning_with_the_old_names_kept_as_aliases() {
     let o = home.run(&["sim-board", "--help"]);
     assert!(stdout(&o).contains("--transport <"), "{}", stdout(&o));
 }
+
+#[test]
+fn with_json_a_command_that_fails_before_its_result_still_prints_one_json_document() {
+    let home = Home::new();
+    let o = home.run(&["--json", "device", "list"]);
+    assert_eq!(o.status.code(), Some(5));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("one JSON document on stdout");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["exit_code"], 5);
+    assert!(v["error"].as_str().unwrap_or("").contains("no CA"), "{v}");
+    // A regular file as --port: refused before any board is touched, in JSON too.
+    home.ok(&["init"]);
+    let f = home.work().join("not-a-port");
+    std::fs::write(&f, "x").expect("file");
+    let o = home.run(&[
+        "--json",
+        "device",
+        "provision",
+        "--port",
+        &f.to_string_lossy(),
+        "--id",
+        "salon-1",
+        "--profile",
+        "climat",
+        "--dry-run",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["exit_code"], 3, "{v}");
+}
