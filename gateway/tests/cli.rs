@@ -73,7 +73,7 @@ fn gateway_dir(d: &std::path::Path, client_id: &str) -> std::path::PathBuf {
     std::fs::set_permissions(d.join("gw.key"), std::fs::Permissions::from_mode(0o600))
         .expect("chmod");
     std::fs::copy(d.join("gw.crt"), d.join("ca.crt")).expect("ca");
-    let link = "version = 1\nrole = \"gateway\"\nstate_dir = \"state\"\n[node]\nname = \"passerelle\"\naddress = 10\n[[peers]]\nname = \"recepteur\"\naddress = 1\n[key]\nfile = \"link.key\"\n";
+    let link = "version = 1\nrole = \"gateway\"\nstate_dir = \"state\"\n[node]\nname = \"passerelle\"\naddress = 10\n[[peers]]\nname = \"recepteur\"\naddress = 1\n[key]\nfile = \"link.key\"\n[radio]\nbackend = \"emulated\"\n[air]\nhub = \"127.0.0.1:9\"\n";
     std::fs::write(d.join("link.toml"), link).expect("link");
     std::fs::write(d.join("link.key"), "000102030405060708090a0b0c0d0e0f\n").expect("key");
     for f in ["link.toml", "link.key"] {
