@@ -21,9 +21,12 @@ pub enum EmitCommand {
     #[command(after_help = "EXAMPLES:\n  \
 provisioner emit broker --out ./broker --run-as root && mosquitto -c ./broker/mosquitto.conf\n  \
 provisioner emit broker --out ./pi-etc --prefix /etc/mosquitto/site --run-as mosquitto\n\n\
-Re-running it rewrites every file atomically (new devices join the ACL, revoked ones leave it);\n\
-reload mosquitto afterwards: kill -HUP $(cat PREFIX/run/mosquitto.pid) (the conf's pid_file;\n\
-run/ is the one directory mosquitto's account may write). `provisioner crl` keeps OUT/crl.pem fresh.\n\n\
+OUT is registered with its options: `emit broker --out OUT` alone keeps them (flags given\n\
+replace them), and every later ledger change (cert sign, server issue, device provision and\n\
+revoke, crl, emit gateway|receiver) rewrites OUT's ACL and CRL and prints its reload:\n\
+kill -HUP $(cat PREFIX/run/mosquitto.pid) (the conf's pid_file; run/ is the one directory\n\
+mosquitto's account may write). `emit broker --forget OUT` stops that. OUT's .provisioner-home\n\
+names this home: a copy of the home never writes there.\n\n\
 COPYING TO THE BROKER MACHINE (sets the owner and modes mosquitto needs; printed with --prefix):\n  \
 tar -C OUT --exclude=./run --owner=root --group=mosquitto --mode=u=rwX,g=rX,o= -cf - . |\n    \
 ssh pi@HOST 'sudo mkdir -p PREFIX && sudo tar -C PREFIX -xpf - --same-owner &&\n    \
