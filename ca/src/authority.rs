@@ -221,6 +221,102 @@ pub fn check_crl_target(t: &Path) -> std::result::Result<bool, String> {
     Ok(true)
 }
 
+/// The marker file `emit broker` writes in every broker directory it registers: the home
+/// that owns the directory (its id and its canonical path). Checked before every write there,
+/// so a copy of the home (same ledger, same id, another path) never writes into the
+/// original's directories, and a directory registered by one home is refused by another.
+pub const HOME_MARKER: &str = ".provisioner-home";
+
+/// Which home this is: a random id made once (ledger meta `home_id`) and the home's
+/// canonical path. A copy (`cp -a`) has the same id but another path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HomeBinding {
+    /// Random id, hex, created the first time a broker directory is registered.
+    pub home_id: String,
+    /// Canonical path of the home.
+    pub home: PathBuf,
+}
+
+impl HomeBinding {
+    /// The marker file's text.
+    pub fn marker_text(&self) -> String {
+        format!(
+            "{}\n",
+            serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+        )
+    }
+
+    /// Checks the marker of `dir` (a directory already checked to be ours): `Ok(true)` if it
+    /// names this home, `Ok(false)` if there is none, `Err` naming the other home otherwise.
+    pub fn check_marker(&self, dir: &Path) -> std::result::Result<bool, String> {
+        let path = dir.join(HOME_MARKER);
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(_) => {}
+        }
+        let text = safe_fs::read_limited_string(&path, 4096)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let other: HomeBinding = serde_json::from_str(text.trim())
+            .map_err(|e| format!("{} is damaged ({e})", path.display()))?;
+        if other.home_id != self.home_id {
+            return Err(format!(
+                "{} belongs to another CA home ({}, id {})",
+                dir.display(),
+                other.home.display(),
+                other.home_id
+            ));
+        }
+        if other.home != self.home {
+            return Err(format!(
+                "{} was registered by the home at {}; this home ({}) is a copy or was moved, and never writes there",
+                dir.display(),
+                other.home.display(),
+                self.home.display()
+            ));
+        }
+        Ok(true)
+    }
+}
+
+/// A broker directory registered by `emit broker`, with the options it was written with: a
+/// re-run without flags and every refresh after a ledger change use them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct BrokerDir {
+    /// The directory (canonical) on this machine.
+    pub dir: PathBuf,
+    /// Listener port (None: the site's broker port at the time of writing).
+    pub port: Option<u16>,
+    /// Listener address (None: all interfaces).
+    pub bind: Option<String>,
+    /// `user` directive.
+    pub run_as: Option<String>,
+    /// Where the files live on the broker machine (None: `dir` itself).
+    pub prefix: Option<PathBuf>,
+    /// Ledger id of the broker certificate.
+    pub server: String,
+    /// Passphrase file the CRL units name.
+    pub crl_passphrase_file: PathBuf,
+    /// Where the CRL units go (None: `dir`-bench).
+    pub units_out: Option<PathBuf>,
+}
+
+/// Checks a registered broker directory before writing there: a real directory of ours
+/// holding a `mosquitto.conf` and a marker naming this home. `Ok(false)`: it is gone.
+pub fn check_broker_dir(dir: &Path, home: &HomeBinding) -> std::result::Result<bool, String> {
+    if !check_crl_target(&dir.join("crl.pem"))? {
+        return Ok(false);
+    }
+    if !home.check_marker(dir)? {
+        return Err(format!(
+            "{} has no {HOME_MARKER}: not registered by this home (re-run `emit broker --out {}` to register it)",
+            dir.display(),
+            dir.display()
+        ));
+    }
+    Ok(true)
+}
+
 /// Computes a request identity from its parts.
 pub fn request_id(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
@@ -381,6 +477,72 @@ impl Store {
         }
     }
 
+    /// This home's binding (id and canonical path); the id is made (and committed) the
+    /// first time it is asked for.
+    pub fn home_binding(&self) -> Result<HomeBinding> {
+        let home = self.layout.home.canonicalize().map_err(|e| Error::Io {
+            path: self.layout.home.clone(),
+            source: e,
+        })?;
+        let id = match self.ledger.meta("home_id")? {
+            Some(id) => id,
+            None => {
+                let mut b = [0u8; 16];
+                getrandom::fill(&mut b).map_err(|e| Error::Generate(format!("system RNG: {e}")))?;
+                let fresh = hex::encode(b);
+                // Another command may have made one first: keep it.
+                self.ledger.transaction(|tx| match tx.meta("home_id")? {
+                    Some(id) => Ok(id),
+                    None => {
+                        tx.set_meta("home_id", &fresh)?;
+                        Ok(fresh.clone())
+                    }
+                })?
+            }
+        };
+        Ok(HomeBinding { home_id: id, home })
+    }
+
+    /// The broker directories registered by `emit broker`.
+    pub fn brokers(&self) -> Result<Vec<BrokerDir>> {
+        parse_brokers(self.ledger.meta("brokers")?)
+    }
+
+    /// Registers (or updates the options of) a broker directory.
+    pub fn register_broker(&self, b: &BrokerDir) -> Result<()> {
+        self.ledger.transaction(|tx| {
+            let mut all = parse_brokers(tx.meta("brokers")?)?;
+            match all.iter_mut().find(|x| x.dir == b.dir) {
+                Some(x) => *x = b.clone(),
+                None => all.push(b.clone()),
+            }
+            tx.set_meta("brokers", &encode_brokers(&all)?)
+        })
+    }
+
+    /// Forgets a broker directory (and its CRL target): nothing is written there any more.
+    /// Returns false if it was not registered.
+    pub fn forget_broker(&self, dir: &Path) -> Result<bool> {
+        self.ledger.transaction(|tx| {
+            let mut all = parse_brokers(tx.meta("brokers")?)?;
+            let before = all.len();
+            all.retain(|x| x.dir != dir);
+            let mut targets = tx
+                .meta("crl_targets")?
+                .and_then(|s| serde_json::from_str::<Vec<PathBuf>>(&s).ok())
+                .unwrap_or_default();
+            let crl = dir.join("crl.pem");
+            let before_t = targets.len();
+            targets.retain(|t| t != &crl);
+            tx.set_meta("brokers", &encode_brokers(&all)?)?;
+            tx.set_meta(
+                "crl_targets",
+                &serde_json::to_string(&targets).unwrap_or_else(|_| "[]".into()),
+            )?;
+            Ok(all.len() != before || targets.len() != before_t)
+        })
+    }
+
     /// Directories that receive a copy of every new CRL (broker configurations).
     pub fn crl_targets(&self) -> Result<Vec<PathBuf>> {
         Ok(self
@@ -408,6 +570,22 @@ impl Store {
             Ok(())
         })
     }
+}
+
+fn parse_brokers(text: Option<String>) -> Result<Vec<BrokerDir>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(s) => serde_json::from_str(&s).map_err(|e| {
+            Error::Conflict(format!(
+                "the ledger's broker registry (meta `brokers`) is damaged: {e}"
+            ))
+        }),
+    }
+}
+
+fn encode_brokers(all: &[BrokerDir]) -> Result<String> {
+    serde_json::to_string(all)
+        .map_err(|e| Error::Generate(format!("encoding the broker registry: {e}")))
 }
 
 fn write_if_differs(path: &Path, data: &[u8], mode: u32) -> Result<()> {
@@ -886,16 +1064,41 @@ impl Authority {
             let latest = tx
                 .latest_crl()?
                 .ok_or_else(|| Error::Generate("no CRL in the ledger".into()))?;
-            let targets = tx
+            let mut targets = tx
                 .meta("crl_targets")?
                 .and_then(|s| serde_json::from_str::<Vec<PathBuf>>(&s).ok())
                 .unwrap_or_default();
+            for b in parse_brokers(tx.meta("brokers")?)? {
+                let t = b.dir.join("crl.pem");
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+            // Only directories whose marker names this home (id and path): a copy of the
+            // home never writes its CRL into the original's broker directories.
+            let binding = tx.meta("home_id")?.map(|id| HomeBinding {
+                home_id: id,
+                home: self
+                    .store
+                    .layout
+                    .home
+                    .canonicalize()
+                    .unwrap_or_else(|_| self.store.layout.home.clone()),
+            });
             let pem = crl_pem(&latest.der);
             let mut written = vec![home_crl.clone()];
             let mut skipped = Vec::new();
             write_if_differs(&home_crl, pem.as_bytes(), 0o644)?;
             for t in &targets {
-                match check_crl_target(t) {
+                let checked =
+                    check_crl_target(t).and_then(|present| match (&binding, t.parent()) {
+                        (_, _) if !present => Ok(false),
+                        (Some(b), Some(dir)) => check_broker_dir(dir, b),
+                        _ => Err(format!(
+                            "no {HOME_MARKER} of this home there: re-run `emit broker --out` for it"
+                        )),
+                    });
+                match checked {
                     Ok(true) => {
                         write_if_differs(t, pem.as_bytes(), 0o644)?;
                         written.push(t.clone());

@@ -65,6 +65,10 @@ pub struct Listener {
     pub run_as: Option<String>,
     /// Where mosquitto writes its pid file (None: no pid file).
     pub pid_file: Option<PathBuf>,
+    /// `persistence true` with its database in this directory (None: no persistence).
+    /// Persistent sessions, their subscriptions and queued QoS 1/2 messages then survive a
+    /// restart of the broker (mosquitto saves them when it stops).
+    pub persistence_dir: Option<PathBuf>,
 }
 
 /// One identity's ACL block.
@@ -91,7 +95,12 @@ pub fn render_conf(listener: &Listener, files: &BrokerFiles) -> Result<String, E
     ]
     .into_iter()
     .chain(listener.pid_file.as_ref().map(|p| ("pid_file", p)))
-    {
+    .chain(
+        listener
+            .persistence_dir
+            .as_ref()
+            .map(|p| ("persistence_location", p)),
+    ) {
         let s = p.to_string_lossy();
         // mosquitto reads one directive per line; a newline in a path would inject directives.
         if s.contains(['\n', '\r']) || !p.is_absolute() {
@@ -126,6 +135,15 @@ pub fn render_conf(listener: &Listener, files: &BrokerFiles) -> Result<String, E
         let _ = writeln!(c, "pid_file {}", pid.display());
     }
     let _ = writeln!(c, "acl_file {}", files.aclfile.display());
+    if let Some(dir) = &listener.persistence_dir {
+        let _ = writeln!(
+            c,
+            "# Persistent sessions and queued QoS 1/2 messages survive a restart of the broker."
+        );
+        let _ = writeln!(c, "persistence true");
+        // mosquitto joins the location and the file name as strings: keep the slash.
+        let _ = writeln!(c, "persistence_location {}/", dir.display());
+    }
     let _ = writeln!(c);
     let _ = writeln!(
         c,
@@ -223,6 +241,7 @@ mod tests {
             bind: None,
             run_as: None,
             pid_file: None,
+            persistence_dir: None,
         };
         let conf = render_conf(&l, &files()).expect("render");
         for d in [
@@ -252,6 +271,7 @@ mod tests {
             bind: Some("127.0.0.1".into()),
             run_as: None,
             pid_file: None,
+            persistence_dir: None,
         };
         let conf = render_conf(&l, &files()).expect("render");
         let at = |d: &str| {
@@ -281,6 +301,7 @@ mod tests {
             bind: None,
             run_as: None,
             pid_file: None,
+            persistence_dir: None,
         };
         assert!(render_conf(&l, &f).is_err());
         let l = Listener {
@@ -296,6 +317,22 @@ mod tests {
         assert!(
             conf.lines()
                 .any(|x| x == "pid_file /etc/m/run/mosquitto.pid"),
+            "{conf}"
+        );
+        let l = Listener {
+            persistence_dir: Some("/etc/m/run\npersistence false".into()),
+            ..l
+        };
+        assert!(render_conf(&l, &files()).is_err());
+        let l = Listener {
+            persistence_dir: Some("/etc/m/run".into()),
+            ..l
+        };
+        let conf = render_conf(&l, &files()).expect("render");
+        let lines: Vec<&str> = conf.lines().collect();
+        assert!(lines.contains(&"persistence true"), "{conf}");
+        assert!(
+            lines.contains(&"persistence_location /etc/m/run/"),
             "{conf}"
         );
         let e = AclEntry {

@@ -153,19 +153,25 @@ pub fn run(ctx: &Context, cmd: CertCommand) -> Result<()> {
             .map(|n| format!("\n  {n}"))
             .unwrap_or_default(),
     );
+    // The registered brokers learn the new identity (ACL) without re-running `emit broker`.
+    let brokers = super::brokers::refresh(ctx);
     if ctx.json {
         ctx.print(
-            &json!({ "serial": issued.record.serial, "existing": issued.existing, "identity": csr.common_name,
+            &json!({ "brokers": brokers.json(), "serial": issued.record.serial, "existing": issued.existing, "identity": csr.common_name,
                      "renewed": issued.renewed.as_ref().map(|o| json!({ "serial": o.serial, "not_after": crate::cmd::audit::rfc3339(o.not_after) })),
                      "not_after": crate::cmd::audit::rfc3339(issued.record.not_after),
                      "profile": profile.name(), "out": args.out, "pem": chain }),
             "",
         );
     } else if let Some(out) = &args.out {
-        println!("{summary}\n  written to   {}", out.display());
+        println!(
+            "{summary}\n  written to   {}{}",
+            out.display(),
+            brokers.human()
+        );
     } else {
         // Like `openssl x509`: the certificate on stdout, the summary on stderr.
-        eprintln!("{summary}");
+        eprintln!("{summary}{}", brokers.human());
         print!("{chain}");
     }
     Ok(())

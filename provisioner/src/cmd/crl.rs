@@ -23,9 +23,10 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut authority = ctx.authority()?;
     let r = authority.crl(args.renew)?;
+    let brokers = super::brokers::refresh(ctx);
     let files: Vec<String> = r.written.iter().map(|p| p.display().to_string()).collect();
     let human = format!(
-        "CRL number {} {}: {} revoked, next update {}\n  written: {}{}",
+        "CRL number {} {}: {} revoked, next update {}\n  written: {}{}{}",
         r.number,
         if r.renewed {
             "renewed"
@@ -36,7 +37,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         r.next_update,
         files.join(", "),
         crate::cmd::skipped_targets(&r.skipped),
+        brokers.human(),
     );
-    ctx.print(&json!(r), &human);
+    let mut v = json!(r);
+    v["brokers"] = brokers.json();
+    ctx.print(&v, &human);
     Ok(())
 }

@@ -29,9 +29,16 @@ LEFT is whole days until the active certificate expires (negative: expired). REN
         /// Device or client id (its certificate CN).
         id: String,
     },
-    /// Revoke every certificate of a device or client and publish a new CRL.
+    /// Revoke every certificate of a device or client, publish a new CRL and rewrite the ACL
+    /// and CRL of every registered broker directory.
     #[command(
-        after_help = "Then reload the broker so it reads the new CRL: kill -HUP $(cat DIR/run/mosquitto.pid)\n(DIR: the broker directory `emit broker` wrote; its mosquitto.conf names the pid_file)"
+        after_help = "Every broker directory `emit broker` registered gets the new CRL and an ACL without the\n\
+identity. Then, on the broker (or with --reload here, for a broker on this machine):\n  \
+kill -HUP $(cat DIR/run/mosquitto.pid)\n\
+After that reload (mosquitto 2.0) the identity's new connections are refused and its open\n\
+session may neither publish nor receive anything; to end that open session too, restart the\n\
+broker: `systemctl restart mosquitto` (persistence keeps every other session and its queued\n\
+QoS 1/2 messages). See the README, \"Revocation\"."
     )]
     Revoke {
         /// Device or client id.
@@ -40,6 +47,10 @@ LEFT is whole days until the active certificate expires (negative: expired). REN
         #[arg(long, default_value = "cessation-of-operation", value_parser = [
             "unspecified", "key-compromise", "ca-compromise", "affiliation-changed", "superseded", "cessation-of-operation"])]
         reason: String,
+        /// Send SIGHUP to the mosquitto of every registered directory on this machine, through
+        /// its pid file (checked to be a mosquitto running that directory's configuration).
+        #[arg(long)]
+        reload: bool,
     },
 }
 
@@ -56,7 +67,12 @@ fn ts(t: i64) -> String {
 /// Runs `device`.
 pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
     match cmd {
-        DeviceCommand::Provision(args) => return super::provision::run(ctx, args),
+        DeviceCommand::Provision(args) => {
+            let r = super::provision::run(ctx, args);
+            // Boards committed before a failure count too: the registered brokers learn them.
+            super::brokers::refresh_and_print(ctx);
+            return r;
+        }
         DeviceCommand::List { expiring } => {
             use super::audit::{State, days_left, renew_at};
             let store = ctx.store()?;
@@ -157,7 +173,7 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                 &human,
             );
         }
-        DeviceCommand::Revoke { id, reason } => {
+        DeviceCommand::Revoke { id, reason, reload } => {
             let mut authority = ctx.authority()?;
             let (serials, crl) = authority.revoke_identity(&id, &reason)?;
             // Revoking again is safe and changes nothing but the CRL's number: say so.
@@ -171,8 +187,20 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                     serials.join(", ")
                 )
             };
+            let mut brokers = super::brokers::refresh(ctx);
+            if reload {
+                super::brokers::reload(&mut brokers);
+            }
+            let next = if brokers.updated.is_empty() && brokers.skipped.is_empty() {
+                "\n  next: no broker directory is registered: run `emit broker --out DIR` for each broker, then reload it (kill -HUP $(cat DIR/run/mosquitto.pid))".to_string()
+            } else {
+                format!(
+                    "{}\n  to end `{id}`'s open session now: restart each broker (systemctl restart mosquitto); persistent sessions and queued messages survive",
+                    brokers.human()
+                )
+            };
             let human = format!(
-                "{what}\nCRL number {} written to {}{}\n  next: reload each broker (kill -HUP $(cat DIR/run/mosquitto.pid), the pid_file of its mosquitto.conf); `emit broker` also drops it from the ACL",
+                "{what}\nCRL number {} written to {}{}{next}",
                 crl.number,
                 crl.written
                     .iter()
@@ -182,7 +210,8 @@ pub fn run(ctx: &Context, cmd: DeviceCommand) -> Result<()> {
                 crate::cmd::skipped_targets(&crl.skipped),
             );
             ctx.print(
-                &json!({ "id": id, "revoked": serials, "already_revoked": already, "crl": crl }),
+                &json!({ "id": id, "revoked": serials, "already_revoked": already, "crl": crl,
+                         "brokers": brokers.json() }),
                 &human,
             );
         }

@@ -21,9 +21,12 @@ pub enum EmitCommand {
     #[command(after_help = "EXAMPLES:\n  \
 provisioner emit broker --out ./broker --run-as root && mosquitto -c ./broker/mosquitto.conf\n  \
 provisioner emit broker --out ./pi-etc --prefix /etc/mosquitto/site --run-as mosquitto\n\n\
-Re-running it rewrites every file atomically (new devices join the ACL, revoked ones leave it);\n\
-reload mosquitto afterwards: kill -HUP $(cat PREFIX/run/mosquitto.pid) (the conf's pid_file;\n\
-run/ is the one directory mosquitto's account may write). `provisioner crl` keeps OUT/crl.pem fresh.\n\n\
+OUT is registered with its options: `emit broker --out OUT` alone keeps them (flags given\n\
+replace them), and every later ledger change (cert sign, server issue, device provision and\n\
+revoke, crl, emit gateway|receiver) rewrites OUT's ACL and CRL and prints its reload:\n\
+kill -HUP $(cat PREFIX/run/mosquitto.pid) (the conf's pid_file; run/ is the one directory\n\
+mosquitto's account may write). `emit broker --forget OUT` stops that. OUT's .provisioner-home\n\
+names this home: a copy of the home never writes there.\n\n\
 COPYING TO THE BROKER MACHINE (sets the owner and modes mosquitto needs; printed with --prefix):\n  \
 tar -C OUT --exclude=./run --owner=root --group=mosquitto --mode=u=rwX,g=rX,o= -cf - . |\n    \
 ssh pi@HOST 'sudo mkdir -p PREFIX && sudo tar -C PREFIX -xpf - --same-owner &&\n    \
@@ -211,38 +214,45 @@ impl ReceiverArgs {
 }
 
 /// Arguments of `emit broker`.
+///
+/// The directory is registered in the ledger with these options: a re-run without flags
+/// keeps them (flags given replace them), and every later change of the ledger that affects
+/// the broker rewrites its ACL and CRL (see `cmd::brokers`).
 #[derive(Debug, clap::Args)]
 pub struct BrokerArgs {
     /// Output directory (created 0700; 0750 root:GROUP when run as root, see --run-as).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// TLS listener port (TCP; --port is an old alias). Default: the site's broker port.
+    #[arg(long, value_name = "DIR", required_unless_present = "forget")]
+    out: Option<PathBuf>,
+    /// Forget a registered broker directory: nothing is written there any more (its files
+    /// stay). Other options are not allowed with it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "port", "bind", "run_as", "prefix", "server", "crl_passphrase_file", "units_out"])]
+    forget: Option<PathBuf>,
+    /// TLS listener port (TCP; --port is an old alias). Default: the stored one, else the
+    /// site's broker port.
     #[arg(long = "listen-port", alias = "port", value_name = "PORT")]
     port: Option<u16>,
-    /// Bind the listener to this address only (e.g. 127.0.0.1).
+    /// Bind the listener to this address only (e.g. 127.0.0.1). Default: the stored one.
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
     /// Account mosquitto runs as (`user` directive). Started as root without it, mosquitto
     /// switches to `mosquitto`. When run as root, OUT becomes 0750 root:GROUP and the key 0640
     /// root:GROUP, GROUP being that account's (default `mosquitto`): it reads them, it cannot
-    /// change them.
+    /// change them. Default: the stored one.
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
-    /// Directory where the files will be on the broker machine, if not OUT itself.
+    /// Directory where the files will be on the broker machine, if not OUT itself. Default:
+    /// the stored one.
     #[arg(long, value_name = "PATH")]
     prefix: Option<PathBuf>,
-    /// Ledger id of the broker certificate to use.
-    #[arg(long, default_value = "broker")]
-    server: String,
+    /// Ledger id of the broker certificate to use. Default: the stored one, else `broker`.
+    #[arg(long)]
+    server: Option<String>,
     /// Passphrase file (mode 0600) the CRL renewal service reads on the CA machine.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "/etc/provisioner/ca-passphrase"
-    )]
-    crl_passphrase_file: PathBuf,
+    /// Default: the stored one, else /etc/provisioner/ca-passphrase.
+    #[arg(long, value_name = "FILE")]
+    crl_passphrase_file: Option<PathBuf>,
     /// Directory for the CRL renewal units, which belong on the machine holding the CA home,
-    /// not on the broker. Default: OUT-bench, beside OUT (created 0700).
+    /// not on the broker. Default: the stored one, else OUT-bench, beside OUT (created 0700).
     #[arg(long, value_name = "DIR")]
     units_out: Option<PathBuf>,
 }
@@ -256,6 +266,7 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
             let out = prepare_out(&args.out)?;
             let e = write_gateway(ctx, &args.id, &opts, &out)?;
             print_node(ctx, "gateway", &args.id, &out, &e, &opts);
+            super::brokers::refresh_and_print(ctx);
             Ok(())
         }
         EmitCommand::Receiver(args) => {
@@ -263,21 +274,153 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
             let out = prepare_out(&args.out)?;
             let e = write_receiver(ctx, &args.id, &opts, &out)?;
             print_node(ctx, "receiver", &args.id, &out, &e, &opts);
+            super::brokers::refresh_and_print(ctx);
             Ok(())
         }
     }
 }
 
 fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
-    let site = ctx.site()?;
     let store = ctx.store()?;
+    let home = store.home_binding()?;
+    if let Some(dir) = &args.forget {
+        return forget(ctx, &store, dir);
+    }
+    let Some(out_arg) = args.out.clone() else {
+        return Err(CliError::new(
+            Code::Usage,
+            "give --out DIR (or --forget DIR)",
+        ));
+    };
+    // The stored options of this directory, if it is registered already.
+    let existing = out_arg.canonicalize().ok();
+    let stored = match &existing {
+        Some(dir) => store.brokers()?.into_iter().find(|b| &b.dir == dir),
+        None => None,
+    };
+    if let Some(dir) = &existing
+        && let Err(why) = home.check_marker(dir)
+    {
+        return Err(CliError::new(Code::State, format!("--out {}: {why}", out_arg.display()))
+            .with_help(format!(
+                "forget it in the home that owns it (`provisioner emit broker --forget {}`), or, if that home no longer exists, remove {} and run this again",
+                dir.display(),
+                dir.join(ca::authority::HOME_MARKER).display()
+            )));
+    }
+    let kept = stored.is_some();
+    let base = stored.unwrap_or_default();
+    let mut reg = ca::authority::BrokerDir {
+        dir: out_arg.clone(),
+        port: args.port.or(base.port),
+        bind: args.bind.clone().or(base.bind),
+        run_as: args.run_as.clone().or(base.run_as),
+        prefix: args.prefix.clone().or(base.prefix),
+        server: args
+            .server
+            .clone()
+            .or(Some(base.server).filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "broker".into()),
+        crl_passphrase_file: args
+            .crl_passphrase_file
+            .clone()
+            .or(Some(base.crl_passphrase_file).filter(|p| !p.as_os_str().is_empty()))
+            .unwrap_or_else(|| PathBuf::from("/etc/provisioner/ca-passphrase")),
+        units_out: args.units_out.clone().or(base.units_out),
+    };
+    let w = write_broker_dir(ctx, &store, &home, &mut reg, true)?;
+    store.register_broker(&reg)?;
+    let mut human = w.human.clone();
+    if kept {
+        human.push_str("\n  options: the stored ones of this directory (flags given replace them)");
+    }
+    human.push_str("\n  registered: later ledger changes (provision, cert sign, revoke, renewal, CRL) rewrite this directory's ACL and CRL; `emit broker --forget DIR` stops that");
+    ctx.print(
+        &json!({ "out": w.out, "files": w.files, "units": w.units, "pid_file": w.pid_file,
+                 "port": w.port, "identities": w.identities, "crl_number": w.crl_number,
+                 "warnings": w.warnings, "reload": w.reload, "registered": reg }),
+        &human,
+    );
+    Ok(())
+}
+
+fn forget(ctx: &Context, store: &ca::Store, dir: &Path) -> Result<()> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let done = store.forget_broker(&canonical)? || store.forget_broker(dir)?;
+    if !done {
+        let known: Vec<String> = store
+            .brokers()?
+            .iter()
+            .map(|b| b.dir.display().to_string())
+            .collect();
+        return Err(CliError::new(
+            Code::State,
+            format!("{} is not a registered broker directory", dir.display()),
+        )
+        .with_help(if known.is_empty() {
+            "no broker directory is registered".to_string()
+        } else {
+            format!("registered: {}", known.join(", "))
+        }));
+    }
+    ctx.print(
+        &json!({ "forgotten": canonical }),
+        &format!(
+            "forgot the broker directory {}: no later change writes there (its files stay as they are)",
+            canonical.display()
+        ),
+    );
+    Ok(())
+}
+
+/// What [`write_broker_dir`] wrote.
+#[derive(Debug, Clone)]
+pub struct BrokerWritten {
+    /// The directory (canonical).
+    pub out: PathBuf,
+    /// Every file written in it.
+    pub files: Vec<PathBuf>,
+    /// The CRL units written.
+    pub units: Vec<PathBuf>,
+    /// mosquitto's pid file, as the broker sees it.
+    pub pid_file: PathBuf,
+    /// Listener port.
+    pub port: u16,
+    /// Identities in the ACL.
+    pub identities: usize,
+    /// Number of the CRL written.
+    pub crl_number: i64,
+    /// The reload that applies: a command to run on the broker's machine.
+    pub reload: String,
+    /// True when the files live elsewhere (--prefix): the directory must be copied first.
+    pub remote: bool,
+    /// Warnings (also in `human`).
+    pub warnings: Vec<String>,
+    /// The human report of `emit broker`.
+    pub human: String,
+}
+
+/// Writes every file of the broker directory `reg` describes: mosquitto.conf, the ACL from
+/// the ledger, the CA bundle, the broker's certificate and key, the newest CRL, the home
+/// marker and the CRL units. The one rendering used by `emit broker` and by the refresh
+/// after every ledger change ([`super::brokers::refresh`]). `create`: the directory may be
+/// made (emit); without it, a directory that is gone is an error (the refresh checks first).
+/// `reg.dir` becomes canonical.
+pub fn write_broker_dir(
+    ctx: &Context,
+    store: &ca::Store,
+    home: &ca::authority::HomeBinding,
+    reg: &mut ca::authority::BrokerDir,
+    create: bool,
+) -> Result<BrokerWritten> {
+    let site = ctx.site()?;
     let serial = store
         .ledger
-        .meta(&format!("server:{}", args.server))?
+        .meta(&format!("server:{}", reg.server))?
         .ok_or_else(|| {
             CliError::new(
                 Code::State,
-                format!("no broker certificate `{}` yet", args.server),
+                format!("no broker certificate `{}` yet", reg.server),
             )
             .with_help("run `provisioner server issue --dns NAME [--ip IP]` first")
         })?;
@@ -292,15 +435,25 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
         )
         .with_help("issue a new one with `provisioner server issue`"));
     }
-    let key = ca::keys::read_plain(&ctx.layout.keys_dir().join(format!("{}.key", args.server)))?;
+    let key = ca::keys::read_plain(&ctx.layout.keys_dir().join(format!("{}.key", reg.server)))?;
     let crl = store.ledger.latest_crl()?.ok_or_else(|| {
         CliError::new(Code::State, "no CRL yet").with_help("run `provisioner crl`")
     })?;
 
-    let access = BrokerAccess::for_account(args.run_as.as_deref())?;
-    let out = access.create_dir(&args.out)?;
-    let prefix = args.prefix.clone().unwrap_or_else(|| out.clone());
-    let units = match &args.units_out {
+    let access = BrokerAccess::for_account(reg.run_as.as_deref())?;
+    if !create && std::fs::symlink_metadata(&reg.dir).is_err() {
+        return Err(CliError::new(
+            Code::State,
+            format!("{} is gone", reg.dir.display()),
+        ));
+    }
+    let out = access.create_dir(&reg.dir)?;
+    // Never into a directory another home (or the original of this copy) registered.
+    home.check_marker(&out)
+        .map_err(|why| CliError::new(Code::State, why))?;
+    reg.dir = out.clone();
+    let prefix = reg.prefix.clone().unwrap_or_else(|| out.clone());
+    let units = match &reg.units_out {
         Some(u) => u.clone(),
         None => default_units_dir(&out)?,
     };
@@ -312,13 +465,125 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
         aclfile: prefix.join("acl"),
     };
     let listener = Listener {
-        port: args.port.unwrap_or(site.broker.port),
-        bind: args.bind.clone(),
-        run_as: args.run_as.clone(),
+        port: reg.port.unwrap_or(site.broker.port),
+        bind: reg.bind.clone(),
+        run_as: reg.run_as.clone(),
         // A pid file beside the configuration: a reload signals this broker, not every
         // mosquitto of the machine.
         pid_file: Some(prefix.join(RUN_DIR).join(PID_FILE)),
+        // Sessions and queued QoS 1/2 messages survive a restart (the run directory is the
+        // one mosquitto's account may write).
+        persistence_dir: Some(prefix.join(RUN_DIR)),
     };
+    let (entries, devices) = acl_entries(store, &site)?;
+    let acl = render_acl(&entries)?;
+    let conf = render_conf(&listener, &files)?;
+
+    let bundle = safe_fs::read_limited(&ctx.layout.ca_bundle(), 1 << 20)
+        .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
+    let chain = format!(
+        "{}{}",
+        ca::authority::cert_pem(&cert.der),
+        store.chain_pem()?
+    );
+    let written = [
+        (
+            ca::authority::HOME_MARKER,
+            home.marker_text().into_bytes(),
+            0o644,
+        ),
+        ("ca.crt", bundle, 0o644),
+        ("broker.crt", chain.into_bytes(), 0o644),
+        (
+            "broker.key",
+            zeroize::Zeroizing::new(key.serialize_pem())
+                .as_bytes()
+                .to_vec(),
+            0o600,
+        ),
+        (
+            "crl.pem",
+            ca::authority::crl_pem(&crl.der).into_bytes(),
+            0o644,
+        ),
+        ("acl", acl.into_bytes(), 0o644),
+        ("mosquitto.conf", conf.into_bytes(), 0o644),
+    ];
+    let mut paths = Vec::new();
+    for (name, data, mode) in &written {
+        let p = out.join(name);
+        access.write(&p, data, *mode)?;
+        paths.push(p);
+    }
+    access.create_run_dir(&out.join(RUN_DIR))?;
+    ca::fsutil::private_dir(&units)?;
+    let units = units
+        .canonicalize()
+        .map_err(|e| crate::exit::io(&units, e))?;
+    let pid_file = prefix.join(RUN_DIR).join(PID_FILE);
+    let (service, timer) = render_crl_units(ctx, &out, &prefix, &reg.crl_passphrase_file)?;
+    let mut unit_paths = Vec::new();
+    for (name, text) in [
+        ("provisioner-crl.service", service),
+        ("provisioner-crl.timer", timer),
+    ] {
+        let p = units.join(name);
+        ca::fsutil::write_atomic(&p, text.as_bytes(), 0o644)?;
+        unit_paths.push(p);
+    }
+    let account = access.account_name(reg.run_as.as_deref());
+    let mut human = format!(
+        "broker configuration in {}: listener {} (TLS, client certificates required), {} identities in the ACL, CRL number {}",
+        out.display(),
+        listener.port,
+        devices,
+        crl.number,
+    );
+    let conf_path = prefix.join("mosquitto.conf");
+    let reload = format!("kill -HUP $(cat {})", sh_path(&pid_file));
+    let mut warnings = Vec::new();
+    let remote = reg.prefix.is_some() && prefix != out;
+    if remote {
+        let user = reg.run_as.as_deref().unwrap_or("mosquitto");
+        human.push_str(&format!(
+            "\n  copy:   {}\n          (HOST = the broker machine; root:{user}, directory 0750, files 0640: mosquitto reads them, cannot change them; {RUN_DIR}/ is {user}'s, for its pid file)\n  after copying to {} on the broker, run there: mosquitto -c {}\n  reload: {reload}   (on the broker)",
+            broker_copy_command(&out, &prefix, &sh_word(user)),
+            prefix.display(),
+            conf_path.display(),
+        ));
+    } else {
+        if let Some(w) = access.unreachable(&out, account.as_deref()) {
+            human.push_str(&format!("\n  warning: {w}"));
+            warnings.push(w);
+        }
+        human.push_str(&format!(
+            "\n  run:    mosquitto -c {}\n  reload: {reload}",
+            conf_path.display(),
+        ));
+    }
+    human.push_str(&format!(
+        "\n  CRL:    on the machine holding the CA home (not the broker): install -m 0644 {} {} /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now provisioner-crl.timer",
+        unit_paths[0].display(),
+        unit_paths[1].display(),
+    ));
+    Ok(BrokerWritten {
+        out,
+        files: paths,
+        units: unit_paths,
+        pid_file,
+        port: listener.port,
+        identities: devices,
+        crl_number: crl.number,
+        reload,
+        remote,
+        warnings,
+        human,
+    })
+}
+
+/// The ACL entries from the ledger: every active identity but servers, and the site's
+/// gateways even before they are certified. Also returns how many came from the ledger.
+fn acl_entries(store: &ca::Store, site: &manifests::site::Site) -> Result<(Vec<AclEntry>, usize)> {
     let mut entries = Vec::new();
     let mut devices = 0;
     for i in store.ledger.identities()? {
@@ -345,99 +610,7 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
             });
         }
     }
-    let acl = render_acl(&entries)?;
-    let conf = render_conf(&listener, &files)?;
-
-    let bundle = std::fs::read(ctx.layout.ca_bundle())
-        .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
-    let chain = format!(
-        "{}{}",
-        ca::authority::cert_pem(&cert.der),
-        store.chain_pem()?
-    );
-    let written = [
-        ("ca.crt", bundle, 0o644),
-        ("broker.crt", chain.into_bytes(), 0o644),
-        (
-            "broker.key",
-            zeroize::Zeroizing::new(key.serialize_pem())
-                .as_bytes()
-                .to_vec(),
-            0o600,
-        ),
-        (
-            "crl.pem",
-            ca::authority::crl_pem(&crl.der).into_bytes(),
-            0o644,
-        ),
-        ("acl", acl.into_bytes(), 0o644),
-        ("mosquitto.conf", conf.into_bytes(), 0o644),
-    ];
-    let mut paths = Vec::new();
-    for (name, data, mode) in &written {
-        let p = out.join(name);
-        access.write(&p, data, *mode)?;
-        paths.push(p);
-    }
-    store.add_crl_target(&out.join("crl.pem"))?;
-    access.create_run_dir(&out.join(RUN_DIR))?;
-    ca::fsutil::private_dir(&units)?;
-    let units = units
-        .canonicalize()
-        .map_err(|e| crate::exit::io(&units, e))?;
-    let pid_file = prefix.join(RUN_DIR).join(PID_FILE);
-    let (service, timer) = render_crl_units(ctx, &out, &prefix, &args.crl_passphrase_file)?;
-    let mut unit_paths = Vec::new();
-    for (name, text) in [
-        ("provisioner-crl.service", service),
-        ("provisioner-crl.timer", timer),
-    ] {
-        let p = units.join(name);
-        ca::fsutil::write_atomic(&p, text.as_bytes(), 0o644)?;
-        unit_paths.push(p);
-    }
-    let account = access.account_name(args.run_as.as_deref());
-    let mut human = format!(
-        "broker configuration in {}: listener {} (TLS, client certificates required), {} identities in the ACL, CRL number {}",
-        out.display(),
-        listener.port,
-        devices,
-        crl.number,
-    );
-    let conf_path = prefix.join("mosquitto.conf");
-    let mut warnings = Vec::new();
-    if args.prefix.is_some() && prefix != out {
-        let user = args.run_as.as_deref().unwrap_or("mosquitto");
-        human.push_str(&format!(
-            "\n  copy:   {}\n          (HOST = the broker machine; root:{user}, directory 0750, files 0640: mosquitto reads them, cannot change them; {RUN_DIR}/ is {user}'s, for its pid file)\n  after copying to {} on the broker, run there: mosquitto -c {}\n  reload: kill -HUP $(cat {})   (on the broker)",
-            broker_copy_command(&out, &prefix, &sh_word(user)),
-            prefix.display(),
-            conf_path.display(),
-            pid_file.display(),
-        ));
-    } else {
-        if let Some(w) = access.unreachable(&out, account.as_deref()) {
-            human.push_str(&format!("\n  warning: {w}"));
-            warnings.push(w);
-        }
-        human.push_str(&format!(
-            "\n  run:    mosquitto -c {}\n  reload: kill -HUP $(cat {})",
-            conf_path.display(),
-            pid_file.display(),
-        ));
-    }
-    human.push_str(&format!(
-        "\n  CRL:    on the machine holding the CA home (not the broker): install -m 0644 {} {} /etc/systemd/system/ && systemctl daemon-reload && systemctl enable --now provisioner-crl.timer",
-        unit_paths[0].display(),
-        unit_paths[1].display(),
-    ));
-    ctx.print(
-        &json!({ "out": out, "files": paths, "units": unit_paths, "pid_file": pid_file,
-                 "port": listener.port, "identities": devices, "crl_number": crl.number,
-                 "warnings": warnings }),
-        &human,
-    );
-    Ok(())
+    Ok((entries, devices))
 }
 
 /// mosquitto's pid file (`pid_file` in mosquitto.conf), in [`RUN_DIR`].

@@ -1,6 +1,7 @@
 //! One module per command, each with its clap arguments and a `run`.
 
 pub mod audit;
+pub mod brokers;
 pub mod cert;
 pub mod crl;
 pub mod demo;

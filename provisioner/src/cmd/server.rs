@@ -135,8 +135,11 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
             ""
         },
     );
+    // A renewed broker certificate reaches the registered directories at once.
+    let brokers = super::brokers::refresh(ctx);
+    let human = format!("{human}{}", brokers.human());
     ctx.print(
-        &json!({ "serial": issued.record.serial, "existing": issued.existing,
+        &json!({ "brokers": brokers.json(), "serial": issued.record.serial, "existing": issued.existing,
                  "renewed": issued.renewed.as_ref().map(|o| json!({ "serial": o.serial, "not_after": crate::cmd::audit::rfc3339(o.not_after) })),
                  "not_after": crate::cmd::audit::rfc3339(issued.record.not_after),
                  "certificate": cert_path, "key": key_path, "names": names }),
