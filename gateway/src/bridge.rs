@@ -13,10 +13,11 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lora_link::mqtt::{Backoff, TlsFiles, check_client_id, client_config, mqtt_options, qos};
+use lora_link::mqtt::{Backoff, mqtt_options, qos};
 use lora_link::records::Record;
 use manifests::gateway::LoadedGateway;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use tls_client::{TlsFiles, check_client_id, client_config};
 
 use crate::forward::ToRadio;
 use crate::{Counters, log};

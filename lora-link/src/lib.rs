@@ -12,8 +12,8 @@
 //! * [`radio`]: the [`radio::Radio`] trait, the `sx127x_lora` backend, the emulated SX1276.
 //! * [`air`]: the simulated air hub on 127.0.0.1.
 //! * [`rx`]: the receiver loop with its [`rx::RecordSink`] seam.
-//! * [`mqtt`]: MQTT over mutual TLS (rustls on ring): the client configuration shared with
-//!   `gateway`, and [`mqtt::MqttSink`], the republishing sink of `lora-link rx`.
+//! * [`mqtt`]: MQTT over mutual TLS (rustls on ring, built by `tls-client`) for
+//!   `gateway` and `lora-link rx`, and [`mqtt::MqttSink`], the republishing sink of `lora-link rx`.
 //!
 //! Bytes on air for one 16-byte reading on a known topic: 9 (frame) + 2 (record) + 16 = 27,
 //! against ~129 with the JWT/AES-CBC/base64 scheme it replaces; at SF7/125 kHz that is

@@ -9,11 +9,9 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
 };
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
-use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::ClientConfig;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+use tls_client::{ClientAuth, ClientSetup, Trust};
 use tokio::sync::watch;
 
 use super::sensor::{Sensor, Value};
@@ -75,72 +73,28 @@ impl Provisioned {
     }
 }
 
-/// Checks the broker certificate against the configured TLS server name rather than the
-/// address connected to (rumqttc uses the host for both).
-#[derive(Debug)]
-struct NamedServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for NamedServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+/// The rustls client configuration (the workspace's one builder, `tls-client`): the CA blob
+/// as the only trust anchor, the broker checked for `tls_server_name`, the device certificate
+/// with the chip as its key.
+pub fn tls_config(
+    p: &Provisioned,
+    signer: Arc<dyn DigestSigner>,
+) -> Result<Arc<ClientConfig>, String> {
+    ClientSetup {
+        trust: Trust::Certs {
+            source: CA_CERT_BLOB.into(),
+            certs: p.roots.clone(),
+        },
+        auth: ClientAuth::Signer {
+            source: DEVICE_CERT_BLOB.into(),
+            chain: p.chain.clone(),
+            key: Arc::new(ChipSigningKey::new(signer)),
+            what: "the chip's key".into(),
+        },
+        server_name: Some(p.config.tls_server_name.clone()),
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// The rustls client configuration: the CA blob as the only trust anchor, the device
-/// certificate with the chip as its key.
-pub fn tls_config(p: &Provisioned, signer: Arc<dyn DigestSigner>) -> Result<ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for r in &p.roots {
-        roots
-            .add(r.clone())
-            .map_err(|e| format!("{CA_CERT_BLOB}: {e}"))?;
-    }
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| format!("TLS verifier: {e}"))?;
-    let name = ServerName::try_from(p.config.tls_server_name.clone())
-        .map_err(|e| format!("tls_server_name {:?}: {e}", p.config.tls_server_name))?;
-    let key = CertifiedKey::new(p.chain.clone(), Arc::new(ChipSigningKey::new(signer)));
-    key.keys_match()
-        .map_err(|e| format!("{DEVICE_CERT_BLOB} does not match the chip's key: {e}"))?;
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NamedServerVerifier { inner, name }))
-        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
-    Ok(cfg)
+    .build()
+    .map_err(|e| e.to_string())
 }
 
 fn qos(q: Qos) -> QoS {
@@ -177,7 +131,7 @@ pub async fn run(p: Provisioned, signer: Arc<dyn DigestSigner>, mut changed: wat
     };
     opts.set_keep_alive(ka);
     opts.set_clean_session(c.clean_session);
-    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
     if let Some(t) = &c.status_topic {
         opts.set_last_will(LastWill::new(t.clone(), "offline", QoS::AtLeastOnce, true));
     }
