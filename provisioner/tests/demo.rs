@@ -121,7 +121,10 @@ fn the_demo_provisions_three_boards_delivers_every_qos12_reading_refuses_intrude
     );
     assert!(stderr.contains("at this rate an hour uses"), "{stderr}");
     // stderr is a pipe here: the step titles and the banner come without escape codes.
-    assert!(!stderr.contains('\x1b'), "escape codes on a non-terminal:\n{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes on a non-terminal:\n{stderr}"
+    );
     let air = &s["airtime"];
     assert!(air["used_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{air}");
     assert!(
