@@ -89,6 +89,9 @@ pub struct Cli {
 enum Command {
     /// Create the CA, the ledger and the site configuration in the home.
     Init(cmd::init::Args),
+    /// Check a site file without touching anything.
+    #[command(subcommand)]
+    Site(cmd::site::SiteCommand),
     /// The broker's server certificate.
     #[command(subcommand)]
     Server(cmd::server::ServerCommand),
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> exit::Result<()> {
     let ctx = Context::new(home, cli.passphrase_file, cli.json);
     match cli.command {
         Command::Init(a) => cmd::init::run(&ctx, a),
+        Command::Site(c) => cmd::site::run(&ctx, c),
         Command::Server(c) => cmd::server::run(&ctx, c),
         Command::Cert(c) => cmd::cert::run(&ctx, c),
         Command::Device(c) => cmd::device::run(&ctx, c),

@@ -70,3 +70,25 @@ fn init_reports_a_bad_site_at_the_offending_line_with_the_field_path() {
         "{err}"
     );
 }
+
+#[test]
+fn site_check_validates_a_file_without_a_home_or_any_change() {
+    let home = Home::new();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/examples/smart-home.toml"
+    );
+    let o = home.run(&["site", "check", example]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("valid site"));
+    let bad = home.work().join("bad.toml");
+    let text = manifests::site::EXAMPLE_SMART_HOME.replacen("{room}", "{rom}", 1);
+    std::fs::write(&bad, text).expect("bad");
+    let o = home.run(&["--json", "site", "check", &bad.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.toml:") && err.contains("{rom}"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["ok"], false);
+    assert!(!home.path().exists(), "no home was created");
+}

@@ -11,6 +11,7 @@ pub mod emit;
 pub mod init;
 pub mod provision;
 pub mod server;
+pub mod site;
 
 /// The human lines for CRL targets the ledger named but that were refused (empty if none).
 pub(crate) fn skipped_targets(skipped: &[ca::authority::SkippedTarget]) -> String {
