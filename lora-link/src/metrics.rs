@@ -102,6 +102,13 @@ impl Exposition {
         f.samples.push((String::new(), value.to_string()));
     }
 
+    /// A counter with a fractional value (seconds; `name` ends in `_total`).
+    pub fn counter_float(&mut self, name: &str, help: &str, value: f64) {
+        let f = self.family(name, help, Kind::Counter);
+        f.samples
+            .push((String::new(), format!("{}", value.max(0.0))));
+    }
+
     /// A counter with one label, one sample per value (none: the family is still declared).
     pub fn labeled_counter<'a>(
         &mut self,
