@@ -15,11 +15,15 @@ pub const FEATURES: &[&str] = if cfg!(feature = "rpi") { &["rpi"] } else { &[] }
 /// LoRa link within the duty-cycle budget. Logs go to stderr; on SIGINT or SIGTERM it sends
 /// what the budget allows for a few seconds, then prints its counters as one JSON line on
 /// stdout ({"received","queued","sent","frames_sent","dropped_queue_full",...}) and exits 0.
+/// Every record it drops or refuses is logged as it happens (rate-limited: 20 lines, then one
+/// every 5 s, and a summary of the rest); with --metrics the same counters are served while
+/// it runs in the Prometheus text format.
 ///
 /// EXAMPLES:
 ///   gateway --manifest /etc/iot-gateway/gateway.toml
 ///   gateway --manifest ./passerelle/gateway.toml --check
 ///   gateway -v --manifest gateway.toml          # each frame and connection (GATEWAY_LOG=info)
+///   gateway --manifest gateway.toml --metrics 127.0.0.1:9102   # curl it /metrics
 ///   gateway completions bash > /etc/bash_completion.d/gateway
 ///   gateway man --out /usr/local/share/man/man1
 ///
@@ -47,6 +51,14 @@ pub struct Cli {
     /// at shutdown are always JSON.)
     #[arg(long)]
     pub json: bool,
+    /// Serve the counters in the Prometheus text format on http://ADDR/metrics (loopback
+    /// only; port 0 picks a free one, logged at start).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Let --metrics listen on a non-loopback address (the endpoint has no authentication:
+    /// only behind a firewall).
+    #[arg(long, requires = "metrics")]
+    pub metrics_allow_remote: bool,
     /// More log output on stderr (-v info, -vv debug, -vvv trace; or GATEWAY_LOG=LEVEL).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

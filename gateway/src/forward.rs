@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use lora_link::airtime::format_ms;
 use lora_link::link::{LinkSender, Submit, TxPoll};
+use lora_link::metrics::{Admit, LogThrottle};
 use lora_link::radio::Radio;
 use lora_link::records::Record;
 
@@ -36,6 +37,7 @@ pub fn run<R: Radio + ?Sized>(
     grace: Duration,
 ) -> Result<(), String> {
     let start = Instant::now();
+    let mut throttle = crate::reject_throttle();
     let mut stopping: Option<Instant> = None;
     let mut wake: Option<Duration> = None;
     loop {
@@ -64,7 +66,7 @@ pub fn run<R: Radio + ?Sized>(
                     if sender.is_full() {
                         transmit(sender, radio, start, &mut wake, counters)?;
                     }
-                    submit(sender, r);
+                    submit(sender, r, &mut throttle);
                 }
                 ToRadio::Shutdown => {
                     if stopping.is_none() {
@@ -79,6 +81,7 @@ pub fn run<R: Radio + ?Sized>(
             }
         }
         transmit(sender, radio, start, &mut wake, counters)?;
+        summary(&mut throttle, stopping.is_some());
         if let Some(deadline) = stopping
             && (sender.queued() == 0 || Instant::now() >= deadline)
         {
@@ -86,7 +89,8 @@ pub fn run<R: Radio + ?Sized>(
             if left > 0 {
                 log!("{left} record(s) not sent before shutdown: counted as dropped_at_shutdown");
             }
-            update(counters, sender, |c| {
+            summary(&mut throttle, true);
+            update(counters, sender, start.elapsed(), |c| {
                 c.dropped_at_shutdown += left;
                 c.waiting = 0;
             });
@@ -148,16 +152,28 @@ fn transmit<R: Radio + ?Sized>(
             }
         }
     };
-    update(counters, sender, |c| {
+    update(counters, sender, start.elapsed(), |c| {
         c.radio_errors += radio_errors;
         c.dropped_radio_error += radio_losses;
     });
     outcome
 }
 
-fn submit(sender: &mut LinkSender, r: Record) {
+/// Submits a record; every record refused or dropped is logged as it happens (topics come
+/// from the broker: `log!` escapes them), within the rate limit of `throttle`.
+fn submit(sender: &mut LinkSender, r: Record, throttle: &mut LogThrottle) {
     let topic = r.topic.clone();
-    match sender.submit(r) {
+    let outcome = sender.submit(r);
+    let reason = match &outcome {
+        Submit::Queued => return,
+        Submit::QueuedDroppedOldest(_) => "queue_full",
+        Submit::RejectedTooLarge { .. } => "too_large",
+        Submit::RejectedInvalid(_) => "invalid",
+    };
+    if throttle.admit(reason, Instant::now()) == Admit::Suppress {
+        return;
+    }
+    match outcome {
         Submit::Queued => {}
         Submit::QueuedDroppedOldest(old) => log!(
             "queue full: dropped the oldest record (topic {}) to queue one on {topic}",
@@ -170,9 +186,30 @@ fn submit(sender: &mut LinkSender, r: Record) {
     }
 }
 
-fn update(counters: &Mutex<Counters>, sender: &LinkSender, f: impl FnOnce(&mut Counters)) {
+/// Logs how many drop/refusal lines the rate limit held back, when a summary is due.
+fn summary(throttle: &mut LogThrottle, force: bool) {
+    if let Some(by_reason) = throttle.summary(Instant::now(), force) {
+        let n: u64 = by_reason.values().sum();
+        let detail: Vec<String> = by_reason.iter().map(|(r, k)| format!("{r} {k}")).collect();
+        log!(
+            "{n} more dropped or refused record(s) not logged one by one ({}); see the counters",
+            detail.join(", ")
+        );
+    }
+}
+
+fn update(
+    counters: &Mutex<Counters>,
+    sender: &LinkSender,
+    now: Duration,
+    f: impl FnOnce(&mut Counters),
+) {
     let mut c = counters.lock().unwrap_or_else(|p| p.into_inner());
     c.update_from(sender.stats(), sender.queued());
+    let b = sender.budget();
+    let used = b.usage(now.saturating_sub(lora_link::dutycycle::WINDOW), now);
+    c.duty_cycle_left_us =
+        u64::try_from(b.limit().saturating_sub(used).as_micros()).unwrap_or(u64::MAX);
     f(&mut c);
 }
 

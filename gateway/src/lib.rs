@@ -53,6 +53,8 @@ pub struct Counters {
     pub connections: u64,
     /// Failed or lost broker connections.
     pub connection_errors: u64,
+    /// Duty-cycle budget left in the sliding hour, microseconds of airtime.
+    pub duty_cycle_left_us: u64,
 }
 
 impl Counters {
@@ -81,6 +83,86 @@ impl Counters {
                 + self.waiting
     }
 
+    /// The same figures in the Prometheus text format (`gateway --metrics ADDR`).
+    pub fn exposition(&self) -> lora_link::metrics::Exposition {
+        let mut e = lora_link::metrics::Exposition::new();
+        e.counter(
+            "gateway_mqtt_messages_received_total",
+            "MQTT messages received from the broker (JSON: received).",
+            self.received,
+        );
+        e.counter(
+            "gateway_records_queued_total",
+            "Records accepted into the radio queue (JSON: queued).",
+            self.queued,
+        );
+        e.counter(
+            "gateway_records_sent_total",
+            "Records transmitted over LoRa (JSON: sent).",
+            self.sent,
+        );
+        e.counter(
+            "gateway_frames_sent_total",
+            "LoRa frames transmitted (JSON: frames_sent).",
+            self.frames_sent,
+        );
+        e.labeled_counter(
+            "gateway_records_dropped_total",
+            "Records lost after queueing, by reason: queue_full (the oldest goes), radio_error, shutdown (JSON: dropped_queue_full, dropped_radio_error, dropped_at_shutdown).",
+            "reason",
+            [
+                ("queue_full", self.dropped_queue_full),
+                ("radio_error", self.dropped_radio_error),
+                ("shutdown", self.dropped_at_shutdown),
+            ],
+        );
+        e.labeled_counter(
+            "gateway_records_rejected_total",
+            "Records refused, by reason: too_large (for one frame at this spreading factor), invalid (not encodable) (JSON: rejected_too_large, rejected_invalid).",
+            "reason",
+            [
+                ("too_large", self.rejected_too_large),
+                ("invalid", self.rejected_invalid),
+            ],
+        );
+        e.gauge(
+            "gateway_queue_depth",
+            "Records waiting in the radio queue (JSON: waiting).",
+            self.waiting as f64,
+        );
+        e.counter(
+            "gateway_bytes_on_air_total",
+            "Bytes transmitted (JSON: bytes_on_air).",
+            self.bytes_on_air,
+        );
+        e.counter_float(
+            "gateway_airtime_seconds_total",
+            "Time on air of the frames transmitted, seconds (JSON: airtime_us).",
+            self.airtime_us as f64 / 1e6,
+        );
+        e.gauge(
+            "gateway_duty_cycle_budget_left_seconds",
+            "Airtime the duty-cycle budget still allows in the sliding hour, seconds (JSON: duty_cycle_left_us).",
+            self.duty_cycle_left_us as f64 / 1e6,
+        );
+        e.counter(
+            "gateway_radio_errors_total",
+            "Radio transmit errors (JSON: radio_errors).",
+            self.radio_errors,
+        );
+        e.counter(
+            "gateway_broker_connections_total",
+            "Successful broker connections, the first one included (JSON: connections).",
+            self.connections,
+        );
+        e.counter(
+            "gateway_broker_connection_errors_total",
+            "Failed or lost broker connections; each is followed by a reconnection attempt (JSON: connection_errors).",
+            self.connection_errors,
+        );
+        e
+    }
+
     /// One JSON line.
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -96,6 +178,13 @@ pub fn write_counters(path: &std::path::Path, c: &Counters) -> std::io::Result<(
 
 /// How long the radio thread keeps transmitting queued records after a stop request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Most rejected records logged one by one: 20 lines at once, then one every 5 s; the rest
+/// are summarised at most once a minute (a flood of oversized messages cannot fill the
+/// journal).
+pub fn reject_throttle() -> lora_link::metrics::LogThrottle {
+    lora_link::metrics::LogThrottle::default()
+}
 
 /// Logs one line on stderr, prefixed with `gateway:`. Topics and errors come from the broker
 /// and the devices: control characters are escaped before they reach a terminal or journal.

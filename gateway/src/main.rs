@@ -14,6 +14,7 @@ use gateway::bridge::{self, BridgeConfig};
 use gateway::forward::{self, ToRadio};
 use gateway::{Counters, SHUTDOWN_GRACE, log, write_counters};
 use lora_link::LinkSender;
+use lora_link::metrics::MetricsServer;
 use manifests::gateway::GatewayManifest;
 
 fn main() -> ExitCode {
@@ -43,6 +44,10 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let Some(manifest) = cli.manifest.as_deref() else {
         return Err((2, "--manifest FILE is required".into()));
     };
+    if let Some(addr) = cli.metrics {
+        lora_link::metrics::check_address(addr, cli.metrics_allow_remote)
+            .map_err(|e| config(e.to_string()))?;
+    }
     let g = GatewayManifest::load(manifest).map_err(|e| config(e.to_string()))?;
     let m = &g.manifest.mqtt;
     let bridge_cfg = BridgeConfig::from_manifest(&g).map_err(config)?;
@@ -89,6 +94,25 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     );
 
     let counters = Arc::new(Mutex::new(Counters::default()));
+    {
+        let mut c = counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.update_from(sender.stats(), 0);
+        c.duty_cycle_left_us =
+            u64::try_from(sender.budget().limit().as_micros()).unwrap_or(u64::MAX);
+    }
+    let mut metrics = match cli.metrics {
+        None => None,
+        Some(addr) => {
+            let shared = Arc::clone(&counters);
+            let server = MetricsServer::start(addr, cli.metrics_allow_remote, move || {
+                let c = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                c.exposition().render()
+            })
+            .map_err(|e| (1, e.to_string()))?;
+            log!("counters on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+    };
     let radio_stopped = Arc::new(AtomicBool::new(false));
     let (to_radio, from_mqtt) = std::sync::mpsc::channel();
     let radio_thread = forward::spawn(
@@ -117,6 +141,9 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let radio_result = radio_thread
         .join()
         .unwrap_or_else(|_| Err("the radio thread panicked".into()));
+    if let Some(m) = metrics.as_mut() {
+        m.stop();
+    }
     let final_counters = counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(path) = &g.counters_file
         && let Err(e) = write_counters(path, &final_counters)

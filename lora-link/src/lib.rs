@@ -12,6 +12,8 @@
 //! * [`radio`]: the [`radio::Radio`] trait, the `sx127x_lora` backend, the emulated SX1276.
 //! * [`air`]: the simulated air hub on 127.0.0.1.
 //! * [`rx`]: the receiver loop with its [`rx::RecordSink`] seam.
+//! * [`metrics`]: the Prometheus text format on a loopback `GET /metrics` responder, and the
+//!   rate limit of per-frame log lines.
 //! * [`mqtt`]: MQTT over mutual TLS (rustls on ring, built by `tls-client`) for
 //!   `gateway` and `lora-link rx`, and [`mqtt::MqttSink`], the republishing sink of `lora-link rx`.
 //!
@@ -25,6 +27,7 @@ pub mod crypto;
 pub mod dutycycle;
 pub mod frame;
 pub mod link;
+pub mod metrics;
 pub mod mqtt;
 pub mod radio;
 pub mod records;

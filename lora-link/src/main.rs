@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand};
 use lora_link::air::{AirFrame, AirHub, AirMsg, AirPort, HubConfig};
 use lora_link::airtime::{Modulation, format_ms};
 use lora_link::link::LinkReceiver;
+use lora_link::metrics::{LogThrottle, MetricsServer};
 use lora_link::mqtt::{Backoff, MqttSink, TlsFiles, client_config, mqtt_options};
-use lora_link::rx::{self, JsonLinesSink, RecordSink};
+use lora_link::rx::{self, JsonLinesSink, RecordSink, RejectLog};
 
 /// The cargo features this build has (shown by `--version`).
 const FEATURES: &[&str] = if cfg!(feature = "rpi") { &["rpi"] } else { &[] };
@@ -52,14 +53,18 @@ enum Cmd {
     /// one JSON line per record when there is none.
     ///
     /// JSON records go to stdout as {"topic","payload" (if UTF-8),"payload_hex","from",
-    /// "counter","rssi","snr"}; rejected frames go to stderr as {"rejected": reason, "error"}.
-    /// On SIGINT/SIGTERM (or after --count frames) it waits briefly for the broker's
-    /// acknowledgements and prints its counters as one JSON line on stderr.
+    /// "counter","rssi","snr"}; each rejected frame goes to stderr as it arrives, as
+    /// {"rejected": reason, "from", "counter", "error"} (20 lines at once, then one every 5 s;
+    /// the rest are summarised as {"suppressed_rejections": N, "by_reason"} at most once a
+    /// minute). With --metrics the counters are served in the Prometheus text format on
+    /// http://ADDR/metrics. On SIGINT/SIGTERM (or after --count frames) it waits briefly for
+    /// the broker's acknowledgements and prints its counters as one JSON line on stderr.
     ///
     /// EXAMPLES:
     ///   lora-link rx --manifest /etc/lora-link/receiver.toml
     ///   lora-link rx --manifest receiver.toml --count 1
     ///   lora-link rx --manifest receiver.toml --print     # republish and print
+    ///   lora-link rx --manifest receiver.toml --metrics 127.0.0.1:9101
     Rx {
         /// Receiver manifest (written by `provisioner emit receiver ID`, mode 0600).
         #[arg(long, env = "LORA_LINK_MANIFEST")]
@@ -70,6 +75,14 @@ enum Cmd {
         /// Also print JSON lines when republishing to a broker.
         #[arg(long)]
         print: bool,
+        /// Serve the counters in the Prometheus text format on http://ADDR/metrics (loopback
+        /// only; port 0 picks a free one, logged at start).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
+        /// Let --metrics listen on a non-loopback address (the endpoint has no
+        /// authentication: only behind a firewall).
+        #[arg(long, requires = "metrics")]
+        metrics_allow_remote: bool,
     },
     /// Run the simulated air: a UDP hub on 127.0.0.1 for emulated SX1276s.
     ///
@@ -399,7 +412,12 @@ fn run(cli: Cli) -> CliResult {
             manifest,
             count,
             print,
+            metrics,
+            metrics_allow_remote,
         } => {
+            if let Some(addr) = metrics {
+                lora_link::metrics::check_address(addr, metrics_allow_remote).map_err(usage)?;
+            }
             let loaded = manifests::link::LinkManifest::load(&manifest).map_err(usage)?;
             let mut receiver = LinkReceiver::from_manifest(&loaded).map_err(usage)?;
             let mut mqtt = match &loaded.manifest.mqtt {
@@ -411,21 +429,63 @@ fn run(cli: Cli) -> CliResult {
                     .map_err(rt)?;
             let stop = Arc::new(AtomicBool::new(false));
             stop_on_signals(Arc::clone(&stop));
-            let mut json = JsonLinesSink::new(std::io::stdout().lock(), std::io::stderr());
+            let shared = Arc::new(Mutex::new(receiver.stats().clone()));
+            let mut server = match metrics {
+                None => None,
+                Some(addr) => {
+                    let (stats, republisher) = (
+                        Arc::clone(&shared),
+                        mqtt.as_ref().map(MqttSink::shared_counters),
+                    );
+                    let s = MetricsServer::start(addr, metrics_allow_remote, move || {
+                        let st = stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        lora_link::metrics::rx_exposition(&st, republisher.as_deref()).render()
+                    })
+                    .map_err(rt)?;
+                    eprintln!(
+                        "lora-link rx: counters on http://{}/metrics",
+                        s.local_addr()
+                    );
+                    Some(s)
+                }
+            };
+            // Rejections are logged by the loop (rate-limited), not by the JSON sink.
+            let mut json = JsonLinesSink::new(std::io::stdout().lock(), std::io::sink());
+            let mut log = RejectLog::new(std::io::stderr(), LogThrottle::default());
+            let watch = Some(&*shared);
             let r = match mqtt.as_mut() {
-                None => rx::run(&mut radio, &mut receiver, &mut json, &stop, count),
+                None => rx::run_watched(
+                    &mut radio,
+                    &mut receiver,
+                    &mut json,
+                    &stop,
+                    count,
+                    &mut log,
+                    watch,
+                ),
                 Some(m) if print => {
                     let mut both = |meta: &rx::FrameMeta, rec: &lora_link::Record| {
                         m.deliver(meta, rec)?;
                         json.deliver(meta, rec)
                     };
-                    rx::run(&mut radio, &mut receiver, &mut both, &stop, count)
+                    rx::run_watched(
+                        &mut radio,
+                        &mut receiver,
+                        &mut both,
+                        &stop,
+                        count,
+                        &mut log,
+                        watch,
+                    )
                 }
-                Some(m) => rx::run(&mut radio, &mut receiver, m, &stop, count),
+                Some(m) => {
+                    rx::run_watched(&mut radio, &mut receiver, m, &stop, count, &mut log, watch)
+                }
             };
             let s = receiver.stats();
             let mut line = serde_json::json!({"accepted": s.frames_accepted, "records": s.records,
-                "phy_crc_errors": s.phy_crc_errors, "rejected": s.rejected});
+                "phy_crc_errors": s.phy_crc_errors, "rejected": s.rejected,
+                "rejections_logged": log.logged, "rejections_suppressed": log.suppressed});
             if let Some(m) = mqtt.as_mut() {
                 m.shutdown(Duration::from_secs(3));
                 let c = m.counters();
@@ -433,6 +493,10 @@ fn run(cli: Cli) -> CliResult {
                 line["acked"] = c.acked.load(Ordering::SeqCst).into();
                 line["republish_dropped"] = c.dropped.load(Ordering::SeqCst).into();
                 line["connections"] = c.connections.load(Ordering::SeqCst).into();
+                line["connection_errors"] = c.connection_errors.load(Ordering::SeqCst).into();
+            }
+            if let Some(s) = server.as_mut() {
+                s.stop();
             }
             eprintln!("{line}");
             r.map_err(rt)

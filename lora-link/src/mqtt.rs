@@ -25,7 +25,6 @@ pub use tls_client::{
     TlsFiles, TlsSetupError, certificate_identity, check_client_id, client_config,
 };
 
-use crate::link::FrameError;
 use crate::records::Record;
 use crate::rx::{FrameMeta, RecordSink};
 
@@ -186,6 +185,11 @@ impl MqttSink {
         &self.counters
     }
 
+    /// The counters, shared (for the metrics endpoint, which reads them from its thread).
+    pub fn shared_counters(&self) -> Arc<SinkCounters> {
+        Arc::clone(&self.counters)
+    }
+
     /// Waits up to `grace` for the broker to acknowledge what was published (QoS 1/2), then
     /// disconnects and stops the connection thread.
     pub fn shutdown(&mut self, grace: Duration) {
@@ -244,12 +248,7 @@ impl RecordSink for MqttSink {
         }
         Ok(())
     }
-    fn rejected(&mut self, error: &FrameError) {
-        eprintln!(
-            "{}",
-            serde_json::json!({"rejected": error.reason(), "error": error.to_string()})
-        );
-    }
+    // Rejected frames are logged (rate-limited) by `rx::RejectLog`, not here.
 }
 
 #[cfg(test)]

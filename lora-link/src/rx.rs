@@ -5,12 +5,14 @@
 //! [`run`] instead.
 
 use std::io::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::link::{Accepted, FrameError, LinkReceiver};
+use crate::link::{Accepted, FrameError, LinkReceiver, RxStats};
+use crate::metrics::{Admit, LogThrottle};
 use crate::radio::{Radio, RadioError, RxPacket};
 use crate::records::Record;
 
@@ -79,7 +81,8 @@ impl JsonRecord {
 }
 
 /// Writes [`JsonRecord`] lines to a writer (stdout for `lora-link rx`), and rejections as
-/// JSON lines to another (stderr).
+/// JSON lines to another, unthrottled (`lora-link rx` gives it [`std::io::sink`] and logs
+/// rejections through a [`RejectLog`] instead).
 #[derive(Debug)]
 pub struct JsonLinesSink<W: Write, L: Write> {
     out: W,
@@ -150,8 +153,82 @@ pub fn handle_packet<S: RecordSink + ?Sized>(
     }
 }
 
+/// Logs every rejected frame as it happens, one JSON line each
+/// (`{"rejected": reason, "from", "counter", "error"}`), through a [`LogThrottle`]: what a
+/// flood would add beyond it is counted and summarised as
+/// `{"suppressed_rejections": N, "by_reason": {...}}`.
+#[derive(Debug)]
+pub struct RejectLog<W: Write> {
+    out: W,
+    throttle: LogThrottle,
+    /// Rejection lines written.
+    pub logged: u64,
+    /// Rejections not logged one by one (reported in summaries).
+    pub suppressed: u64,
+}
+
+impl<W: Write> RejectLog<W> {
+    /// Lines to `out`, rate-limited by `throttle`.
+    pub fn new(out: W, throttle: LogThrottle) -> Self {
+        Self {
+            out,
+            throttle,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// One rejected frame (its bytes as received).
+    pub fn rejected(&mut self, error: &FrameError, bytes: &[u8], now: Instant) {
+        self.summary(now, false);
+        if self.throttle.admit(error.reason(), now) == Admit::Suppress {
+            self.suppressed += 1;
+            return;
+        }
+        self.logged += 1;
+        let (from, counter) = sender_and_counter(error, bytes);
+        // The error may quote what the frame carried: escaped before it reaches a journal.
+        let line = serde_json::json!({"rejected": error.reason(), "from": from,
+            "counter": counter, "error": manifests::text::escape(&error.to_string())});
+        let _ = writeln!(self.out, "{line}").and_then(|_| self.out.flush());
+    }
+
+    /// Writes the summary of suppressed lines if one is due at `now` (or `force`).
+    pub fn summary(&mut self, now: Instant, force: bool) {
+        if let Some(by_reason) = self.throttle.summary(now, force) {
+            let n: u64 = by_reason.values().sum();
+            let line = serde_json::json!({"suppressed_rejections": n, "by_reason": by_reason});
+            let _ = writeln!(self.out, "{line}").and_then(|_| self.out.flush());
+        }
+    }
+}
+
+/// The sender and the frame counter a rejection is about: from the error when it knows
+/// them, else from the header (FROM; the 16 counter bits on air).
+pub fn sender_and_counter(error: &FrameError, bytes: &[u8]) -> (Option<u8>, Option<u32>) {
+    let from_header = bytes.get(1).copied();
+    let low_on_air = match (bytes.get(2), bytes.get(4)) {
+        (Some(&lo), Some(&hi)) if bytes.len() >= crate::frame::OVERHEAD => {
+            Some(u32::from(lo) | (u32::from(hi) << 8))
+        }
+        _ => None,
+    };
+    match error {
+        FrameError::Duplicate { from, counter }
+        | FrameError::Replay { from, counter, .. }
+        | FrameError::OutOfWindow { from, counter, .. }
+        | FrameError::BadRecords { from, counter, .. } => (Some(*from), Some(*counter)),
+        FrameError::BadMic {
+            from, counter_low, ..
+        } => (Some(*from), Some(u32::from(*counter_low))),
+        FrameError::UnknownSender { from } => (Some(*from), low_on_air),
+        _ => (from_header, low_on_air),
+    }
+}
+
 /// Receives until `stop` is set (checked every `poll` interval) or `max_frames` frames were
-/// accepted. Per-packet radio errors (CRC) are counted and skipped.
+/// accepted. Per-packet radio errors (CRC) are counted and skipped. Rejected frames are only
+/// counted and handed to the sink; [`run_watched`] also logs them and shares the counters.
 ///
 /// The radio is read on its own thread, which does nothing but take packets out of the chip:
 /// an SX127x in continuous receive keeps one packet, and the next one overwrites it. Checking,
@@ -164,6 +241,21 @@ pub fn run<R: Radio + Send + ?Sized, S: RecordSink + ?Sized>(
     sink: &mut S,
     stop: &AtomicBool,
     max_frames: Option<u64>,
+) -> Result<(), RxError> {
+    let mut log = RejectLog::new(std::io::sink(), LogThrottle::default());
+    run_watched(radio, receiver, sink, stop, max_frames, &mut log, None)
+}
+
+/// As [`run`], and every rejected frame goes to `log` as it happens; `stats`, when given, is
+/// kept equal to the receiver's counters after every packet (for the metrics endpoint).
+pub fn run_watched<R: Radio + Send + ?Sized, S: RecordSink + ?Sized, W: Write>(
+    radio: &mut R,
+    receiver: &mut LinkReceiver,
+    sink: &mut S,
+    stop: &AtomicBool,
+    max_frames: Option<u64>,
+    log: &mut RejectLog<W>,
+    stats: Option<&Mutex<RxStats>>,
 ) -> Result<(), RxError> {
     let done = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<Result<RxPacket, RadioError>>();
@@ -187,39 +279,92 @@ pub fn run<R: Radio + Send + ?Sized, S: RecordSink + ?Sized>(
                 }
             }
         });
-        let result = process(&rx, receiver, sink, max_frames);
+        let result = process(&rx, receiver, sink, max_frames, log, stats);
+        log.summary(Instant::now(), true);
         // the radio thread stops within one receive timeout; the channel then ends
         done.store(true, Ordering::SeqCst);
         result
     })
 }
 
+/// Copies the receiver's counters into the shared view.
+fn share(receiver: &LinkReceiver, stats: Option<&Mutex<RxStats>>) {
+    if let Some(s) = stats {
+        *s.lock().unwrap_or_else(|p| p.into_inner()) = receiver.stats().clone();
+    }
+}
+
 /// The processing half of [`run`]: until the radio thread ends (its sender is dropped) or
 /// `max_frames` frames were accepted.
-fn process<S: RecordSink + ?Sized>(
+fn process<S: RecordSink + ?Sized, W: Write>(
     packets: &std::sync::mpsc::Receiver<Result<RxPacket, RadioError>>,
     receiver: &mut LinkReceiver,
     sink: &mut S,
     max_frames: Option<u64>,
+    log: &mut RejectLog<W>,
+    stats: Option<&Mutex<RxStats>>,
 ) -> Result<(), RxError> {
     let mut accepted = 0u64;
+    share(receiver, stats);
     while max_frames.is_none_or(|m| accepted < m) {
-        let Ok(packet) = packets.recv() else {
-            return Ok(());
+        let packet = match packets.recv_timeout(Duration::from_millis(200)) {
+            Ok(p) => p,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                log.summary(Instant::now(), false);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        match packet {
-            Ok(p) => {
-                if handle_packet(receiver, sink, &p)?.is_some() {
-                    accepted += 1;
-                }
-            }
-            Err(e) if e.is_per_packet() => {
-                if matches!(e, RadioError::PayloadCrc { .. }) {
-                    receiver.count_phy_crc_error();
-                }
-            }
-            Err(e) => return Err(e.into()),
+        let outcome = handle_logged(receiver, sink, packet, log);
+        share(receiver, stats);
+        match outcome {
+            Ok(true) => accepted += 1,
+            Ok(false) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// One packet or per-packet radio error: whether a frame was accepted.
+fn handle_logged<S: RecordSink + ?Sized, W: Write>(
+    receiver: &mut LinkReceiver,
+    sink: &mut S,
+    packet: Result<RxPacket, RadioError>,
+    log: &mut RejectLog<W>,
+) -> Result<bool, RxError> {
+    match packet {
+        Ok(p) => {
+            let mut logging = Logging {
+                sink,
+                log,
+                bytes: &p.bytes,
+            };
+            Ok(handle_packet(receiver, &mut logging, &p)?.is_some())
+        }
+        Err(e) if e.is_per_packet() => {
+            if matches!(e, RadioError::PayloadCrc { .. }) {
+                receiver.count_phy_crc_error();
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A sink that also logs rejections (with the frame's header) before handing them on.
+struct Logging<'a, S: RecordSink + ?Sized, W: Write> {
+    sink: &'a mut S,
+    log: &'a mut RejectLog<W>,
+    bytes: &'a [u8],
+}
+
+impl<S: RecordSink + ?Sized, W: Write> RecordSink for Logging<'_, S, W> {
+    fn deliver(&mut self, meta: &FrameMeta, record: &Record) -> Result<(), String> {
+        self.sink.deliver(meta, record)
+    }
+    fn rejected(&mut self, error: &FrameError) {
+        self.log.rejected(error, self.bytes, Instant::now());
+        self.sink.rejected(error);
+    }
 }
