@@ -349,3 +349,65 @@ fn the_board_drops_corrupt_and_oversized_frames_and_chatters_between_frames() {
         "no log chatter: {got:?}"
     );
 }
+
+/// As the kit transport's noisy-line test (tests/provision.rs): on a line that drops bytes
+/// and flips bits (1e-3 per byte, both directions, `sensor-sim --protocol mos
+/// --line-fault-rate`), requests whose reply is lost or garbled are sent again, runs cut
+/// short are run again, and every board ends locked with the profile and certified with its
+/// chip's key.
+#[test]
+fn on_a_noisy_serial_line_mongoose_boards_are_provisioned_through_retries_and_never_locked_wrongly()
+{
+    let home = home_with_site(free_port());
+    let boards: Vec<SimBoard> = (0..2)
+        .map(|i| {
+            SimBoard::start_with(
+                &home.work(),
+                &format!("m{i}"),
+                0,
+                false,
+                &["--protocol", "mos", "--line-fault-rate", "0.001"],
+            )
+        })
+        .collect();
+    let mut args = vec![
+        "--json".to_string(),
+        "device".into(),
+        "provision".into(),
+        "--transport".into(),
+        "mos".into(),
+    ];
+    for b in &boards {
+        args.push("--port".into());
+        args.push(b.port());
+    }
+    args.extend(["--id", "salon-{n}", "--profile", "climat", "--lock"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut resent = 0;
+    let mut log = String::new();
+    for _ in 0..3 {
+        let out = home.run(&argv);
+        log.push_str(&String::from_utf8_lossy(&out.stdout));
+        log.push_str(&String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        resent += v["boards"]
+            .as_array()
+            .expect("boards")
+            .iter()
+            .filter_map(|b| b["result"]["link"]["retries"].as_u64())
+            .sum::<u64>();
+        if out.status.success() {
+            break;
+        }
+    }
+    assert!(
+        resent > 0,
+        "the line was not noisy: nothing was resent\n{log}"
+    );
+    for (i, b) in boards.into_iter().enumerate() {
+        let id = format!("salon-{}", i + 1);
+        let pem = active_cert(&home, &id);
+        let key = cert_public_key(&home, &pem);
+        check_chip(b.stop_and_open_chip(), 0, &key);
+    }
+}
