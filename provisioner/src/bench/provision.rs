@@ -1036,11 +1036,11 @@ fn data_zone<B: Board + ?Sized>(
     } else {
         Ok(())
     };
-    contents[wk_slot as usize].zeroize();
-    r?;
     let summary = caps
         .lock_summary
         .then(|| atecc::host::data_lock_crc(wanted, |n| contents[n].as_slice(), &otp));
+    contents[wk_slot as usize].zeroize();
+    r?;
     cx.chip("lock data", board.lock_data(summary))?;
     if summary.is_none()
         && !cx
