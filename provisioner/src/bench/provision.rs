@@ -721,6 +721,15 @@ impl Ctx<'_, '_> {
     }
 }
 
+/// What the first reads found: the chip's config zone, the zone the profile wants on it, its
+/// serial number (hex), the chip profile's name.
+struct Seen {
+    zone: ConfigZone,
+    wanted: ConfigZone,
+    sn_hex: String,
+    chip: String,
+}
+
 /// Provisions one board over any transport: each step reads the chip and the board first
 /// and does only what is missing, so a run on a provisioned board verifies, a run cut short
 /// resumes, and a dry run says what a run would do, all from the same steps.
@@ -789,15 +798,24 @@ pub fn provision<B: Board + ?Sized>(
     cx.step(&mut out, "owner", "verified", owner.detail());
 
     // Configure and lock the config zone, then write and lock the data zone.
-    let wanted = wanted_zone(&chip_prof, &zone)?;
-    if !config_zone(&cx, board, &mut out, &zone, &wanted, &profile.chip)?
-        || !data_zone(&cx, board, &mut out, &zone, &wanted, &sn_hex)?
-    {
+    let seen = Seen {
+        wanted: wanted_zone(&chip_prof, &zone)?,
+        zone,
+        sn_hex,
+        chip: profile.chip.clone(),
+    };
+    if !config_zone(&cx, board, &mut out, &seen)? || !data_zone(&cx, board, &mut out, &seen)? {
         return Ok(out);
     }
+    let Seen {
+        zone,
+        wanted,
+        sn_hex,
+        ..
+    } = &seen;
 
     // The key (a locked slot keeps its key: it is certified after proof of possession).
-    let public = key(&cx, board, &mut out, &zone, &owner, &sn_hex)?;
+    let public = key(&cx, board, &mut out, &seen, &owner)?;
     ca::fault::point("provision-after-key");
     let Some(public) = public else {
         cx.step(
@@ -822,7 +840,7 @@ pub fn provision<B: Board + ?Sized>(
             &format!("{} where they differ", caps.files),
         )?;
         cx.step(&mut out, plan.step, plan.action, plan.detail);
-        let plan = ownership::slot_lock_plan(&wanted, &zone, slot, job);
+        let plan = ownership::slot_lock_plan(wanted, zone, slot, job);
         let (action, detail) = slot_lock_report(&cx, plan);
         cx.step(&mut out, "key lock", action, detail);
         return Ok(out);
@@ -848,7 +866,7 @@ pub fn provision<B: Board + ?Sized>(
         issued,
         chain,
         bundle,
-    } = issue_device_certificate(shared, job, &sn_hex, &public, slot, &topics)?;
+    } = issue_device_certificate(shared, job, sn_hex, &public, slot, &topics)?;
     ca::fault::point("provision-after-certificate");
     out.certificate = Some(issued.record.serial.clone());
     cx.step(
@@ -893,7 +911,7 @@ pub fn provision<B: Board + ?Sized>(
 
     // The identity key made permanent (Lockable key slots), now that it is certified and
     // the board carries the certificate.
-    key_lock(&cx, board, &mut out, &wanted)?;
+    key_lock(&cx, board, &mut out, wanted)?;
     if out.status != "needs-lock" && nothing_done(&out.steps) {
         out.status = "verified";
     }
@@ -906,10 +924,9 @@ fn config_zone<B: Board + ?Sized>(
     cx: &Ctx<'_, '_>,
     board: &mut B,
     out: &mut Outcome,
-    zone: &ConfigZone,
-    wanted: &ConfigZone,
-    chip: &str,
+    seen: &Seen,
 ) -> Result<bool, ProvisionError> {
+    let (zone, wanted, chip) = (&seen.zone, &seen.wanted, seen.chip.as_str());
     let caps = &cx.caps;
     let changes = diff(zone, wanted);
     out.config_diff = changes.clone();
@@ -979,10 +996,9 @@ fn data_zone<B: Board + ?Sized>(
     cx: &Ctx<'_, '_>,
     board: &mut B,
     out: &mut Outcome,
-    zone: &ConfigZone,
-    wanted: &ConfigZone,
-    sn_hex: &str,
+    seen: &Seen,
 ) -> Result<bool, ProvisionError> {
+    let (zone, wanted, sn_hex) = (&seen.zone, &seen.wanted, seen.sn_hex.as_str());
     let (caps, wk_slot) = (&cx.caps, cx.wk_slot);
     // A write key in clear crosses only for a host key that needs it (and with permission).
     let host_key = cx.job.key_source == KeySource::Host;
@@ -1083,10 +1099,10 @@ fn key<B: Board + ?Sized>(
     cx: &Ctx<'_, '_>,
     board: &mut B,
     out: &mut Outcome,
-    zone: &ConfigZone,
+    seen: &Seen,
     owner: &ownership::Owner,
-    sn_hex: &str,
 ) -> Result<Option<[u8; 64]>, ProvisionError> {
+    let (zone, sn_hex) = (&seen.zone, seen.sn_hex.as_str());
     let (caps, slot, job) = (&cx.caps, cx.slot, cx.job);
     let known = certified_key(cx.shared, job, sn_hex)?;
     let kept = ownership::key_slot_locked(zone, slot);
