@@ -2,10 +2,16 @@
 # Benchmark: provision blank emulated boards at 115200 baud with the chip's typical execution
 # times, and compare the elapsed time with the physical floor of the same exchange (bytes on
 # the wire x 10 bits / baud + the chip's typical execution times). Target ratio <= 1.3.
-# Usage: scripts/bench-provision.sh [RUNS]   (default 3)
+# Usage: scripts/bench-provision.sh [RUNS] [kit|mos]   (default 3 runs over the kit transport;
+# mos: a board running Mongoose OS, its RPC over the same line)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+transport=${2:-kit}
+case "$transport" in
+    kit | mos) ;;
+    *) echo "bench-provision.sh: transport is kit or mos, not $transport" >&2; exit 2 ;;
+esac
 cargo build --release -q -p provisioner
 P="${CARGO_TARGET_DIR:-$PWD/target}/release/provisioner"
 work=$(mktemp -d)
@@ -16,10 +22,10 @@ export PROVISIONER_PASSPHRASE="bench passphrase $(od -An -N8 -tx1 /dev/urandom |
 "$P" init >/dev/null 2>&1
 printf '%-4s %10s %10s %7s %8s %8s\n' run elapsed_s floor_s ratio bytes resent
 for i in $(seq "$runs"); do
-    "$P" sim-board --link "$work/tty$i" --state "$work/chip$i" --baud 115200 --timing typ 2>/dev/null &
+    "$P" sim-board --transport "$transport" --link "$work/tty$i" --state "$work/chip$i" --baud 115200 --timing typ 2>/dev/null &
     sim=$!
     for _ in $(seq 100); do [ -e "$work/tty$i" ] && break; sleep 0.05; done
-    "$P" --json device provision --port "$work/tty$i" --id "salon-$i" --profile climat --lock 2>/dev/null |
+    "$P" --json device provision --transport "$transport" --port "$work/tty$i" --id "salon-$i" --profile climat --lock 2>/dev/null |
         python3 -c '
 import json, sys
 b = json.load(sys.stdin)["boards"][0]

@@ -79,6 +79,8 @@ struct Options {
     seed: u64,
     json: Option<PathBuf>,
     keep: bool,
+    /// `kit` (the provisioning firmware) or `mos` (Mongoose OS RPC), on both ends.
+    transport: String,
 }
 
 fn parse_args() -> Options {
@@ -93,6 +95,7 @@ fn parse_args() -> Options {
         seed: u64::from_le_bytes(seed_bytes),
         json: None,
         keep: false,
+        transport: "kit".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -115,6 +118,12 @@ fn parse_args() -> Options {
             "--seed" => o.seed = value().parse().unwrap_or_else(|_| usage("--seed N")),
             "--json" => o.json = Some(PathBuf::from(value())),
             "--keep" => o.keep = true,
+            "--transport" => {
+                o.transport = value();
+                if o.transport != "kit" && o.transport != "mos" {
+                    usage("--transport kit|mos");
+                }
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -124,7 +133,7 @@ fn parse_args() -> Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "fault_campaign: {msg}\nusage: fault_campaign --bin PROVISIONER [--runs N] [--jobs N] [--max-fault-rate P] [--kill-prob P] [--seed N] [--json FILE] [--keep]"
+        "fault_campaign: {msg}\nusage: fault_campaign --bin PROVISIONER [--runs N] [--jobs N] [--max-fault-rate P] [--kill-prob P] [--seed N] [--json FILE] [--keep] [--transport kit|mos]"
     );
     std::process::exit(2)
 }
@@ -151,6 +160,7 @@ struct Bench {
     bin: PathBuf,
     work: PathBuf,
     home: PathBuf,
+    transport: String,
 }
 
 impl Bench {
@@ -164,11 +174,13 @@ impl Bench {
         c
     }
 
-    fn provision_args(port: &Path, id: &str) -> Vec<String> {
+    fn provision_args(&self, port: &Path, id: &str) -> Vec<String> {
         [
             "--json",
             "device",
             "provision",
+            "--transport",
+            &self.transport,
             "--port",
             &port.to_string_lossy(),
             "--id",
@@ -192,6 +204,8 @@ impl Bench {
             .arg("--state")
             .arg(&state)
             .args([
+                "--transport",
+                &self.transport,
                 "--baud",
                 "0",
                 "--line-fault-rate",
@@ -215,7 +229,7 @@ impl Bench {
         let out = std::fs::File::create(self.work.join(format!("{name}.{tag}.out"))).expect("out");
         let err = std::fs::File::create(self.work.join(format!("{name}.{tag}.err"))).expect("err");
         self.provisioner()
-            .args(Self::provision_args(link, id))
+            .args(self.provision_args(link, id))
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -486,6 +500,7 @@ fn main() {
         bin,
         home: work.join("home"),
         work: work.clone(),
+        transport: o.transport.clone(),
     };
     let init = bench
         .provisioner()

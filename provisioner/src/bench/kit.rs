@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 
 use serialport::SerialPort;
 
-use super::{Board, LinkError};
+use atecc::client::{Client, ClientError};
+use atecc::config::{ConfigZone, OTP_SIZE};
+use atecc::opcode::{LockTarget, Zone};
+use atecc::packet::Command;
+use manifests::device::DeviceConfig;
+
+use super::{Board, Caps, LinkError, Op};
 
 /// Longest reply line accepted (a 4 KiB blob chunk is far shorter).
 pub const MAX_LINE: usize = 8192;
@@ -621,13 +627,117 @@ impl atecc::client::Transport for KitLink {
     }
 }
 
+/// The kit transport's words and capabilities: chip packets relayed as they are, so every
+/// lock carries its CRC summary and a host key crosses only encrypted.
+const KIT_CAPS: Caps = Caps {
+    write_config: "Write",
+    lock_config: "Lock with CRC summary",
+    lock_data: "Lock with CRC summary",
+    gen_key: "GenKey",
+    sign: "Sign",
+    put: "fw:put",
+    files: "write device.crt, ca.crt and device.toml",
+    inject: ("with an encrypted PrivWrite", "with an encrypted PrivWrite"),
+    lock_summary: true,
+    zone_writes: true,
+    keys_in_clear: None,
+    no_slot_lock: None,
+};
+
+impl KitLink {
+    fn chip(&mut self) -> Client<&mut KitLink> {
+        Client::new(self)
+    }
+}
+
 impl Board for KitLink {
     fn port(&self) -> &str {
         &self.path
     }
 
-    fn info(&mut self) -> Result<String, LinkError> {
+    fn caps(&self) -> Caps {
+        KIT_CAPS
+    }
+
+    fn describe(&mut self) -> Result<String, LinkError> {
         self.text("fw:info()")
+    }
+
+    fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    fn read_config(&mut self) -> Op<ConfigZone> {
+        self.chip().read_config_zone()
+    }
+
+    fn write_config(&mut self, zone: &ConfigZone) -> Op<()> {
+        self.chip().write_config_zone(zone)
+    }
+
+    fn lock_config(&mut self, expected: Option<&ConfigZone>) -> Op<()> {
+        match expected {
+            Some(zone) => self.chip().lock_config(zone),
+            None => self
+                .chip()
+                .execute_status(&Command::lock_unchecked(LockTarget::Config)),
+        }
+    }
+
+    fn write_slot(&mut self, slot: u8, data: &[u8]) -> Op<()> {
+        self.chip().write_slot(slot, data)
+    }
+
+    fn write_otp(&mut self, otp: &[u8; OTP_SIZE]) -> Op<()> {
+        for (block, data) in otp.chunks(32).enumerate() {
+            let addr = atecc::config::address::block_word(block as u8, 0);
+            self.chip()
+                .execute_status(&Command::write(Zone::Otp, addr, data))?;
+        }
+        Ok(())
+    }
+
+    fn lock_data(&mut self, summary: Option<u16>) -> Op<()> {
+        match summary {
+            Some(crc) => self.chip().lock_data(crc),
+            None => self.chip().lock_data_unchecked(),
+        }
+    }
+
+    fn lock_slot(&mut self, slot: u8) -> Op<()> {
+        self.chip().lock_slot(slot)
+    }
+
+    fn gen_key(&mut self, slot: u8) -> Op<[u8; 64]> {
+        self.chip().gen_key(slot)
+    }
+
+    fn priv_write(&mut self, slot: u8, key: &[u8; 32], (wk_slot, wk): (u8, &[u8; 32])) -> Op<()> {
+        let mut nonce = [0u8; 20];
+        getrandom::fill(&mut nonce).map_err(|e| {
+            ClientError::Transport(LinkError::Io {
+                port: self.path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        self.chip()
+            .priv_write_encrypted(slot, key, wk_slot, wk, &nonce)
+    }
+
+    fn public_key(&mut self, slot: u8) -> Op<[u8; 64]> {
+        self.chip().public_key(slot)
+    }
+
+    fn sign(&mut self, slot: u8, digest: &[u8; 32]) -> Op<[u8; 64]> {
+        self.chip().sign_digest(slot, digest)
+    }
+
+    fn config_file(&self, _: &DeviceConfig) -> Option<&'static str> {
+        Some(manifests::device::BLOB_NAME)
+    }
+
+    fn set_configuration(&mut self, _: &DeviceConfig) -> Result<Option<(bool, String)>, LinkError> {
+        Ok(None)
     }
 
     fn get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError> {

@@ -6,21 +6,102 @@ pub mod mos;
 pub mod ownership;
 pub mod port;
 pub mod provision;
-pub mod provision_mos;
+
+use atecc::config::ConfigZone;
+use manifests::device::DeviceConfig;
 /// Untrusted text shown safely (lives in `manifests`, shared with the gateway and the receiver).
 pub use manifests::text;
 
-/// What a board link can do: talk to the chip, and to the firmware's blob store.
-pub trait Board: atecc::client::Transport<Error = LinkError> {
+/// What the provisioning engine ([`provision::provision`]) needs a board to do, written once
+/// per transport: the kit link ([`kit::KitLink`], chip packets through the provisioning
+/// firmware) and the Mongoose OS link ([`mos::MosLink`], its RPC services). What a transport
+/// cannot do is said by [`Board::caps`] (and, should the engine ask anyway, by
+/// [`LinkError::Unsupported`]), so both are reported the same way.
+pub trait Board {
     /// The port path (for messages).
     fn port(&self) -> &str;
-    /// Firmware information (`version=…,id=…,free=…`).
-    fn info(&mut self) -> Result<String, LinkError>;
-    /// Reads a blob (None if absent).
+    /// What this transport can do, and its names for what it does (for reports).
+    fn caps(&self) -> Caps;
+    /// The board's description of itself (sanitised), for the `board` step.
+    fn describe(&mut self) -> Result<String, LinkError>;
+    /// Traffic so far.
+    fn stats(&self) -> kit::LinkStats;
+    /// Reads the chip's config zone.
+    fn read_config(&mut self) -> Op<ConfigZone>;
+    /// Writes the config zone's writable bytes.
+    fn write_config(&mut self, zone: &ConfigZone) -> Op<()>;
+    /// Locks the config zone: with the CRC summary of `expected` when given (the chip refuses
+    /// other contents), without one when `None`.
+    fn lock_config(&mut self, expected: Option<&ConfigZone>) -> Op<()>;
+    /// Writes a data slot before the data lock (in clear: only before the lock).
+    fn write_slot(&mut self, slot: u8, data: &[u8]) -> Op<()>;
+    /// Writes the OTP zone before the data lock.
+    fn write_otp(&mut self, otp: &[u8; atecc::config::OTP_SIZE]) -> Op<()>;
+    /// Locks the data zone, with its CRC summary when given.
+    fn lock_data(&mut self, summary: Option<u16>) -> Op<()>;
+    /// Locks one slot (Lock, one slot).
+    fn lock_slot(&mut self, slot: u8) -> Op<()>;
+    /// GenKey: a new private key in the slot; its public key X‖Y.
+    fn gen_key(&mut self, slot: u8) -> Op<[u8; 64]>;
+    /// Puts a host-made private key into the slot, encrypted with the write key (by the host
+    /// or, where [`Caps::keys_in_clear`], by the board). SECRETS: never logged.
+    fn priv_write(&mut self, slot: u8, key: &[u8; 32], write_key: (u8, &[u8; 32])) -> Op<()>;
+    /// The public key X‖Y of the slot's private key.
+    fn public_key(&mut self, slot: u8) -> Op<[u8; 64]>;
+    /// R‖S over a 32-byte digest, by the slot's key.
+    fn sign(&mut self, slot: u8, digest: &[u8; 32]) -> Op<[u8; 64]>;
+    /// Reads a file from the board's store (None if absent).
     fn get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError>;
-    /// Writes a blob atomically (the old one stays until the new one is complete).
+    /// Writes a file to the board's store.
     fn put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError>;
+    /// The device configuration as a file in the store (the provisioning firmware's
+    /// `device.toml`), or `None` where the firmware keeps a configuration of its own.
+    fn config_file(&self, config: &DeviceConfig) -> Option<&'static str>;
+    /// Sets the firmware's own configuration from `config` where it keeps one (Mongoose OS),
+    /// when it differs: whether it changed, and the report's detail. `None`: nothing to set.
+    fn set_configuration(
+        &mut self,
+        config: &DeviceConfig,
+    ) -> Result<Option<(bool, String)>, LinkError>;
 }
+
+/// A chip operation's result: the link failed, or the chip refused.
+pub type Op<T> = Result<T, atecc::client::ClientError<LinkError>>;
+
+/// What a transport can do, and how its reports name what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// The call that writes the config zone (`Write`, `ATCA.SetConfig`).
+    pub write_config: &'static str,
+    /// How the config zone is locked, as the report says it.
+    pub lock_config: &'static str,
+    /// How the data zone is locked, as the report says it.
+    pub lock_data: &'static str,
+    /// The call that makes a key in the chip.
+    pub gen_key: &'static str,
+    /// The call that signs the challenge.
+    pub sign: &'static str,
+    /// The call that writes a file.
+    pub put: &'static str,
+    /// What is written to the device after the certificate.
+    pub files: &'static str,
+    /// How a host key gets into the chip (would), and how it got there (done).
+    pub inject: (&'static str, &'static str),
+    /// Locks carry the zone's CRC summary (the chip itself refuses other contents); without
+    /// it, the engine reads the zone back after the lock.
+    pub lock_summary: bool,
+    /// Every data slot and the OTP zone can be written before the data lock.
+    pub zone_writes: bool,
+    /// Keys (a host key, the write key) cross the line in clear, and whether the operator
+    /// allowed it ([`PLAINTEXT_FLAG`]).
+    pub keys_in_clear: Option<bool>,
+    /// Why one slot cannot be locked on this transport (`None`: it can).
+    pub no_slot_lock: Option<&'static str>,
+}
+
+/// The flag that lets secrets cross the serial line in clear (Mongoose OS computes the
+/// encrypted write itself, from the plaintext key and write key it receives).
+pub const PLAINTEXT_FLAG: &str = "--allow-plaintext-key-over-serial";
 
 /// A failure on the link to a board.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +183,17 @@ pub enum LinkError {
         command: String,
         /// What came back (sanitised).
         answer: String,
+    },
+    /// The transport cannot do this (its firmware has no such call, or would send a secret
+    /// in clear without the operator's permission).
+    #[error("{port}: {operation} is not possible over this transport: {reason}")]
+    Unsupported {
+        /// Port.
+        port: String,
+        /// What was asked.
+        operation: &'static str,
+        /// Why not, and what to do.
+        reason: String,
     },
     /// The board refused (firmware status code).
     #[error("{port}: board refused `{command}`: {reason}")]

@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use serialport::SerialPort;
 
-use super::LinkError;
-use super::kit::crc32;
+use atecc::client::ClientError;
+use atecc::config::ConfigZone;
+use manifests::device::DeviceConfig;
+
+use super::kit::{LinkStats, crc32};
+use super::{Board, Caps, LinkError, Op};
 
 /// The board's `rpc.max_frame_size`: it drops a frame longer than this.
 pub const MAX_FRAME: usize = 4096;
@@ -243,6 +247,35 @@ pub struct MosStats {
     pub corrupt: u64,
     /// Tokens thrown away for their size.
     pub oversized: u64,
+    /// Requests sent again after a lost or garbled reply.
+    pub retries: u64,
+    /// Chip commands the calls made the board run (as its ATCA service does them).
+    pub chip_commands: u64,
+    /// Sum of the datasheet's typical execution times of those commands, in microseconds.
+    pub chip_typical_us: u64,
+}
+
+/// The chip commands the firmware's ATCA service runs for one call (mgos_atca_service.c:
+/// GetConfig reads the zone in 4 blocks, SetConfig writes it word by word then UpdateExtra
+/// twice, Sign is Random + Nonce + Sign, SetKey of a private key is Nonce + GenDig +
+/// PrivWrite): what the physical floor of a run counts.
+fn chip_work(method: &str, params: &Value) -> (u64, u64) {
+    use atecc::opcode::Opcode::*;
+    let ops: &[(atecc::opcode::Opcode, u64)] = match method {
+        "ATCA.GetConfig" => &[(Read, 4)],
+        "ATCA.SetConfig" => &[(Write, 27), (UpdateExtra, 2)],
+        "ATCA.LockZone" => &[(Lock, 1)],
+        "ATCA.GenKey" | "ATCA.GetPubKey" => &[(GenKey, 1)],
+        "ATCA.Sign" => &[(Random, 1), (Nonce, 1), (Sign, 1)],
+        "ATCA.SetKey" if params["ecc"] == json!(true) => {
+            &[(Random, 1), (Nonce, 1), (GenDig, 1), (PrivWrite, 1)]
+        }
+        "ATCA.SetKey" => &[(Write, 1)],
+        _ => &[],
+    };
+    ops.iter().fold((0, 0), |(n, us), &(op, k)| {
+        (n + k, us + k * u64::from(op.typical_us()))
+    })
 }
 
 /// The arguments of `ATCA.SetKey`.
@@ -278,6 +311,11 @@ pub struct MosLink {
     /// The board answered in the kit protocol (`SS(hex)` status lines): it runs the
     /// provisioning firmware, and the ready handshake is given up early.
     kit_replies: bool,
+    /// A request with no reply by then is sent again (with a new id): the line may have lost
+    /// it, or its reply.
+    resend_after: Duration,
+    /// The operator allowed keys in clear over the line ([`super::PLAINTEXT_FLAG`]).
+    plaintext_allowed: bool,
 }
 
 impl MosLink {
@@ -288,14 +326,42 @@ impl MosLink {
 
     /// As [`MosLink::connect`], with a timeout per call.
     pub fn connect_with(path: &str, baud: u32, timeout: Duration) -> Result<MosLink, LinkError> {
+        Self::connect_full(
+            path,
+            baud,
+            timeout,
+            Instant::now() + super::kit::board_limit(baud),
+        )
+    }
+
+    /// As [`MosLink::connect`]; nothing is read after `deadline` (every call fails with
+    /// [`LinkError::Deadline`] then).
+    pub fn connect_until(path: &str, baud: u32, deadline: Instant) -> Result<MosLink, LinkError> {
+        Self::connect_full(path, baud, Duration::from_secs(5), deadline)
+    }
+
+    fn connect_full(
+        path: &str,
+        baud: u32,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<MosLink, LinkError> {
+        if Instant::now() >= deadline {
+            return Err(LinkError::Deadline {
+                port: path.to_string(),
+                command: "connect".into(),
+            });
+        }
         let port = super::port::open(path, baud)?;
-        let deadline = Instant::now() + super::kit::board_limit(baud);
         // mos deasserts DTR and RTS: on most ESP boards they drive reset and GPIO0.
         let mut port = port;
         let _ = port.write_data_terminal_ready(false);
         let _ = port.write_request_to_send(false);
         let mut link = MosLink::with_port(port, path, timeout);
         link.deadline = deadline;
+        // Twice the time of a largest frame each way, plus the slowest chip work.
+        link.resend_after = Duration::from_millis(500)
+            + Duration::from_micros(2 * MAX_FRAME as u64 * 10 * 1_000_000 / u64::from(baud.max(1)));
         match link.ready("ready handshake") {
             Ok(()) => Ok(link),
             // No ready answer: a board running the provisioning firmware says so when asked
@@ -358,12 +424,15 @@ impl MosLink {
             deadline: Instant::now() + super::kit::BOARD_LIMIT,
             stats: MosStats::default(),
             kit_replies: false,
+            resend_after: Duration::from_millis(1200),
+            plaintext_allowed: false,
         }
     }
 
-    /// The port path.
-    pub fn port(&self) -> &str {
-        &self.path
+    /// Lets [`MosLink::set_key`] be used by the engine: the operator gave
+    /// [`super::PLAINTEXT_FLAG`].
+    pub fn allow_plaintext_keys(&mut self, allowed: bool) {
+        self.plaintext_allowed = allowed;
     }
 
     /// Sets the pause between 16-byte chunks (the board's UART FIFO is small and there is no
@@ -485,10 +554,35 @@ impl MosLink {
     }
 
     /// One call: handshake, request, the reply with the same id. An error object becomes
-    /// [`LinkError::Refused`] with its code and message.
+    /// [`LinkError::Refused`] with its code and message. A request whose reply does not come
+    /// (lost or garbled on a noisy line: a dropped frame is seen) is sent again with a new
+    /// id, within the call's timeout; a late reply to an earlier attempt is ignored.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, LinkError> {
         // The method only: the parameters of ATCA.SetKey carry keys in clear.
         tracing::debug!(port = %self.path, method = %method.escape_debug(), "RPC call");
+        let until = (Instant::now() + self.timeout).min(self.deadline);
+        let (commands, typical) = chip_work(method, &params);
+        loop {
+            self.stats.chip_commands += commands;
+            self.stats.chip_typical_us += typical;
+            if let Some(r) = self.attempt(method, &params, until)? {
+                return r;
+            }
+            if Instant::now() >= until {
+                return Err(self.timeout_error(method));
+            }
+            self.stats.retries += 1;
+            tracing::debug!(port = %self.path, method = %method.escape_debug(), "no reply: sending again");
+        }
+    }
+
+    /// One request and its reply; `None` when it did not come in time (send again).
+    fn attempt(
+        &mut self,
+        method: &str,
+        params: &Value,
+        until: Instant,
+    ) -> Result<Option<Result<Value, LinkError>>, LinkError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({ "id": id, "src": "provisioner", "method": method, "params": params });
@@ -506,7 +600,8 @@ impl MosLink {
         self.ready(&format!("ready handshake before {method}"))?;
         self.write_paced(&encode_frame(&text))?;
         self.stats.requests += 1;
-        let deadline = (Instant::now() + self.timeout).min(self.deadline);
+        let deadline = (Instant::now() + self.resend_after).min(until);
+        let dropped = self.stats.corrupt + self.stats.oversized;
         let mut tokens = Vec::new();
         while Instant::now() < deadline {
             self.read_tokens(&mut tokens)?;
@@ -516,23 +611,27 @@ impl MosLink {
                 let Token::Frame(v) = t else { continue };
                 match reply_for(&v, id) {
                     None => continue,
-                    Some(Ok(result)) => return Ok(result),
+                    Some(Ok(result)) => return Ok(Some(Ok(result))),
                     Some(Err((code, message))) => {
                         let hint = if code == 404 {
                             format!(": {HINT_404}")
                         } else {
                             String::new()
                         };
-                        return Err(LinkError::Refused {
+                        return Ok(Some(Err(LinkError::Refused {
                             port: self.path.clone(),
                             command: method.into(),
                             reason: format!("error {code}: {message}{hint}"),
-                        });
+                        })));
                     }
                 }
             }
+            // A frame was dropped since the request went out: most likely its reply.
+            if self.stats.corrupt + self.stats.oversized > dropped {
+                return Ok(None);
+            }
         }
-        Err(self.timeout_error(method))
+        Ok(None)
     }
 
     fn bytes_field<const N: usize>(
@@ -683,6 +782,270 @@ impl MosLink {
     }
 }
 
+/// Names of the files the certificate and CA go to, and that `mqtt.ssl_cert` /
+/// `mqtt.ssl_ca_cert` name.
+pub const CERT_FILE: &str = "device.crt";
+/// See [`CERT_FILE`].
+pub const CA_FILE: &str = "ca.crt";
+
+/// Why this firmware cannot lock one slot.
+const NO_SLOT_LOCK: &str = "Mongoose OS's ATCA.LockZone locks only the config and data zones (no single-slot Lock), so anyone with the board can still re-key it; provision it with the provisioning firmware (--transport kit) to make the key permanent";
+
+/// The Mongoose OS configuration that makes the board's MQTT client use the chip's key, the
+/// certificate and CA just written, and the site's broker; `device.id` and `sensor.*` carry
+/// what the sensor application needs beyond `mqtt.*`.
+pub fn mongoose_config(c: &DeviceConfig) -> Value {
+    let readings: Vec<Value> = c
+        .readings
+        .iter()
+        .map(|r| json!({ "topic": r.topic, "quantity": r.quantity }))
+        .collect();
+    json!({
+        "device": { "id": c.device_id },
+        "mqtt": {
+            "enable": true,
+            "server": format!("{}:{}", c.broker_host, c.port),
+            "client_id": c.client_id,
+            "ssl_cert": CERT_FILE,
+            "ssl_key": format!("ATCA:{}", c.key_slot),
+            "ssl_ca_cert": CA_FILE,
+            "clean_session": c.clean_session,
+            "keep_alive": c.keep_alive_s,
+            "will_topic": c.status_topic.clone().unwrap_or_default(),
+            "will_message": if c.status_topic.is_some() { "offline" } else { "" },
+            "will_retain": c.status_topic.is_some(),
+        },
+        "sensor": {
+            // Mongoose's configuration has no arrays: the readings travel as JSON text.
+            "readings": Value::Array(readings).to_string(),
+            "qos": c.qos,
+            "retain": c.retain,
+            "interval_s": c.interval_s,
+        },
+    })
+}
+
+/// True if every leaf of `want` has the same value in `have`.
+fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| contains(hv, v))),
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => have == want,
+    }
+}
+
+impl MosLink {
+    fn unsupported(&self, operation: &'static str, reason: impl Into<String>) -> LinkError {
+        LinkError::Unsupported {
+            port: self.path.clone(),
+            operation,
+            reason: reason.into(),
+        }
+    }
+
+    /// `ATCA.SetKey` as the engine may use it: only with the operator's permission.
+    fn set_key_allowed(&mut self, k: SetKey<'_>) -> Result<(), LinkError> {
+        if !self.plaintext_allowed {
+            return Err(self.unsupported(
+                "ATCA.SetKey",
+                format!(
+                    "it sends the key in clear; re-run with {}",
+                    super::PLAINTEXT_FLAG
+                ),
+            ));
+        }
+        self.set_key(k)
+    }
+}
+
+/// Chip calls of this firmware fail on the link (an RPC error object included).
+fn rpc<T>(r: Result<T, LinkError>) -> Op<T> {
+    r.map_err(ClientError::Transport)
+}
+
+impl Board for MosLink {
+    fn port(&self) -> &str {
+        &self.path
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            write_config: "ATCA.SetConfig",
+            lock_config: "ATCA.LockZone 0",
+            lock_data: "ATCA.LockZone 1",
+            gen_key: "ATCA.GenKey",
+            sign: "ATCA.Sign",
+            put: "FS.Put",
+            files: "FS.Put device.crt and ca.crt, Config.Set mqtt.* and Config.Save",
+            inject: (
+                "IN CLEAR with ATCA.SetKey (the board encrypts it for the chip)",
+                "with ATCA.SetKey (in clear on the serial line, as --allow-plaintext-key-over-serial allows; the board made the encrypted PrivWrite)",
+            ),
+            lock_summary: false,
+            zone_writes: false,
+            keys_in_clear: Some(self.plaintext_allowed),
+            no_slot_lock: Some(NO_SLOT_LOCK),
+        }
+    }
+
+    fn describe(&mut self) -> Result<String, LinkError> {
+        let info = self.sys_get_info()?;
+        let field = |k: &str| {
+            info[k]
+                .as_str()
+                .map(|s| sanitize(s.as_bytes()))
+                .unwrap_or_else(|| "?".into())
+        };
+        Ok(format!(
+            "Mongoose OS app {} {} ({}), id {}",
+            field("app"),
+            field("fw_version"),
+            field("arch"),
+            field("id")
+        ))
+    }
+
+    fn stats(&self) -> LinkStats {
+        LinkStats {
+            lines: self.stats.requests,
+            bytes_out: self.stats.bytes_out,
+            bytes_in: self.stats.bytes_in,
+            retries: self.stats.retries,
+            chip_commands: self.stats.chip_commands,
+            chip_typical_us: self.stats.chip_typical_us,
+        }
+    }
+
+    fn read_config(&mut self) -> Op<ConfigZone> {
+        rpc(self.get_config().map(ConfigZone))
+    }
+
+    fn write_config(&mut self, zone: &ConfigZone) -> Op<()> {
+        rpc(self.set_config(&zone.0))
+    }
+
+    fn lock_config(&mut self, expected: Option<&ConfigZone>) -> Op<()> {
+        if expected.is_some() {
+            return rpc(Err(self.unsupported(
+                "a config lock with its CRC summary",
+                "ATCA.LockZone sends none",
+            )));
+        }
+        rpc(self.lock_zone(0))
+    }
+
+    fn write_slot(&mut self, slot: u8, data: &[u8]) -> Op<()> {
+        if data.len() != 32 {
+            return rpc(Err(self.unsupported(
+                "a data slot write",
+                "ATCA.SetKey writes one 32-byte block",
+            )));
+        }
+        rpc(self.set_key_allowed(SetKey {
+            slot,
+            block: 0,
+            ecc: false,
+            key: data,
+            write_key: None,
+        }))
+    }
+
+    fn write_otp(&mut self, _: &[u8; atecc::config::OTP_SIZE]) -> Op<()> {
+        rpc(Err(self.unsupported(
+            "an OTP write",
+            "the ATCA service has no call for it",
+        )))
+    }
+
+    fn lock_data(&mut self, summary: Option<u16>) -> Op<()> {
+        if summary.is_some() {
+            return rpc(Err(self.unsupported(
+                "a data lock with its CRC summary",
+                "ATCA.LockZone sends none",
+            )));
+        }
+        rpc(self.lock_zone(1))
+    }
+
+    fn lock_slot(&mut self, _: u8) -> Op<()> {
+        rpc(Err(self.unsupported("Lock (one slot)", NO_SLOT_LOCK)))
+    }
+
+    fn gen_key(&mut self, slot: u8) -> Op<[u8; 64]> {
+        rpc(MosLink::gen_key(self, slot))
+    }
+
+    fn priv_write(&mut self, slot: u8, key: &[u8; 32], write_key: (u8, &[u8; 32])) -> Op<()> {
+        rpc(self.set_key_allowed(SetKey {
+            slot,
+            block: 0,
+            ecc: true,
+            key,
+            write_key: Some(write_key),
+        }))
+    }
+
+    fn public_key(&mut self, slot: u8) -> Op<[u8; 64]> {
+        rpc(self.get_pub_key(slot))
+    }
+
+    fn sign(&mut self, slot: u8, digest: &[u8; 32]) -> Op<[u8; 64]> {
+        rpc(MosLink::sign(self, slot, digest))
+    }
+
+    fn get(&mut self, name: &str) -> Result<Option<Vec<u8>>, LinkError> {
+        self.fs_get(name)
+    }
+
+    fn put(&mut self, name: &str, data: &[u8]) -> Result<(), LinkError> {
+        self.fs_put(name, data)
+    }
+
+    fn config_file(&self, _: &DeviceConfig) -> Option<&'static str> {
+        None
+    }
+
+    fn set_configuration(
+        &mut self,
+        config: &DeviceConfig,
+    ) -> Result<Option<(bool, String)>, LinkError> {
+        let slot = config.key_slot;
+        let mut wanted = mongoose_config(config);
+        let current = self.config_get(None).unwrap_or(Value::Null);
+        // Mongoose's TLS hook refuses `ATCA:N` for a slot it may use for ECDHE.
+        if let Some(mask) = current["sys"]["atca"]["ecdh_slots_mask"].as_u64()
+            && mask & (1 << slot) != 0
+        {
+            wanted["sys"] = json!({ "atca": { "ecdh_slots_mask": mask & !(1u64 << slot) } });
+        }
+        let note = if config.tls_server_name != config.broker_host {
+            format!(
+                "; note: Mongoose OS checks the broker certificate against {} (the host it connects to), not {}",
+                config.broker_host, config.tls_server_name
+            )
+        } else {
+            String::new()
+        };
+        let server = format!("{}:{}", config.broker_host, config.port);
+        if contains(&current, &wanted) {
+            return Ok(Some((
+                false,
+                format!("mqtt.server {server}, mqtt.ssl_key ATCA:{slot} already saved{note}"),
+            )));
+        }
+        self.config_set(wanted)?;
+        self.config_save()?;
+        Ok(Some((
+            true,
+            format!(
+                "Config.Set mqtt.* (server {server}, ssl_key ATCA:{slot}, ssl_cert {CERT_FILE}, ssl_ca_cert {CA_FILE}), device.id, sensor.*; Config.Save{note}"
+            ),
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,6 +1157,16 @@ mod tests {
         assert!(matches!(t[0], Token::Oversized(_)), "{t:?}");
         assert_eq!(t.len(), 2, "{t:?}");
         assert_eq!(t[1], Token::Frame(json!({"id":1,"result":null})));
+    }
+
+    #[test]
+    fn config_comparison_looks_at_wanted_leaves_only() {
+        let have = json!({"mqtt": {"server": "a:1", "keep_alive": 60, "user": "x"}, "sys": {}});
+        assert!(contains(&have, &json!({"mqtt": {"server": "a:1"}})));
+        assert!(contains(&have, &json!({"mqtt": {"keep_alive": 60.0}})));
+        assert!(!contains(&have, &json!({"mqtt": {"server": "b:1"}})));
+        assert!(!contains(&have, &json!({"device": {"id": "x"}})));
+        assert!(!contains(&Value::Null, &json!({"a": 1})));
     }
 
     #[test]

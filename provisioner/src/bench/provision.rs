@@ -10,10 +10,8 @@
 
 use std::sync::Mutex;
 
-use atecc::client::{Client, ClientError};
+use atecc::client::ClientError;
 use atecc::config::{ConfigZone, OTP_SIZE, SLOT_COUNT, slot_size};
-use atecc::opcode::Zone;
-use atecc::packet::Command;
 use ca::ledger::IdentityRecord;
 use ca::{Authority, IssueRequest, Profile, PublicKey, Store, Subject};
 use manifests::device::{DeviceConfig, Reading};
@@ -23,8 +21,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
+use super::mos::{CA_FILE, CERT_FILE};
 use super::ownership::{self, BoardEvidence, SlotLock};
-use super::{Board, LinkError};
+use super::{Board, Caps, LinkError, Op, PLAINTEXT_FLAG};
 
 /// What to provision on one port.
 #[derive(Debug, Clone)]
@@ -664,9 +663,14 @@ pub(crate) fn refuse_if_locked_differently(
     })
 }
 
-/// True if the blob `name` on the board equals `data`. A read has no checksum of its own, so
-/// a mismatch is read again before it counts (a noisy line can garble a read, not the blob).
-fn reads_back(board: &mut dyn Board, name: &str, data: &[u8]) -> Result<bool, ProvisionError> {
+/// True if the file `name` on the board equals `data`. A read has no checksum of its own on
+/// every transport, so a mismatch is read again before it counts (a noisy line can garble a
+/// read, not the file).
+fn reads_back<B: Board + ?Sized>(
+    board: &mut B,
+    name: &str,
+    data: &[u8],
+) -> Result<bool, ProvisionError> {
     for _ in 0..3 {
         if board.get(name)?.as_deref() == Some(data) {
             return Ok(true);
@@ -675,12 +679,84 @@ fn reads_back(board: &mut dyn Board, name: &str, data: &[u8]) -> Result<bool, Pr
     Ok(false)
 }
 
-/// Provisions one board.
-pub fn provision(
-    board: &mut dyn Board,
+/// Refuses, before anything is sent, a job that would put a secret in clear on the wire
+/// without the operator's explicit permission (`keys_in_clear` of the transport's [`Caps`]).
+pub fn check_key_path(job: &Job, keys_in_clear: Option<bool>) -> Result<(), ProvisionError> {
+    if job.key_source == KeySource::Host && keys_in_clear == Some(false) && !job.dry_run {
+        return Err(ProvisionError::Config(format!(
+            "--key-source host over --transport mos would send the private key and the write key IN CLEAR over the serial line (Mongoose OS's ATCA.SetKey takes them in plaintext and encrypts on the board); nothing was sent. Use --key-source chip (the key is generated in the chip and never leaves it), flash the provisioning firmware and use --transport kit (the key crosses only encrypted), or accept the risk with {PLAINTEXT_FLAG}"
+        )));
+    }
+    Ok(())
+}
+
+/// What every step of one run reads: the board's port, the job, the run's CA and site, the
+/// transport's capabilities.
+struct Ctx<'a, 's> {
+    port: String,
+    job: &'a Job,
+    shared: &'a Shared<'s>,
+    caps: Caps,
+    /// The key slot and the write key slot of the profile.
+    slot: u8,
+    wk_slot: u8,
+}
+
+impl Ctx<'_, '_> {
+    /// Reports a step (log, progress, outcome).
+    fn step(&self, out: &mut Outcome, step: &'static str, action: &'static str, detail: String) {
+        tracing::info!(port = %self.port, "{step}: {action} {detail}");
+        self.progress(&format!("{step}: {action} {detail}"));
+        out.steps.push(Step {
+            step,
+            action,
+            detail,
+        });
+    }
+
+    fn progress(&self, message: &str) {
+        self.shared.progress.step(&self.port, message);
+    }
+
+    /// A chip failure during `step`, named.
+    fn chip<T>(&self, step: &'static str, r: Op<T>) -> Result<T, ProvisionError> {
+        r.map_err(chip_err(&self.port, step))
+    }
+
+    fn failed(&self, step: &'static str, detail: String) -> ProvisionError {
+        ProvisionError::Chip {
+            port: self.port.clone(),
+            step,
+            detail,
+        }
+    }
+
+    /// A step the job stops before (locking is irreversible and --lock was not given).
+    fn stop(&self, out: &mut Outcome, step: &'static str, detail: String) {
+        self.step(out, step, "stopped", detail);
+        out.status = "needs-lock";
+    }
+}
+
+/// What the first reads found: the chip's config zone, the zone the profile wants on it, its
+/// serial number (hex), the chip profile's name.
+struct Seen {
+    zone: ConfigZone,
+    wanted: ConfigZone,
+    sn_hex: String,
+    chip: String,
+}
+
+/// Provisions one board over any transport: each step reads the chip and the board first
+/// and does only what is missing, so a run on a provisioned board verifies, a run cut short
+/// resumes, and a dry run says what a run would do, all from the same steps.
+pub fn provision<B: Board + ?Sized>(
+    board: &mut B,
     job: &Job,
     shared: &Shared<'_>,
 ) -> Result<Outcome, ProvisionError> {
+    let caps = board.caps();
+    check_key_path(job, caps.keys_in_clear)?;
     let port = board.port().to_string();
     let site = shared.site;
     let profile = site
@@ -689,318 +765,83 @@ pub fn provision(
         .clone();
     let chip_prof = chip_profile(&profile.chip, &shared.home)?;
     check_profile(&profile, &chip_prof, job.key_source)?;
-    let slot = profile.key_slot;
-    let wk_slot = profile.write_key_slot;
     let (readings, status_topic, topics) = device_topics(site, &profile, job);
+    let cx = Ctx {
+        port: port.clone(),
+        job,
+        shared,
+        caps,
+        slot: profile.key_slot,
+        wk_slot: profile.write_key_slot,
+    };
+    let slot = cx.slot;
     let mut out = Outcome {
         id: job.id.clone(),
-        port: port.clone(),
+        port,
         status: if job.dry_run {
             "dry-run"
         } else {
             "provisioned"
         },
-        chip_serial: String::new(),
-        steps: Vec::new(),
-        config_diff: Vec::new(),
-        certificate: None,
-        public_key: None,
         topics: topics.clone(),
-        link: None,
-    };
-    let step = |out: &mut Outcome, step: &'static str, action: &'static str, detail: String| {
-        tracing::info!(port = %port, "{step}: {action} {detail}");
-        shared
-            .progress
-            .step(&port, &format!("{step}: {action} {detail}"));
-        out.steps.push(Step {
-            step,
-            action,
-            detail,
-        });
+        ..Outcome::default()
     };
 
-    shared.progress.step(&port, "reading the board");
-    let info = board.info()?;
-    step(&mut out, "board", "verified", info.clone());
-    let mut client = Client::new(&mut *board);
-    let zone = client
-        .read_config_zone()
-        .map_err(chip_err(&port, "read config"))?;
-    let (sn_hex, rev) = identify_chip(&port, &zone)?;
+    // Identify: the board, the chip, and whose they are.
+    cx.progress("reading the board");
+    let info = board.describe()?;
+    cx.step(&mut out, "board", "verified", info);
+    let zone = cx.chip("read config", board.read_config())?;
+    let (sn_hex, rev) = identify_chip(&cx.port, &zone)?;
     out.chip_serial = sn_hex.clone();
-    step(
+    cx.step(
         &mut out,
         "chip",
         "verified",
         format!("ATECC508A serial {sn_hex}, revision {}", hex::encode(rev)),
     );
-
     // The chip must not already belong to another device, nor the board to another CA.
-    check_ownership(shared, &port, job, &sn_hex)?;
+    check_ownership(shared, &cx.port, job, &sn_hex)?;
     let evidence = BoardEvidence {
-        device_crt: client.transport_mut().get("device.crt")?,
-        ca_crt: client.transport_mut().get("ca.crt")?,
+        device_crt: board.get(CERT_FILE)?,
+        ca_crt: board.get(CA_FILE)?,
         slot_key: zone
             .is_data_locked()
-            .then(|| client.public_key(slot).ok())
+            .then(|| board.public_key(slot).ok())
             .flatten(),
     };
-    let owner = ownership::check_board_owner(shared, job, &port, &sn_hex, &zone, slot, &evidence)?;
-    step(&mut out, "owner", "verified", owner.detail());
+    let owner =
+        ownership::check_board_owner(shared, job, &cx.port, &sn_hex, &zone, slot, &evidence)?;
+    cx.step(&mut out, "owner", "verified", owner.detail());
 
-    // 1. Config zone.
-    let wanted = wanted_zone(&chip_prof, &zone)?;
-    let changes = diff(&zone, &wanted);
-    out.config_diff = changes.clone();
-    if zone.is_config_locked() {
-        refuse_if_locked_differently(&port, &profile.chip, &changes)?;
-        step(
-            &mut out,
-            "config zone",
-            "verified",
-            format!("locked with profile `{}`", profile.chip),
-        );
-    } else if job.dry_run {
-        step(
-            &mut out,
-            "config zone",
-            "would",
-            format!(
-                "write {} field(s) of profile `{}` and lock it (needs --lock)",
-                changes.len(),
-                profile.chip
-            ),
-        );
-    } else if !job.lock {
-        step(
-            &mut out,
-            "config zone",
-            "stopped",
-            format!(
-                "{} field(s) to write; locking is irreversible: re-run with --lock",
-                changes.len()
-            ),
-        );
-        out.status = "needs-lock";
-        return Ok(out);
-    } else {
-        shared.progress.step(&port, "writing the configuration");
-        client
-            .write_config_zone(&wanted)
-            .map_err(chip_err(&port, "write config"))?;
-        let back = client
-            .read_config_zone()
-            .map_err(chip_err(&port, "read back config"))?;
-        let left = diff(&back, &wanted);
-        if !left.is_empty() {
-            return Err(ProvisionError::Chip {
-                port,
-                step: "read back config",
-                detail: format!(
-                    "{} field(s) did not take: {}; nothing was locked",
-                    left.len(),
-                    left.iter()
-                        .map(|c| c.field.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-        shared.progress.step(&port, "locking the config zone");
-        client
-            .lock_config(&wanted)
-            .map_err(chip_err(&port, "lock config"))?;
-        ca::fault::point("provision-after-config-lock");
-        step(
-            &mut out,
-            "config zone",
-            "done",
-            format!(
-                "wrote {} field(s), read back, locked with CRC summary",
-                changes.len()
-            ),
-        );
-    }
-
-    // 2. Data zone: write key, known contents, lock.
-    let wk_name = format!("writekey:{sn_hex}");
-    if zone.is_data_locked() {
-        step(&mut out, "data zone", "verified", "locked".into());
-    } else if job.dry_run {
-        step(
-            &mut out,
-            "data zone",
-            "would",
-            format!(
-                "write a new write key to slot {wk_name_slot}, zeros to the other data slots and OTP, lock with CRC summary",
-                wk_name_slot = wk_slot
-            ),
-        );
-    } else if !job.lock {
-        step(
-            &mut out,
-            "data zone",
-            "stopped",
-            "locking is irreversible: re-run with --lock".into(),
-        );
-        out.status = "needs-lock";
-        return Ok(out);
-    } else {
-        shared
-            .progress
-            .step(&port, "writing the write key and locking the data zone");
-        let wk = lock_ca(shared)
-            .authority()?
-            .secret_or_create(&wk_name, 32)?;
-        let mut contents: Vec<Vec<u8>> = (0..SLOT_COUNT).map(|n| vec![0u8; slot_size(n)]).collect();
-        contents[wk_slot as usize][..32].copy_from_slice(&wk);
-        for (n, data) in contents.iter().enumerate() {
-            if wanted.key_config(n).is_ecc_private() {
-                continue;
-            }
-            client
-                .write_slot(n as u8, data)
-                .map_err(chip_err(&port, "write data slot"))?;
-        }
-        let otp = [0u8; OTP_SIZE];
-        for block in 0..2u8 {
-            let addr = atecc::config::address::block_word(block, 0);
-            client
-                .execute_status(&Command::write(
-                    Zone::Otp,
-                    addr,
-                    &otp[block as usize * 32..block as usize * 32 + 32],
-                ))
-                .map_err(chip_err(&port, "write OTP"))?;
-        }
-        let summary = atecc::host::data_lock_crc(&wanted, |n| contents[n].as_slice(), &otp);
-        client
-            .lock_data(summary)
-            .map_err(chip_err(&port, "lock data"))?;
-        ca::fault::point("provision-after-data-lock");
-        step(
-            &mut out,
-            "data zone",
-            "done",
-            format!(
-                "write key in slot {wk_slot} (kept encrypted in the ledger), other slots zeroed, locked with CRC summary"
-            ),
-        );
-    }
-
-    // 3. The key (a locked slot keeps its key: it is certified after proof of possession).
-    let known = certified_key(shared, job, &sn_hex)?;
-    let kept = ownership::key_slot_locked(&zone, slot);
-    let public: Option<[u8; 64]> = match (&known, job.dry_run) {
-        (None, dry) if kept => {
-            let detail = ownership::kept_key_detail(slot, &owner);
-            step(
-                &mut out,
-                "key",
-                if dry { "would" } else { "verified" },
-                detail,
-            );
-            (!dry)
-                .then(|| client.public_key(slot))
-                .transpose()
-                .map_err(chip_err(&port, "read public key"))?
-        }
-        (Some(hexkey), _) => {
-            let on_chip = client
-                .public_key(slot)
-                .map_err(chip_err(&port, "read public key"))?;
-            if hex::encode(on_chip) != *hexkey {
-                return Err(ProvisionError::Conflict(format!(
-                    "{port}: the key in slot {slot} is not the one certified for `{}`: the chip was re-keyed elsewhere; revoke the device and provision it again",
-                    job.id
-                )));
-            }
-            step(
-                &mut out,
-                "key",
-                "verified",
-                format!("slot {slot} holds the certified key"),
-            );
-            Some(on_chip)
-        }
-        (None, true) => {
-            step(
-                &mut out,
-                "key",
-                "would",
-                match job.key_source {
-                    KeySource::Chip => {
-                        format!("GenKey in slot {slot}: the private key never leaves the chip")
-                    }
-                    KeySource::Host => format!(
-                        "generate a key on this host, inject it into slot {slot} with an encrypted PrivWrite, erase it"
-                    ),
-                },
-            );
-            None
-        }
-        (None, false) => match job.key_source {
-            KeySource::Chip => {
-                shared
-                    .progress
-                    .step(&port, "generating the key in the chip");
-                let p = client.gen_key(slot).map_err(chip_err(&port, "GenKey"))?;
-                step(&mut out, "key", "done", format!("GenKey in slot {slot}"));
-                Some(p)
-            }
-            KeySource::Host => {
-                shared
-                    .progress
-                    .step(&port, "injecting a host key (encrypted PrivWrite)");
-                let wk = lock_ca(shared).authority()?.secret(&wk_name)?.ok_or_else(|| {
-                    ProvisionError::Conflict(format!("{port}: no write key for chip {sn_hex} in the ledger: it was locked by another tool; use --key-source chip"))
-                })?;
-                let mut wk32 = [0u8; 32];
-                wk32.copy_from_slice(&wk[..32]);
-                let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate();
-                let mut scalar: [u8; 32] = sk.to_bytes().into();
-                let pubkey =
-                    p256::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&sk.public_key(), false);
-                let r = client.priv_write_encrypted(slot, &scalar, wk_slot, &wk32, &random::<20>());
-                scalar.zeroize();
-                wk32.zeroize();
-                drop(sk);
-                r.map_err(chip_err(&port, "PrivWrite"))?;
-                let mut p = [0u8; 64];
-                p.copy_from_slice(&pubkey.as_bytes()[1..]);
-                let on_chip = client
-                    .public_key(slot)
-                    .map_err(chip_err(&port, "read public key"))?;
-                if on_chip != p {
-                    return Err(ProvisionError::Chip {
-                        port,
-                        step: "PrivWrite",
-                        detail: "the chip's public key is not the injected key's".into(),
-                    });
-                }
-                step(
-                    &mut out,
-                    "key",
-                    "done",
-                    format!(
-                        "host key injected in slot {slot} with an encrypted PrivWrite, then erased from memory"
-                    ),
-                );
-                Some(p)
-            }
-        },
+    // Configure and lock the config zone, then write and lock the data zone.
+    let seen = Seen {
+        wanted: wanted_zone(&chip_prof, &zone)?,
+        zone,
+        sn_hex,
+        chip: profile.chip.clone(),
     };
+    if !config_zone(&cx, board, &mut out, &seen)? || !data_zone(&cx, board, &mut out, &seen)? {
+        return Ok(out);
+    }
+    let Seen {
+        zone,
+        wanted,
+        sn_hex,
+        ..
+    } = &seen;
 
+    // The key (a locked slot keeps its key: it is certified after proof of possession).
+    let public = key(&cx, board, &mut out, &seen, &owner)?;
     ca::fault::point("provision-after-key");
     let Some(public) = public else {
-        step(
+        cx.step(
             &mut out,
             "certificate",
             "would",
             format!(
-                "prove possession, issue a device certificate for `{}`, write device.crt, ca.crt and device.toml",
-                job.id
+                "prove possession ({}), issue a device certificate for `{}`, {}",
+                caps.sign, job.id, caps.files
             ),
         );
         return Ok(out);
@@ -1013,37 +854,39 @@ pub fn provision(
             shared,
             job,
             &public,
-            "write device.crt, ca.crt and device.toml where they differ",
+            &format!("{} where they differ", caps.files),
         )?;
-        step(&mut out, plan.step, plan.action, plan.detail);
-        let (action, detail) = ownership::slot_lock_plan(&wanted, &zone, slot, job).report(slot);
-        step(&mut out, "key lock", action, detail);
+        cx.step(&mut out, plan.step, plan.action, plan.detail);
+        let plan = ownership::slot_lock_plan(wanted, zone, slot, job);
+        let (action, detail) = slot_lock_report(&cx, plan);
+        cx.step(&mut out, "key lock", action, detail);
         return Ok(out);
     }
 
-    // 4. Proof of possession: the chip signs a fresh challenge.
+    // Possession: the chip signs a fresh challenge.
     let challenge = random::<32>();
     let digest: [u8; 32] = Sha256::digest(challenge).into();
-    let rs = client
-        .sign_digest(slot, &digest)
-        .map_err(chip_err(&port, "Sign"))?;
-    verify_possession(&port, &public, &digest, &rs)?;
-    step(
+    let rs = cx.chip("Sign", board.sign(slot, &digest))?;
+    verify_possession(&cx.port, &public, &digest, &rs)?;
+    cx.step(
         &mut out,
         "possession",
         "verified",
-        "the chip signed a fresh challenge with the key".into(),
+        format!(
+            "the chip signed a fresh challenge with the key ({})",
+            caps.sign
+        ),
     );
 
-    // 5. Certificate (idempotent: the same chip key and id give the same certificate).
+    // Certificate (idempotent: the same chip key and id give the same certificate).
     let DeviceCertificate {
         issued,
         chain,
         bundle,
-    } = issue_device_certificate(shared, job, &sn_hex, &public, slot, &topics)?;
+    } = issue_device_certificate(shared, job, sn_hex, &public, slot, &topics)?;
     ca::fault::point("provision-after-certificate");
     out.certificate = Some(issued.record.serial.clone());
-    step(
+    cx.step(
         &mut out,
         "certificate",
         if issued.existing { "verified" } else { "done" },
@@ -1058,76 +901,408 @@ pub fn provision(
         ),
     );
 
-    // 6. The device's blobs.
+    // Device files, then the configuration where the firmware keeps its own.
     let config = device_config(site, &profile, job, readings, status_topic);
-    let blobs: [(&str, Vec<u8>); 3] = [
-        ("device.crt", format!("{}{chain}", issued.pem).into_bytes()),
-        ("ca.crt", bundle),
-        (
-            manifests::device::BLOB_NAME,
-            config
-                .to_blob()
-                .map_err(|e| ProvisionError::Config(e.to_string()))?,
-        ),
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        (CERT_FILE, format!("{}{chain}", issued.pem).into_bytes()),
+        (CA_FILE, bundle),
     ];
-    let _ = client; // the chip session ends here; the board store is next
-    for (name, data) in &blobs {
-        if board.get(name)?.as_deref() == Some(data.as_slice()) {
-            step(
-                &mut out,
-                "device store",
-                "verified",
-                format!("{name} ({} bytes) already on the device", data.len()),
-            );
-            continue;
+    if let Some(name) = board.config_file(&config) {
+        let blob = config
+            .to_blob()
+            .map_err(|e| ProvisionError::Config(e.to_string()))?;
+        files.push((name, blob));
+    } else {
+        config
+            .validate()
+            .map_err(|e| ProvisionError::Config(e.to_string()))?;
+    }
+    device_files(&cx, board, &mut out, &files)?;
+    if let Some((changed, detail)) = board.set_configuration(&config)? {
+        if changed {
+            cx.progress("setting and saving the configuration");
         }
-        shared.progress.step(&port, &format!("writing {name}"));
-        board.put(name, data)?;
-        ca::fault::point("provision-after-blob");
-        if !reads_back(board, name, data)? {
-            return Err(ProvisionError::Chip {
-                port,
-                step: "device store",
-                detail: format!("{name} reads back different from what was written"),
-            });
-        }
-        step(
-            &mut out,
-            "device store",
-            "done",
-            format!("{name} ({} bytes) written and read back", data.len()),
-        );
+        let action = if changed { "done" } else { "verified" };
+        cx.step(&mut out, "device config", action, detail);
     }
 
-    // 7. The identity key made permanent (Lockable key slots), now that it is certified and
+    // The identity key made permanent (Lockable key slots), now that it is certified and
     // the board carries the certificate.
-    let mut client = Client::new(&mut *board);
-    let now = client
-        .read_config_zone()
-        .map_err(chip_err(&port, "read config"))?;
-    let plan = ownership::slot_lock_plan(&wanted, &now, slot, job);
-    if plan == SlotLock::Lock {
-        shared.progress.step(&port, "locking the key slot");
-        client
-            .lock_slot(slot)
-            .map_err(chip_err(&port, "lock slot"))?;
-        let after = client
-            .read_config_zone()
-            .map_err(chip_err(&port, "read back slot lock"))?;
-        if !ownership::key_slot_locked(&after, slot) {
-            return Err(ProvisionError::Chip {
-                port,
-                step: "lock slot",
-                detail: format!("after Lock(slot {slot}) the slot is not locked"),
-            });
-        }
-    }
-    let (action, detail) = plan.report(slot);
-    step(&mut out, "key lock", action, detail);
-    if plan == SlotLock::Stopped {
-        out.status = "needs-lock";
-    } else if nothing_done(&out.steps) {
+    key_lock(&cx, board, &mut out, wanted)?;
+    if out.status != "needs-lock" && nothing_done(&out.steps) {
         out.status = "verified";
     }
     Ok(out)
+}
+
+/// The config zone: verified if locked with the profile, else written, read back and locked.
+/// False when the run stops here (needs --lock).
+fn config_zone<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    out: &mut Outcome,
+    seen: &Seen,
+) -> Result<bool, ProvisionError> {
+    let (zone, wanted, chip) = (&seen.zone, &seen.wanted, seen.chip.as_str());
+    let caps = &cx.caps;
+    let changes = diff(zone, wanted);
+    out.config_diff = changes.clone();
+    let n = changes.len();
+    if zone.is_config_locked() {
+        refuse_if_locked_differently(&cx.port, chip, &changes)?;
+        let detail = format!("locked with profile `{chip}`");
+        cx.step(out, "config zone", "verified", detail);
+    } else if cx.job.dry_run {
+        let detail = format!(
+            "{} {n} field(s) of profile `{chip}`, read back, {} (needs --lock)",
+            caps.write_config, caps.lock_config
+        );
+        cx.step(out, "config zone", "would", detail);
+    } else if !cx.job.lock {
+        let detail = format!("{n} field(s) to write; locking is irreversible: re-run with --lock");
+        cx.stop(out, "config zone", detail);
+        return Ok(false);
+    } else {
+        cx.progress("writing the configuration");
+        cx.chip("write config", board.write_config(wanted))?;
+        let back = cx.chip("read back config", board.read_config())?;
+        let left = diff(&back, wanted);
+        if !left.is_empty() {
+            let names: Vec<&str> = left.iter().map(|c| c.field.as_str()).collect();
+            return Err(cx.failed(
+                "read back config",
+                format!(
+                    "{} field(s) did not take: {}; nothing was locked",
+                    left.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        cx.progress("locking the config zone");
+        let summary = caps.lock_summary.then_some(wanted);
+        cx.chip("lock config", board.lock_config(summary))?;
+        let mut after = "";
+        if summary.is_none() {
+            // Without the CRC summary, the read-back after the lock proves the locked zone
+            // holds the profile.
+            let locked = cx.chip("read back config", board.read_config())?;
+            let mut expected = ConfigZone(wanted.0);
+            expected.set_config_locked();
+            if !locked.is_config_locked() || !diff(&locked, &expected).is_empty() {
+                let detail = format!(
+                    "after {} the config zone is not locked with the profile's contents",
+                    caps.lock_config
+                );
+                return Err(cx.failed("lock config", detail));
+            }
+            after = ", read back locked";
+        }
+        ca::fault::point("provision-after-config-lock");
+        let detail = format!(
+            "{} of {n} field(s), read back, {}{after}",
+            caps.write_config, caps.lock_config
+        );
+        cx.step(out, "config zone", "done", detail);
+    }
+    Ok(true)
+}
+
+/// The data zone: the write key (where it can cross, and is needed), known contents where
+/// the transport can write them, then the lock. False when the run stops here.
+fn data_zone<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    out: &mut Outcome,
+    seen: &Seen,
+) -> Result<bool, ProvisionError> {
+    let (zone, wanted, sn_hex) = (&seen.zone, &seen.wanted, seen.sn_hex.as_str());
+    let (caps, wk_slot) = (&cx.caps, cx.wk_slot);
+    // A write key in clear crosses only for a host key that needs it (and with permission).
+    let host_key = cx.job.key_source == KeySource::Host;
+    let write_key = caps.keys_in_clear.is_none() || host_key;
+    let key_part = match (write_key, caps.keys_in_clear) {
+        (true, None) => format!("write key in slot {wk_slot} (kept encrypted in the ledger)"),
+        (true, Some(_)) => format!(
+            "write key in slot {wk_slot} (sent in clear over the serial line, needs {PLAINTEXT_FLAG}; kept encrypted in the ledger)"
+        ),
+        (false, _) => format!(
+            "write key slot {wk_slot} not written (it would cross in clear): slots that take encrypted writes with it cannot be re-keyed securely, slot {} takes GenKey only",
+            cx.slot
+        ),
+    };
+    let zeros = if caps.zone_writes {
+        ", zeros to the other data slots and OTP"
+    } else {
+        ""
+    };
+    if zone.is_data_locked() {
+        cx.step(out, "data zone", "verified", "locked".into());
+        return Ok(true);
+    }
+    if cx.job.dry_run {
+        let detail = format!("{key_part}{zeros}, {}", caps.lock_data);
+        cx.step(out, "data zone", "would", detail);
+        return Ok(true);
+    }
+    if !cx.job.lock {
+        let detail = "locking is irreversible: re-run with --lock".into();
+        cx.stop(out, "data zone", detail);
+        return Ok(false);
+    }
+    cx.progress("writing the data zone and locking it");
+    let mut contents: Vec<Vec<u8>> = (0..SLOT_COUNT).map(|n| vec![0u8; slot_size(n)]).collect();
+    if write_key {
+        let mut wk = lock_ca(cx.shared)
+            .authority()?
+            .secret_or_create(&format!("writekey:{sn_hex}"), 32)?;
+        contents[wk_slot as usize][..32].copy_from_slice(&wk[..32]);
+        wk.zeroize();
+    }
+    let otp = [0u8; OTP_SIZE];
+    let r = if caps.zone_writes {
+        write_contents(cx, board, wanted, &contents, &otp)
+    } else if write_key {
+        cx.chip(
+            "write data slot",
+            board.write_slot(wk_slot, &contents[wk_slot as usize][..32]),
+        )
+    } else {
+        Ok(())
+    };
+    let summary = caps
+        .lock_summary
+        .then(|| atecc::host::data_lock_crc(wanted, |n| contents[n].as_slice(), &otp));
+    contents[wk_slot as usize].zeroize();
+    r?;
+    cx.chip("lock data", board.lock_data(summary))?;
+    if summary.is_none()
+        && !cx
+            .chip("read config", board.read_config())?
+            .is_data_locked()
+    {
+        let detail = format!("after {} the data zone is not locked", caps.lock_data);
+        return Err(cx.failed("lock data", detail));
+    }
+    ca::fault::point("provision-after-data-lock");
+    let zeroed = if caps.zone_writes {
+        ", other slots zeroed"
+    } else {
+        ""
+    };
+    let detail = format!("{key_part}{zeroed}, {}", caps.lock_data);
+    cx.step(out, "data zone", "done", detail);
+    Ok(true)
+}
+
+/// Every non-key data slot and the OTP zone, before the data lock.
+fn write_contents<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    wanted: &ConfigZone,
+    contents: &[Vec<u8>],
+    otp: &[u8; OTP_SIZE],
+) -> Result<(), ProvisionError> {
+    for (n, data) in contents.iter().enumerate() {
+        if !wanted.key_config(n).is_ecc_private() {
+            cx.chip("write data slot", board.write_slot(n as u8, data))?;
+        }
+    }
+    cx.chip("write OTP", board.write_otp(otp))
+}
+
+/// The key: the certified one verified, a locked slot's kept, or a new one made (GenKey, or
+/// a host key put in). `None` in a dry run that has no key to show yet.
+fn key<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    out: &mut Outcome,
+    seen: &Seen,
+    owner: &ownership::Owner,
+) -> Result<Option<[u8; 64]>, ProvisionError> {
+    let (zone, sn_hex) = (&seen.zone, seen.sn_hex.as_str());
+    let (caps, slot, job) = (&cx.caps, cx.slot, cx.job);
+    let known = certified_key(cx.shared, job, sn_hex)?;
+    let kept = ownership::key_slot_locked(zone, slot);
+    match (&known, job.dry_run) {
+        (None, dry) if kept => {
+            let action = if dry { "would" } else { "verified" };
+            cx.step(out, "key", action, ownership::kept_key_detail(slot, owner));
+            if dry {
+                return Ok(None);
+            }
+            cx.chip("read public key", board.public_key(slot)).map(Some)
+        }
+        (Some(hexkey), _) => {
+            let on_chip = cx.chip("read public key", board.public_key(slot))?;
+            if hex::encode(on_chip) != *hexkey {
+                return Err(ProvisionError::Conflict(format!(
+                    "{}: the key in slot {slot} is not the one certified for `{}`: the chip was re-keyed elsewhere; revoke the device and provision it again",
+                    cx.port, job.id
+                )));
+            }
+            let detail = format!("slot {slot} holds the certified key");
+            cx.step(out, "key", "verified", detail);
+            Ok(Some(on_chip))
+        }
+        (None, true) => {
+            let detail = match job.key_source {
+                KeySource::Chip => format!(
+                    "{} in slot {slot}: the private key never leaves the chip",
+                    caps.gen_key
+                ),
+                KeySource::Host => format!(
+                    "generate a key on this host, inject it into slot {slot} {}, erase it",
+                    caps.inject.0
+                ),
+            };
+            cx.step(out, "key", "would", detail);
+            Ok(None)
+        }
+        (None, false) if job.key_source == KeySource::Chip => {
+            cx.progress("generating the key in the chip");
+            let p = cx.chip("GenKey", board.gen_key(slot))?;
+            let detail = format!("{} in slot {slot}", caps.gen_key);
+            cx.step(out, "key", "done", detail);
+            Ok(Some(p))
+        }
+        (None, false) => host_key(cx, board, out, sn_hex).map(Some),
+    }
+}
+
+/// A key made on this host, put into the chip with the write key, erased; its public key.
+fn host_key<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    out: &mut Outcome,
+    sn_hex: &str,
+) -> Result<[u8; 64], ProvisionError> {
+    let slot = cx.slot;
+    cx.progress(&format!("injecting a host key ({})", cx.caps.inject.0));
+    let wk = lock_ca(cx.shared)
+        .authority()?
+        .secret(&format!("writekey:{sn_hex}"))?
+        .ok_or_else(|| {
+            ProvisionError::Conflict(format!(
+                "{}: no write key for chip {sn_hex} in the ledger: its data zone was locked by another tool (or without --key-source host); use --key-source chip",
+                cx.port
+            ))
+        })?;
+    let mut wk32 = [0u8; 32];
+    wk32.copy_from_slice(&wk[..32]);
+    let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate();
+    let mut scalar: [u8; 32] = sk.to_bytes().into();
+    let pubkey = p256::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&sk.public_key(), false);
+    let r = board.priv_write(slot, &scalar, (cx.wk_slot, &wk32));
+    scalar.zeroize();
+    wk32.zeroize();
+    drop(sk);
+    cx.chip("PrivWrite", r)?;
+    let mut p = [0u8; 64];
+    p.copy_from_slice(&pubkey.as_bytes()[1..]);
+    if cx.chip("read public key", board.public_key(slot))? != p {
+        let detail = "the chip's public key is not the injected key's".into();
+        return Err(cx.failed("PrivWrite", detail));
+    }
+    let detail = format!(
+        "host key injected in slot {slot} {}, then erased from memory",
+        cx.caps.inject.1
+    );
+    cx.step(out, "key", "done", detail);
+    Ok(p)
+}
+
+/// The device's files: each written where it differs, and read back.
+fn device_files<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    out: &mut Outcome,
+    files: &[(&str, Vec<u8>)],
+) -> Result<(), ProvisionError> {
+    for (name, data) in files {
+        let len = data.len();
+        if board.get(name)?.as_deref() == Some(data.as_slice()) {
+            let detail = format!("{name} ({len} bytes) already on the device");
+            cx.step(out, "device store", "verified", detail);
+            continue;
+        }
+        cx.progress(&format!("writing {name}"));
+        board.put(name, data)?;
+        ca::fault::point("provision-after-blob");
+        if !reads_back(board, name, data)? {
+            let detail = format!("{name} reads back different from what was written");
+            return Err(cx.failed("device store", detail));
+        }
+        let detail = format!(
+            "{name} ({len} bytes) written with {} and read back",
+            cx.caps.put
+        );
+        cx.step(out, "device store", "done", detail);
+    }
+    Ok(())
+}
+
+/// The report of the slot-lock step, on a transport that may not lock one slot.
+fn slot_lock_report(cx: &Ctx<'_, '_>, plan: SlotLock) -> (&'static str, String) {
+    match (plan, cx.caps.no_slot_lock) {
+        (SlotLock::Lock | SlotLock::Stopped | SlotLock::Would, Some(why)) => {
+            ("skipped", format!("slot {} NOT locked: {why}", cx.slot))
+        }
+        _ => plan.report(cx.slot),
+    }
+}
+
+/// Locks the identity slot where the profile makes it Lockable and the transport can.
+fn key_lock<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    out: &mut Outcome,
+    wanted: &ConfigZone,
+) -> Result<(), ProvisionError> {
+    let slot = cx.slot;
+    let now = cx.chip("read config", board.read_config())?;
+    let plan = ownership::slot_lock_plan(wanted, &now, slot, cx.job);
+    if plan == SlotLock::Lock && cx.caps.no_slot_lock.is_none() {
+        cx.progress("locking the key slot");
+        cx.chip("lock slot", board.lock_slot(slot))?;
+        let after = cx.chip("read back slot lock", board.read_config())?;
+        if !ownership::key_slot_locked(&after, slot) {
+            let detail = format!("after Lock(slot {slot}) the slot is not locked");
+            return Err(cx.failed("lock slot", detail));
+        }
+    }
+    let (action, detail) = slot_lock_report(cx, plan);
+    cx.step(out, "key lock", action, detail);
+    if plan == SlotLock::Stopped && cx.caps.no_slot_lock.is_none() {
+        out.status = "needs-lock";
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_keys_in_clear_need_the_flag_that_names_the_risk() {
+        let job = Job {
+            id: "salon-1".into(),
+            room: "salon".into(),
+            profile_name: "climat".into(),
+            key_source: KeySource::Host,
+            lock: true,
+            dry_run: false,
+            reissue: false,
+            takeover: false,
+        };
+        let e = check_key_path(&job, Some(false)).expect_err("refused");
+        assert!(e.to_string().contains(PLAINTEXT_FLAG));
+        assert!(e.to_string().contains("IN CLEAR"));
+        assert!(check_key_path(&job, Some(true)).is_ok());
+        assert!(check_key_path(&job, None).is_ok());
+        let chip = Job {
+            key_source: KeySource::Chip,
+            ..job
+        };
+        assert!(check_key_path(&chip, Some(false)).is_ok());
+    }
 }

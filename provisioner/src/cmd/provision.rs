@@ -8,13 +8,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use manifests::site::KeySource;
 use serde_json::json;
 
-use crate::bench::LinkError;
-use crate::bench::kit::KitLink;
+use crate::bench::kit::{KitLink, LinkStats};
 use crate::bench::mos::MosLink;
 use crate::bench::provision::{
     self, CaAccess, Job, Outcome, Progress, ProvisionError, Quiet, Shared,
 };
-use crate::bench::provision_mos;
+use crate::bench::{Board, LinkError};
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
 
@@ -149,31 +148,59 @@ fn retryable(e: &ProvisionError) -> bool {
         // A missing or busy port, another firmware, or the board's time is up: running
         // again cannot help.
         ProvisionError::Link(
-            LinkError::Open(_) | LinkError::Deadline { .. } | LinkError::OtherFirmware { .. },
+            LinkError::Open(_)
+            | LinkError::Deadline { .. }
+            | LinkError::OtherFirmware { .. }
+            | LinkError::Unsupported { .. },
         ) => false,
         ProvisionError::Link(_) | ProvisionError::Chip { .. } => true,
         _ => false,
     }
 }
 
+/// One run over a freshly opened link; its traffic is added to `stats`.
+fn run_on<B: Board>(
+    link: std::result::Result<B, LinkError>,
+    job: &Job,
+    shared: &Shared<'_>,
+    stats: &mut LinkStats,
+) -> std::result::Result<Outcome, ProvisionError> {
+    let mut link = link?;
+    let r = provision::provision(&mut link, job, shared);
+    stats.add(&link.stats());
+    r
+}
+
+/// Provisions one board over `transport`, running again (up to [`RUNS`] times) after a
+/// failure that another run may get through (a noisy line).
 fn provision_with_retries(
     port: &str,
-    baud: u32,
+    args: &Args,
     job: &Job,
     shared: &Shared<'_>,
 ) -> std::result::Result<Outcome, ProvisionError> {
     let mut run = 1;
-    let mut stats = crate::bench::kit::LinkStats::default();
+    let mut stats = LinkStats::default();
     // Every run and retry of this board ends by then, whatever the board sends.
-    let deadline = Instant::now() + crate::bench::kit::board_limit(baud);
+    let deadline = Instant::now() + crate::bench::kit::board_limit(args.baud);
     loop {
-        let r = KitLink::connect_until(port, baud, deadline)
-            .map_err(ProvisionError::from)
-            .and_then(|mut link| {
-                let r = provision::provision(&mut link, job, shared);
-                stats.add(&link.stats);
-                r
-            });
+        let r = match args.transport {
+            Transport::Kit => run_on(
+                KitLink::connect_until(port, args.baud, deadline),
+                job,
+                shared,
+                &mut stats,
+            ),
+            Transport::Mos => run_on(
+                MosLink::connect_until(port, args.baud, deadline).map(|mut l| {
+                    l.allow_plaintext_keys(args.allow_plaintext_key_over_serial);
+                    l
+                }),
+                job,
+                shared,
+                &mut stats,
+            ),
+        };
         let r = r.map(|mut o| {
             o.link = Some(stats);
             o
@@ -412,7 +439,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     // A secret in clear on the wire needs the operator's word, before any port is opened.
     if args.transport == Transport::Mos {
         for (_, job) in &jobs {
-            provision_mos::check_mos_job(job, args.allow_plaintext_key_over_serial)
+            provision::check_key_path(job, Some(args.allow_plaintext_key_over_serial))
                 .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
         }
     }
@@ -466,22 +493,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             let handles: Vec<_> = jobs
                 .iter()
                 .map(|(port, job)| {
-                    let shared = &shared;
+                    let (shared, args) = (&shared, &args);
                     s.spawn(move || {
                         let t = Instant::now();
-                        let r = match args.transport {
-                            Transport::Kit => provision_with_retries(port, args.baud, job, shared),
-                            Transport::Mos => MosLink::connect(port, args.baud)
-                                .map_err(ProvisionError::from)
-                                .and_then(|mut link| {
-                                    provision_mos::provision_mos(
-                                        &mut link,
-                                        job,
-                                        shared,
-                                        args.allow_plaintext_key_over_serial,
-                                    )
-                                }),
-                        };
+                        let r = provision_with_retries(port, args, job, shared);
                         (port.clone(), r, t.elapsed().as_millis())
                     })
                 })
