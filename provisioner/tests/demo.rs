@@ -153,6 +153,28 @@ fn the_demo_provisions_three_boards_delivers_every_qos12_reading_refuses_intrude
         "{tried:?}"
     );
 
+    // The live revocation: the last board revoked and cut off within 5 s, its reconnections
+    // refused by the CRL, none of its readings on Pi #1 after the cut; the others' QoS 1/2
+    // readings all delivered (checked above) across Pi #1's restart.
+    let r = &s["revocation"];
+    assert_eq!(r["id"], "cuisine-1", "{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["cut_off_seconds"].as_f64().is_some_and(|t| t < 5.0),
+        "{r}"
+    );
+    assert!(
+        r["refused_reconnects"].as_u64().is_some_and(|n| n >= 1),
+        "{r}"
+    );
+    assert_eq!(r["readings_after_cut"], 0, "{r}");
+    assert!(
+        r["evidence"]
+            .as_str()
+            .is_some_and(|e| e.contains("CertificateRevoked")),
+        "{r}"
+    );
+
     // Features: QoS 0 and 1, keep-alive, clean and persistent sessions among three sensors.
     let f = &s["features"];
     for k in [

@@ -47,7 +47,8 @@ pub(super) struct Seen {
     pub(super) messages: u64,
     /// Messages marked as intrusions (none should ever get through).
     pub(super) intrusions: Vec<String>,
-    subscribed: bool,
+    /// SUBACKs received: 1 once subscribed, one more after each reconnection.
+    subacks: u32,
 }
 
 /// What one monitor saw, shared with its reading thread.
@@ -113,7 +114,7 @@ fn monitor_thread(
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if line.contains("received SUBACK") {
-                lock(&seen).subscribed = true;
+                lock(&seen).subacks += 1;
                 continue;
             }
             let Some(m) = parse_line(&line) else {
@@ -307,8 +308,13 @@ impl Monitors {
             .ok_or_else(|| CliError::new(Code::Failure, "monitor without stdout"))?;
         self.threads.push(monitor_thread(out, seen.clone(), live));
         wait_for(name, Duration::from_secs(10), Some(&log), || {
-            lock(&seen).subscribed
+            lock(&seen).subacks > 0
         })
+    }
+
+    /// How often Pi #1's monitor has subscribed (it subscribes again after a reconnection).
+    pub(super) fn near_subscriptions(&self) -> u32 {
+        lock(&self.near).subacks
     }
 
     /// What Pi #1 (near) and Pi #2 (far) saw so far.

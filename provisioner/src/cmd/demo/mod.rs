@@ -18,13 +18,14 @@
 //! cleanup), [`network`] (directory, programs, ports, the emitted configurations, brokers,
 //! air, receiver and gateway), [`house`] (the site and its sensors), [`boards`] (the simulated
 //! boards and their provisioning), [`live`] (the monitors and the live view), [`scenario`]
-//! (the intrusions), [`summary`] (text and JSON).
+//! (the intrusions), [`revocation`] (the live revocation), [`summary`] (text and JSON).
 
 mod boards;
 mod house;
 mod live;
 mod network;
 mod procs;
+mod revocation;
 mod scenario;
 mod summary;
 
@@ -58,8 +59,8 @@ EXAMPLES:
   provisioner demo --sensors 50 --duration 40
   provisioner demo --sensors 3 --duration 10 --json | jq .messages
 
-EXIT CODES: 0 every device provisioned, every QoS 1/2 reading delivered at the far side and
-every intrusion refused; 1 otherwise (or interrupted: everything is stopped either way).";
+EXIT CODES: 0 every device provisioned, every QoS 1/2 reading delivered at the far side,
+every intrusion refused and the revoked board cut off within 5 s; 1 otherwise (or interrupted: everything is stopped either way).";
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -319,7 +320,7 @@ fn demo(
         6,
         "Pi #1 and Pi #2: mosquitto (mTLS + ACL + CRL), the LoRa air, lora-link rx, gateway",
     );
-    let net = network::Network::start(&d, &tools, &ports, &configs)?;
+    let mut net = network::Network::start(&d, &tools, &ports, &configs)?;
     let mut monitors = live::Monitors::start(&d, &tools, &ports, &configs)?;
 
     step(
@@ -344,16 +345,26 @@ fn demo(
     let live_end = Instant::now() + Duration::from_secs(args.duration);
     nap(Duration::from_secs(args.duration.min(4)))?;
     let tried = scenario::play(&d, &tools, &ports, &configs, &site, &net)?;
+    let revoked = match revocation::victim(&sensors) {
+        Some(v) => {
+            step(8, &format!("Revoking `{}` while the house runs", v.id));
+            let r = revocation::revoke_live(&d, &tools, &ports, &configs, &mut net, &monitors, v)?;
+            r.wait_for_refusal()?;
+            Some(r)
+        }
+        None => None,
+    };
     monitors.watch_until(live_end, &intervals, args.duration)?;
 
     step(
-        8,
+        9,
         "Stopping: boards first, then the link drains, then the daemons",
     );
     let ended = network::stop_in_order(procs, &boards, net, &mut monitors)?;
 
     let (near, far) = monitors.seen();
     let intrusions = tried.outcomes(&near, &far, &ended.receiver);
+    let revocation = revoked.map(|r| r.judge(&near));
     let report = summary::Report {
         n,
         sensors: &sensors,
@@ -363,13 +374,14 @@ fn demo(
         far: &far,
         ended: &ended,
         intrusions: &intrusions,
+        revocation: revocation.as_ref(),
         scale,
         ports: &ports,
         procs,
         started,
     };
     let summary = report.json();
-    step(9, "Summary");
+    step(10, "Summary");
     report.print();
     Ok(summary)
 }

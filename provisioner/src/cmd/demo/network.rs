@@ -423,6 +423,29 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Restarts Pi #1's mosquitto from the same configuration, as `systemctl restart
+    /// mosquitto` does on a Pi: SIGTERM (mosquitto saves its persistence file), then the same
+    /// `mosquitto -c`, waited for until it listens.
+    pub(super) fn restart_near_broker(
+        &mut self,
+        d: &Demo<'_>,
+        tools: &Tools,
+        ports: &Ports,
+        configs: &Configs,
+    ) -> Result<()> {
+        d.procs.stop(&[self.near_broker], Duration::from_secs(5));
+        self.near_broker = start_broker(
+            d,
+            tools,
+            "mosquitto-pi1-restarted",
+            &configs.near_broker,
+            ports.near,
+        )?;
+        Ok(())
+    }
+}
+
 /// A broker from its emitted `mosquitto.conf`, once it listens.
 fn start_broker(d: &Demo<'_>, tools: &Tools, name: &str, dir: &Path, port: u16) -> Result<u32> {
     let log = d.log(name);

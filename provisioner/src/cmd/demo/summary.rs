@@ -16,6 +16,7 @@ use super::house::{Sensor, features};
 use super::live::{MONITORS, Seen, lock};
 use super::network::{Ended, Ports};
 use super::procs::{Procs, STOP_SIGNAL};
+use super::revocation::Revocation;
 use super::scenario::Intrusion;
 
 /// Published on Pi #1 vs delivered on Pi #2, topic by topic: delivered counts only messages
@@ -152,6 +153,8 @@ pub(super) struct Report<'a> {
     pub(super) far: &'a Seen,
     pub(super) ended: &'a Ended,
     pub(super) intrusions: &'a [Intrusion],
+    /// The board revoked live (none with a single board).
+    pub(super) revocation: Option<&'a Revocation>,
     pub(super) scale: f64,
     pub(super) ports: &'a Ports,
     pub(super) procs: &'a Procs,
@@ -206,7 +209,8 @@ impl Report<'_> {
         let refused = self.intrusions.iter().filter(|i| i.refused).count();
         let ok = counts.missing == 0
             && refused == self.intrusions.len()
-            && provisioned == outcomes.len();
+            && provisioned == outcomes.len()
+            && self.revocation.is_none_or(Revocation::ok);
         Tally {
             counts,
             airtime_us,
@@ -297,6 +301,7 @@ impl Report<'_> {
             "intrusions": self.intrusions.iter().map(|i| json!({ "who": i.who, "attempt": i.attempt,
                 "refused": i.refused, "evidence": i.evidence })).collect::<Vec<_>>(),
             "intrusions_refused": t.refused, "intrusions_tried": self.intrusions.len(),
+            "revocation": self.revocation.map(Revocation::json),
             "features": t.features,
             "interval_scale": self.scale,
             "processes": self.procs.listing(),
@@ -370,6 +375,18 @@ impl Report<'_> {
                 i.attempt,
                 i.evidence
             );
+        }
+        match self.revocation {
+            Some(r) => eprintln!(
+                "   revocation            `{}` {}: revoked and cut off {:.2} s after `device revoke` (limit 5 s),\n                          {} reconnection(s) refused ({}), {} reading(s) reached Pi #1 after the cut",
+                r.id,
+                if r.ok() { "CUT OFF" } else { "NOT CUT OFF" },
+                r.cut_s,
+                r.refused_reconnects,
+                r.evidence,
+                r.readings_after_cut
+            ),
+            None => eprintln!("   revocation            not tried (one board only)"),
         }
         eprintln!("   MQTT features");
         for (f, ids) in &t.features {
