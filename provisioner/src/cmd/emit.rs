@@ -980,15 +980,17 @@ fn print_node(
 }
 
 /// A node's certificate and key (PEM): the key generated here once and kept under keys/.
-struct NodeIdentity {
-    chain_pem: String,
-    key_pem: zeroize::Zeroizing<String>,
-    serial: String,
-    existing: bool,
-    renewed: Option<String>,
+pub(crate) struct NodeIdentity {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: zeroize::Zeroizing<String>,
+    pub(crate) serial: String,
+    pub(crate) existing: bool,
+    pub(crate) renewed: Option<String>,
 }
 
-fn issue_node(
+/// Issues (or reuses) the client certificate of a node the site does not list as a device:
+/// key generated here once (keys/ID.key), identity `kind` with these ACL lines.
+pub(crate) fn issue_node(
     ctx: &Context,
     authority: &mut ca::Authority,
     site: &manifests::site::Site,
