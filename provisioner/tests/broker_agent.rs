@@ -92,18 +92,12 @@ fn bench_client(home: &Home) -> Client {
 
 /// Publishes `file` retained on the update topic with `c`'s certificate.
 fn publish_retained(port: u16, cafile: &Path, c: &Client, file: &Path) {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-r"])
-        .args(["-t", TOPIC, "-f"])
-        .arg(file)
-        .arg("--cafile")
-        .arg(cafile)
-        .arg("--cert")
-        .arg(&c.crt)
-        .arg("--key")
-        .arg(&c.key)
-        .output()
-        .expect("mosquitto_pub");
+    let out = publish_with(
+        port,
+        cafile,
+        c,
+        &["-r", "-t", TOPIC, "-f", &file.to_string_lossy()],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -184,6 +178,10 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         "pi1",
     ]);
     assert_eq!(deployed["topic"], TOPIC, "{deployed}");
+    // Update 1 (the deployed files) is signed at deploy; the broker does not run yet: the
+    // Pi starts at that sequence and the update waits in the ledger.
+    assert_eq!(deployed["sequence"], 1, "{deployed}");
+    assert_eq!(deployed["updates"][0]["published"], false, "{deployed}");
     for (pi_path, mode) in [
         ("/etc/iot-broker-agent", 0o700),
         ("/etc/iot-broker-agent/agent.key", 0o600),
@@ -202,6 +200,24 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         "{unit}"
     );
     let cafile = pi.prefix.join("ca.crt");
+    // The bench's CRL timer publishes to the agent, which reloads: no copy, no reload line.
+    let crl_unit =
+        std::fs::read_to_string(home.work().join("pi1-broker-bench/provisioner-crl.service"))
+            .expect("crl unit");
+    assert!(
+        crl_unit.contains(" crl\n") && !crl_unit.contains("kill -HUP"),
+        "{crl_unit}"
+    );
+    let agent_check = Command::new(workspace_bin("gateway"))
+        .args(["broker-agent", "--check", "--root"])
+        .arg(&pi.root)
+        .output()
+        .expect("agent --check");
+    assert!(
+        agent_check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&agent_check.stderr)
+    );
 
     let broker = Mosquitto::start(
         &pi.prefix.join("mosquitto.conf"),
@@ -210,7 +226,7 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
     );
     assert!(accepted(port, &cafile, &probe), "{}", broker.log_text());
 
-    // Update 1 (a new client certified), captured with the agent's identity while the agent
+    // Update 2 (a new client certified), captured with the agent's identity while the agent
     // is not running yet: the replay used further down.
     let capture = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
@@ -238,7 +254,7 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         &home.work().join("probe-2.crt").to_string_lossy(),
     ]);
     assert!(
-        signed.contains("broker `pi1`: update 1 published"),
+        signed.contains("broker `pi1`: update 2 published"),
         "{signed}"
     );
     let captured = capture.wait_with_output().expect("capture");
@@ -247,11 +263,11 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         "{}",
         String::from_utf8_lossy(&captured.stderr)
     );
-    let update_1 = home.work().join("update-1.msg");
-    std::fs::write(&update_1, &captured.stdout).expect("update 1");
+    let update_2 = home.work().join("update-2.msg");
+    std::fs::write(&update_2, &captured.stdout).expect("update 2");
 
     let agent = Agent::start(&pi, &home.work().join("agent.log"));
-    agent.wait_for("installed update 1");
+    agent.wait_for("installed update 2");
     assert!(
         agent
             .log_text()
@@ -266,7 +282,7 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
     let t0 = Instant::now();
     let revoked = home.ok(&["device", "revoke", "probe-1"]);
     assert!(
-        revoked.contains("broker `pi1`: update 2 published"),
+        revoked.contains("broker `pi1`: update 3 published"),
         "{revoked}"
     );
     let deadline = t0 + Duration::from_secs(20);
@@ -284,7 +300,7 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         elapsed.as_millis()
     );
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    assert_eq!(installed_sequence(&pi), 2);
+    assert_eq!(installed_sequence(&pi), 3);
     let acl = std::fs::read_to_string(pi.prefix.join("acl")).expect("acl");
     assert!(!acl.contains("user probe-1"), "{acl}");
     assert_eq!(
@@ -298,9 +314,9 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
     publish_retained(port, &cafile, &bench_client(&home), &forged);
     agent.wait_for("REFUSED update: bad signature");
     // A replayed older update, genuinely signed: refused, logged.
-    publish_retained(port, &cafile, &bench_client(&home), &update_1);
-    agent.wait_for("REFUSED update: replayed: sequence 1 is older than the installed 2");
-    assert_eq!(installed_sequence(&pi), 2);
+    publish_retained(port, &cafile, &bench_client(&home), &update_2);
+    agent.wait_for("REFUSED update: replayed: sequence 2 is older than the installed 3");
+    assert_eq!(installed_sequence(&pi), 3);
     let acl = std::fs::read_to_string(pi.prefix.join("acl")).expect("acl");
     assert!(
         !acl.contains("attacker") && acl.contains("user probe-2"),
@@ -321,8 +337,8 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         .expect("crl");
     let text = String::from_utf8_lossy(&crl.stdout);
     assert!(crl.status.success() && text.contains("renewed"), "{text}");
-    assert!(text.contains("broker `pi1`: update 3 published"), "{text}");
-    agent.wait_for("installed update 3");
+    assert!(text.contains("broker `pi1`: update 4 published"), "{text}");
+    agent.wait_for("installed update 4");
     let new_next = next_update_unix(&pi_crl);
     assert!(
         new_next >= later + 29 * DAY && new_next > old_next,

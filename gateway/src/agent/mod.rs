@@ -30,7 +30,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/iot-broker-agent/agent.toml";
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "EXAMPLES:\n  \
 gateway broker-agent                       # /etc/iot-broker-agent/agent.toml (the systemd unit)\n  \
-gateway broker-agent --config agent.toml --once-check\n\n\
+gateway broker-agent --config agent.toml --check\n\n\
 Installed by `provisioner deploy broker --root DIR` with its unit iot-broker-agent.service.\n\
 Updates are signed by the site CA (key pinned in agent.toml at deploy) and numbered: a forged\n\
 update, one for another broker, or one older than the installed sequence is refused and logged.")]
@@ -44,7 +44,7 @@ pub struct Args {
     pub root: PathBuf,
     /// Load and check the configuration, certificates and installed state; then exit.
     #[arg(long)]
-    pub once_check: bool,
+    pub check: bool,
 }
 
 /// The configuration with its paths as this process reaches them.
@@ -118,7 +118,7 @@ pub fn run(args: &Args) -> Result<(), (u8, String)> {
     check_client_id(&c.mqtt.client_id, &files.cert_file)
         .map_err(|e| (2, format!("field `mqtt.client_id`: {e}")))?;
     let installed = install::read_state(&agent.state_file).map_err(|e| (1, e))?;
-    if args.once_check {
+    if args.check {
         log!(
             "broker-agent: {} is valid: broker `{}` at {}:{}, topic {}, installed sequence {}",
             args.config.display(),

@@ -111,6 +111,8 @@ fn signed(store: &ca::Store, name: &str) -> Result<Signed> {
 pub struct Publication {
     /// The broker.
     pub name: String,
+    /// The broker directory it was deployed from.
+    pub dir: PathBuf,
     /// The update's sequence (0 when none could be made).
     pub sequence: u64,
     /// Where it went.
@@ -149,6 +151,7 @@ pub fn publish_all(ctx: &Context) -> Vec<Publication> {
             }
             Publication {
                 name: d.name.clone(),
+                dir: d.dir.clone(),
                 sequence,
                 target,
                 published: result.is_ok(),

@@ -69,8 +69,10 @@ impl Report {
                 u.identities,
                 u.crl_number
             ));
+            let deployed = self.agents.iter().any(|p| p.dir == u.dir);
             match &u.reloaded {
                 Some(r) => s.push_str(&format!("; {r}")),
+                None if deployed => s.push_str("; its agent receives them (below)"),
                 None if u.remote => s.push_str(&format!(
                     "; copy the directory to the broker (see `emit broker`), then there: {}",
                     u.reload

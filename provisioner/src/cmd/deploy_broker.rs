@@ -97,14 +97,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         ))
     })?;
     let port = reg.port.unwrap_or(site.broker.port);
-    let host = args
-        .broker_host
-        .clone()
-        .or_else(|| site.broker.connect_host())
-        .ok_or_else(|| {
-            CliError::new(Code::Input, "the site file names no broker address")
-                .with_help("give --broker-host HOST")
-        })?;
+    let host = super::emit::broker_host(&site, args.broker_host.as_deref())?;
     let server_name = args
         .server_name
         .clone()
@@ -137,13 +130,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     )?;
     let signer = hex::encode(authority.signer_public_key());
     drop(authority);
-    let refreshed = super::brokers::refresh(ctx);
-    if let Some((_, why)) = refreshed.skipped.iter().find(|(d, _)| d == &reg.dir) {
-        return Err(CliError::new(
-            Code::State,
-            format!("{}: not rewritten: {why}", reg.dir.display()),
-        ));
-    }
     let deployed = DeployedBroker {
         name: name.clone(),
         dir: reg.dir.clone(),
@@ -152,6 +138,13 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         server_name: server_name.clone(),
     };
     agents::register(&store, &deployed)?;
+    let refreshed = super::brokers::refresh(ctx);
+    if let Some((_, why)) = refreshed.skipped.iter().find(|(d, _)| d == &reg.dir) {
+        return Err(CliError::new(
+            Code::State,
+            format!("{}: not rewritten: {why}", reg.dir.display()),
+        ));
+    }
 
     let account = reg.run_as.clone().unwrap_or_else(|| "mosquitto".into());
     let owners = Owners::lookup(&root, &account)?;
@@ -188,12 +181,12 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         prefix.display(),
         reg.dir.display(),
         deployed.host,
-    );
+    ) + &agents::human(&refreshed.agents);
     ctx.print(
         &json!({ "name": name, "root": root, "broker_dir": prefix, "installed": broker_dir,
                  "agent": { "id": agent_id, "serial": agent.serial, "config": Path::new(AGENT_DIR).join("agent.toml") },
                  "bench": { "id": BENCH_ID, "serial": bench.serial },
-                 "unit": AGENT_UNIT, "topic": topic, "sequence": sequence, "publish_to": format!("{}:{port}", deployed.host) }),
+                 "unit": AGENT_UNIT, "topic": topic, "sequence": sequence, "updates": agents::json(&refreshed.agents), "publish_to": format!("{}:{port}", deployed.host) }),
         &human,
     );
     Ok(())

@@ -251,20 +251,15 @@ impl Drop for Mosquitto {
 
 /// mosquitto_pub with a client certificate, QoS 1 (so success means the broker took it).
 pub fn publish(port: u16, cafile: &Path, c: &Client, topic: &str, msg: &str) -> Output {
+    publish_with(port, cafile, c, &["-t", topic, "-m", msg])
+}
+
+/// mosquitto_pub with a client certificate, QoS 1, and `args` (topic, message, -r, -f FILE).
+pub fn publish_with(port: u16, cafile: &Path, c: &Client, args: &[&str]) -> Output {
     require("mosquitto_pub");
     Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            msg,
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(args)
         .arg("--cafile")
         .arg(cafile)
         .arg("--cert")
