@@ -225,12 +225,19 @@ fn bench_changes_reach_the_agent_on_pi1_signed_and_in_order_and_its_crl_never_ex
         &home.work().join("mosquitto.log"),
     );
     assert!(accepted(port, &cafile, &probe), "{}", broker.log_text());
+    // The update signed at deploy waited in the ledger; `crl` (nothing due: the CRL timer's
+    // daily run) publishes it once the broker answers.
+    let crl_run = home.ok(&["crl"]);
+    assert!(
+        crl_run.contains("is up to date") && crl_run.contains("broker `pi1`: update 1 published"),
+        "{crl_run}"
+    );
 
-    // Update 2 (a new client certified), captured with the agent's identity while the agent
-    // is not running yet: the replay used further down.
+    // Update 2 (a new client certified), captured live (-R: not the retained update 1) with
+    // the agent's identity while the agent is not running yet: the replay used further down.
     let capture = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-C", "1", "-N", "-W", "20", "-t", TOPIC, "--cafile"])
+        .args(["-C", "1", "-R", "-N", "-W", "20", "-t", TOPIC, "--cafile"])
         .arg(&cafile)
         .arg("--cert")
         .arg(pi.path("/etc/iot-broker-agent/agent.crt"))

@@ -164,3 +164,110 @@ fn install(agent: &Agent, body: &UpdateBody) -> Outcome {
         reload,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manifests::agent::{AgentBroker, AgentConfig, AgentMqtt};
+    use p256::ecdsa::signature::Signer;
+
+    const CRL: &str = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+    const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+    fn key() -> p256::ecdsa::SigningKey {
+        p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).expect("key")
+    }
+
+    fn agent(dir: &Path) -> Agent {
+        let public = key().verifying_key().to_sec1_point(false);
+        let config = AgentConfig {
+            version: 1,
+            broker: "pi1".into(),
+            topic: manifests::agent::update_topic("pi1"),
+            signer_public_key: hex::encode(public.as_bytes()),
+            state_file: dir.join("state/state.toml"),
+            mqtt: AgentMqtt {
+                host: "127.0.0.1".into(),
+                port: 1,
+                server_name: None,
+                client_id: "broker-agent-pi1".into(),
+                ca_file: dir.join("ca.crt"),
+                cert_file: dir.join("agent.crt"),
+                key_file: dir.join("agent.key"),
+            },
+            mosquitto: AgentBroker {
+                dir: dir.to_path_buf(),
+                pid_file: dir.join("run/mosquitto.pid"),
+                group: None,
+            },
+        };
+        Agent {
+            state_file: config.state_file.clone(),
+            broker_dir: dir.to_path_buf(),
+            pid_file: config.mosquitto.pid_file.clone(),
+            group: None,
+            config,
+        }
+    }
+
+    fn signed(body: &UpdateBody) -> Vec<u8> {
+        let text = body.to_toml().expect("body");
+        let sig: p256::ecdsa::Signature = key().sign(&manifests::update::signed_message(&text));
+        Envelope {
+            signature: sig.to_der().as_bytes().to_vec(),
+            body: text,
+        }
+        .encode()
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_update_is_installed_once_and_older_or_foreign_ones_change_nothing() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let a = agent(d.path());
+        let first = UpdateBody::new("pi1", 5, 100, "user a\n", CRL, CHAIN);
+        match apply(&a, &signed(&first)) {
+            Outcome::Installed {
+                sequence, reload, ..
+            } => {
+                assert_eq!(sequence, 5);
+                // No mosquitto runs here: said, not hidden.
+                assert!(reload.contains("NOT reloaded"), "{reload}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("acl")).expect("acl"),
+            "user a\n"
+        );
+        assert_eq!(read_state(&a.state_file).expect("state").sequence, 5);
+        assert_eq!(apply(&a, &signed(&first)), Outcome::Current(5));
+
+        let older = UpdateBody::new("pi1", 4, 90, "user old\n", CRL, CHAIN);
+        let other = UpdateBody::new("pi2", 9, 110, "user b\n", CRL, CHAIN);
+        let not_pem = UpdateBody::new("pi1", 6, 120, "user c\n", "garbage", CHAIN);
+        let mut tampered = signed(&UpdateBody::new("pi1", 7, 130, "user d\n", CRL, CHAIN));
+        let at = tampered.len() - CHAIN.len() - 20;
+        tampered[at] ^= 1;
+        for (payload, why) in [
+            (
+                signed(&older),
+                "replayed: sequence 4 is older than the installed 5",
+            ),
+            (signed(&other), "is for broker `pi2`"),
+            (signed(&not_pem), "the CRL is not PEM"),
+            (tampered, "bad signature"),
+            (b"\x00\xffjunk".to_vec(), "malformed update"),
+        ] {
+            match apply(&a, &payload) {
+                Outcome::Refused(r) => assert!(r.contains(why), "{r} (expected {why})"),
+                other => panic!("{other:?} (expected {why})"),
+            }
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("acl")).expect("acl"),
+            "user a\n"
+        );
+        assert_eq!(read_state(&a.state_file).expect("state").sequence, 5);
+    }
+}
