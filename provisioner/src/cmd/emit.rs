@@ -37,7 +37,9 @@ OUT-bench, beside OUT and not copied with it) receives provisioner-crl.service (
 `provisioner --home HOME --passphrase-file FILE crl`, then reloads mosquitto through its pid\n  \
 file) and provisioner-crl.timer (daily, Persistent=true). On the machine holding the CA home:\n    \
 install -m 0644 UNITS/provisioner-crl.service UNITS/provisioner-crl.timer /etc/systemd/system/\n    \
-systemctl daemon-reload && systemctl enable --now provisioner-crl.timer")]
+systemctl daemon-reload && systemctl enable --now provisioner-crl.timer\n  \
+A directory deployed with `deploy broker` gets units that only run `crl`: it publishes the\n  \
+CRL to that broker's agent, which installs it and reloads its mosquitto.")]
     Broker(BrokerArgs),
     /// Gateway (Pi #1): gateway.toml, link.toml, client certificate and key, CA, link key.
     #[command(
