@@ -130,9 +130,15 @@ pub fn publish_all(ctx: &Context) -> Vec<Publication> {
     let Ok(store) = ctx.store() else {
         return vec![];
     };
-    let Ok(all) = deployed(&store) else {
+    let (Ok(all), Ok(registered)) = (deployed(&store), store.brokers()) else {
         return vec![];
     };
+    // A directory forgotten with `emit broker --forget` is not followed any more: neither is
+    // the broker deployed from it.
+    let all: Vec<DeployedBroker> = all
+        .into_iter()
+        .filter(|d| registered.iter().any(|r| r.dir == d.dir))
+        .collect();
     let mut authority = None;
     all.iter()
         .map(|d| {
