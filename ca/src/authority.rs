@@ -755,6 +755,19 @@ impl Authority {
         })
     }
 
+    /// The public key of the CA that signs here (the issuing CA if there is one, else the
+    /// root): SEC1 uncompressed. It also signs the CRL, so a broker's machine that pins it
+    /// trusts nothing the CRL's signer could not already decide.
+    pub fn signer_public_key(&self) -> Vec<u8> {
+        self.issuer.key().public_key_raw().to_vec()
+    }
+
+    /// Signs `message` (ECDSA P-256 with SHA-256, DER) with the CA key: the signed update
+    /// bundles for brokers on other machines. The caller adds its own domain separation.
+    pub fn sign_message(&self, message: &[u8]) -> Result<Vec<u8>> {
+        rcgen::SigningKey::sign(self.issuer.key(), message).map_err(Error::from)
+    }
+
     /// Sets the lifetimes and renewal points by kind of identity (from the site file).
     pub fn set_policy(&mut self, policy: LifetimePolicy) {
         self.policy = policy;

@@ -26,6 +26,7 @@ pub const FEATURES: &[&str] = if cfg!(feature = "rpi") { &["rpi"] } else { &[] }
 ///   gateway --manifest gateway.toml --metrics 127.0.0.1:9102   # curl it /metrics
 ///   gateway completions bash > /etc/bash_completion.d/gateway
 ///   gateway man --out /usr/local/share/man/man1
+///   gateway broker-agent --config /etc/iot-broker-agent/agent.toml   # see its --help
 ///
 /// EXIT CODES:
 ///   0  stopped by a signal (or --check passed)
@@ -62,9 +63,20 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace; or GATEWAY_LOG=LEVEL).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Packaging helpers.
+    /// The broker agent, or packaging helpers.
     #[command(subcommand)]
-    pub tool: Option<cli_common::Tool>,
+    pub command: Option<GatewayCommand>,
+}
+
+/// Subcommands: the broker agent and the packaging helpers.
+#[derive(Debug, clap::Subcommand)]
+pub enum GatewayCommand {
+    /// Keep this machine's mosquitto in step with the bench: install the signed updates
+    /// (ACL, CRL, broker certificate) it publishes, and reload that mosquitto only.
+    BrokerAgent(crate::agent::Args),
+    /// Packaging helpers (completions, manual pages).
+    #[command(flatten)]
+    Tool(cli_common::Tool),
 }
 
 /// The gateway's clap definition (for completions and manual pages).

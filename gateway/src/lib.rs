@@ -7,8 +7,12 @@
 //! * [`bridge`]: the MQTT side on tokio: connect, subscribe to the manifest's filters,
 //!   reconnect with back-off, hand every message to the radio thread, stop on SIGINT/SIGTERM.
 //!
+//! * [`agent`]: `gateway broker-agent`, which keeps this machine's mosquitto in step with the
+//!   bench (signed updates of its ACL, CRL and certificate).
+//!
 //! The configuration is one file, [`manifests::gateway::GatewayManifest`].
 
+pub mod agent;
 pub mod bridge;
 pub mod cli;
 pub mod forward;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use gateway::cli::Cli;
+use gateway::cli::{Cli, GatewayCommand};
 
 use gateway::bridge::{self, BridgeConfig};
 use gateway::forward::{self, ToRadio};
@@ -21,7 +21,16 @@ fn main() -> ExitCode {
     cli_common::quiet_broken_pipe();
     let cli = Cli::parse();
     cli_common::init_logging(cli.verbose, "GATEWAY_LOG");
-    if let Some(tool) = &cli.tool {
+    if let Some(GatewayCommand::BrokerAgent(args)) = &cli.command {
+        return match gateway::agent::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, msg)) => {
+                log!("broker-agent: error: {msg}");
+                ExitCode::from(code)
+            }
+        };
+    }
+    if let Some(GatewayCommand::Tool(tool)) = &cli.command {
         return match cli_common::run_tool(tool, gateway::cli::command()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -5,6 +5,7 @@
 //! rendering of mosquitto.conf and its ACL ([`mosquitto`]). Loading reports precise errors:
 //! file, line, field, and what was expected ([`Error`]).
 
+pub mod agent;
 pub mod device;
 pub mod error;
 pub mod gateway;
@@ -13,5 +14,6 @@ pub mod mosquitto;
 pub mod site;
 pub mod text;
 pub mod topic;
+pub mod update;
 
 pub use error::{Error, Location};

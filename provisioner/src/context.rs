@@ -46,6 +46,9 @@ pub struct Context {
     passphrase_file: Option<PathBuf>,
     /// JSON output requested.
     pub json: bool,
+    /// The passphrase once read: a command that signs twice (its change, then the broker
+    /// updates it publishes) asks once.
+    known_passphrase: std::sync::OnceLock<Passphrase>,
 }
 
 impl Context {
@@ -55,6 +58,7 @@ impl Context {
             layout: Layout::new(home),
             passphrase_file,
             json,
+            known_passphrase: std::sync::OnceLock::new(),
         }
     }
 
@@ -147,8 +151,12 @@ impl Context {
         if !store_ok {
             self.store()?;
         }
-        let pass = self.passphrase(false)?;
+        let pass = match self.known_passphrase.get() {
+            Some(p) => p.clone(),
+            None => self.passphrase(false)?,
+        };
         let mut authority = Authority::open(&self.layout, &pass)?;
+        let _ = self.known_passphrase.set(pass);
         // Lifetimes and renewal points from the site file (defaults without one).
         authority.set_policy(crate::cmd::audit::home_policy(self));
         Ok(authority)

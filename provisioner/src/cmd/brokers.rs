@@ -11,7 +11,6 @@
 //! path ([`ca::authority::HomeBinding`]): a copy of the home (`cp -a`: same ledger, same id)
 //! skips the original's directories, and says so.
 
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -46,6 +45,8 @@ pub struct Report {
     pub updated: Vec<Updated>,
     /// Directories not written, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Brokers on other machines (`deploy broker`): their signed updates.
+    pub agents: Vec<super::agents::Publication>,
 }
 
 impl Report {
@@ -54,6 +55,7 @@ impl Report {
         json!({
             "updated": self.updated,
             "skipped": self.skipped.iter().map(|(d, r)| json!({ "dir": d, "reason": r })).collect::<Vec<_>>(),
+            "agents": super::agents::json(&self.agents),
         })
     }
 
@@ -67,8 +69,10 @@ impl Report {
                 u.identities,
                 u.crl_number
             ));
+            let deployed = self.agents.iter().any(|p| p.dir == u.dir);
             match &u.reloaded {
                 Some(r) => s.push_str(&format!("; {r}")),
+                None if deployed => s.push_str("; its agent receives them (below)"),
                 None if u.remote => s.push_str(&format!(
                     "; copy the directory to the broker (see `emit broker`), then there: {}",
                     u.reload
@@ -79,6 +83,7 @@ impl Report {
         for (d, r) in &self.skipped {
             s.push_str(&format!("\n  broker {}: NOT written ({r})", d.display()));
         }
+        s.push_str(&super::agents::human(&self.agents));
         s
     }
 }
@@ -92,6 +97,7 @@ pub fn refresh(ctx: &Context) -> Report {
         Err(e) => Report {
             updated: vec![],
             skipped: vec![(ctx.layout.home.clone(), e.to_string())],
+            agents: vec![],
         },
     }
 }
@@ -129,6 +135,8 @@ fn try_refresh(ctx: &Context) -> Result<Report> {
             Err(e) => report.skipped.push((dir, e.to_string())),
         }
     }
+    // Then the brokers on other machines, from the directories just written.
+    report.agents = super::agents::publish_all(ctx);
     Ok(report)
 }
 
@@ -166,41 +174,6 @@ pub fn reload(report: &mut Report) {
 }
 
 fn signal_broker(pid_file: &Path, conf: &Path) -> Result<i32> {
-    let text = safe_fs::read_limited_string(pid_file, 32).map_err(|e| {
-        CliError::new(
-            Code::State,
-            format!("{}: {e} (is mosquitto running?)", pid_file.display()),
-        )
-    })?;
-    let pid: i32 = text.trim().parse().ok().filter(|p| *p > 1).ok_or_else(|| {
-        CliError::new(Code::State, format!("{} holds no pid", pid_file.display()))
-    })?;
-    // The pid file is written by mosquitto's account: make sure it names our broker, not
-    // another process that took the number after mosquitto stopped.
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let comm = safe_fs::read_limited_string(&proc.join("comm"), 64).unwrap_or_default();
-    let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
-    let want = conf.canonicalize().unwrap_or_else(|_| conf.to_path_buf());
-    let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
-    // An argument naming the configuration, relative to the broker's working directory.
-    let names_conf = cmdline.split(|b| *b == 0).any(|a| {
-        let arg = Path::new(std::ffi::OsStr::from_bytes(a));
-        cwd.join(arg).canonicalize().is_ok_and(|p| p == want)
-    });
-    if comm.trim() != "mosquitto" || !names_conf {
-        return Err(CliError::new(
-            Code::State,
-            format!(
-                "pid {pid} from {} is not a mosquitto running {}",
-                pid_file.display(),
-                want.display()
-            ),
-        ));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .map_err(|e| CliError::new(Code::Failure, format!("SIGHUP to pid {pid}: {e}")))?;
-    Ok(pid)
+    gateway::agent::reload::signal_mosquitto(pid_file, conf)
+        .map_err(|e| CliError::new(Code::State, e))
 }

@@ -48,6 +48,10 @@ certificate, key and link key. The gateway binary itself is not copied (see --bi
 Links inside ROOT are followed as the Pi sees them (an absolute link from ROOT, never from this\n\
 machine's /); a link that leaves ROOT is refused before anything is written.")]
     Gateway(GatewayArgs),
+    /// Install a broker directory (`emit broker --prefix`) and its update agent, with its
+    /// systemd unit, into the broker machine's root filesystem.
+    #[command(after_help = super::deploy_broker::HELP)]
+    Broker(super::deploy_broker::Args),
 }
 
 /// Arguments of `deploy gateway`.
@@ -70,7 +74,10 @@ pub struct GatewayArgs {
 
 /// Runs `deploy`.
 pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
-    let DeployCommand::Gateway(args) = cmd;
+    let args = match cmd {
+        DeployCommand::Gateway(args) => args,
+        DeployCommand::Broker(args) => return super::deploy_broker::run(ctx, args),
+    };
     manifests::topic::check_identity(&args.id)
         .map_err(|e| CliError::new(Code::Input, format!("gateway id: expected {e}")))?;
     if !args.bin.is_absolute() {
@@ -79,31 +86,8 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
             format!("--bin {}: expected an absolute path", args.bin.display()),
         ));
     }
-    let root = args.root.canonicalize().map_err(|e| {
-        CliError::new(Code::Input, format!("--root {}: {e}", args.root.display()))
-            .with_help("give the mounted root filesystem of the Pi (it must exist)")
-    })?;
-    if !root.is_dir() {
-        return Err(CliError::new(
-            Code::Input,
-            format!("--root {}: not a directory", root.display()),
-        ));
-    }
-    if root == Path::new("/") {
-        return Err(CliError::new(
-            Code::Input,
-            "--root /: refusing to install into this machine's own root",
-        )
-        .with_help("give the Pi's root filesystem, e.g. /srv/nfs/pi1"));
-    }
-    // Every path as the Pi sees it: links planted in ROOT are resolved inside it, and one
-    // that leaves it is refused before anything is written.
-    let inside = |p: &str| {
-        safe_fs::resolve_in_root(&root, Path::new(p)).map_err(|e| {
-            CliError::new(Code::Input, format!("--root {}: {e}", root.display()))
-                .with_help("remove the link, or give the Pi's own root filesystem")
-        })
-    };
+    let root = check_root(&args.root)?;
+    let inside = |p: &str| inside_root(&root, Path::new(p));
     let etc = inside(ETC_DIR)?;
     let etc_parent = etc.parent().map(Path::to_path_buf).unwrap_or(root.clone());
     let state = inside(STATE_DIR)?;
@@ -174,9 +158,40 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
     Ok(())
 }
 
+/// The canonical `--root`: an existing directory, never this machine's own `/`.
+pub(crate) fn check_root(arg: &Path) -> Result<PathBuf> {
+    let root = arg.canonicalize().map_err(|e| {
+        CliError::new(Code::Input, format!("--root {}: {e}", arg.display()))
+            .with_help("give the mounted root filesystem of the Pi (it must exist)")
+    })?;
+    if !root.is_dir() {
+        return Err(CliError::new(
+            Code::Input,
+            format!("--root {}: not a directory", root.display()),
+        ));
+    }
+    if root == Path::new("/") {
+        return Err(CliError::new(
+            Code::Input,
+            "--root /: refusing to install into this machine's own root",
+        )
+        .with_help("give the Pi's root filesystem, e.g. /srv/nfs/pi1"));
+    }
+    Ok(root)
+}
+
+/// A path as the Pi sees it: links planted in ROOT are resolved inside it, and one that
+/// leaves it is refused before anything is written.
+pub(crate) fn inside_root(root: &Path, p: &Path) -> Result<PathBuf> {
+    safe_fs::resolve_in_root(root, p).map_err(|e| {
+        CliError::new(Code::Input, format!("--root {}: {e}", root.display()))
+            .with_help("remove the link, or give the Pi's own root filesystem")
+    })
+}
+
 /// Creates `dir` (resolved inside `root`) and checks that nothing swapped a link into its
 /// path meanwhile: the directory must still be where the resolution put it.
-fn mkdirs(root: &Path, dir: &Path, mode: u32) -> Result<()> {
+pub(crate) fn mkdirs(root: &Path, dir: &Path, mode: u32) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)

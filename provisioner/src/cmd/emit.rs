@@ -37,7 +37,9 @@ OUT-bench, beside OUT and not copied with it) receives provisioner-crl.service (
 `provisioner --home HOME --passphrase-file FILE crl`, then reloads mosquitto through its pid\n  \
 file) and provisioner-crl.timer (daily, Persistent=true). On the machine holding the CA home:\n    \
 install -m 0644 UNITS/provisioner-crl.service UNITS/provisioner-crl.timer /etc/systemd/system/\n    \
-systemctl daemon-reload && systemctl enable --now provisioner-crl.timer")]
+systemctl daemon-reload && systemctl enable --now provisioner-crl.timer\n  \
+A directory deployed with `deploy broker` gets units that only run `crl`: it publishes the\n  \
+CRL to that broker's agent, which installs it and reloads its mosquitto.")]
     Broker(BrokerArgs),
     /// Gateway (Pi #1): gateway.toml, link.toml, client certificate and key, CA, link key.
     #[command(
@@ -521,7 +523,11 @@ pub fn write_broker_dir(
         .canonicalize()
         .map_err(|e| crate::exit::io(&units, e))?;
     let pid_file = prefix.join(RUN_DIR).join(PID_FILE);
-    let (service, timer) = render_crl_units(ctx, &out, &prefix, &reg.crl_passphrase_file)?;
+    // A broker deployed with its agent (`deploy broker`) gets the CRL as a signed update that
+    // `crl` publishes, and its agent reloads it: no copy, no reload from here.
+    let deployed = super::agents::deployed(store)?.iter().any(|d| d.dir == out);
+    let (service, timer) =
+        render_crl_units(ctx, &out, &prefix, &reg.crl_passphrase_file, deployed)?;
     let mut unit_paths = Vec::new();
     for (name, text) in [
         ("provisioner-crl.service", service),
@@ -691,6 +697,7 @@ fn render_crl_units(
     out: &Path,
     prefix: &Path,
     passphrase_file: &Path,
+    deployed: bool,
 ) -> Result<(String, String)> {
     let exe = std::env::current_exe().map_err(|e| {
         CliError::new(
@@ -721,7 +728,12 @@ fn render_crl_units(
         unit_arg(&home),
         unit_arg(passphrase_file),
     );
-    if prefix != out {
+    if deployed {
+        service.push_str(
+            "# The broker is deployed with its agent: `crl` publishes the new CRL to it as a signed\n\
+             # update, and the agent installs it and reloads its own mosquitto.\n",
+        );
+    } else if prefix != out {
         // The files live elsewhere on the broker machine. When that is this machine, copy the
         // new CRL there; when it is another one, replace this line by a copy to it (scp) and the
         // reload below by `ssh HOST 'sudo kill -HUP $(cat PREFIX/mosquitto.pid)'`.
@@ -735,10 +747,12 @@ fn render_crl_units(
     // signalled, through its pid file (`pid_file` in mosquitto.conf); `$$` is a literal `$`
     // in a unit file, and the path reaches sh as its argument $1, unquoted nowhere.
     // mosquitto's account writes that file: only digits are used, nothing of it is echoed.
-    service.push_str(&format!(
-        "ExecStartPost=/bin/sh -c 'pid=$$(head -c 20 \"$$1\") && case $$pid in \"\"|*[!0-9]*) echo \"no mosquitto pid in $$1\" >&2; exit 1;; esac && kill -HUP \"$$pid\"' sh {}\n",
-        unit_arg(&prefix.join(RUN_DIR).join(PID_FILE)),
-    ));
+    if !deployed {
+        service.push_str(&format!(
+            "ExecStartPost=/bin/sh -c 'pid=$$(head -c 20 \"$$1\") && case $$pid in \"\"|*[!0-9]*) echo \"no mosquitto pid in $$1\" >&2; exit 1;; esac && kill -HUP \"$$pid\"' sh {}\n",
+            unit_arg(&prefix.join(RUN_DIR).join(PID_FILE)),
+        ));
+    }
     let timer =
         "# Written by `provisioner emit broker`: runs provisioner-crl.service daily; a run\n\
                  # missed while the machine was off happens at the next boot (Persistent=true).\n\
@@ -980,15 +994,17 @@ fn print_node(
 }
 
 /// A node's certificate and key (PEM): the key generated here once and kept under keys/.
-struct NodeIdentity {
-    chain_pem: String,
-    key_pem: zeroize::Zeroizing<String>,
-    serial: String,
-    existing: bool,
-    renewed: Option<String>,
+pub(crate) struct NodeIdentity {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: zeroize::Zeroizing<String>,
+    pub(crate) serial: String,
+    pub(crate) existing: bool,
+    pub(crate) renewed: Option<String>,
 }
 
-fn issue_node(
+/// Issues (or reuses) the client certificate of a node the site does not list as a device:
+/// key generated here once (keys/ID.key), identity `kind` with these ACL lines.
+pub(crate) fn issue_node(
     ctx: &Context,
     authority: &mut ca::Authority,
     site: &manifests::site::Site,
@@ -1226,6 +1242,18 @@ fn default_state_dir(out: &Path, opts: &NodeOptions) -> PathBuf {
         })
 }
 
+/// The broker address a client on the site connects to: `given`, else the site's (`connect`,
+/// else its first name).
+pub(crate) fn broker_host(site: &manifests::site::Site, given: Option<&str>) -> Result<String> {
+    given
+        .map(str::to_string)
+        .or_else(|| site.broker.connect_host())
+        .ok_or_else(|| {
+            CliError::new(Code::Input, "the site file names no broker address")
+                .with_help("give --broker-host HOST")
+        })
+}
+
 /// Issues (or reuses) the gateway's certificate and link key and writes its files into
 /// `out` (an existing directory): `gateway.toml`, `link.toml`, `link.key`, `ca.crt`,
 /// `ID.crt`, `ID.key`. Used by `emit gateway` and `deploy gateway`.
@@ -1283,14 +1311,7 @@ pub fn write_gateway(
         hex: None,
         file: Some(target_path(out, opts, "link.key")),
     };
-    let host = opts
-        .broker_host
-        .clone()
-        .or_else(|| site.broker.connect_host())
-        .ok_or_else(|| {
-            CliError::new(Code::Input, "the site file names no broker address")
-                .with_help("give --broker-host HOST")
-        })?;
+    let host = broker_host(&site, opts.broker_host.as_deref())?;
     let server_name = opts.server_name.clone().or_else(|| {
         if opts.broker_host.is_some() {
             None

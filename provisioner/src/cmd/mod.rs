@@ -1,11 +1,13 @@
 //! One module per command, each with its clap arguments and a `run`.
 
+pub mod agents;
 pub mod audit;
 pub mod brokers;
 pub mod cert;
 pub mod crl;
 pub mod demo;
 pub mod deploy;
+pub mod deploy_broker;
 pub mod device;
 pub mod emit;
 pub mod init;

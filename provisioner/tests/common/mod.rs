@@ -251,20 +251,15 @@ impl Drop for Mosquitto {
 
 /// mosquitto_pub with a client certificate, QoS 1 (so success means the broker took it).
 pub fn publish(port: u16, cafile: &Path, c: &Client, topic: &str, msg: &str) -> Output {
+    publish_with(port, cafile, c, &["-t", topic, "-m", msg])
+}
+
+/// mosquitto_pub with a client certificate, QoS 1, and `args` (topic, message, -r, -f FILE).
+pub fn publish_with(port: u16, cafile: &Path, c: &Client, args: &[&str]) -> Output {
     require("mosquitto_pub");
     Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            msg,
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(args)
         .arg("--cafile")
         .arg(cafile)
         .arg("--cert")
@@ -415,4 +410,52 @@ pub fn home_with_site(port: u16) -> Home {
     home.ok(&["init", "--site", &site.to_string_lossy()]);
     home.ok(&["server", "issue"]);
     home
+}
+
+/// A binary of another crate of the workspace, built next to `provisioner` (`cargo test
+/// --workspace` builds them; alone: `cargo build -p gateway -p lora-link`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build -p gateway -p lora-link` (or `cargo test --workspace`) first",
+        p.display()
+    );
+    p
+}
+
+/// The root filesystem of a "Pi" in a temporary directory, whose broker directory this
+/// machine reaches at the very path the Pi names it by. Each component of the root's own
+/// path (`/tmp/.tmpX/pi1`) is planted in the root as a link to the Pi's `/`, so the Pi
+/// resolves ROOT/etc/mosquitto/site (an absolute path of this machine) to its own
+/// /etc/mosquitto/site, the same directory: mosquitto started here runs the deployed
+/// configuration as it is, and `deploy broker --root` and the agent (`--root`) resolve every
+/// path inside the root as they would on the Pi.
+pub struct PiRoot {
+    /// The root filesystem.
+    pub root: PathBuf,
+    /// The broker directory, as the Pi and this machine both name it.
+    pub prefix: PathBuf,
+}
+
+impl PiRoot {
+    pub fn new(dir: &Path, name: &str) -> PiRoot {
+        let root = dir.join(name);
+        std::fs::create_dir_all(&root).expect("pi root");
+        let root = root.canonicalize().expect("canonical root");
+        for c in root.components() {
+            if let std::path::Component::Normal(n) = c {
+                let link = root.join(n);
+                if std::fs::symlink_metadata(&link).is_err() {
+                    std::os::unix::fs::symlink("/", &link).expect("plant link");
+                }
+            }
+        }
+        let prefix = root.join("etc/mosquitto/site");
+        PiRoot { root, prefix }
+    }
+    /// A path of the Pi, as this machine reaches it.
+    pub fn path(&self, pi_path: &str) -> PathBuf {
+        self.root.join(pi_path.trim_start_matches('/'))
+    }
 }
