@@ -59,9 +59,11 @@ only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it.
     /// Receiver (Pi #2): receiver.toml for `lora-link rx`, client certificate and key, CA, link key.
     #[command(
         long_about = "Writes everything `lora-link rx` needs on Pi #2: receiver.toml (LoRa node, \
-peer gateway, topic table and an [mqtt] section to republish on the broker on Pi #2), the \
-receiver's client certificate (CN = ID, ACL write = the site's publish filters) and key, the CA \
-bundle and the link key shared with the gateway.",
+every gateway of the site that sends to this receiver with its own link key, topic table and \
+an [mqtt] section to republish on the broker on Pi #2), the receiver's client certificate \
+(CN = ID, ACL write = the site's publish filters) and key, the CA bundle and one key file per \
+gateway key (link-GATEWAY-N.key; two for a gateway in a rotation window). OUT is registered: \
+a later `emit gateway` (a new gateway), `link rotate` or `link retire` writes it again.",
         after_help = "EXAMPLES:\n  \
 provisioner emit receiver recepteur --out ./recepteur && lora-link rx --manifest ./recepteur/receiver.toml\n  \
 provisioner emit receiver recepteur --out ./rx --broker-host 127.0.0.1 --broker-port 18884 --air 127.0.0.1:7700\n  \
@@ -157,8 +159,9 @@ pub struct Placement {
     pub prefix: Option<PathBuf>,
 }
 
-/// Everything `write_gateway` / `write_receiver` need, whichever command asked.
-#[derive(Debug, Clone, Default)]
+/// Everything `write_gateway` / `write_receiver` need, whichever command asked (stored with
+/// the directory in the registry of `cmd::link`, to write it again after a key change).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeOptions {
     /// Broker host (gateway: to subscribe to; receiver: to republish on).
     pub broker_host: Option<String>,
@@ -265,7 +268,9 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
             let opts = args.gateway.node(&args.place);
             let out = prepare_out(&args.out)?;
             let e = write_gateway(ctx, &args.id, &opts, &out)?;
-            print_node(ctx, "gateway", &args.id, &out, &e, &opts);
+            register_node(ctx, "gateway", &args.id, &out, &opts)?;
+            let receivers = super::link::after_gateway(ctx, &args.id)?;
+            print_node(ctx, "gateway", &args.id, &out, &e, &opts, receivers);
             super::brokers::refresh_and_print(ctx);
             Ok(())
         }
@@ -273,7 +278,16 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
             let opts = args.node();
             let out = prepare_out(&args.out)?;
             let e = write_receiver(ctx, &args.id, &opts, &out)?;
-            print_node(ctx, "receiver", &args.id, &out, &e, &opts);
+            register_node(ctx, "receiver", &args.id, &out, &opts)?;
+            print_node(
+                ctx,
+                "receiver",
+                &args.id,
+                &out,
+                &e,
+                &opts,
+                (json!([]), String::new()),
+            );
             super::brokers::refresh_and_print(ctx);
             Ok(())
         }
@@ -679,7 +693,7 @@ fn broker_copy_command(out: &Path, prefix: &Path, user: &str) -> String {
 }
 
 /// The copy of a gateway's or receiver's files: root's, the keys staying 0600.
-fn node_copy_command(out: &Path, prefix: &Path) -> String {
+pub(crate) fn node_copy_command(out: &Path, prefix: &Path) -> String {
     copy_command(out, prefix, "--owner=root --group=root")
 }
 
@@ -892,6 +906,27 @@ fn prepare_out(out: &Path) -> Result<PathBuf> {
     .create_dir(out)
 }
 
+/// Registers an `emit` output directory (see `cmd::link`).
+fn register_node(
+    ctx: &Context,
+    kind: &str,
+    id: &str,
+    out: &Path,
+    opts: &NodeOptions,
+) -> Result<()> {
+    super::link::register(
+        ctx,
+        super::link::NodeDir {
+            kind: kind.into(),
+            id: id.into(),
+            dir: out.to_path_buf(),
+            opts: opts.clone(),
+            deploy_bin: None,
+        },
+        out,
+    )
+}
+
 /// What `write_gateway` / `write_receiver` wrote.
 #[derive(Debug, Clone)]
 pub struct NodeEmitted {
@@ -916,6 +951,7 @@ fn print_node(
     out: &Path,
     e: &NodeEmitted,
     opts: &NodeOptions,
+    (receivers, receivers_human): (serde_json::Value, String),
 ) {
     let (program, machine) = if kind == "gateway" {
         ("gateway", "the gateway (Pi #1)")
@@ -971,10 +1007,11 @@ fn print_node(
             if kind == "gateway" { "gateway" } else { "lora-link" },
         ));
     }
+    human.push_str(&receivers_human);
     ctx.print(
         &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
                  "serial": e.serial, "existing": e.existing, "renewed": e.renewed, "prefix": opts.prefix, "run": run,
-                 "address": e.addresses.0, "peer_address": e.addresses.1 }),
+                 "address": e.addresses.0, "peer_address": e.addresses.1, "receivers": receivers }),
         &human,
     );
 }
@@ -1095,9 +1132,11 @@ fn lora_address(authority: &ca::Authority, id: &str, kind: &str) -> Result<u8> {
     Ok(a)
 }
 
-/// Concrete topics the gateway forwards, for the link's topic table: every room of the site
-/// with every reading (and status) template of every profile, where a subscribe filter
-/// matches; at most 128, sorted. Others travel inline.
+/// The link's topic table: every room of the site with every reading (and status) template
+/// of every profile, where a filter matches; at most 128, sorted. Others travel inline. The
+/// gateways and receivers use the site-wide table (filter `#`): one table for every gateway
+/// of a receiver, unchanged when a gateway is added; a site change that alters it changes
+/// its fingerprint, which both ends check (lora_link::frame).
 fn topic_table(
     site: &manifests::site::Site,
     filters: &[String],
@@ -1139,25 +1178,22 @@ fn topic_table(
         .collect()
 }
 
+/// The site-wide topic table of every link (see [`topic_table`]).
+fn site_topic_table(site: &manifests::site::Site) -> Vec<manifests::link::TopicEntry> {
+    topic_table(site, &["#".to_string()])
+}
+
 /// The link settings both ends share.
 fn link_manifest(
     role: manifests::link::LinkRole,
     node: manifests::link::Node,
-    peer: manifests::link::Peer,
+    peers: Vec<manifests::link::Peer>,
     topics: Vec<manifests::link::TopicEntry>,
     opts: &NodeOptions,
     state_dir: PathBuf,
 ) -> Result<manifests::link::LinkManifest> {
     use manifests::link::{AirParams, KeySource, LinkManifest, RadioBackend, SpreadingFactor};
-    let mut m = LinkManifest::new(
-        role,
-        node,
-        vec![peer],
-        KeySource {
-            hex: None,
-            file: None,
-        },
-    );
+    let mut m = LinkManifest::new(role, node, peers, KeySource::default());
     m.topics = topics;
     m.state_dir = state_dir;
     if let Some(sf) = opts.sf {
@@ -1195,26 +1231,6 @@ fn write_files(out: &Path, files: &[(String, &[u8], u32)]) -> Result<Vec<PathBuf
         paths.push(p);
     }
     Ok(paths)
-}
-
-fn link_key_hex(
-    authority: &mut ca::Authority,
-    gateway: &str,
-) -> Result<zeroize::Zeroizing<String>> {
-    let key = authority.secret_or_create(&format!("linkkey:{gateway}"), 16)?;
-    if key.len() != 16 {
-        return Err(CliError::new(
-            Code::State,
-            format!(
-                "the ledger's link key `linkkey:{gateway}` has {} bytes, expected 16",
-                key.len()
-            ),
-        ));
-    }
-    Ok(zeroize::Zeroizing::new(format!(
-        "{}\n",
-        hex::encode(&key[..])
-    )))
 }
 
 fn default_state_dir(out: &Path, opts: &NodeOptions) -> PathBuf {
@@ -1264,18 +1280,16 @@ pub fn write_gateway(
     )?;
     let me = lora_address(&authority, id, "gateway")?;
     let peer = lora_address(&authority, &g.receiver, "receiver")?;
-    let key_hex = link_key_hex(&mut authority, id)?;
+    let key_id = super::link::ring(&authority, id)?.current;
+    let key_hex = super::link::key_text(&mut authority, id, key_id, true)?;
     let mut link = link_manifest(
         LinkRole::Gateway,
         Node {
             name: id.to_string(),
             address: me,
         },
-        Peer {
-            name: g.receiver.clone(),
-            address: peer,
-        },
-        topic_table(&site, &g.subscribe),
+        vec![Peer::new(g.receiver.clone(), peer)],
+        site_topic_table(&site),
         opts,
         default_state_dir(out, opts),
     )?;
@@ -1283,6 +1297,7 @@ pub fn write_gateway(
         hex: None,
         file: Some(target_path(out, opts, "link.key")),
     };
+    link.key_id = key_id;
     let host = opts
         .broker_host
         .clone()
@@ -1353,15 +1368,16 @@ pub fn write_gateway(
     })
 }
 
-/// Issues (or reuses) the receiver's certificate and writes `receiver.toml`, `link.key`,
-/// `ca.crt`, `ID.crt`, `ID.key` into `out`.
+/// Issues (or reuses) the receiver's certificate and writes `receiver.toml`, one
+/// `link-GATEWAY-N.key` per key of every gateway of the site that sends to it (two during a
+/// rotation window, see `cmd::link`), `ca.crt`, `ID.crt`, `ID.key` into `out`.
 pub fn write_receiver(
     ctx: &Context,
     id: &str,
     opts: &NodeOptions,
     out: &Path,
 ) -> Result<NodeEmitted> {
-    use manifests::link::{KeySource, LinkRole, MqttParams, Node, Peer};
+    use manifests::link::{LinkRole, MqttParams, Node};
     let site = ctx.site()?;
     let r = site.receivers.get(id).ok_or_else(|| {
         let known: Vec<&str> = site.receivers.keys().map(String::as_str).collect();
@@ -1377,34 +1393,21 @@ pub fn write_receiver(
             ctx.layout.site().display()
         ))
     })?;
-    let gateways: Vec<(&String, &manifests::site::Gateway)> = site
+    let gateways: Vec<&String> = site
         .gateways
         .iter()
         .filter(|(_, g)| g.receiver == id)
+        .map(|(name, _)| name)
         .collect();
-    let (gw_id, gw) = match gateways.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(CliError::new(
-                Code::Input,
-                format!("no gateway of the site sends to receiver `{id}`"),
-            )
-            .with_help(format!(
-                "set receiver = \"{id}\" in a [gateways.ID] table of the site file"
-            )));
-        }
-        many => {
-            return Err(CliError::new(
-                Code::Input,
-                format!(
-                    "receiver `{id}` has {} gateways ({}); one link key per receiver manifest allows one",
-                    many.len(),
-                    many.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )
-            .with_help("give each gateway its own receiver in the site file"));
-        }
-    };
+    if gateways.is_empty() {
+        return Err(CliError::new(
+            Code::Input,
+            format!("no gateway of the site sends to receiver `{id}`"),
+        )
+        .with_help(format!(
+            "set receiver = \"{id}\" in a [gateways.ID] table of the site file"
+        )));
+    }
     let mut authority = ctx.authority()?;
     let ident = issue_node(
         ctx,
@@ -1416,26 +1419,26 @@ pub fn write_receiver(
         r.publish.clone(),
     )?;
     let me = lora_address(&authority, id, "receiver")?;
-    let peer = lora_address(&authority, gw_id, "gateway")?;
-    let key_hex = link_key_hex(&mut authority, gw_id)?;
-    let mut link = link_manifest(
+    let mut addressed = Vec::new();
+    for gw in &gateways {
+        addressed.push(((*gw).clone(), lora_address(&authority, gw, "gateway")?));
+    }
+    let (peers, key_files) = super::link::receiver_peers(&mut authority, &addressed, &|name| {
+        target_path(out, opts, name)
+    })?;
+    let link = link_manifest(
         LinkRole::Receiver,
         Node {
             name: id.to_string(),
             address: me,
         },
-        Peer {
-            name: gw_id.clone(),
-            address: peer,
-        },
-        topic_table(&site, &gw.subscribe),
+        peers,
+        site_topic_table(&site),
         opts,
         default_state_dir(out, opts),
     )?;
-    link.key = KeySource {
-        hex: None,
-        file: Some(target_path(out, opts, "link.key")),
-    };
+    let peer = addressed[0].1;
+    let mut link = link;
     if !opts.no_mqtt {
         link.mqtt = Some(MqttParams {
             host: opts
@@ -1458,16 +1461,17 @@ pub fn write_receiver(
         .map_err(|e| CliError::new(Code::Failure, format!("encoding receiver.toml: {e}")))?;
     let bundle = std::fs::read(ctx.layout.ca_bundle())
         .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
-    let files = write_files(
-        out,
-        &[
-            ("ca.crt".into(), &bundle, 0o644),
-            (format!("{id}.crt"), ident.chain_pem.as_bytes(), 0o644),
-            (format!("{id}.key"), ident.key_pem.as_bytes(), 0o600),
-            ("link.key".into(), key_hex.as_bytes(), 0o600),
-            ("receiver.toml".into(), text.as_bytes(), 0o600),
-        ],
-    )?;
+    let mut list: Vec<(String, &[u8], u32)> = vec![
+        ("ca.crt".into(), &bundle, 0o644),
+        (format!("{id}.crt"), ident.chain_pem.as_bytes(), 0o644),
+        (format!("{id}.key"), ident.key_pem.as_bytes(), 0o600),
+    ];
+    for (name, text) in &key_files {
+        list.push((name.clone(), text.as_bytes(), 0o600));
+    }
+    // The manifest last: it names only files already in place.
+    list.push(("receiver.toml".into(), text.as_bytes(), 0o600));
+    let files = write_files(out, &list)?;
     if opts.prefix.is_none() {
         ca::fsutil::private_dir(&state_dir)?;
     }

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod device;
 pub mod emit;
 pub mod init;
+pub mod link;
 pub mod provision;
 pub mod server;
 pub mod site;
