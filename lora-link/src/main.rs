@@ -472,6 +472,11 @@ fn run(cli: Cli) -> CliResult {
                     Some(s)
                 }
             };
+            eprintln!(
+                "lora-link rx: accepting {} (sender: key ids), topic table {}",
+                serde_json::json!(receiver.key_ids()),
+                receiver.table_fingerprint()
+            );
             // Rejections are logged by the loop (rate-limited), not by the JSON sink.
             let mut json = JsonLinesSink::new(std::io::stdout().lock(), std::io::sink());
             let mut log = RejectLog::new(std::io::stderr(), LogThrottle::default());
