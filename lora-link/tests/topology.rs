@@ -141,7 +141,7 @@ impl Rx {
 
     /// Waits until `f` holds (reading output meanwhile).
     fn wait(&mut self, what: &str, mut f: impl FnMut(&Rx) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.drain();
             if f(self) {

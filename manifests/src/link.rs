@@ -1042,6 +1042,37 @@ topic = "maison/salon/temperature"
         assert!(s.contains("topics") && s.contains("bogus"), "{s}");
     }
 
+    #[test]
+    fn per_peer_keys_are_for_receivers_two_at_most_with_different_phases() {
+        let own = GOOD
+            .replace("[key]\nhex = \"000102030405060708090a0b0c0d0e0f\"\n", "")
+            .replace(
+                "address = 10\n",
+                "address = 10\n[[peers.keys]]\nid = 2\nfile = \"k2\"\n[[peers.keys]]\nid = 1\nfile = \"k1\"\nretire_at = 1700000000\n",
+            );
+        let m = parse(&own).expect("a receiver with its peers' keys needs no [key]");
+        assert_eq!(m.peers[0].keys.len(), 2);
+        assert_eq!(m.peers[0].keys[1].retire_at, Some(1_700_000_000));
+        assert_eq!(parse(&m.to_toml().expect("toml")).expect("round trip"), m);
+        let same_phase = own.replace("id = 1\n", "id = 4\n");
+        let s = parse(&same_phase).expect_err("same phase").to_string();
+        assert!(
+            s.contains("peers[0].keys[1].id") && s.contains("key phase"),
+            "{s}"
+        );
+        let three = own.replace(
+            "retire_at = 1700000000\n",
+            "retire_at = 1700000000\n[[peers.keys]]\nid = 3\nfile = \"k3\"\n",
+        );
+        let s = parse(&three).expect_err("three keys").to_string();
+        assert!(s.contains("two during a rotation"), "{s}");
+        let gateway = own.replace("role = \"receiver\"", "role = \"gateway\"");
+        assert!(parse(&gateway).is_err(), "a gateway sends under its [key]");
+        let none = GOOD.replace("[key]\nhex = \"000102030405060708090a0b0c0d0e0f\"\n", "");
+        let s = parse(&none).expect_err("no key at all").to_string();
+        assert!(s.contains("exactly one of"), "{s}");
+    }
+
     #[cfg(unix)]
     #[test]
     fn key_file_readable_by_others_is_refused() {

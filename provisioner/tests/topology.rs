@@ -99,7 +99,7 @@ impl Rx {
         }
     }
     fn wait(&mut self, what: &str, mut f: impl FnMut(&[serde_json::Value]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             while let Ok(l) = self.err.try_recv() {
                 if let Ok(v) = serde_json::from_str(&l) {
@@ -329,9 +329,54 @@ fn gateways_join_one_receiver_and_rotate_their_keys_without_losing_a_reading() {
     home.ok(&["link", "retire", "--gateway", "passerelle"]);
     assert_eq!(peers(&rx_dir)["passerelle"], vec![(2, None)]);
     rx.hup();
+
+    // A site change alters the topic table; the gateway runs the new one before the receiver
+    // has reloaded (the receiver's directory is already rewritten by `emit gateway`).
+    let site = home.path().join("site.toml");
+    let text = std::fs::read_to_string(&site).expect("site");
+    assert!(text.contains("rooms = ["), "{text}");
+    std::fs::write(
+        &site,
+        text.replacen("rooms = [", "rooms = [\"atelier\", ", 1),
+    )
+    .expect("site");
+    emit_gw("passerelle");
+    let sub = subscribe_all(far_port, &far_dir.join("ca.crt"), &monitor, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut gw1_site2 = Gw::from_dir(&gw1_dir, &hub);
+    const MISMATCHED: usize = 2;
+    for i in 0..MISMATCHED {
+        gw1_site2.send("maison/salon/temperature", &format!("wrong-table{i}"));
+    }
+    rx.wait("mismatches", |l| {
+        l.iter()
+            .filter(|v| {
+                v["rejected"] == "topic_table_mismatch" && v["from"] == gw1_site2_addr(&gw1_dir)
+            })
+            .count()
+            == MISMATCHED
+    });
+    rx.hup();
+    gw1_site2.send("maison/salon/temperature", "same-table");
+    let got = sub.wait_with_output().expect("mosquitto_sub");
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "maison/salon/temperature same-table\n",
+        "nothing republished before both tables agreed"
+    );
     let last = rx.stop();
-    assert_eq!(last["accepted"], TOTAL, "{last}");
+    assert_eq!(last["accepted"], TOTAL + 1, "{last}");
     assert_eq!(last["rejected"]["retired_key"], LATE, "{last}");
+    assert_eq!(
+        last["rejected"]["topic_table_mismatch"], MISMATCHED,
+        "{last}"
+    );
+}
+
+/// The gateway's LoRa address, from its emitted link manifest.
+fn gw1_site2_addr(dir: &Path) -> u64 {
+    let l = manifests::link::LinkManifest::load(&dir.join("link.toml")).expect("link.toml");
+    u64::from(l.manifest.node.address)
 }
 
 /// mosquitto_sub printing `topic payload` for `count` messages.
@@ -396,6 +441,30 @@ fn deploy_receiver_installs_every_gateways_key_and_a_reloadable_unit() {
     assert!(
         m.contains("link-grenier-2.key") && m.contains("retire_at"),
         "{m}"
+    );
+    // A copy of the home never writes into the directories the original registered.
+    let copy = home.work().join("home-copy");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(home.path())
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let out = home
+        .cmd(&["link", "retire", "--gateway", "grenier"])
+        .env("PROVISIONER_HOME", &copy)
+        .output()
+        .expect("retire in the copy");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("NOT written"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("receiver.toml")).expect("manifest"),
+        m,
+        "the original's receiver is untouched"
     );
     // A second rotation inside the window is refused, nothing changed.
     let out = home.run(&["link", "rotate", "--gateway", "grenier"]);
