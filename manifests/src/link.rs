@@ -102,7 +102,7 @@ pub struct LinkManifest {
     /// Id of `key` (its generation: 1, then 2 after a rotation...). Its low bit travels in
     /// every frame's FLAGS (the key phase), so the receiver picks the right one of the two
     /// keys it holds during a rotation window.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub key_id: u32,
     /// Topics that travel as a one-byte index; other topics travel inline.
     #[serde(default)]
@@ -114,6 +114,10 @@ pub struct LinkManifest {
     /// Optional: `lora-link rx` prints JSON lines when it is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttParams>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 fn default_state_dir() -> PathBuf {

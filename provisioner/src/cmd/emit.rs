@@ -940,8 +940,10 @@ pub struct NodeEmitted {
     pub existing: bool,
     /// "renewed: the previous certificate ..." when an expired or due one was replaced.
     pub renewed: Option<String>,
-    /// This node's and the peer's RadioHead addresses.
+    /// This node's and the (first) peer's RadioHead addresses.
     pub addresses: (u8, u8),
+    /// Receiver: every gateway it accepts, with its address and key ids.
+    pub gateways: Vec<serde_json::Value>,
 }
 
 fn print_node(
@@ -975,7 +977,22 @@ fn print_node(
             "issued"
         },
         e.addresses.0,
-        e.addresses.1,
+        if e.gateways.is_empty() {
+            e.addresses.1.to_string()
+        } else {
+            e.gateways
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} {} (keys {})",
+                        g["name"].as_str().unwrap_or("?"),
+                        g["address"],
+                        g["keys"]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         e.renewed
             .as_deref()
             .map(|n| format!("\n  {n}; restart or reload the {kind} to use the new one"))
@@ -1011,7 +1028,8 @@ fn print_node(
     ctx.print(
         &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
                  "serial": e.serial, "existing": e.existing, "renewed": e.renewed, "prefix": opts.prefix, "run": run,
-                 "address": e.addresses.0, "peer_address": e.addresses.1, "receivers": receivers }),
+                 "address": e.addresses.0, "peer_address": e.addresses.1, "gateways": e.gateways,
+                 "receivers": receivers }),
         &human,
     );
 }
@@ -1365,6 +1383,7 @@ pub fn write_gateway(
         existing: ident.existing,
         renewed: ident.renewed,
         addresses: (me, peer),
+        gateways: Vec::new(),
     })
 }
 
@@ -1438,6 +1457,14 @@ pub fn write_receiver(
         default_state_dir(out, opts),
     )?;
     let peer = addressed[0].1;
+    let accepted = link
+        .peers
+        .iter()
+        .map(|p| {
+            json!({ "name": p.name, "address": p.address,
+                         "keys": p.keys.iter().map(|k| k.id).collect::<Vec<_>>() })
+        })
+        .collect();
     let mut link = link;
     if !opts.no_mqtt {
         link.mqtt = Some(MqttParams {
@@ -1482,5 +1509,6 @@ pub fn write_receiver(
         existing: ident.existing,
         renewed: ident.renewed,
         addresses: (me, peer),
+        gateways: accepted,
     })
 }
