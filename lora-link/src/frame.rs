@@ -20,7 +20,8 @@
 //!   receiver whose own table has another fingerprint rejects the frame before decoding it
 //!   (`topic_table_mismatch`). All 4 fingerprint bytes are covered by the MIC (not sent), so
 //!   tables that differ but share the first byte give a bad MIC: a record is never decoded
-//!   with another table than the one it was encoded with.
+//!   with another table than the one it was encoded with. (The byte is checked before the MIC,
+//!   so a forged or corrupted frame can also count as a mismatch; it is never accepted.)
 //! * 16 counter bits travel on air; the receiver infers the upper 16 from the last counter it
 //!   accepted under that key. Encryption and MIC use all 32 bits.
 //! * Payload: AES-128-CTR exactly like LoRaWAN 1.0 FRMPayload (see [`crate::crypto`]) with
