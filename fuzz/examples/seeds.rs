@@ -155,7 +155,8 @@ fn main() {
     write(&dir, "lora_records", "indexed", &other);
     let keys = LinkKeys::derive(&LINK_KEY);
     for (i, counter) in [1u32, 0x1234, 0x1_0002].into_iter().enumerate() {
-        let sealed = frame::seal(&keys, 1, 10, counter, &plain).unwrap();
+        let key = frame::SealKey::new(&keys, i as u32 + 1, &table);
+        let sealed = frame::seal(&key, 1, 10, counter, &plain).unwrap();
         write(&dir, "lora_frame", &format!("sealed-{i}"), &sealed);
         if i == 0 {
             write(&dir, "lora_air", "tx", AirMsg::Tx(AirFrame::new(sealed.clone())).encode());

@@ -16,10 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let keys = LinkKeys::derive(&KEY);
     let table = TopicTable::new([(0, "maison/salon/temperature"), (1, "maison/salon/humidite")]);
 
+    let fp = table.fingerprint();
     if let Ok(raw) = frame::parse(data) {
         for last in [None, Some(0), Some(0xFFFF), Some(0x1_0000), Some(u32::MAX - 1)] {
             if let Some(counter) = infer_counter(last, raw.counter_low) {
-                if raw.mic_ok(&keys, counter) {
+                if raw.mic_ok(&keys, counter, fp) {
                     let _ = table.decode(&raw.decrypt(&keys, counter));
                 }
             }
@@ -33,10 +34,13 @@ fuzz_target!(|data: &[u8]| {
         0,
         0,
     ]);
-    match frame::seal(&keys, 1, 10, counter, data) {
+    let key_id = u32::from(data.get(2).copied().unwrap_or(0));
+    match frame::seal(&frame::SealKey::new(&keys, key_id, &table), 1, 10, counter, data) {
         Ok(sealed) => {
             let raw = frame::parse(&sealed).expect("a sealed frame parses");
-            assert!(raw.mic_ok(&keys, counter), "sealed frame fails its MIC");
+            assert_eq!(raw.key_phase, frame::key_phase(key_id));
+            assert_eq!(raw.table, fp.on_air());
+            assert!(raw.mic_ok(&keys, counter, fp), "sealed frame fails its MIC");
             assert_eq!(raw.decrypt(&keys, counter), data);
             let _ = table.decode(data);
         }

@@ -92,7 +92,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
     let radio = lora_link::radio::open(&g.link.manifest.radio, g.link.manifest.air.as_ref())
         .map_err(|e| (1, format!("radio: {e}")))?;
     log!(
-        "forwarding {} from {}:{} to LoRa node {} ({} MHz, SF{}, capacity {} bytes/frame)",
+        "forwarding {} from {}:{} to LoRa node {} ({} MHz, SF{}, capacity {} bytes/frame), link key {}, topic table {}",
         m.filters.join(", "),
         m.host,
         m.port,
@@ -100,6 +100,8 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
         g.link.manifest.radio.frequency_mhz,
         g.link.manifest.radio.spreading_factor.get(),
         sender.capacity(),
+        sender.key_id(),
+        sender.table_fingerprint(),
     );
 
     let counters = Arc::new(Mutex::new(Counters::default()));

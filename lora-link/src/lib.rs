@@ -4,7 +4,7 @@
 //! * [`dutycycle`]: EU868 sub-bands and a sliding one-hour airtime budget.
 //! * [`crypto`]: the LoRaWAN 1.0 payload encryption and MIC primitives, key derivation.
 //! * [`frame`]: the secure frame (RadioHead header, 16 counter bits on air, AES-CTR, CMAC MIC;
-//!   9 bytes of overhead).
+//!   key phase, topic-table fingerprint byte; 10 bytes of overhead).
 //! * [`records`]: (topic, payload) records, topic table indices, packing.
 //! * [`state`]: the sender's counter lease and the receiver's replay state, persisted.
 //! * [`link`]: [`link::LinkSender`] (queue, duty cycle, sealing) and [`link::LinkReceiver`]
@@ -17,7 +17,7 @@
 //! * [`mqtt`]: MQTT over mutual TLS (rustls on ring, built by `tls-client`) for
 //!   `gateway` and `lora-link rx`, and [`mqtt::MqttSink`], the republishing sink of `lora-link rx`.
 //!
-//! Bytes on air for one 16-byte reading on a known topic: 9 (frame) + 2 (record) + 16 = 27,
+//! Bytes on air for one 16-byte reading on a known topic: 10 (frame) + 2 (record) + 16 = 28,
 //! against ~129 with the JWT/AES-CBC/base64 scheme it replaces; at SF7/125 kHz that is
 //! 66.816 ms instead of 215.296 ms on air (SF12: 1646.592 ms instead of 4923.392 ms).
 

@@ -20,14 +20,14 @@
 //! let mut tx = LinkSender::new(LinkKeys::derive(&[7; 16]), cfg, table, lease);
 //! tx.submit(Record::new("maison/salon/temperature", b"21.5".to_vec()));
 //! match tx.poll(Duration::ZERO)? {
-//!     TxPoll::Send(frame) => assert_eq!(frame.bytes.len(), 9 + 1 + 1 + 4),
+//!     TxPoll::Send(frame) => assert_eq!(frame.bytes.len(), 10 + 1 + 1 + 4),
 //!     other => panic!("{other:?}"),
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, SystemTime};
 
 use manifests::link::{LinkRole, LoadedLink};
 
@@ -35,7 +35,7 @@ use crate::airtime::{Modulation, max_phy_payload};
 use crate::crypto::LinkKeys;
 use crate::dutycycle::{DutyCycleBudget, duty_ppm_for};
 use crate::frame::{self, MAX_FRAME_LEN, OVERHEAD, ParseError};
-use crate::records::{Record, RecordError, TopicTable};
+use crate::records::{Record, RecordError, TableFingerprint, TopicTable};
 use crate::state::{CounterLease, ReplayState, StateError};
 
 /// Largest forward jump of the counter the receiver accepts (LoRaWAN 1.0's MAX_FCNT_GAP).
@@ -56,10 +56,12 @@ pub struct SenderConfig {
     pub duty_ppm: u32,
     /// Bound of the queue, in records.
     pub queue_capacity: usize,
+    /// Id of the link key (its low bit is the key phase on air).
+    pub key_id: u32,
 }
 
 impl SenderConfig {
-    /// Settings with the default queue bound.
+    /// Settings with the default queue bound and key id 0.
     pub fn new(from: u8, to: u8, modulation: Modulation, duty_ppm: u32) -> Self {
         Self {
             from,
@@ -67,7 +69,14 @@ impl SenderConfig {
             modulation,
             duty_ppm,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            key_id: 0,
         }
+    }
+
+    /// The same settings with link key id `key_id`.
+    pub fn with_key_id(mut self, key_id: u32) -> Self {
+        self.key_id = key_id;
+        self
     }
 }
 
@@ -143,6 +152,7 @@ pub struct LinkSender {
     keys: LinkKeys,
     cfg: SenderConfig,
     table: TopicTable,
+    fingerprint: TableFingerprint,
     lease: CounterLease,
     budget: DutyCycleBudget,
     queue: VecDeque<Record>,
@@ -166,6 +176,12 @@ pub enum SetupError {
     /// Counter state.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A gateway manifest without `[key]`.
+    #[error("{file}: a gateway manifest needs its link key in `[key]`")]
+    NoKey {
+        /// Manifest file.
+        file: std::path::PathBuf,
+    },
 }
 
 impl LinkSender {
@@ -175,6 +191,7 @@ impl LinkSender {
             budget: DutyCycleBudget::new(cfg.duty_ppm),
             keys,
             cfg,
+            fingerprint: table.fingerprint(),
             table,
             lease,
             queue: VecDeque::new(),
@@ -193,7 +210,10 @@ impl LinkSender {
                 expected: LinkRole::Gateway,
             });
         }
-        let keys = LinkKeys::derive(&l.key.0);
+        let key = l.key.as_ref().ok_or_else(|| SetupError::NoKey {
+            file: l.path.clone(),
+        })?;
+        let keys = LinkKeys::derive(&key.0);
         let lease = CounterLease::open(CounterLease::path_for(
             &m.state_dir,
             &keys.id_hex(),
@@ -205,7 +225,8 @@ impl LinkSender {
                 .unwrap_or(manifests::link::BROADCAST_ADDRESS),
             Modulation::from_params(&m.radio),
             duty_ppm_for(m.radio.frequency_hz(), m.radio.duty_cycle_percent),
-        );
+        )
+        .with_key_id(m.key_id);
         Ok(Self::new(
             keys,
             cfg,
@@ -264,6 +285,25 @@ impl LinkSender {
         &self.budget
     }
 
+    /// Id of the link key it seals under.
+    pub fn key_id(&self) -> u32 {
+        self.cfg.key_id
+    }
+
+    /// Fingerprint of its topic table (its first byte is in every frame).
+    pub fn table_fingerprint(&self) -> TableFingerprint {
+        self.fingerprint
+    }
+
+    /// Switches to another link key (a rotation): later frames are sealed under `keys` with
+    /// id `key_id` and counters from `lease` (a new key starts a new counter space). What is
+    /// queued stays queued and goes under the new key: nothing is lost.
+    pub fn rekey(&mut self, keys: LinkKeys, key_id: u32, lease: CounterLease) {
+        self.keys = keys;
+        self.cfg.key_id = key_id;
+        self.lease = lease;
+    }
+
     /// If the budget allows a frame at `now`, packs as many queued records as fit, takes a
     /// counter from the lease, seals the frame and charges its airtime.
     pub fn poll(&mut self, now: Duration) -> Result<TxPoll, StateError> {
@@ -290,8 +330,13 @@ impl LinkSender {
             }
         }
         let counter = self.lease.next_counter()?;
+        let seal_key = frame::SealKey {
+            keys: &self.keys,
+            key_id: self.cfg.key_id,
+            table: self.fingerprint,
+        };
         let bytes =
-            frame::seal(&self.keys, self.cfg.to, self.cfg.from, counter, &plain).map_err(|e| {
+            frame::seal(&seal_key, self.cfg.to, self.cfg.from, counter, &plain).map_err(|e| {
                 StateError::Corrupt {
                     path: "<frame>".into(),
                     why: e.to_string(),
@@ -338,6 +383,42 @@ pub enum FrameError {
         from: u8,
         /// Counter bits on air.
         counter_low: u16,
+    },
+    /// The key phase names no key this receiver holds for the sender: the gateway was
+    /// rotated and this receiver not updated (or the frame is forged).
+    #[error(
+        "frame from {from} under a link key this receiver does not hold (key phase {phase}): install the receiver's manifest emitted after the gateway's rotation and reload `lora-link rx`"
+    )]
+    UnknownKey {
+        /// Sender.
+        from: u8,
+        /// Key phase on air.
+        phase: u8,
+    },
+    /// The frame's key phase names a key whose rotation window has ended.
+    #[error(
+        "frame from {from} under retired link key {key_id} (retired since Unix time {retired_at}): the gateway still sends under it; install the gateway's new manifest and restart it"
+    )]
+    RetiredKey {
+        /// Sender.
+        from: u8,
+        /// Id of the retired key.
+        key_id: u32,
+        /// When it was retired (Unix seconds).
+        retired_at: u64,
+    },
+    /// The sender's topic-index table differs from ours: decoding would restore readings
+    /// under wrong topics, so the frame is dropped.
+    #[error(
+        "frame from {from} encoded with another topic table (fingerprint byte {theirs:02x}, ours {ours}): the two ends' manifests disagree; emit the gateway and the receiver again from the same site and install both"
+    )]
+    TopicTableMismatch {
+        /// Sender.
+        from: u8,
+        /// The sender's fingerprint byte on air.
+        theirs: u8,
+        /// Our table's fingerprint.
+        ours: TableFingerprint,
     },
     /// Same counter as the last accepted frame: a repeat of it.
     #[error("duplicate frame {counter} from {from}")]
@@ -393,6 +474,9 @@ impl FrameError {
             FrameError::Malformed(ParseError::NotSecure { .. }) => "not_secure",
             FrameError::NotForUs { .. } => "not_for_us",
             FrameError::UnknownSender { .. } => "unknown_sender",
+            FrameError::UnknownKey { .. } => "unknown_key",
+            FrameError::RetiredKey { .. } => "retired_key",
+            FrameError::TopicTableMismatch { .. } => "topic_table_mismatch",
             FrameError::BadMic { .. } => "bad_mic",
             FrameError::Duplicate { .. } => "duplicate",
             FrameError::Replay { .. } => "replay",
@@ -432,6 +516,8 @@ pub struct Accepted {
     pub to: u8,
     /// Full 32-bit counter.
     pub counter: u32,
+    /// Id of the link key it verified under.
+    pub key_id: u32,
     /// The records, topic and payload restored byte for byte.
     pub records: Vec<Record>,
 }
@@ -458,19 +544,52 @@ pub fn infer_counter(last: Option<u32>, low: u16) -> Option<u32> {
     }
 }
 
+/// One of a sender's link keys at the receiver.
+#[derive(Debug, Clone)]
+pub struct RxKey {
+    /// Key id (generation).
+    pub id: u32,
+    keys: LinkKeys,
+    /// When frames under it stop being accepted (end of a rotation window).
+    pub retire_at: Option<SystemTime>,
+}
+
+impl RxKey {
+    /// A key, retired from `retire_at` on if given.
+    pub fn new(id: u32, keys: LinkKeys, retire_at: Option<SystemTime>) -> Self {
+        Self {
+            id,
+            keys,
+            retire_at,
+        }
+    }
+
+    fn retired(&self, now: SystemTime) -> Option<u64> {
+        self.retire_at.filter(|t| *t <= now).map(|t| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+    }
+}
+
 /// The receiving end: verifies, rejects (with reasons), persists the replay state, decodes.
+/// Each sender (FROM) has its own link keys (one, or two during a rotation window, told
+/// apart by the key phase on air); each key is its own counter space, with its replay state
+/// file (one line per sender, see [`ReplayState`]).
 #[derive(Debug)]
 pub struct LinkReceiver {
-    keys: LinkKeys,
     me: u8,
-    senders: BTreeSet<u8>,
+    senders: BTreeMap<u8, Vec<RxKey>>,
+    replays: BTreeMap<[u8; 4], ReplayState>,
     table: TopicTable,
-    replay: ReplayState,
+    fingerprint: TableFingerprint,
     stats: RxStats,
 }
 
 impl LinkReceiver {
-    /// A receiver from its parts.
+    /// A receiver that accepts `senders` under one shared key (id 0, never retired), whose
+    /// replay state is `replay`.
     pub fn new(
         keys: LinkKeys,
         me: u8,
@@ -478,17 +597,33 @@ impl LinkReceiver {
         table: TopicTable,
         replay: ReplayState,
     ) -> Self {
+        let senders = senders
+            .into_iter()
+            .map(|s| (s, vec![RxKey::new(0, keys.clone(), None)]))
+            .collect();
+        Self::with_keys(me, senders, BTreeMap::from([(keys.id, replay)]), table)
+    }
+
+    /// A receiver from each sender's keys and the replay state of each key (by
+    /// [`LinkKeys::id`]; a key without one is refused as a state error when a frame comes).
+    pub fn with_keys(
+        me: u8,
+        senders: BTreeMap<u8, Vec<RxKey>>,
+        replays: BTreeMap<[u8; 4], ReplayState>,
+        table: TopicTable,
+    ) -> Self {
         Self {
-            keys,
             me,
-            senders: senders.into_iter().collect(),
+            senders,
+            replays,
+            fingerprint: table.fingerprint(),
             table,
-            replay,
             stats: RxStats::default(),
         }
     }
 
-    /// A receiver from a loaded receiver manifest (peers = accepted senders).
+    /// A receiver from a loaded receiver manifest: each peer is an accepted sender, with its
+    /// keys (its own `keys`, or the manifest's `[key]`); replay states in `state_dir`.
     pub fn from_manifest(l: &LoadedLink) -> Result<Self, SetupError> {
         let m = &l.manifest;
         if m.role != LinkRole::Receiver {
@@ -498,19 +633,54 @@ impl LinkReceiver {
                 expected: LinkRole::Receiver,
             });
         }
-        let keys = LinkKeys::derive(&l.key.0);
-        let replay = ReplayState::open(ReplayState::path_for(
-            &m.state_dir,
-            &keys.id_hex(),
+        let mut senders = BTreeMap::new();
+        let mut replays = BTreeMap::new();
+        for (addr, keys) in &l.peer_keys {
+            let mut v = Vec::new();
+            for k in keys {
+                let derived = LinkKeys::derive(&k.key.0);
+                if let std::collections::btree_map::Entry::Vacant(e) = replays.entry(derived.id) {
+                    let path =
+                        ReplayState::path_for(&m.state_dir, &derived.id_hex(), m.node.address);
+                    e.insert(ReplayState::open(path)?);
+                }
+                let retire_at = k
+                    .retire_at
+                    .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+                v.push(RxKey::new(k.id, derived, retire_at));
+            }
+            senders.insert(*addr, v);
+        }
+        Ok(Self::with_keys(
             m.node.address,
-        ))?;
-        Ok(Self::new(
-            keys,
-            m.node.address,
-            m.peers.iter().map(|p| p.address),
+            senders,
+            replays,
             TopicTable::new(m.topic_pairs()),
-            replay,
         ))
+    }
+
+    /// Takes the keys and topic table of `other` (a receiver built from a re-read manifest),
+    /// keeping the counters: `lora-link rx` does this on SIGHUP, so a rotation or a new
+    /// gateway needs no restart and no frame on air is missed.
+    pub fn reload_from(&mut self, other: LinkReceiver) {
+        self.me = other.me;
+        self.senders = other.senders;
+        self.replays = other.replays;
+        self.table = other.table;
+        self.fingerprint = other.fingerprint;
+    }
+
+    /// Fingerprint of this receiver's topic table.
+    pub fn table_fingerprint(&self) -> TableFingerprint {
+        self.fingerprint
+    }
+
+    /// The accepted senders and the ids of their keys.
+    pub fn key_ids(&self) -> BTreeMap<u8, Vec<u32>> {
+        self.senders
+            .iter()
+            .map(|(a, ks)| (*a, ks.iter().map(|k| k.id).collect()))
+            .collect()
     }
 
     /// The counters so far.
@@ -523,10 +693,15 @@ impl LinkReceiver {
         self.stats.phy_crc_errors += 1;
     }
 
-    /// Verifies and decodes one frame from the radio. On success the counter is persisted
-    /// before returning; on error nothing changes but the rejection counter.
+    /// Verifies and decodes one frame from the radio, now. On success the counter is
+    /// persisted before returning; on error nothing changes but the rejection counter.
     pub fn accept(&mut self, bytes: &[u8]) -> Result<Accepted, FrameError> {
-        match self.accept_inner(bytes) {
+        self.accept_at(bytes, SystemTime::now())
+    }
+
+    /// As [`LinkReceiver::accept`] at time `now` (which decides whether a key is retired).
+    pub fn accept_at(&mut self, bytes: &[u8], now: SystemTime) -> Result<Accepted, FrameError> {
+        match self.accept_inner(bytes, now) {
             Ok(a) => {
                 self.stats.frames_accepted += 1;
                 self.stats.records += a.records.len() as u64;
@@ -539,53 +714,61 @@ impl LinkReceiver {
         }
     }
 
-    fn accept_inner(&mut self, bytes: &[u8]) -> Result<Accepted, FrameError> {
+    /// The sender's key named by the frame's key phase, if it is not retired.
+    fn key_for(&self, from: u8, phase: u8, now: SystemTime) -> Result<&RxKey, FrameError> {
+        let keys = self
+            .senders
+            .get(&from)
+            .ok_or(FrameError::UnknownSender { from })?;
+        let k = keys
+            .iter()
+            .find(|k| frame::key_phase(k.id) == phase)
+            .ok_or(FrameError::UnknownKey { from, phase })?;
+        if let Some(retired_at) = k.retired(now) {
+            return Err(FrameError::RetiredKey {
+                from,
+                key_id: k.id,
+                retired_at,
+            });
+        }
+        Ok(k)
+    }
+
+    fn accept_inner(&mut self, bytes: &[u8], now: SystemTime) -> Result<Accepted, FrameError> {
         let raw = frame::parse(bytes)?;
         if raw.to != self.me && raw.to != manifests::link::BROADCAST_ADDRESS {
             return Err(FrameError::NotForUs { to: raw.to });
         }
-        if !self.senders.contains(&raw.from) {
-            return Err(FrameError::UnknownSender { from: raw.from });
-        }
         let from = raw.from;
-        let last = self.replay.last(from);
+        let ours = self.fingerprint;
+        let key = self.key_for(from, raw.key_phase, now)?.clone();
+        if raw.table != ours.on_air() {
+            return Err(FrameError::TopicTableMismatch {
+                from,
+                theirs: raw.table,
+                ours,
+            });
+        }
+        let replay = self.replays.get_mut(&key.keys.id).ok_or_else(|| {
+            FrameError::State(StateError::Corrupt {
+                path: format!("<replay state of key {}>", key.keys.id_hex()).into(),
+                why: "no replay state opened for this key".into(),
+            })
+        })?;
+        let last = replay.last(from);
         let bad_mic = FrameError::BadMic {
             from,
             counter_low: raw.counter_low,
         };
         let counter = infer_counter(last, raw.counter_low).ok_or(bad_mic)?;
-        if !raw.mic_ok(&self.keys, counter) {
+        if !raw.mic_ok(&key.keys, counter, ours) {
             return Err(FrameError::BadMic {
                 from,
                 counter_low: raw.counter_low,
             });
         }
-        match last {
-            Some(l) if counter == l => return Err(FrameError::Duplicate { from, counter }),
-            Some(l) if counter < l => {
-                return Err(FrameError::Replay {
-                    from,
-                    counter,
-                    last: l,
-                });
-            }
-            Some(l) if counter - l > MAX_COUNTER_GAP => {
-                return Err(FrameError::OutOfWindow {
-                    from,
-                    counter,
-                    last,
-                });
-            }
-            None if counter > MAX_COUNTER_GAP => {
-                return Err(FrameError::OutOfWindow {
-                    from,
-                    counter,
-                    last,
-                });
-            }
-            _ => {}
-        }
-        let plain = raw.decrypt(&self.keys, counter);
+        check_counter(from, counter, last)?;
+        let plain = raw.decrypt(&key.keys, counter);
         let records = self
             .table
             .decode(&plain)
@@ -594,13 +777,37 @@ impl LinkReceiver {
                 counter,
                 error,
             })?;
-        self.replay.accept(from, counter)?;
+        replay.accept(from, counter)?;
         Ok(Accepted {
             from,
             to: raw.to,
             counter,
+            key_id: key.id,
             records,
         })
+    }
+}
+
+/// Rejects a repeat, a replay or a jump beyond [`MAX_COUNTER_GAP`].
+fn check_counter(from: u8, counter: u32, last: Option<u32>) -> Result<(), FrameError> {
+    match last {
+        Some(l) if counter == l => Err(FrameError::Duplicate { from, counter }),
+        Some(l) if counter < l => Err(FrameError::Replay {
+            from,
+            counter,
+            last: l,
+        }),
+        Some(l) if counter - l > MAX_COUNTER_GAP => Err(FrameError::OutOfWindow {
+            from,
+            counter,
+            last,
+        }),
+        None if counter > MAX_COUNTER_GAP => Err(FrameError::OutOfWindow {
+            from,
+            counter,
+            last,
+        }),
+        _ => Ok(()),
     }
 }
 

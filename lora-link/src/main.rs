@@ -59,12 +59,17 @@ enum Cmd {
     /// minute). With --metrics the counters are served in the Prometheus text format on
     /// http://ADDR/metrics. On SIGINT/SIGTERM (or after --count frames) it waits briefly for
     /// the broker's acknowledgements and prints its counters as one JSON line on stderr.
+    /// On SIGHUP it reads the manifest again and takes its keys and topic table between two
+    /// frames, without stopping the radio (a new gateway, a key rotation, a retirement):
+    /// {"reloaded": true, "keys": {sender: [key ids]}, "topic_table": fingerprint} on stderr,
+    /// or {"reloaded": false, "error"} and the running ones kept.
     ///
     /// EXAMPLES:
     ///   lora-link rx --manifest /etc/lora-link/receiver.toml
     ///   lora-link rx --manifest receiver.toml --count 1
     ///   lora-link rx --manifest receiver.toml --print     # republish and print
     ///   lora-link rx --manifest receiver.toml --metrics 127.0.0.1:9101
+    ///   systemctl reload lora-link-rx    # SIGHUP (unit of `provisioner deploy receiver`)
     Rx {
         /// Receiver manifest (written by `provisioner emit receiver ID`, mode 0600).
         #[arg(long, env = "LORA_LINK_MANIFEST")]
@@ -228,8 +233,8 @@ fn republisher(
     ))
 }
 
-/// Sets `stop` on SIGINT or SIGTERM (a small runtime on its own thread).
-fn stop_on_signals(stop: Arc<AtomicBool>) {
+/// Sets `stop` on SIGINT or SIGTERM, `hup` on SIGHUP (a small runtime on its own thread).
+fn stop_on_signals(stop: Arc<AtomicBool>, hup: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -239,15 +244,22 @@ fn stop_on_signals(stop: Arc<AtomicBool>) {
         };
         rt.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
+            let (Ok(mut int), Ok(mut term), Ok(mut sighup)) = (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
             ) else {
                 return;
             };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = int.recv() => break,
+                    _ = term.recv() => break,
+                    _ = sighup.recv() => {
+                        eprintln!("lora-link rx: SIGHUP: reloading the manifest's keys and topic table");
+                        hup.store(true, Ordering::SeqCst);
+                    }
+                }
             }
             eprintln!("lora-link rx: stopping");
             stop.store(true, Ordering::SeqCst);
@@ -428,7 +440,18 @@ fn run(cli: Cli) -> CliResult {
                 lora_link::radio::open(&loaded.manifest.radio, loaded.manifest.air.as_ref())
                     .map_err(rt)?;
             let stop = Arc::new(AtomicBool::new(false));
-            stop_on_signals(Arc::clone(&stop));
+            let hup = Arc::new(AtomicBool::new(false));
+            stop_on_signals(Arc::clone(&stop), Arc::clone(&hup));
+            let manifest_path = loaded.path.clone();
+            let load = move || {
+                let l = manifests::link::LinkManifest::load(&manifest_path)
+                    .map_err(|e| e.to_string())?;
+                LinkReceiver::from_manifest(&l).map_err(|e| e.to_string())
+            };
+            let reload = rx::Reload {
+                requested: &hup,
+                load: &load,
+            };
             let shared = Arc::new(Mutex::new(receiver.stats().clone()));
             let mut server = match metrics {
                 None => None,
@@ -449,10 +472,18 @@ fn run(cli: Cli) -> CliResult {
                     Some(s)
                 }
             };
+            eprintln!(
+                "lora-link rx: accepting {} (sender: key ids), topic table {}",
+                serde_json::json!(receiver.key_ids()),
+                receiver.table_fingerprint()
+            );
             // Rejections are logged by the loop (rate-limited), not by the JSON sink.
             let mut json = JsonLinesSink::new(std::io::stdout().lock(), std::io::sink());
             let mut log = RejectLog::new(std::io::stderr(), LogThrottle::default());
-            let watch = Some(&*shared);
+            let watch = rx::Watch {
+                stats: Some(&*shared),
+                reload: Some(&reload),
+            };
             let r = match mqtt.as_mut() {
                 None => rx::run_watched(
                     &mut radio,

@@ -183,7 +183,7 @@ pub fn rx_exposition(
     );
     e.labeled_counter(
         "lora_link_rx_frames_rejected_total",
-        "Frames rejected, by reason: bad_mic, replay, duplicate, unknown_sender, not_for_us, out_of_window, truncated, ... (JSON: rejected).",
+        "Frames rejected, by reason: bad_mic, replay, duplicate, unknown_sender, unknown_key, retired_key, topic_table_mismatch, not_for_us, out_of_window, truncated, ... (JSON: rejected).",
         "reason",
         stats.rejected.iter().map(|(r, n)| (*r, *n)),
     );

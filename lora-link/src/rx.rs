@@ -193,6 +193,11 @@ impl<W: Write> RejectLog<W> {
         let _ = writeln!(self.out, "{line}").and_then(|_| self.out.flush());
     }
 
+    /// Writes one line that is not a rejection (a reload), unthrottled.
+    pub fn note(&mut self, line: &serde_json::Value) {
+        let _ = writeln!(self.out, "{line}").and_then(|_| self.out.flush());
+    }
+
     /// Writes the summary of suppressed lines if one is due at `now` (or `force`).
     pub fn summary(&mut self, now: Instant, force: bool) {
         if let Some(by_reason) = self.throttle.summary(now, force) {
@@ -221,7 +226,10 @@ pub fn sender_and_counter(error: &FrameError, bytes: &[u8]) -> (Option<u8>, Opti
         FrameError::BadMic {
             from, counter_low, ..
         } => (Some(*from), Some(u32::from(*counter_low))),
-        FrameError::UnknownSender { from } => (Some(*from), low_on_air),
+        FrameError::UnknownSender { from }
+        | FrameError::UnknownKey { from, .. }
+        | FrameError::RetiredKey { from, .. }
+        | FrameError::TopicTableMismatch { from, .. } => (Some(*from), low_on_air),
         _ => (from_header, low_on_air),
     }
 }
@@ -243,11 +251,46 @@ pub fn run<R: Radio + Send + ?Sized, S: RecordSink + ?Sized>(
     max_frames: Option<u64>,
 ) -> Result<(), RxError> {
     let mut log = RejectLog::new(std::io::sink(), LogThrottle::default());
-    run_watched(radio, receiver, sink, stop, max_frames, &mut log, None)
+    run_watched(
+        radio,
+        receiver,
+        sink,
+        stop,
+        max_frames,
+        &mut log,
+        Watch::default(),
+    )
 }
 
-/// As [`run`], and every rejected frame goes to `log` as it happens; `stats`, when given, is
-/// kept equal to the receiver's counters after every packet (for the metrics endpoint).
+/// A reload of the receiver's keys and topic table while it runs (SIGHUP in `lora-link rx`):
+/// when `requested` is set, `load` builds a receiver from the manifest again and its keys and
+/// table replace the running ones between two packets (counters kept, radio never stopped,
+/// so nothing on air is missed). A manifest that does not load leaves the running one in
+/// place and is logged.
+pub struct Reload<'a> {
+    /// Set by the signal handler; cleared when the reload is done.
+    pub requested: &'a AtomicBool,
+    /// Builds the new receiver.
+    pub load: &'a dyn Fn() -> Result<LinkReceiver, String>,
+}
+
+impl std::fmt::Debug for Reload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reload")
+    }
+}
+
+/// What [`run_watched`] shares and accepts while it runs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Watch<'a> {
+    /// Kept equal to the receiver's counters after every packet (for the metrics endpoint).
+    pub stats: Option<&'a Mutex<RxStats>>,
+    /// Reloads of keys and topic table.
+    pub reload: Option<&'a Reload<'a>>,
+}
+
+/// As [`run`], and every rejected frame goes to `log` as it happens; `watch` shares the
+/// counters and accepts reloads.
 pub fn run_watched<R: Radio + Send + ?Sized, S: RecordSink + ?Sized, W: Write>(
     radio: &mut R,
     receiver: &mut LinkReceiver,
@@ -255,7 +298,7 @@ pub fn run_watched<R: Radio + Send + ?Sized, S: RecordSink + ?Sized, W: Write>(
     stop: &AtomicBool,
     max_frames: Option<u64>,
     log: &mut RejectLog<W>,
-    stats: Option<&Mutex<RxStats>>,
+    watch: Watch<'_>,
 ) -> Result<(), RxError> {
     let done = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<Result<RxPacket, RadioError>>();
@@ -279,7 +322,7 @@ pub fn run_watched<R: Radio + Send + ?Sized, S: RecordSink + ?Sized, W: Write>(
                 }
             }
         });
-        let result = process(&rx, receiver, sink, max_frames, log, stats);
+        let result = process(&rx, receiver, sink, max_frames, log, watch);
         log.summary(Instant::now(), true);
         // the radio thread stops within one receive timeout; the channel then ends
         done.store(true, Ordering::SeqCst);
@@ -302,11 +345,15 @@ fn process<S: RecordSink + ?Sized, W: Write>(
     sink: &mut S,
     max_frames: Option<u64>,
     log: &mut RejectLog<W>,
-    stats: Option<&Mutex<RxStats>>,
+    watch: Watch<'_>,
 ) -> Result<(), RxError> {
+    let stats = watch.stats;
     let mut accepted = 0u64;
     share(receiver, stats);
     while max_frames.is_none_or(|m| accepted < m) {
+        if let Some(r) = watch.reload {
+            reload(r, receiver, log);
+        }
         let packet = match packets.recv_timeout(Duration::from_millis(200)) {
             Ok(p) => p,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -324,6 +371,22 @@ fn process<S: RecordSink + ?Sized, W: Write>(
         }
     }
     Ok(())
+}
+
+/// Does a requested reload: the new keys and table, or a logged refusal.
+fn reload<W: Write>(r: &Reload<'_>, receiver: &mut LinkReceiver, log: &mut RejectLog<W>) {
+    if !r.requested.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    match (r.load)() {
+        Ok(new) => {
+            receiver.reload_from(new);
+            log.note(&serde_json::json!({"reloaded": true,
+                "keys": receiver.key_ids(), "topic_table": receiver.table_fingerprint().hex()}));
+        }
+        Err(e) => log.note(&serde_json::json!({"reloaded": false,
+            "error": manifests::text::escape(&e), "kept": "the running keys and topic table"})),
+    }
 }
 
 /// One packet or per-packet radio error: whether a frame was accepted.

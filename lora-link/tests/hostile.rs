@@ -51,12 +51,12 @@ proptest! {
     }
 
     #[test]
-    fn receiver_rejects_random_frames(mut bytes in proptest::collection::vec(any::<u8>(), 9..255), to in prop_oneof![Just(1u8), Just(255u8)]) {
+    fn receiver_rejects_random_frames(mut bytes in proptest::collection::vec(any::<u8>(), 10..255), to in prop_oneof![Just(1u8), Just(255u8)]) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut rx = receiver(dir.path());
         bytes[0] = to;
         bytes[1] = 10;
-        bytes[3] = frame::FLAGS_SECURE_V1;
+        bytes[3] = frame::FLAGS_SECURE_V2;
         prop_assert!(rx.accept(&bytes).is_err());
         prop_assert_eq!(rx.stats().frames_accepted, 0);
     }

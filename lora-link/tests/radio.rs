@@ -142,7 +142,14 @@ fn corrupted_and_lost_frames_are_dropped_and_counted() {
     let (cb, mut b) = radio(air.addr, &sf7());
     listen(&cb, &mut b);
     let keys = LinkKeys::derive(&KEY);
-    let frame = lora_link::frame::seal(&keys, 1, 10, 0, &[0, 2, b'o', b'k']).expect("seal");
+    let frame = lora_link::frame::seal(
+        &lora_link::frame::SealKey::new(&keys, 0, &TopicTable::default()),
+        1,
+        10,
+        0,
+        &[0, 2, b'o', b'k'],
+    )
+    .expect("seal");
     a.transmit(&frame).expect("transmit");
     let e = b.receive(Duration::from_secs(5)).expect_err("crc error");
     assert!(matches!(e, RadioError::PayloadCrc { .. }), "{e}");

@@ -118,9 +118,14 @@ impl Rx {
     }
 }
 
+/// The manifest's topic table, as the gateway has it.
+fn table() -> lora_link::records::TopicTable {
+    lora_link::records::TopicTable::new([(0, "maison/salon/temperature")])
+}
+
 fn good(counter: u32) -> Vec<u8> {
     frame::seal(
-        &LinkKeys::derive(&KEY),
+        &frame::SealKey::new(&LinkKeys::derive(&KEY), 0, &table()),
         RX,
         GW,
         counter,
@@ -131,7 +136,7 @@ fn good(counter: u32) -> Vec<u8> {
 
 fn forged(counter: u32) -> Vec<u8> {
     frame::seal(
-        &LinkKeys::derive(&[0x66; 16]),
+        &frame::SealKey::new(&LinkKeys::derive(&[0x66; 16]), 0, &table()),
         RX,
         GW,
         counter,

@@ -20,6 +20,17 @@
 //! name = "pi1-gateway"
 //! address = 10
 //!
+//! # A receiver fed by several gateways holds one key per gateway (chosen by the frame's
+//! # FROM), and during a rotation two, the old one with the time it is retired at:
+//! [[peers.keys]]
+//! id = 2
+//! file = "keys/pi1-gateway-2.key"
+//!
+//! [[peers.keys]]
+//! id = 1
+//! file = "keys/pi1-gateway-1.key"
+//! retire_at = 1767225600   # Unix seconds; after it, frames under key 1 are rejected
+//!
 //! [radio]
 //! frequency_mhz = 868.0
 //! spreading_factor = 7
@@ -83,8 +94,16 @@ pub struct LinkManifest {
     /// LoRa header).
     #[serde(default)]
     pub radio: RadioParams,
-    /// The 16-byte link key, inline or in a separate file.
+    /// The 16-byte link key, inline or in a separate file: a gateway's sending key, or the
+    /// key of a receiver's peers that list no `keys` of their own. A receiver whose every
+    /// peer lists its keys has none (`[key]` absent).
+    #[serde(default, skip_serializing_if = "KeySource::is_empty")]
     pub key: KeySource,
+    /// Id of `key` (its generation: 1, then 2 after a rotation...). Its low bit travels in
+    /// every frame's FLAGS (the key phase), so the receiver picks the right one of the two
+    /// keys it holds during a rotation window.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_id: u32,
     /// Topics that travel as a one-byte index; other topics travel inline.
     #[serde(default)]
     pub topics: Vec<TopicEntry>,
@@ -95,6 +114,10 @@ pub struct LinkManifest {
     /// Optional: `lora-link rx` prints JSON lines when it is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttParams>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 fn default_state_dir() -> PathBuf {
@@ -119,6 +142,46 @@ pub struct Peer {
     pub name: String,
     /// RadioHead address (0..=254; a gateway may send to 255 = broadcast).
     pub address: u8,
+    /// Receiver only: this sender's link keys (one, or two during a rotation window). Empty:
+    /// the manifest's `[key]` (with `key_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<PeerKey>,
+}
+
+impl Peer {
+    /// A peer that uses the manifest's `[key]`.
+    pub fn new(name: impl Into<String>, address: u8) -> Self {
+        Self {
+            name: name.into(),
+            address,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One of a sender's link keys in a receiver manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerKey {
+    /// Key id (generation); its low bit is the key phase on air.
+    pub id: u32,
+    /// File holding the key as 32 hex digits (mode 0600; relative to the manifest).
+    pub file: PathBuf,
+    /// Unix time (seconds) from which frames under this key are rejected: the end of a
+    /// rotation window. Absent: the key does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<u64>,
+}
+
+/// A resolved link key of a sender, as the receiver uses it.
+#[derive(Debug, Clone)]
+pub struct LoadedKey {
+    /// Key id (generation).
+    pub id: u32,
+    /// The key.
+    pub key: LinkKey,
+    /// Unix time (seconds) from which it is retired.
+    pub retire_at: Option<u64>,
 }
 
 /// Which radio driver to use.
@@ -315,7 +378,7 @@ impl Default for Pins {
 
 /// Where the 16-byte link key is: inline hex (then the manifest itself is secret) or a file
 /// holding the hex (relative paths are relative to the manifest's directory).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySource {
     /// The key as 32 hex digits.
@@ -324,6 +387,13 @@ pub struct KeySource {
     /// A file containing the key as 32 hex digits (mode 0600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+}
+
+impl KeySource {
+    /// Neither inline nor in a file (a receiver whose peers list their own keys).
+    pub fn is_empty(&self) -> bool {
+        self.hex.is_none() && self.file.is_none()
+    }
 }
 
 /// A topic with its on-air index.
@@ -406,8 +476,11 @@ impl LinkKey {
 pub struct LoadedLink {
     /// The manifest as written.
     pub manifest: LinkManifest,
-    /// The link key, read from inline hex or the key file.
-    pub key: LinkKey,
+    /// The link key `[key]`, read from inline hex or the key file (absent only in a receiver
+    /// manifest whose every peer lists its keys).
+    pub key: Option<LinkKey>,
+    /// Receiver: the keys of each sender (by address), `[key]` for peers without their own.
+    pub peer_keys: std::collections::BTreeMap<u8, Vec<LoadedKey>>,
     /// The manifest file it was loaded from.
     pub path: PathBuf,
 }
@@ -486,6 +559,7 @@ impl LinkManifest {
             peers,
             radio: RadioParams::default(),
             key,
+            key_id: 0,
             topics: Vec::new(),
             air: None,
             mqtt: None,
@@ -508,40 +582,54 @@ impl LinkManifest {
         let key = match (&manifest.key.hex, &manifest.key.file) {
             (Some(h), None) => {
                 check_secret_mode(path)?;
-                LinkKey::from_hex(h)
-                    .map_err(|e| LinkManifestError::invalid(path, &src, "key.hex", e))?
+                Some(
+                    LinkKey::from_hex(h)
+                        .map_err(|e| LinkManifestError::invalid(path, &src, "key.hex", e))?,
+                )
             }
-            (None, Some(f)) => {
-                let kf = if f.is_relative() {
-                    path.parent().unwrap_or(Path::new(".")).join(f)
-                } else {
-                    f.clone()
-                };
-                let text = read_text(&kf)?;
-                check_secret_mode(&kf)?;
-                LinkKey::from_hex(&text).map_err(|e| LinkManifestError::Invalid {
-                    file: kf.clone(),
-                    line: 1,
-                    column: 1,
-                    field: "key".into(),
-                    expected: e,
-                })?
-            }
-            // validate() already rejected the other combinations.
-            _ => {
-                return Err(LinkManifestError::invalid(
-                    path,
-                    &src,
-                    "key",
-                    "exactly one of `hex` or `file`",
-                ));
-            }
+            (None, Some(f)) => Some(read_key_file(path, f, "key")?),
+            // validate() allows no key only for receivers whose peers list their keys.
+            _ => None,
         };
+        let peer_keys = manifest.resolve_peer_keys(path, key.as_ref())?;
         Ok(LoadedLink {
             manifest,
             key,
+            peer_keys,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Each peer's keys: its own `keys`, else `[key]` with `key_id`.
+    pub(crate) fn resolve_peer_keys(
+        &self,
+        path: &Path,
+        key: Option<&LinkKey>,
+    ) -> Result<std::collections::BTreeMap<u8, Vec<LoadedKey>>, LinkManifestError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let keys = if p.keys.is_empty() {
+                key.map(|k| LoadedKey {
+                    id: self.key_id,
+                    key: k.clone(),
+                    retire_at: None,
+                })
+                .into_iter()
+                .collect()
+            } else {
+                let mut v = Vec::new();
+                for (j, k) in p.keys.iter().enumerate() {
+                    v.push(LoadedKey {
+                        id: k.id,
+                        key: read_key_file(path, &k.file, &format!("peers[{i}].keys[{j}].file"))?,
+                        retire_at: k.retire_at,
+                    });
+                }
+                v
+            };
+            out.insert(p.address, keys);
+        }
+        Ok(out)
     }
 
     /// Renders the manifest as TOML (fails only for paths that are not UTF-8).
@@ -628,6 +716,7 @@ impl LinkManifest {
                 ));
             }
         }
+        self.validate_peer_keys(&bad)?;
         let r = &self.radio;
         if !(r.frequency_mhz.is_finite() && (137.0..=1020.0).contains(&r.frequency_mhz)) {
             return Err(bad(
@@ -670,11 +759,13 @@ impl LinkManifest {
                 format!("expected a percentage in (0, 100], found {dc}"),
             ));
         }
+        let own_keys = self.peers.iter().all(|p| !p.keys.is_empty());
         match (&self.key.hex, &self.key.file) {
             (Some(h), None) => {
                 LinkKey::from_hex(h).map_err(|e| bad("key.hex", e))?;
             }
             (None, Some(_)) => {}
+            (None, None) if self.role == LinkRole::Receiver && own_keys => {}
             _ => {
                 return Err(bad(
                     "key",
@@ -742,6 +833,45 @@ impl LinkManifest {
     }
 }
 
+impl LinkManifest {
+    /// Per-peer keys: receivers only, at most two per peer (the current one and the one being
+    /// retired), with different key phases (low bits of their ids) so a frame names one.
+    fn validate_peer_keys(
+        &self,
+        bad: &dyn Fn(&str, String) -> LinkManifestError,
+    ) -> Result<(), LinkManifestError> {
+        for (i, p) in self.peers.iter().enumerate() {
+            if !p.keys.is_empty() && self.role == LinkRole::Gateway {
+                return Err(bad(
+                    &format!("peers[{i}].keys"),
+                    "a gateway sends under its own `[key]`; per-peer keys are for receivers".into(),
+                ));
+            }
+            if p.keys.len() > 2 {
+                return Err(bad(
+                    &format!("peers[{i}].keys"),
+                    format!(
+                        "expected one key, or two during a rotation, found {}",
+                        p.keys.len()
+                    ),
+                ));
+            }
+            if let [a, b] = p.keys.as_slice()
+                && a.id % 2 == b.id % 2
+            {
+                return Err(bad(
+                    &format!("peers[{i}].keys[1].id"),
+                    format!(
+                        "keys {} and {} have the same key phase (low bit): retire the older one first",
+                        a.id, b.id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks that a string can be a concrete MQTT topic in the topic table.
 pub fn check_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
@@ -766,6 +896,25 @@ fn read_text(path: &Path) -> Result<String, LinkManifestError> {
     safe_fs::read_limited_string(path, MAX_LINK_FILE_LEN).map_err(|source| LinkManifestError::Io {
         file: path.to_path_buf(),
         source,
+    })
+}
+
+/// Reads a key file named in the manifest at `path` (relative to its directory), refusing one
+/// that group or others can read.
+fn read_key_file(path: &Path, f: &Path, field: &str) -> Result<LinkKey, LinkManifestError> {
+    let kf = if f.is_relative() {
+        path.parent().unwrap_or(Path::new(".")).join(f)
+    } else {
+        f.to_path_buf()
+    };
+    let text = read_text(&kf)?;
+    check_secret_mode(&kf)?;
+    LinkKey::from_hex(&text).map_err(|e| LinkManifestError::Invalid {
+        file: kf.clone(),
+        line: 1,
+        column: 1,
+        field: field.into(),
+        expected: e,
     })
 }
 
@@ -897,6 +1046,37 @@ topic = "maison/salon/temperature"
         assert!(s.contains("topics") && s.contains("bogus"), "{s}");
     }
 
+    #[test]
+    fn per_peer_keys_are_for_receivers_two_at_most_with_different_phases() {
+        let own = GOOD
+            .replace("[key]\nhex = \"000102030405060708090a0b0c0d0e0f\"\n", "")
+            .replace(
+                "address = 10\n",
+                "address = 10\n[[peers.keys]]\nid = 2\nfile = \"k2\"\n[[peers.keys]]\nid = 1\nfile = \"k1\"\nretire_at = 1700000000\n",
+            );
+        let m = parse(&own).expect("a receiver with its peers' keys needs no [key]");
+        assert_eq!(m.peers[0].keys.len(), 2);
+        assert_eq!(m.peers[0].keys[1].retire_at, Some(1_700_000_000));
+        assert_eq!(parse(&m.to_toml().expect("toml")).expect("round trip"), m);
+        let same_phase = own.replace("id = 1\n", "id = 4\n");
+        let s = parse(&same_phase).expect_err("same phase").to_string();
+        assert!(
+            s.contains("peers[0].keys[1].id") && s.contains("key phase"),
+            "{s}"
+        );
+        let three = own.replace(
+            "retire_at = 1700000000\n",
+            "retire_at = 1700000000\n[[peers.keys]]\nid = 3\nfile = \"k3\"\n",
+        );
+        let s = parse(&three).expect_err("three keys").to_string();
+        assert!(s.contains("two during a rotation"), "{s}");
+        let gateway = own.replace("role = \"receiver\"", "role = \"gateway\"");
+        assert!(parse(&gateway).is_err(), "a gateway sends under its [key]");
+        let none = GOOD.replace("[key]\nhex = \"000102030405060708090a0b0c0d0e0f\"\n", "");
+        let s = parse(&none).expect_err("no key at all").to_string();
+        assert!(s.contains("exactly one of"), "{s}");
+    }
+
     #[cfg(unix)]
     #[test]
     fn key_file_readable_by_others_is_refused() {
@@ -909,7 +1089,7 @@ topic = "maison/salon/temperature"
         assert!(e.to_string().contains("chmod 600"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let l = LinkManifest::load(&p).expect("loads");
-        assert_eq!(l.key.0[15], 0x0f);
+        assert_eq!(l.key.as_ref().map(|k| k.0[15]), Some(0x0f));
         // written by the provisioner: 0600 and loadable without edits
         let q = dir.path().join("w.toml");
         l.manifest.write(&q).expect("write");

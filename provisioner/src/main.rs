@@ -111,6 +111,9 @@ enum Command {
     /// Install a node's configuration into a root filesystem (e.g. a Pi's NFS root).
     #[command(subcommand)]
     Deploy(cmd::deploy::DeployCommand),
+    /// LoRa link keys: rotate a gateway's key with a window, retire the old one.
+    #[command(subcommand)]
+    Link(cmd::link::LinkCommand),
     /// The whole network on this machine, no hardware: CA, N simulated boards provisioned
     /// over their serial ports, both brokers, the gateway, the LoRa air and the receiver.
     #[command(after_help = cmd::demo::HELP)]
@@ -182,6 +185,7 @@ fn run(cli: Cli) -> exit::Result<()> {
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
+        Command::Link(c) => cmd::link::run(&ctx, c),
         Command::Demo(a) => cmd::demo::run(&ctx, a),
         Command::Tool(_) => Ok(()),
     }

@@ -273,8 +273,8 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
     );
     assert_eq!(
         std::fs::read(gw_dir.join("link.key")).expect("key"),
-        std::fs::read(rx_dir.join("link.key")).expect("key"),
-        "both ends share the link key"
+        std::fs::read(rx_dir.join("link-passerelle-1.key")).expect("key"),
+        "both ends share the gateway's link key (key 1)"
     );
     for (dir, secret) in [
         (&gw_dir, "passerelle.key"),
@@ -282,7 +282,7 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
         (&gw_dir, "gateway.toml"),
         (&gw_dir, "link.toml"),
         (&rx_dir, "recepteur.key"),
-        (&rx_dir, "link.key"),
+        (&rx_dir, "link-passerelle-1.key"),
         (&rx_dir, "receiver.toml"),
     ] {
         assert_eq!(mode(&dir.join(secret)), 0o600, "{secret}");

@@ -61,9 +61,11 @@ only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it.
     /// Receiver (Pi #2): receiver.toml for `lora-link rx`, client certificate and key, CA, link key.
     #[command(
         long_about = "Writes everything `lora-link rx` needs on Pi #2: receiver.toml (LoRa node, \
-peer gateway, topic table and an [mqtt] section to republish on the broker on Pi #2), the \
-receiver's client certificate (CN = ID, ACL write = the site's publish filters) and key, the CA \
-bundle and the link key shared with the gateway.",
+every gateway of the site that sends to this receiver with its own link key, topic table and \
+an [mqtt] section to republish on the broker on Pi #2), the receiver's client certificate \
+(CN = ID, ACL write = the site's publish filters) and key, the CA bundle and one key file per \
+gateway key (link-GATEWAY-N.key; two for a gateway in a rotation window). OUT is registered: \
+a later `emit gateway` (a new gateway), `link rotate` or `link retire` writes it again.",
         after_help = "EXAMPLES:\n  \
 provisioner emit receiver recepteur --out ./recepteur && lora-link rx --manifest ./recepteur/receiver.toml\n  \
 provisioner emit receiver recepteur --out ./rx --broker-host 127.0.0.1 --broker-port 18884 --air 127.0.0.1:7700\n  \
@@ -159,8 +161,9 @@ pub struct Placement {
     pub prefix: Option<PathBuf>,
 }
 
-/// Everything `write_gateway` / `write_receiver` need, whichever command asked.
-#[derive(Debug, Clone, Default)]
+/// Everything `write_gateway` / `write_receiver` need, whichever command asked (stored with
+/// the directory in the registry of `cmd::link`, to write it again after a key change).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeOptions {
     /// Broker host (gateway: to subscribe to; receiver: to republish on).
     pub broker_host: Option<String>,
@@ -267,7 +270,9 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
             let opts = args.gateway.node(&args.place);
             let out = prepare_out(&args.out)?;
             let e = write_gateway(ctx, &args.id, &opts, &out)?;
-            print_node(ctx, "gateway", &args.id, &out, &e, &opts);
+            register_node(ctx, "gateway", &args.id, &out, &opts)?;
+            let receivers = super::link::after_gateway(ctx, &args.id)?;
+            print_node(ctx, "gateway", &args.id, &out, &e, &opts, receivers);
             super::brokers::refresh_and_print(ctx);
             Ok(())
         }
@@ -275,7 +280,16 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
             let opts = args.node();
             let out = prepare_out(&args.out)?;
             let e = write_receiver(ctx, &args.id, &opts, &out)?;
-            print_node(ctx, "receiver", &args.id, &out, &e, &opts);
+            register_node(ctx, "receiver", &args.id, &out, &opts)?;
+            print_node(
+                ctx,
+                "receiver",
+                &args.id,
+                &out,
+                &e,
+                &opts,
+                (json!([]), String::new()),
+            );
             super::brokers::refresh_and_print(ctx);
             Ok(())
         }
@@ -685,7 +699,7 @@ fn broker_copy_command(out: &Path, prefix: &Path, user: &str) -> String {
 }
 
 /// The copy of a gateway's or receiver's files: root's, the keys staying 0600.
-fn node_copy_command(out: &Path, prefix: &Path) -> String {
+pub(crate) fn node_copy_command(out: &Path, prefix: &Path) -> String {
     copy_command(out, prefix, "--owner=root --group=root")
 }
 
@@ -906,6 +920,27 @@ fn prepare_out(out: &Path) -> Result<PathBuf> {
     .create_dir(out)
 }
 
+/// Registers an `emit` output directory (see `cmd::link`).
+fn register_node(
+    ctx: &Context,
+    kind: &str,
+    id: &str,
+    out: &Path,
+    opts: &NodeOptions,
+) -> Result<()> {
+    super::link::register(
+        ctx,
+        super::link::NodeDir {
+            kind: kind.into(),
+            id: id.into(),
+            dir: out.to_path_buf(),
+            opts: opts.clone(),
+            deploy_bin: None,
+        },
+        out,
+    )
+}
+
 /// What `write_gateway` / `write_receiver` wrote.
 #[derive(Debug, Clone)]
 pub struct NodeEmitted {
@@ -919,8 +954,10 @@ pub struct NodeEmitted {
     pub existing: bool,
     /// "renewed: the previous certificate ..." when an expired or due one was replaced.
     pub renewed: Option<String>,
-    /// This node's and the peer's RadioHead addresses.
+    /// This node's and the (first) peer's RadioHead addresses.
     pub addresses: (u8, u8),
+    /// Receiver: every gateway it accepts, with its address and key ids.
+    pub gateways: Vec<serde_json::Value>,
 }
 
 fn print_node(
@@ -930,6 +967,7 @@ fn print_node(
     out: &Path,
     e: &NodeEmitted,
     opts: &NodeOptions,
+    (receivers, receivers_human): (serde_json::Value, String),
 ) {
     let (program, machine) = if kind == "gateway" {
         ("gateway", "the gateway (Pi #1)")
@@ -953,7 +991,22 @@ fn print_node(
             "issued"
         },
         e.addresses.0,
-        e.addresses.1,
+        if e.gateways.is_empty() {
+            e.addresses.1.to_string()
+        } else {
+            e.gateways
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} {} (keys {})",
+                        g["name"].as_str().unwrap_or("?"),
+                        g["address"],
+                        g["keys"]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         e.renewed
             .as_deref()
             .map(|n| format!("\n  {n}; restart or reload the {kind} to use the new one"))
@@ -985,10 +1038,12 @@ fn print_node(
             if kind == "gateway" { "gateway" } else { "lora-link" },
         ));
     }
+    human.push_str(&receivers_human);
     ctx.print(
         &json!({ "id": id, "kind": kind, "out": out, "manifest": e.manifest, "files": e.files,
                  "serial": e.serial, "existing": e.existing, "renewed": e.renewed, "prefix": opts.prefix, "run": run,
-                 "address": e.addresses.0, "peer_address": e.addresses.1 }),
+                 "address": e.addresses.0, "peer_address": e.addresses.1, "gateways": e.gateways,
+                 "receivers": receivers }),
         &human,
     );
 }
@@ -1111,9 +1166,11 @@ fn lora_address(authority: &ca::Authority, id: &str, kind: &str) -> Result<u8> {
     Ok(a)
 }
 
-/// Concrete topics the gateway forwards, for the link's topic table: every room of the site
-/// with every reading (and status) template of every profile, where a subscribe filter
-/// matches; at most 128, sorted. Others travel inline.
+/// The link's topic table: every room of the site with every reading (and status) template
+/// of every profile, where a filter matches; at most 128, sorted. Others travel inline. The
+/// gateways and receivers use the site-wide table (filter `#`): one table for every gateway
+/// of a receiver, unchanged when a gateway is added; a site change that alters it changes
+/// its fingerprint, which both ends check (lora_link::frame).
 fn topic_table(
     site: &manifests::site::Site,
     filters: &[String],
@@ -1155,25 +1212,22 @@ fn topic_table(
         .collect()
 }
 
+/// The site-wide topic table of every link (see [`topic_table`]).
+fn site_topic_table(site: &manifests::site::Site) -> Vec<manifests::link::TopicEntry> {
+    topic_table(site, &["#".to_string()])
+}
+
 /// The link settings both ends share.
 fn link_manifest(
     role: manifests::link::LinkRole,
     node: manifests::link::Node,
-    peer: manifests::link::Peer,
+    peers: Vec<manifests::link::Peer>,
     topics: Vec<manifests::link::TopicEntry>,
     opts: &NodeOptions,
     state_dir: PathBuf,
 ) -> Result<manifests::link::LinkManifest> {
     use manifests::link::{AirParams, KeySource, LinkManifest, RadioBackend, SpreadingFactor};
-    let mut m = LinkManifest::new(
-        role,
-        node,
-        vec![peer],
-        KeySource {
-            hex: None,
-            file: None,
-        },
-    );
+    let mut m = LinkManifest::new(role, node, peers, KeySource::default());
     m.topics = topics;
     m.state_dir = state_dir;
     if let Some(sf) = opts.sf {
@@ -1211,26 +1265,6 @@ fn write_files(out: &Path, files: &[(String, &[u8], u32)]) -> Result<Vec<PathBuf
         paths.push(p);
     }
     Ok(paths)
-}
-
-fn link_key_hex(
-    authority: &mut ca::Authority,
-    gateway: &str,
-) -> Result<zeroize::Zeroizing<String>> {
-    let key = authority.secret_or_create(&format!("linkkey:{gateway}"), 16)?;
-    if key.len() != 16 {
-        return Err(CliError::new(
-            Code::State,
-            format!(
-                "the ledger's link key `linkkey:{gateway}` has {} bytes, expected 16",
-                key.len()
-            ),
-        ));
-    }
-    Ok(zeroize::Zeroizing::new(format!(
-        "{}\n",
-        hex::encode(&key[..])
-    )))
 }
 
 fn default_state_dir(out: &Path, opts: &NodeOptions) -> PathBuf {
@@ -1292,18 +1326,16 @@ pub fn write_gateway(
     )?;
     let me = lora_address(&authority, id, "gateway")?;
     let peer = lora_address(&authority, &g.receiver, "receiver")?;
-    let key_hex = link_key_hex(&mut authority, id)?;
+    let key_id = super::link::ring(&authority, id)?.current;
+    let key_hex = super::link::key_text(&mut authority, id, key_id, true)?;
     let mut link = link_manifest(
         LinkRole::Gateway,
         Node {
             name: id.to_string(),
             address: me,
         },
-        Peer {
-            name: g.receiver.clone(),
-            address: peer,
-        },
-        topic_table(&site, &g.subscribe),
+        vec![Peer::new(g.receiver.clone(), peer)],
+        site_topic_table(&site),
         opts,
         default_state_dir(out, opts),
     )?;
@@ -1311,6 +1343,7 @@ pub fn write_gateway(
         hex: None,
         file: Some(target_path(out, opts, "link.key")),
     };
+    link.key_id = key_id;
     let host = broker_host(&site, opts.broker_host.as_deref())?;
     let server_name = opts.server_name.clone().or_else(|| {
         if opts.broker_host.is_some() {
@@ -1371,18 +1404,20 @@ pub fn write_gateway(
         existing: ident.existing,
         renewed: ident.renewed,
         addresses: (me, peer),
+        gateways: Vec::new(),
     })
 }
 
-/// Issues (or reuses) the receiver's certificate and writes `receiver.toml`, `link.key`,
-/// `ca.crt`, `ID.crt`, `ID.key` into `out`.
+/// Issues (or reuses) the receiver's certificate and writes `receiver.toml`, one
+/// `link-GATEWAY-N.key` per key of every gateway of the site that sends to it (two during a
+/// rotation window, see `cmd::link`), `ca.crt`, `ID.crt`, `ID.key` into `out`.
 pub fn write_receiver(
     ctx: &Context,
     id: &str,
     opts: &NodeOptions,
     out: &Path,
 ) -> Result<NodeEmitted> {
-    use manifests::link::{KeySource, LinkRole, MqttParams, Node, Peer};
+    use manifests::link::{LinkRole, MqttParams, Node};
     let site = ctx.site()?;
     let r = site.receivers.get(id).ok_or_else(|| {
         let known: Vec<&str> = site.receivers.keys().map(String::as_str).collect();
@@ -1398,34 +1433,21 @@ pub fn write_receiver(
             ctx.layout.site().display()
         ))
     })?;
-    let gateways: Vec<(&String, &manifests::site::Gateway)> = site
+    let gateways: Vec<&String> = site
         .gateways
         .iter()
         .filter(|(_, g)| g.receiver == id)
+        .map(|(name, _)| name)
         .collect();
-    let (gw_id, gw) = match gateways.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(CliError::new(
-                Code::Input,
-                format!("no gateway of the site sends to receiver `{id}`"),
-            )
-            .with_help(format!(
-                "set receiver = \"{id}\" in a [gateways.ID] table of the site file"
-            )));
-        }
-        many => {
-            return Err(CliError::new(
-                Code::Input,
-                format!(
-                    "receiver `{id}` has {} gateways ({}); one link key per receiver manifest allows one",
-                    many.len(),
-                    many.iter().map(|(g, _)| g.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )
-            .with_help("give each gateway its own receiver in the site file"));
-        }
-    };
+    if gateways.is_empty() {
+        return Err(CliError::new(
+            Code::Input,
+            format!("no gateway of the site sends to receiver `{id}`"),
+        )
+        .with_help(format!(
+            "set receiver = \"{id}\" in a [gateways.ID] table of the site file"
+        )));
+    }
     let mut authority = ctx.authority()?;
     let ident = issue_node(
         ctx,
@@ -1437,26 +1459,34 @@ pub fn write_receiver(
         r.publish.clone(),
     )?;
     let me = lora_address(&authority, id, "receiver")?;
-    let peer = lora_address(&authority, gw_id, "gateway")?;
-    let key_hex = link_key_hex(&mut authority, gw_id)?;
-    let mut link = link_manifest(
+    let mut addressed = Vec::new();
+    for gw in &gateways {
+        addressed.push(((*gw).clone(), lora_address(&authority, gw, "gateway")?));
+    }
+    let (peers, key_files) = super::link::receiver_peers(&mut authority, &addressed, &|name| {
+        target_path(out, opts, name)
+    })?;
+    let link = link_manifest(
         LinkRole::Receiver,
         Node {
             name: id.to_string(),
             address: me,
         },
-        Peer {
-            name: gw_id.clone(),
-            address: peer,
-        },
-        topic_table(&site, &gw.subscribe),
+        peers,
+        site_topic_table(&site),
         opts,
         default_state_dir(out, opts),
     )?;
-    link.key = KeySource {
-        hex: None,
-        file: Some(target_path(out, opts, "link.key")),
-    };
+    let peer = addressed[0].1;
+    let accepted = link
+        .peers
+        .iter()
+        .map(|p| {
+            json!({ "name": p.name, "address": p.address,
+                         "keys": p.keys.iter().map(|k| k.id).collect::<Vec<_>>() })
+        })
+        .collect();
+    let mut link = link;
     if !opts.no_mqtt {
         link.mqtt = Some(MqttParams {
             host: opts
@@ -1479,16 +1509,17 @@ pub fn write_receiver(
         .map_err(|e| CliError::new(Code::Failure, format!("encoding receiver.toml: {e}")))?;
     let bundle = std::fs::read(ctx.layout.ca_bundle())
         .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
-    let files = write_files(
-        out,
-        &[
-            ("ca.crt".into(), &bundle, 0o644),
-            (format!("{id}.crt"), ident.chain_pem.as_bytes(), 0o644),
-            (format!("{id}.key"), ident.key_pem.as_bytes(), 0o600),
-            ("link.key".into(), key_hex.as_bytes(), 0o600),
-            ("receiver.toml".into(), text.as_bytes(), 0o600),
-        ],
-    )?;
+    let mut list: Vec<(String, &[u8], u32)> = vec![
+        ("ca.crt".into(), &bundle, 0o644),
+        (format!("{id}.crt"), ident.chain_pem.as_bytes(), 0o644),
+        (format!("{id}.key"), ident.key_pem.as_bytes(), 0o600),
+    ];
+    for (name, text) in &key_files {
+        list.push((name.clone(), text.as_bytes(), 0o600));
+    }
+    // The manifest last: it names only files already in place.
+    list.push(("receiver.toml".into(), text.as_bytes(), 0o600));
+    let files = write_files(out, &list)?;
     if opts.prefix.is_none() {
         ca::fsutil::private_dir(&state_dir)?;
     }
@@ -1499,5 +1530,6 @@ pub fn write_receiver(
         existing: ident.existing,
         renewed: ident.renewed,
         addresses: (me, peer),
+        gateways: accepted,
     })
 }

@@ -11,6 +11,7 @@ pub mod deploy_broker;
 pub mod device;
 pub mod emit;
 pub mod init;
+pub mod link;
 pub mod provision;
 pub mod server;
 pub mod site;
