@@ -46,6 +46,9 @@ pub struct Context {
     passphrase_file: Option<PathBuf>,
     /// JSON output requested.
     pub json: bool,
+    /// The CA passphrase once it opened the CA: a command that opens the CA several times
+    /// (`renew`) asks for it once.
+    opened_with: std::sync::Mutex<Option<Passphrase>>,
 }
 
 impl Context {
@@ -55,11 +58,15 @@ impl Context {
             layout: Layout::new(home),
             passphrase_file,
             json,
+            opened_with: std::sync::Mutex::new(None),
         }
     }
 
     /// The CA passphrase: env, file, or prompt (twice when `new`).
     pub fn passphrase(&self, new: bool) -> Result<Passphrase> {
+        if !new && let Some(p) = self.cached_passphrase() {
+            return Ok(p);
+        }
         if let Some(path) = &self.passphrase_file {
             ca::fsutil::check_private(path)?;
             let bytes = ca::fsutil::read_bounded(path, 4096)?;
@@ -113,6 +120,10 @@ impl Context {
         Ok(first)
     }
 
+    fn cached_passphrase(&self) -> Option<Passphrase> {
+        self.opened_with.lock().ok().and_then(|c| c.clone())
+    }
+
     /// Refuses a home that is not ours alone: whoever can write in it can replace the
     /// ledger, the site file or a chip profile, and so decide what is issued and locked.
     pub fn check_home(&self) -> Result<()> {
@@ -149,6 +160,10 @@ impl Context {
         }
         let pass = self.passphrase(false)?;
         let mut authority = Authority::open(&self.layout, &pass)?;
+        // It opened the CA: later openings in this command need no prompt.
+        if let Ok(mut cached) = self.opened_with.lock() {
+            *cached = Some(pass);
+        }
         // Lifetimes and renewal points from the site file (defaults without one).
         authority.set_policy(crate::cmd::audit::home_policy(self));
         Ok(authority)

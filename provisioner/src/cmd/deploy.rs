@@ -96,6 +96,36 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         )
         .with_help("give the Pi's root filesystem, e.g. /srv/nfs/pi1"));
     }
+    let opts = args.node.node(&Placement {
+        prefix: Some(PathBuf::from(ETC_DIR)),
+        state_dir: Some(PathBuf::from(STATE_DIR)),
+    });
+    let (emitted, files) = install(ctx, &args.id, &root, &args.bin, &opts)?;
+    let human = format!(
+        "gateway `{}` installed into {}: {ETC_DIR} ({} files), {UNIT_PATH}, {MAN_PATH}, {STATE_DIR}\n  on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway\n  registered: `provisioner renew` installs a new certificate here when it is due",
+        args.id,
+        root.display(),
+        files.len(),
+    );
+    ctx.print(
+        &json!({ "id": args.id, "root": root, "etc": ETC_DIR, "unit": UNIT_PATH, "man": MAN_PATH, "state": STATE_DIR,
+                 "files": files, "serial": emitted.serial, "existing": emitted.existing }),
+        &human,
+    );
+    Ok(())
+}
+
+/// Installs gateway `id` into the root filesystem `root` (canonical, checked) and registers
+/// it (`cmd::nodes`): used by `deploy gateway` and by `renew`. Returns what was written and
+/// the configuration files as the Pi sees them.
+pub(crate) fn install(
+    ctx: &Context,
+    id: &str,
+    root: &Path,
+    bin: &Path,
+    opts: &crate::cmd::emit::NodeOptions,
+) -> Result<(crate::cmd::emit::NodeEmitted, Vec<PathBuf>)> {
+    let root = root.to_path_buf();
     // Every path as the Pi sees it: links planted in ROOT are resolved inside it, and one
     // that leaves it is refused before anything is written.
     let inside = |p: &str| {
@@ -105,6 +135,12 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         })
     };
     let etc = inside(ETC_DIR)?;
+    // A root another home (or the original of this copy) installed is not ours to replace.
+    let store = ctx.store()?;
+    let home = store.home_binding()?;
+    if etc.is_dir() {
+        crate::cmd::nodes::claim(&home, &etc)?;
+    }
     let etc_parent = etc.parent().map(Path::to_path_buf).unwrap_or(root.clone());
     let state = inside(STATE_DIR)?;
     let unit = inside(UNIT_PATH)?;
@@ -128,18 +164,16 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         }
     }
     safe_fs::create_dir(&staging, 0o700, None).map_err(|e| crate::exit::io(&staging, e))?;
-    let opts = args.node.node(&Placement {
-        prefix: Some(PathBuf::from(ETC_DIR)),
-        state_dir: Some(PathBuf::from(STATE_DIR)),
-    });
-    let emitted = match write_gateway(ctx, &args.id, &opts, &staging) {
+    let emitted = match write_gateway(ctx, id, opts, &staging)
+        .and_then(|e| crate::cmd::nodes::write_marker(&home, &staging).map(|()| e))
+    {
         Ok(e) => e,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
-    let unit_text = render_unit(&args.id, &args.bin);
+    let unit_text = render_unit(id, bin);
     ca::fsutil::write_atomic(&unit, unit_text.as_bytes(), 0o644)?;
     let page = cli_common::man_page(gateway::cli::command())
         .map_err(|e| CliError::new(Code::Failure, format!("rendering gateway.1: {e}")))?;
@@ -160,18 +194,17 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
         .filter_map(|f| f.file_name())
         .map(|n| Path::new(ETC_DIR).join(n))
         .collect();
-    let human = format!(
-        "gateway `{}` installed into {}: {ETC_DIR} ({} files), {UNIT_PATH}, {MAN_PATH}, {STATE_DIR}\n  on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway",
-        args.id,
-        root.display(),
-        files.len(),
-    );
-    ctx.print(
-        &json!({ "id": args.id, "root": root, "etc": ETC_DIR, "unit": UNIT_PATH, "man": MAN_PATH, "state": STATE_DIR,
-                 "files": files, "serial": emitted.serial, "existing": emitted.existing }),
-        &human,
-    );
-    Ok(())
+    crate::cmd::nodes::register(
+        &store,
+        &crate::cmd::nodes::NodeDir {
+            kind: "gateway".into(),
+            id: id.to_string(),
+            dir: root,
+            options: opts.clone(),
+            deploy_bin: Some(bin.to_path_buf()),
+        },
+    )?;
+    Ok((emitted, files))
 }
 
 /// Creates `dir` (resolved inside `root`) and checks that nothing swapped a link into its

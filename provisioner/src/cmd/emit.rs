@@ -76,11 +76,15 @@ broker` for that broker afterwards so its ACL knows the receiver."
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
     /// Gateway id from the site file (`[gateways.ID]`).
-    #[arg(value_name = "ID")]
-    pub id: String,
-    /// Output directory (created 0700).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[arg(value_name = "ID", required_unless_present = "forget")]
+    pub id: Option<String>,
+    /// Output directory (created 0700). It is registered: `provisioner renew` writes it
+    /// again when the gateway's certificate is due.
+    #[arg(long, value_name = "DIR", required_unless_present = "forget")]
+    pub out: Option<PathBuf>,
+    /// Forget a registered gateway directory: `renew` no longer writes there (its files stay).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["id", "out"])]
+    pub forget: Option<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -91,11 +95,15 @@ pub struct GatewayArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiverArgs {
     /// Receiver id from the site file (`[receivers.ID]`).
-    #[arg(value_name = "ID")]
-    pub id: String,
-    /// Output directory (created 0700).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[arg(value_name = "ID", required_unless_present = "forget")]
+    pub id: Option<String>,
+    /// Output directory (created 0700). It is registered: `provisioner renew` writes it
+    /// again when the receiver's certificate is due.
+    #[arg(long, value_name = "DIR", required_unless_present = "forget")]
+    pub out: Option<PathBuf>,
+    /// Forget a registered receiver directory: `renew` no longer writes there (its files stay).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["id", "out"])]
+    pub forget: Option<PathBuf>,
     /// Broker on the receiver's side to republish on. Default: localhost (the broker on Pi #2).
     #[arg(long, value_name = "HOST")]
     pub broker_host: Option<String>,
@@ -157,8 +165,9 @@ pub struct Placement {
     pub prefix: Option<PathBuf>,
 }
 
-/// Everything `write_gateway` / `write_receiver` need, whichever command asked.
-#[derive(Debug, Clone, Default)]
+/// Everything `write_gateway` / `write_receiver` need, whichever command asked (kept in the
+/// node registry, `cmd::nodes`, so `renew` writes the directory as it was emitted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeOptions {
     /// Broker host (gateway: to subscribe to; receiver: to republish on).
     pub broker_host: Option<String>,
@@ -263,21 +272,74 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
         EmitCommand::Broker(args) => broker(ctx, args),
         EmitCommand::Gateway(args) => {
             let opts = args.gateway.node(&args.place);
-            let out = prepare_out(&args.out)?;
-            let e = write_gateway(ctx, &args.id, &opts, &out)?;
-            print_node(ctx, "gateway", &args.id, &out, &e, &opts);
-            super::brokers::refresh_and_print(ctx);
-            Ok(())
+            emit_node(ctx, "gateway", (&args.id, &args.out, &args.forget), &opts)
         }
         EmitCommand::Receiver(args) => {
             let opts = args.node();
-            let out = prepare_out(&args.out)?;
-            let e = write_receiver(ctx, &args.id, &opts, &out)?;
-            print_node(ctx, "receiver", &args.id, &out, &e, &opts);
-            super::brokers::refresh_and_print(ctx);
-            Ok(())
+            emit_node(ctx, "receiver", (&args.id, &args.out, &args.forget), &opts)
         }
     }
+}
+
+/// `emit gateway|receiver`: ID and OUT, or `--forget DIR`.
+type NodeTarget<'a> = (&'a Option<String>, &'a Option<PathBuf>, &'a Option<PathBuf>);
+
+/// Writes a gateway's or receiver's directory and registers it (or forgets one).
+fn emit_node(ctx: &Context, kind: &str, target: NodeTarget<'_>, opts: &NodeOptions) -> Result<()> {
+    let store = ctx.store()?;
+    let (Some(id), Some(out)) = (target.0, target.1) else {
+        let dir = target.2.as_deref().unwrap_or(Path::new(""));
+        return forget_node(ctx, &store, kind, dir);
+    };
+    let home = store.home_binding()?;
+    let out = prepare_out(out)?;
+    super::nodes::claim(&home, &out)?;
+    let e = if kind == "gateway" {
+        write_gateway(ctx, id, opts, &out)?
+    } else {
+        write_receiver(ctx, id, opts, &out)?
+    };
+    super::nodes::write_marker(&home, &out)?;
+    super::nodes::register(
+        &store,
+        &super::nodes::NodeDir {
+            kind: kind.into(),
+            id: id.clone(),
+            dir: out.clone(),
+            options: opts.clone(),
+            deploy_bin: None,
+        },
+    )?;
+    print_node(ctx, kind, id, &out, &e, opts);
+    super::brokers::refresh_and_print(ctx);
+    Ok(())
+}
+
+fn forget_node(ctx: &Context, store: &ca::Store, kind: &str, dir: &Path) -> Result<()> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    if !(super::nodes::forget(store, &canonical)? || super::nodes::forget(store, dir)?) {
+        let known: Vec<String> = super::nodes::all(store)?
+            .iter()
+            .map(|n| n.describe())
+            .collect();
+        return Err(CliError::new(
+            Code::State,
+            format!("{} is not a registered {kind} directory", dir.display()),
+        )
+        .with_help(if known.is_empty() {
+            "no gateway or receiver directory is registered".to_string()
+        } else {
+            format!("registered: {}", known.join("; "))
+        }));
+    }
+    ctx.print(
+        &json!({ "forgotten": canonical }),
+        &format!(
+            "forgot the {kind} directory {}: `renew` no longer writes there (its files stay as they are)",
+            canonical.display()
+        ),
+    );
+    Ok(())
 }
 
 fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
@@ -635,7 +697,7 @@ fn default_units_dir(out: &Path) -> Result<PathBuf> {
 }
 
 /// A shell word: single-quoted unless it is plainly safe.
-fn sh_word(s: &str) -> String {
+pub(crate) fn sh_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c))
@@ -646,7 +708,7 @@ fn sh_word(s: &str) -> String {
     }
 }
 
-fn sh_path(p: &Path) -> String {
+pub(crate) fn sh_path(p: &Path) -> String {
     sh_word(&p.to_string_lossy())
 }
 
@@ -679,7 +741,7 @@ fn broker_copy_command(out: &Path, prefix: &Path, user: &str) -> String {
 }
 
 /// The copy of a gateway's or receiver's files: root's, the keys staying 0600.
-fn node_copy_command(out: &Path, prefix: &Path) -> String {
+pub(crate) fn node_copy_command(out: &Path, prefix: &Path) -> String {
     copy_command(out, prefix, "--owner=root --group=root")
 }
 

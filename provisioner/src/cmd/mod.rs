@@ -9,7 +9,9 @@ pub mod deploy;
 pub mod device;
 pub mod emit;
 pub mod init;
+pub mod nodes;
 pub mod provision;
+pub mod renew;
 pub mod server;
 pub mod site;
 
