@@ -49,6 +49,24 @@ impl Home {
             .stdin(Stdio::null());
         c
     }
+    /// Runs with the provisioner's clock at `t` (Unix seconds; `PROVISIONER_FAKE_NOW`, debug
+    /// builds) and returns the output, whatever the status.
+    pub fn at(&self, t: i64, args: &[&str]) -> Output {
+        self.cmd(args)
+            .env("PROVISIONER_FAKE_NOW", t.to_string())
+            .output()
+            .expect("run provisioner")
+    }
+    /// Runs at `t` and asserts success; returns stdout.
+    pub fn ok_at(&self, t: i64, args: &[&str]) -> String {
+        let out = self.at(t, args);
+        assert!(
+            out.status.success(),
+            "provisioner {args:?} at {t}: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
     /// Runs and returns the output, whatever the status.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run provisioner")
@@ -181,6 +199,24 @@ pub fn openssl_client(dir: &Path, cn: &str) -> Client {
         &csr.to_string_lossy(),
     ]);
     Client { key, csr, crt }
+}
+
+/// Now on the real clock, Unix seconds.
+pub fn real_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// Status, stdout and stderr of a run, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub fn free_port() -> u16 {
