@@ -19,6 +19,8 @@ receivers), the CA certificates (root and issuing) and the CRL's nextUpdate. A c
 says otherwise: [profiles.NAME] or [lifetimes.KIND] renew_at / renew_before_days) and
 `expired` after its notAfter. Re-running the command that issued it renews it: `server issue`,
 `cert sign` (same CSR), `emit gateway|receiver`, `device provision`; `crl` for the CRL.
+`provisioner renew` renews every due broker, gateway and receiver certificate and the CRL
+at once, where they are installed.
 
 EXIT CODES:
   0   every certificate and the CRL are healthy
@@ -309,7 +311,7 @@ fn report(ctx: &Context, items: &[Item], now: i64) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let help = "re-run the command that issued it (server issue, cert sign, emit gateway|receiver, device provision) to renew it; `provisioner crl` for the CRL";
+    let help = "re-run the command that issued it (server issue, cert sign, emit gateway|receiver, device provision) to renew it, `provisioner crl` for the CRL; `provisioner renew` does the broker, gateways, receivers and the CRL at once";
     match worst {
         State::Ok => Ok(()),
         State::Renew => Err(CliError::new(

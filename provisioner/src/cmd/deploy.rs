@@ -45,6 +45,9 @@ Then on the Pi: systemctl daemon-reload && systemctl enable --now iot-gateway\n\
 Files: /etc/iot-gateway/ (0700; keys and manifests 0600), /etc/systemd/system/iot-gateway.service,\n\
 /usr/local/share/man/man1/gateway.1, /var/lib/iot-gateway/ (0700). Re-running it replaces /etc/iot-gateway atomically with the same\n\
 certificate, key and link key. The gateway binary itself is not copied (see --bin).\n\
+ROOT is registered with these options: `provisioner renew` installs a new certificate there\n\
+when it is due (then on the Pi: systemctl restart iot-gateway); `emit gateway --forget ROOT`\n\
+stops that. A root another home (or the original of this copy) installed is refused.\n\
 Links inside ROOT are followed as the Pi sees them (an absolute link from ROOT, never from this\n\
 machine's /); a link that leaves ROOT is refused before anything is written.")]
     Gateway(GatewayArgs),

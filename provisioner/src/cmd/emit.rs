@@ -53,7 +53,10 @@ provisioner emit gateway passerelle --out ./gw --broker-host 192.168.1.10 --serv
 The gateway's P-256 key (generated here, kept 0600 under the home's keys/) and certificate are\n\
 reused on every run, and so is the link key shared with the receiver (kept encrypted in the\n\
 ledger). Secrets are written 0600. Without --air the manifest asks for the real SX127x radio:\n\
-only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it."
+only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it.\n\n\
+OUT is registered with these options (and gets a .provisioner-home marker): `provisioner\n\
+renew` writes it again when the certificate is due; `emit gateway --forget OUT` stops that.\n\
+A directory another home (or the original of this copy) registered is refused."
     )]
     Gateway(GatewayArgs),
     /// Receiver (Pi #2): receiver.toml for `lora-link rx`, client certificate and key, CA, link key.
@@ -67,7 +70,9 @@ provisioner emit receiver recepteur --out ./recepteur && lora-link rx --manifest
 provisioner emit receiver recepteur --out ./rx --broker-host 127.0.0.1 --broker-port 18884 --air 127.0.0.1:7700\n  \
 provisioner emit receiver recepteur --out ./rx --no-mqtt     # print JSON lines instead of republishing\n\n\
 The receiver republishes on the broker on its side (default localhost); run `provisioner emit\n\
-broker` for that broker afterwards so its ACL knows the receiver."
+broker` for that broker afterwards so its ACL knows the receiver.\n\n\
+OUT is registered with these options (and gets a .provisioner-home marker): `provisioner\n\
+renew` writes it again when the certificate is due; `emit receiver --forget OUT` stops that."
     )]
     Receiver(ReceiverArgs),
 }
