@@ -465,3 +465,57 @@ fn a_deployed_gateway_is_renewed_in_its_root_and_a_forgotten_directory_is_report
         "{err}"
     );
 }
+
+#[test]
+fn the_ca_passphrase_is_asked_once_on_the_terminal_for_every_renewal_of_the_command() {
+    use std::io::{Read as _, Write as _};
+    require("script");
+    let site = old_site();
+    // `renew` on a pseudo-terminal (util-linux `script`), the passphrase typed at the prompt:
+    // three renewals (broker, gateway, receiver; the CRL is fresh) open the CA three times.
+    let cmd = format!("{} renew", env!("CARGO_BIN_EXE_provisioner"));
+    let mut child = std::process::Command::new("timeout")
+        .args(["60", "script", "-qec", &cmd, "/dev/null"])
+        .env("PROVISIONER_HOME", site.home.path())
+        .env_remove("PROVISIONER_PASSPHRASE")
+        .env_remove("PROVISIONER_FAKE_NOW")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text().contains("CA passphrase:") {
+        assert!(Instant::now() < deadline, "no prompt: {}", text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{PASSPHRASE}\n").as_bytes())
+        .expect("type");
+    let status = child.wait().expect("wait");
+    drop(stdin);
+    reader.join().expect("reader");
+    let out = text();
+    assert!(status.success(), "{status}: {out}");
+    assert_eq!(out.matches("CA passphrase:").count(), 1, "{out}");
+    assert!(out.contains("3 due, 3 renewed"), "{out}");
+    assert!(
+        !out.contains(PASSPHRASE),
+        "the passphrase is not echoed: {out}"
+    );
+}
