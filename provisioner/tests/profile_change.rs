@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Read;
-
 use common::*;
 
 fn provision(home: &Home, board: &SimBoard, profile: &str, extra: &[&str]) -> std::process::Output {
@@ -24,19 +22,6 @@ fn provision(home: &Home, board: &SimBoard, profile: &str, extra: &[&str]) -> st
     ];
     args.extend_from_slice(extra);
     home.run(&args)
-}
-
-/// The first message on `filter` within 30 s, or what mosquitto_sub said.
-fn first_message(port: u16, ca: &std::path::Path, c: &Client, filter: &str) -> String {
-    let mut sub = subscribe_one(port, ca, c, filter, 30);
-    let _ = sub.wait();
-    let mut got = String::new();
-    sub.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut got)
-        .expect("read");
-    got
 }
 
 #[test]
@@ -57,7 +42,7 @@ fn a_profile_change_is_refused_without_the_flag_and_with_it_reaches_ledger_acl_a
     let o = provision(&home, &board, "thermometre", &[]);
     assert!(o.status.success(), "{}", output_text(&o));
     broker.reload();
-    let t = first_message(port, &ca, &monitor, "maison/salon/temperature");
+    let t = first_message(port, &ca, &monitor, "maison/salon/temperature", 30);
     assert!(
         t.starts_with("maison/salon/temperature "),
         "{t}\n{}",
@@ -112,7 +97,7 @@ fn a_profile_change_is_refused_without_the_flag_and_with_it_reaches_ledger_acl_a
     let acl = String::from_utf8_lossy(&std::fs::read(out.join("acl")).expect("acl")).into_owned();
     assert!(acl.contains("topic write maison/salon/luminosite"), "{acl}");
     broker.reload();
-    let l = first_message(port, &ca, &monitor, "maison/salon/luminosite");
+    let l = first_message(port, &ca, &monitor, "maison/salon/luminosite", 30);
     assert!(
         l.starts_with("maison/salon/luminosite "),
         "{l}\n{}\n{}",

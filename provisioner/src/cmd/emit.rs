@@ -322,17 +322,41 @@ fn emit_node(ctx: &Context, kind: &str, target: NodeTarget<'_>, opts: &NodeOptio
 
 fn forget_node(ctx: &Context, store: &ca::Store, kind: &str, dir: &Path) -> Result<()> {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    if !(super::nodes::forget(store, &canonical)? || super::nodes::forget(store, dir)?) {
-        let known: Vec<String> = super::nodes::all(store)?
-            .iter()
-            .map(|n| n.describe())
-            .collect();
+    let done = super::nodes::forget(store, &canonical)? || super::nodes::forget(store, dir)?;
+    let known = super::nodes::all(store)?
+        .iter()
+        .map(|n| n.describe())
+        .collect();
+    let what = format!("{kind} directory");
+    forgotten(
+        ctx,
+        &what,
+        dir,
+        &canonical,
+        done,
+        known,
+        "`renew` no longer writes there",
+    )
+}
+
+/// The answer to `--forget DIR`: what was forgotten, or, when DIR is not registered, an
+/// error listing what is.
+fn forgotten(
+    ctx: &Context,
+    what: &str,
+    dir: &Path,
+    canonical: &Path,
+    done: bool,
+    known: Vec<String>,
+    effect: &str,
+) -> Result<()> {
+    if !done {
         return Err(CliError::new(
             Code::State,
-            format!("{} is not a registered {kind} directory", dir.display()),
+            format!("{} is not a registered {what}", dir.display()),
         )
         .with_help(if known.is_empty() {
-            "no gateway or receiver directory is registered".to_string()
+            format!("no {what} is registered")
         } else {
             format!("registered: {}", known.join("; "))
         }));
@@ -340,7 +364,7 @@ fn forget_node(ctx: &Context, store: &ca::Store, kind: &str, dir: &Path) -> Resu
     ctx.print(
         &json!({ "forgotten": canonical }),
         &format!(
-            "forgot the {kind} directory {}: `renew` no longer writes there (its files stay as they are)",
+            "forgot the {what} {}: {effect} (its files stay as they are)",
             canonical.display()
         ),
     );
@@ -414,30 +438,20 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
 fn forget(ctx: &Context, store: &ca::Store, dir: &Path) -> Result<()> {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let done = store.forget_broker(&canonical)? || store.forget_broker(dir)?;
-    if !done {
-        let known: Vec<String> = store
-            .brokers()?
-            .iter()
-            .map(|b| b.dir.display().to_string())
-            .collect();
-        return Err(CliError::new(
-            Code::State,
-            format!("{} is not a registered broker directory", dir.display()),
-        )
-        .with_help(if known.is_empty() {
-            "no broker directory is registered".to_string()
-        } else {
-            format!("registered: {}", known.join(", "))
-        }));
-    }
-    ctx.print(
-        &json!({ "forgotten": canonical }),
-        &format!(
-            "forgot the broker directory {}: no later change writes there (its files stay as they are)",
-            canonical.display()
-        ),
-    );
-    Ok(())
+    let known = store
+        .brokers()?
+        .iter()
+        .map(|b| b.dir.display().to_string())
+        .collect();
+    forgotten(
+        ctx,
+        "broker directory",
+        dir,
+        &canonical,
+        done,
+        known,
+        "no later change writes there",
+    )
 }
 
 /// What [`write_broker_dir`] wrote.

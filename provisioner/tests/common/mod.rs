@@ -342,6 +342,19 @@ pub fn subscribe_one(port: u16, cafile: &Path, c: &Client, filter: &str, timeout
         .expect("mosquitto_sub")
 }
 
+/// The first message on `filter` within `timeout_s` (`topic payload`), or what
+/// mosquitto_sub printed by then (nothing).
+pub fn first_message(port: u16, cafile: &Path, c: &Client, filter: &str, timeout_s: u32) -> String {
+    use std::io::Read;
+    let mut sub = subscribe_one(port, cafile, c, filter, timeout_s);
+    let _ = sub.wait();
+    let mut got = String::new();
+    if let Some(mut out) = sub.stdout.take() {
+        let _ = out.read_to_string(&mut got);
+    }
+    got
+}
+
 /// A simulated board (`provisioner sim-board`) on a pty linked at `link`; killed on drop.
 pub struct SimBoard {
     pub child: Child,
