@@ -77,19 +77,26 @@ renew` writes it again when the certificate is due; `emit receiver --forget OUT`
     Receiver(ReceiverArgs),
 }
 
-/// Arguments of `emit gateway`.
+/// Which node directory `emit gateway|receiver` writes (ID and OUT), or forgets.
 #[derive(Debug, Clone, clap::Args)]
-pub struct GatewayArgs {
-    /// Gateway id from the site file (`[gateways.ID]`).
+pub struct NodeTarget {
+    /// The gateway's or receiver's id in the site file (`[gateways.ID]`, `[receivers.ID]`).
     #[arg(value_name = "ID", required_unless_present = "forget")]
     pub id: Option<String>,
     /// Output directory (created 0700). It is registered: `provisioner renew` writes it
-    /// again when the gateway's certificate is due.
+    /// again when the certificate is due.
     #[arg(long, value_name = "DIR", required_unless_present = "forget")]
     pub out: Option<PathBuf>,
-    /// Forget a registered gateway directory: `renew` no longer writes there (its files stay).
+    /// Forget a registered directory: `renew` no longer writes there (its files stay).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["id", "out"])]
     pub forget: Option<PathBuf>,
+}
+
+/// Arguments of `emit gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub target: NodeTarget,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -99,16 +106,8 @@ pub struct GatewayArgs {
 /// Arguments of `emit receiver`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiverArgs {
-    /// Receiver id from the site file (`[receivers.ID]`).
-    #[arg(value_name = "ID", required_unless_present = "forget")]
-    pub id: Option<String>,
-    /// Output directory (created 0700). It is registered: `provisioner renew` writes it
-    /// again when the receiver's certificate is due.
-    #[arg(long, value_name = "DIR", required_unless_present = "forget")]
-    pub out: Option<PathBuf>,
-    /// Forget a registered receiver directory: `renew` no longer writes there (its files stay).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["id", "out"])]
-    pub forget: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: NodeTarget,
     /// Broker on the receiver's side to republish on. Default: localhost (the broker on Pi #2).
     #[arg(long, value_name = "HOST")]
     pub broker_host: Option<String>,
@@ -277,23 +276,20 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
         EmitCommand::Broker(args) => broker(ctx, args),
         EmitCommand::Gateway(args) => {
             let opts = args.gateway.node(&args.place);
-            emit_node(ctx, "gateway", (&args.id, &args.out, &args.forget), &opts)
+            emit_node(ctx, "gateway", &args.target, &opts)
         }
         EmitCommand::Receiver(args) => {
             let opts = args.node();
-            emit_node(ctx, "receiver", (&args.id, &args.out, &args.forget), &opts)
+            emit_node(ctx, "receiver", &args.target, &opts)
         }
     }
 }
 
-/// `emit gateway|receiver`: ID and OUT, or `--forget DIR`.
-type NodeTarget<'a> = (&'a Option<String>, &'a Option<PathBuf>, &'a Option<PathBuf>);
-
 /// Writes a gateway's or receiver's directory and registers it (or forgets one).
-fn emit_node(ctx: &Context, kind: &str, target: NodeTarget<'_>, opts: &NodeOptions) -> Result<()> {
+fn emit_node(ctx: &Context, kind: &str, target: &NodeTarget, opts: &NodeOptions) -> Result<()> {
     let store = ctx.store()?;
-    let (Some(id), Some(out)) = (target.0, target.1) else {
-        let dir = target.2.as_deref().unwrap_or(Path::new(""));
+    let (Some(id), Some(out)) = (&target.id, &target.out) else {
+        let dir = target.forget.as_deref().unwrap_or(Path::new(""));
         return forget_node(ctx, &store, kind, dir);
     };
     let home = store.home_binding()?;
