@@ -46,8 +46,8 @@ pub struct Context {
     passphrase_file: Option<PathBuf>,
     /// JSON output requested.
     pub json: bool,
-    /// The passphrase once read: a command that signs twice (its change, then the broker
-    /// updates it publishes) asks once.
+    /// The passphrase once it opened the CA: a command that opens the CA several times (its
+    /// change, then the broker updates it publishes; `renew`) asks once.
     known_passphrase: std::sync::OnceLock<Passphrase>,
 }
 
@@ -64,6 +64,9 @@ impl Context {
 
     /// The CA passphrase: env, file, or prompt (twice when `new`).
     pub fn passphrase(&self, new: bool) -> Result<Passphrase> {
+        if !new && let Some(p) = self.cached_passphrase() {
+            return Ok(p);
+        }
         if let Some(path) = &self.passphrase_file {
             ca::fsutil::check_private(path)?;
             let bytes = ca::fsutil::read_bounded(path, 4096)?;
@@ -117,6 +120,10 @@ impl Context {
         Ok(first)
     }
 
+    fn cached_passphrase(&self) -> Option<Passphrase> {
+        self.known_passphrase.get().cloned()
+    }
+
     /// Refuses a home that is not ours alone: whoever can write in it can replace the
     /// ledger, the site file or a chip profile, and so decide what is issued and locked.
     pub fn check_home(&self) -> Result<()> {
@@ -151,10 +158,7 @@ impl Context {
         if !store_ok {
             self.store()?;
         }
-        let pass = match self.known_passphrase.get() {
-            Some(p) => p.clone(),
-            None => self.passphrase(false)?,
-        };
+        let pass = self.passphrase(false)?;
         let mut authority = Authority::open(&self.layout, &pass)?;
         let _ = self.known_passphrase.set(pass);
         // Lifetimes and renewal points from the site file (defaults without one).

@@ -21,6 +21,9 @@ pub enum Code {
     Expiring = 10,
     /// 11 (`audit`): a certificate or the CRL has expired.
     Expired = 11,
+    /// 12 (`renew`): something due could not be renewed (the report says which and why);
+    /// what could be renewed was.
+    Incomplete = 12,
 }
 
 /// A CLI error.

@@ -50,6 +50,7 @@ EXIT CODES:
      without --lock): re-run with the permission
   10 audit: a certificate or the CRL is inside its renewal window
   11 audit: a certificate or the CRL has expired
+  12 renew: something due could not be renewed (the report says which and why)
 
 LOGGING:
   Logs go to stderr, results (and --json) to stdout. -v shows each provisioning step with
@@ -63,7 +64,7 @@ LOGGING:
 #[command(
     name = "provisioner",
     version = cli_common::version(&[]),
-    after_help = "Exit codes 0-6, examples, passphrase and logging: see --help.",
+    after_help = "Exit codes 0-12, examples, passphrase and logging: see --help.",
     after_long_help = EXAMPLES
 )]
 pub struct Cli {
@@ -105,6 +106,9 @@ enum Command {
     Crl(cmd::crl::Args),
     /// Every certificate's days left; exits 10 if one is due for renewal, 11 if one expired.
     Audit(cmd::audit::Args),
+    /// Renew every broker, gateway and receiver certificate (and the CRL) that is due, where
+    /// it is installed; --reload reloads the brokers on this machine.
+    Renew(cmd::renew::Args),
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
@@ -183,6 +187,7 @@ fn run(cli: Cli) -> exit::Result<()> {
         Command::Device(c) => cmd::device::run(&ctx, c),
         Command::Crl(a) => cmd::crl::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::Renew(a) => cmd::renew::run(&ctx, a),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Link(c) => cmd::link::run(&ctx, c),

@@ -259,11 +259,12 @@ fn help_lists_every_exit_code_and_prints_the_id_template_literally() {
         "4  credentials",
         "5  state",
         "6  stopped before an irreversible step",
+        "12 renew",
     ] {
         assert!(top.contains(code), "{code} missing:\n{top}");
     }
     assert!(top.contains("PROVISIONER_LOG") && top.contains("NO_COLOR"));
-    assert!(stdout(&home.run(&["-h"])).contains("0-6"));
+    assert!(stdout(&home.run(&["-h"])).contains("0-12"));
 
     let provision = home.run(&["device", "provision", "--help"]);
     let text = stdout(&provision);

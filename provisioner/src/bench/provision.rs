@@ -535,8 +535,14 @@ pub(crate) fn issue_device_certificate(
         public_key: pk,
         request_id,
         days: site.site.leaf_days,
-        identity: Some(identity),
+        identity: Some(identity.clone()),
     })?;
+    // A re-run that finds its certificate still records what the board now runs with (its
+    // profile and topics, after `--change-profile`); never for a revoked certificate, whose
+    // identity stays revoked.
+    if issued.existing && issued.record.revoked_at.is_none() {
+        ca.upsert_identity(&identity)?;
+    }
     for serial in old.iter().filter(|s| **s != issued.record.serial) {
         ca.revoke_serial(serial, "superseded")?;
     }

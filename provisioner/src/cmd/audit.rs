@@ -19,6 +19,8 @@ receivers), the CA certificates (root and issuing) and the CRL's nextUpdate. A c
 says otherwise: [profiles.NAME] or [lifetimes.KIND] renew_at / renew_before_days) and
 `expired` after its notAfter. Re-running the command that issued it renews it: `server issue`,
 `cert sign` (same CSR), `emit gateway|receiver`, `device provision`; `crl` for the CRL.
+`provisioner renew` renews every due broker, gateway and receiver certificate and the CRL
+at once, where they are installed.
 
 EXIT CODES:
   0   every certificate and the CRL are healthy
@@ -144,19 +146,19 @@ pub(crate) fn renew_at(
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
-struct Item {
+pub(crate) struct Item {
     /// root-ca, issuing-ca, device, client, server, gateway, receiver or crl.
-    kind: String,
+    pub(crate) kind: String,
     /// Identity, CA name, or `crl`.
-    id: String,
+    pub(crate) id: String,
     /// Certificate serial (hex), or the CRL number.
-    serial: String,
+    pub(crate) serial: String,
     /// Site or certificate profile.
-    profile: String,
-    not_after: String,
-    renew_at: String,
-    days_left: i64,
-    state: State,
+    pub(crate) profile: String,
+    pub(crate) not_after: String,
+    pub(crate) renew_at: String,
+    pub(crate) days_left: i64,
+    pub(crate) state: State,
     #[serde(skip)]
     left_s: i64,
 }
@@ -164,8 +166,14 @@ struct Item {
 /// Runs `audit`.
 pub fn run(ctx: &Context, _args: Args) -> Result<()> {
     let store = ctx.store()?;
-    let policy = home_policy(ctx);
     let now = ca::clock::now().unix_timestamp();
+    let items = items(&store, &home_policy(ctx), now)?;
+    report(ctx, &items, now)
+}
+
+/// Every certificate the site depends on and the CRL, with its state at `now` under
+/// `policy`, soonest to expire first (what `audit` prints, and what `renew` works from).
+pub(crate) fn items(store: &ca::Store, policy: &LifetimePolicy, now: i64) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     let mut push = |kind: &str, id: &str, serial: &str, profile: &str, renew: i64, na: i64| {
         items.push(Item {
@@ -217,7 +225,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
         let profile = ident
             .as_ref()
             .map_or(active.profile.as_str(), |i| i.profile.as_str());
-        let renew = renew_at(&policy, &active, ident.as_ref());
+        let renew = renew_at(policy, &active, ident.as_ref());
         push(
             kind,
             &active.identity,
@@ -253,6 +261,11 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
         }),
     }
     items.sort_by(|a, b| a.left_s.cmp(&b.left_s).then_with(|| a.id.cmp(&b.id)));
+    Ok(items)
+}
+
+/// Prints the report and turns the worst state into the documented exit code.
+fn report(ctx: &Context, items: &[Item], now: i64) -> Result<()> {
     let worst = items.iter().map(|i| i.state).max().unwrap_or(State::Ok);
     let count = |s: State| items.iter().filter(|i| i.state == s).count();
     let (expired, renew) = (count(State::Expired), count(State::Renew));
@@ -265,7 +278,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
         "{:<8} {:>6}  {:<10} {:<24} {:<34} {:<20} {}",
         "STATE", "LEFT", "KIND", "ID", "SERIAL", "EXPIRES", "RENEW AT"
     );
-    for i in &items {
+    for i in items {
         human.push_str(&format!(
             "\n{:<8} {:>6}  {:<10} {:<24} {:<34} {:<20} {}",
             format!("{:?}", i.state).to_lowercase(),
@@ -298,7 +311,7 @@ pub fn run(ctx: &Context, _args: Args) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let help = "re-run the command that issued it (server issue, cert sign, emit gateway|receiver, device provision) to renew it; `provisioner crl` for the CRL";
+    let help = "re-run the command that issued it (server issue, cert sign, emit gateway|receiver, device provision) to renew it, `provisioner crl` for the CRL; `provisioner renew` does the broker, gateways, receivers and the CRL at once";
     match worst {
         State::Ok => Ok(()),
         State::Renew => Err(CliError::new(

@@ -95,8 +95,11 @@ Files: /etc/iot-gateway/ (0700; keys and manifests 0600), /etc/systemd/system/io
 certificate, key and link key. The gateway binary itself is not copied (see --bin).\n\
 Links inside ROOT are followed as the Pi sees them (an absolute link from ROOT, never from this\n\
 machine's /); a link that leaves ROOT is refused before anything is written.\n\
-ROOT is registered: `link rotate` installs the gateway's new key there. The gateway's receiver,\n\
-if registered (emit/deploy receiver), is written again so it accepts this gateway.")]
+ROOT is registered with these options: `link rotate` installs the gateway's new key there and\n\
+`provisioner renew` a new certificate when it is due (then on the Pi: systemctl restart\n\
+iot-gateway); `emit gateway --forget ROOT` stops that. A root another home (or the original of\n\
+this copy) installed is refused. The gateway's receiver, if registered (emit/deploy receiver),\n\
+is written again so it accepts this gateway.")]
     Gateway(GatewayArgs),
     /// Install the receiver's manifest (every gateway's key), certificate, keys and systemd
     /// unit into a root filesystem.
@@ -110,7 +113,8 @@ Files: /etc/lora-link/ (0700; keys and manifest 0600), /etc/systemd/system/lora-
 /var/lib/lora-link/ (0700, replay state). Replaced atomically; the binary is not copied (see\n\
 --bin). Links inside ROOT are resolved as the Pi sees them; one that leaves ROOT is refused.\n\
 ROOT is registered: `emit gateway` for a new gateway, `link rotate` and `link retire` install\n\
-the receiver again.")]
+the receiver again, `provisioner renew` its new certificate (then: systemctl restart\n\
+lora-link-rx); `emit receiver --forget ROOT` stops that. A root another home installed is refused.")]
     Receiver(ReceiverArgs),
     /// Install a broker directory (`emit broker --prefix`) and its update agent, with its
     /// systemd unit, into the broker machine's root filesystem.
@@ -197,16 +201,15 @@ pub fn run(ctx: &Context, cmd: DeployCommand) -> Result<()> {
     }
     let root = check_root(&root)?;
     let installed = install(ctx, kind, &id, &root, &bin, &opts)?;
-    super::link::register(
-        ctx,
-        super::link::NodeDir {
+    super::nodes::register(
+        &ctx.store()?,
+        &super::nodes::NodeDir {
             kind: kind.into(),
             id: id.clone(),
             dir: root.clone(),
-            opts,
+            options: opts,
             deploy_bin: Some(bin),
         },
-        &installed.etc,
     )?;
     let (receivers, receivers_human) = if kind == "gateway" {
         super::link::after_gateway(ctx, &id)?
@@ -277,8 +280,6 @@ pub fn config_dir_in(root: &Path, kind: &str) -> Result<PathBuf> {
 /// What [`install`] put in place.
 #[derive(Debug)]
 pub struct Installed {
-    /// The configuration directory, on this machine.
-    pub etc: PathBuf,
     /// The files, as the Pi names them.
     pub files: Vec<PathBuf>,
     /// The node's certificate serial.
@@ -300,6 +301,11 @@ pub fn install(
 ) -> Result<Installed> {
     let t = target(kind);
     let etc = inside(root, t.etc)?;
+    // A root another home (or the original of this copy) installed is not ours to replace.
+    let home = ctx.store()?.home_binding()?;
+    if etc.is_dir() {
+        super::nodes::claim(&home, &etc)?;
+    }
     let etc_parent = etc.parent().map(Path::to_path_buf).unwrap_or(root.into());
     let state = inside(root, t.state)?;
     let unit = inside(root, t.unit)?;
@@ -336,16 +342,7 @@ pub fn install(
     } else {
         super::emit::write_receiver(ctx, id, &opts, &staging)
     };
-    let marker = ctx
-        .store()
-        .and_then(|s| Ok(s.home_binding()?))
-        .and_then(|h| {
-            Ok(ca::fsutil::write_atomic(
-                &staging.join(ca::authority::HOME_MARKER),
-                h.marker_text().as_bytes(),
-                0o644,
-            )?)
-        });
+    let marker = super::nodes::write_marker(&home, &staging);
     let emitted = match written.and_then(|e| marker.map(|_| e)) {
         Ok(e) => e,
         Err(e) => {
@@ -381,7 +378,6 @@ pub fn install(
         .map(|n| Path::new(t.etc).join(n))
         .collect();
     Ok(Installed {
-        etc,
         files,
         serial: emitted.serial,
         existing: emitted.existing,

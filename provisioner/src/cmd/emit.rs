@@ -55,7 +55,10 @@ provisioner emit gateway passerelle --out ./gw --broker-host 192.168.1.10 --serv
 The gateway's P-256 key (generated here, kept 0600 under the home's keys/) and certificate are\n\
 reused on every run, and so is the link key shared with the receiver (kept encrypted in the\n\
 ledger). Secrets are written 0600. Without --air the manifest asks for the real SX127x radio:\n\
-only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it."
+only a gateway built with `--features rpi` (lora-link/cross-check.sh) drives it.\n\n\
+OUT is registered with these options (and gets a .provisioner-home marker): `provisioner\n\
+renew` writes it again when the certificate is due; `emit gateway --forget OUT` stops that.\n\
+A directory another home (or the original of this copy) registered is refused."
     )]
     Gateway(GatewayArgs),
     /// Receiver (Pi #2): receiver.toml for `lora-link rx`, client certificate and key, CA, link key.
@@ -71,20 +74,33 @@ provisioner emit receiver recepteur --out ./recepteur && lora-link rx --manifest
 provisioner emit receiver recepteur --out ./rx --broker-host 127.0.0.1 --broker-port 18884 --air 127.0.0.1:7700\n  \
 provisioner emit receiver recepteur --out ./rx --no-mqtt     # print JSON lines instead of republishing\n\n\
 The receiver republishes on the broker on its side (default localhost); run `provisioner emit\n\
-broker` for that broker afterwards so its ACL knows the receiver."
+broker` for that broker afterwards so its ACL knows the receiver.\n\n\
+OUT is registered with these options (and gets a .provisioner-home marker): `provisioner\n\
+renew` writes it again when the certificate is due; `emit receiver --forget OUT` stops that."
     )]
     Receiver(ReceiverArgs),
+}
+
+/// Which node directory `emit gateway|receiver` writes (ID and OUT), or forgets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeTarget {
+    /// The gateway's or receiver's id in the site file (`[gateways.ID]`, `[receivers.ID]`).
+    #[arg(value_name = "ID", required_unless_present = "forget")]
+    pub id: Option<String>,
+    /// Output directory (created 0700). It is registered: `provisioner renew` writes it
+    /// again when the certificate is due.
+    #[arg(long, value_name = "DIR", required_unless_present = "forget")]
+    pub out: Option<PathBuf>,
+    /// Forget a registered directory: `renew` no longer writes there (its files stay).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["id", "out"])]
+    pub forget: Option<PathBuf>,
 }
 
 /// Arguments of `emit gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Gateway id from the site file (`[gateways.ID]`).
-    #[arg(value_name = "ID")]
-    pub id: String,
-    /// Output directory (created 0700).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub target: NodeTarget,
     #[command(flatten)]
     pub gateway: GatewayOptions,
     #[command(flatten)]
@@ -94,12 +110,8 @@ pub struct GatewayArgs {
 /// Arguments of `emit receiver`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiverArgs {
-    /// Receiver id from the site file (`[receivers.ID]`).
-    #[arg(value_name = "ID")]
-    pub id: String,
-    /// Output directory (created 0700).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub target: NodeTarget,
     /// Broker on the receiver's side to republish on. Default: localhost (the broker on Pi #2).
     #[arg(long, value_name = "HOST")]
     pub broker_host: Option<String>,
@@ -161,9 +173,10 @@ pub struct Placement {
     pub prefix: Option<PathBuf>,
 }
 
-/// Everything `write_gateway` / `write_receiver` need, whichever command asked (stored with
-/// the directory in the registry of `cmd::link`, to write it again after a key change).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Everything `write_gateway` / `write_receiver` need, whichever command asked (kept in the
+/// node registry, `cmd::nodes`, so `renew`, `link rotate` and a new gateway write the
+/// directory again as it was emitted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeOptions {
     /// Broker host (gateway: to subscribe to; receiver: to republish on).
     pub broker_host: Option<String>,
@@ -268,32 +281,100 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
         EmitCommand::Broker(args) => broker(ctx, args),
         EmitCommand::Gateway(args) => {
             let opts = args.gateway.node(&args.place);
-            let out = prepare_out(&args.out)?;
-            let e = write_gateway(ctx, &args.id, &opts, &out)?;
-            register_node(ctx, "gateway", &args.id, &out, &opts)?;
-            let receivers = super::link::after_gateway(ctx, &args.id)?;
-            print_node(ctx, "gateway", &args.id, &out, &e, &opts, receivers);
-            super::brokers::refresh_and_print(ctx);
-            Ok(())
+            emit_node(ctx, "gateway", &args.target, &opts)
         }
         EmitCommand::Receiver(args) => {
             let opts = args.node();
-            let out = prepare_out(&args.out)?;
-            let e = write_receiver(ctx, &args.id, &opts, &out)?;
-            register_node(ctx, "receiver", &args.id, &out, &opts)?;
-            print_node(
-                ctx,
-                "receiver",
-                &args.id,
-                &out,
-                &e,
-                &opts,
-                (json!([]), String::new()),
-            );
-            super::brokers::refresh_and_print(ctx);
-            Ok(())
+            emit_node(ctx, "receiver", &args.target, &opts)
         }
     }
+}
+
+/// Writes a gateway's or receiver's directory and registers it (or forgets one).
+fn emit_node(ctx: &Context, kind: &str, target: &NodeTarget, opts: &NodeOptions) -> Result<()> {
+    let store = ctx.store()?;
+    let (Some(id), Some(out)) = (&target.id, &target.out) else {
+        let dir = target.forget.as_deref().unwrap_or(Path::new(""));
+        return forget_node(ctx, &store, kind, dir);
+    };
+    let home = store.home_binding()?;
+    let out = prepare_out(out)?;
+    super::nodes::claim(&home, &out)?;
+    let e = if kind == "gateway" {
+        write_gateway(ctx, id, opts, &out)?
+    } else {
+        write_receiver(ctx, id, opts, &out)?
+    };
+    super::nodes::write_marker(&home, &out)?;
+    super::nodes::register(
+        &store,
+        &super::nodes::NodeDir {
+            kind: kind.into(),
+            id: id.clone(),
+            dir: out.clone(),
+            options: opts.clone(),
+            deploy_bin: None,
+        },
+    )?;
+    let receivers = if kind == "gateway" {
+        super::link::after_gateway(ctx, id)?
+    } else {
+        (json!([]), String::new())
+    };
+    print_node(ctx, kind, id, &out, &e, opts, receivers);
+    super::brokers::refresh_and_print(ctx);
+    Ok(())
+}
+
+fn forget_node(ctx: &Context, store: &ca::Store, kind: &str, dir: &Path) -> Result<()> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let done = super::nodes::forget(store, &canonical)? || super::nodes::forget(store, dir)?;
+    let known = super::nodes::all(store)?
+        .iter()
+        .map(|n| n.describe())
+        .collect();
+    let what = format!("{kind} directory");
+    forgotten(
+        ctx,
+        &what,
+        dir,
+        &canonical,
+        done,
+        known,
+        "`renew` no longer writes there",
+    )
+}
+
+/// The answer to `--forget DIR`: what was forgotten, or, when DIR is not registered, an
+/// error listing what is.
+fn forgotten(
+    ctx: &Context,
+    what: &str,
+    dir: &Path,
+    canonical: &Path,
+    done: bool,
+    known: Vec<String>,
+    effect: &str,
+) -> Result<()> {
+    if !done {
+        return Err(CliError::new(
+            Code::State,
+            format!("{} is not a registered {what}", dir.display()),
+        )
+        .with_help(if known.is_empty() {
+            format!("no {what} is registered")
+        } else {
+            format!("registered: {}", known.join("; "))
+        }));
+    }
+    ctx.print(
+        &json!({ "forgotten": canonical }),
+        &format!(
+            "forgot the {what} {}: {effect} (its files stay as they are)",
+            canonical.display()
+        ),
+    );
+    Ok(())
 }
 
 fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
@@ -363,30 +444,20 @@ fn broker(ctx: &Context, args: BrokerArgs) -> Result<()> {
 fn forget(ctx: &Context, store: &ca::Store, dir: &Path) -> Result<()> {
     let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let done = store.forget_broker(&canonical)? || store.forget_broker(dir)?;
-    if !done {
-        let known: Vec<String> = store
-            .brokers()?
-            .iter()
-            .map(|b| b.dir.display().to_string())
-            .collect();
-        return Err(CliError::new(
-            Code::State,
-            format!("{} is not a registered broker directory", dir.display()),
-        )
-        .with_help(if known.is_empty() {
-            "no broker directory is registered".to_string()
-        } else {
-            format!("registered: {}", known.join(", "))
-        }));
-    }
-    ctx.print(
-        &json!({ "forgotten": canonical }),
-        &format!(
-            "forgot the broker directory {}: no later change writes there (its files stay as they are)",
-            canonical.display()
-        ),
-    );
-    Ok(())
+    let known = store
+        .brokers()?
+        .iter()
+        .map(|b| b.dir.display().to_string())
+        .collect();
+    forgotten(
+        ctx,
+        "broker directory",
+        dir,
+        &canonical,
+        done,
+        known,
+        "no later change writes there",
+    )
 }
 
 /// What [`write_broker_dir`] wrote.
@@ -655,7 +726,7 @@ fn default_units_dir(out: &Path) -> Result<PathBuf> {
 }
 
 /// A shell word: single-quoted unless it is plainly safe.
-fn sh_word(s: &str) -> String {
+pub(crate) fn sh_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c))
@@ -666,7 +737,7 @@ fn sh_word(s: &str) -> String {
     }
 }
 
-fn sh_path(p: &Path) -> String {
+pub(crate) fn sh_path(p: &Path) -> String {
     sh_word(&p.to_string_lossy())
 }
 
@@ -918,27 +989,6 @@ fn prepare_out(out: &Path) -> Result<PathBuf> {
         account: None,
     }
     .create_dir(out)
-}
-
-/// Registers an `emit` output directory (see `cmd::link`).
-fn register_node(
-    ctx: &Context,
-    kind: &str,
-    id: &str,
-    out: &Path,
-    opts: &NodeOptions,
-) -> Result<()> {
-    super::link::register(
-        ctx,
-        super::link::NodeDir {
-            kind: kind.into(),
-            id: id.into(),
-            dir: out.to_path_buf(),
-            opts: opts.clone(),
-            deploy_bin: None,
-        },
-        out,
-    )
 }
 
 /// What `write_gateway` / `write_receiver` wrote.

@@ -17,18 +17,16 @@
 //!   directory holds the home's marker (`.provisioner-home`, as broker directories do): a copy
 //!   of the home never writes into the original's directories.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cmd::emit::NodeOptions;
 use crate::context::Context;
 use crate::exit::{CliError, Code, Result};
 
 const RINGS_KEY: &str = "link-keys";
-const NODES_KEY: &str = "link-node-dirs";
 /// Default rotation window.
 pub const DEFAULT_WINDOW: &str = "1d";
 
@@ -245,166 +243,6 @@ pub fn receiver_peers(
     Ok((peers, files))
 }
 
-/// A directory written by `emit`/`deploy` for a gateway or a receiver, with its options.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeDir {
-    /// "gateway" or "receiver".
-    pub kind: String,
-    /// Its id in the site file.
-    pub id: String,
-    /// `emit --out` (canonical), or the root `deploy --root` installed into.
-    pub dir: PathBuf,
-    /// The options it was written with.
-    pub opts: NodeOptions,
-    /// Set for `deploy`: the binary path of its unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy_bin: Option<PathBuf>,
-}
-
-fn load_nodes(ledger: &ca::ledger::Ledger) -> Result<Vec<NodeDir>> {
-    match ledger.meta(NODES_KEY)? {
-        Some(s) => serde_json::from_str(&s).map_err(|e| damaged(NODES_KEY, e)),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// Records `node` (replacing the entry of the same kind, id and directory) and marks its
-/// directory `marker_dir` as this home's.
-pub fn register(ctx: &Context, node: NodeDir, marker_dir: &Path) -> Result<()> {
-    let store = ctx.store()?;
-    let home = store.home_binding()?;
-    ca::fsutil::write_atomic(
-        &marker_dir.join(ca::authority::HOME_MARKER),
-        home.marker_text().as_bytes(),
-        0o644,
-    )?;
-    let mut nodes = load_nodes(&store.ledger)?;
-    nodes.retain(|n| !(n.kind == node.kind && n.id == node.id && n.dir == node.dir));
-    nodes.push(node);
-    let text = serde_json::to_string(&nodes).map_err(|e| damaged(NODES_KEY, e))?;
-    store.ledger.set_meta(NODES_KEY, &text)?;
-    Ok(())
-}
-
-/// What a refresh did to one registered directory.
-#[derive(Debug, Clone, Serialize)]
-pub struct Refreshed {
-    /// "gateway" or "receiver".
-    pub kind: String,
-    /// Its id.
-    pub id: String,
-    /// The directory.
-    pub dir: PathBuf,
-    /// What to run, in order, or why it was skipped.
-    pub run: Vec<String>,
-    /// Not written (reason in `run`).
-    pub skipped: bool,
-}
-
-/// Writes every registered directory of node `kind`/`id` again with its stored options.
-pub fn refresh(ctx: &Context, kind: &str, id: &str) -> Result<Vec<Refreshed>> {
-    let store = ctx.store()?;
-    let home = store.home_binding()?;
-    let mut out = Vec::new();
-    for n in load_nodes(&store.ledger)?
-        .into_iter()
-        .filter(|n| n.kind == kind && n.id == id)
-    {
-        let marker_dir = match &n.deploy_bin {
-            Some(_) => super::deploy::config_dir_in(&n.dir, kind),
-            None => Ok(n.dir.clone()),
-        };
-        let checked = marker_dir.and_then(|d| {
-            home.check_marker(&d)
-                .map_err(|e| CliError::new(Code::State, e))
-        });
-        let r = match checked {
-            Ok(true) => rewrite(ctx, &n),
-            // Gone (or never finished): skipped quietly, as broker directories are.
-            Ok(false) => continue,
-            Err(e) => Err(e),
-        };
-        out.push(match r {
-            Ok(run) => Refreshed {
-                kind: n.kind.clone(),
-                id: n.id.clone(),
-                dir: n.dir.clone(),
-                run,
-                skipped: false,
-            },
-            Err(e) => Refreshed {
-                kind: n.kind.clone(),
-                id: n.id.clone(),
-                dir: n.dir.clone(),
-                run: vec![format!("NOT written: {e}")],
-                skipped: true,
-            },
-        });
-    }
-    Ok(out)
-}
-
-/// Writes one registered directory again; returns what to run for it.
-fn rewrite(ctx: &Context, n: &NodeDir) -> Result<Vec<String>> {
-    let is_gateway = n.kind == "gateway";
-    if let Some(bin) = &n.deploy_bin {
-        super::deploy::install(ctx, &n.kind, &n.id, &n.dir, bin, &n.opts)?;
-        let unit = if is_gateway {
-            "systemctl restart iot-gateway"
-        } else {
-            "systemctl reload lora-link-rx"
-        };
-        return Ok(vec![format!(
-            "copy {} to the {} machine if it is not its root, then there: {unit}",
-            n.dir.display(),
-            n.kind
-        )]);
-    }
-    let e = if is_gateway {
-        super::emit::write_gateway(ctx, &n.id, &n.opts, &n.dir)?
-    } else {
-        super::emit::write_receiver(ctx, &n.id, &n.opts, &n.dir)?
-    };
-    let mut run = Vec::new();
-    let manifest = match &n.opts.prefix {
-        Some(prefix) => {
-            run.push(super::emit::node_copy_command(&n.dir, prefix));
-            prefix.join(e.manifest.file_name().unwrap_or_default())
-        }
-        None => e.manifest.clone(),
-    };
-    run.push(if is_gateway {
-        format!(
-            "restart `gateway --manifest {}` (SIGTERM, then start it again)",
-            manifest.display()
-        )
-    } else {
-        format!(
-            "send SIGHUP to `lora-link rx --manifest {}` (it reloads its keys without stopping)",
-            manifest.display()
-        )
-    });
-    Ok(run)
-}
-
-/// The human lines of a refresh report.
-pub fn human(refreshed: &[Refreshed]) -> String {
-    let mut s = String::new();
-    for r in refreshed {
-        s.push_str(&format!(
-            "\n  {} `{}` in {}{}",
-            r.kind,
-            r.id,
-            r.dir.display(),
-            if r.skipped { "" } else { " written again" }
-        ));
-        for (i, line) in r.run.iter().enumerate() {
-            s.push_str(&format!("\n    {}. {line}", i + 1));
-        }
-    }
-    s
-}
-
 /// After `emit`/`deploy gateway G`: writes G's receiver's registered directories again (a new
 /// gateway joins its peers) and returns the report line, or says what to run if it has none.
 pub fn after_gateway(ctx: &Context, gateway: &str) -> Result<(serde_json::Value, String)> {
@@ -412,7 +250,7 @@ pub fn after_gateway(ctx: &Context, gateway: &str) -> Result<(serde_json::Value,
     let Some(receiver) = site.gateways.get(gateway).map(|g| g.receiver.clone()) else {
         return Ok((json!([]), String::new()));
     };
-    let done = refresh(ctx, "receiver", &receiver)?;
+    let done = super::nodes::refresh(ctx, "receiver", &receiver)?;
     let text = if done.is_empty() {
         format!(
             "\n  receiver `{receiver}` must hold this gateway's key: `provisioner emit receiver {receiver} --out DIR` (or `provisioner deploy receiver {receiver} --root ROOT`), install it, then `systemctl reload lora-link-rx` (SIGHUP to `lora-link rx`)"
@@ -420,7 +258,7 @@ pub fn after_gateway(ctx: &Context, gateway: &str) -> Result<(serde_json::Value,
     } else {
         format!(
             "\n  receiver `{receiver}` (accepts every gateway of the site that sends to it):{}",
-            human(&done)
+            super::nodes::human(&done)
         )
     };
     Ok((json!(done), text))
@@ -491,8 +329,8 @@ fn rotate(ctx: &Context, gateway: &str, window: Duration) -> Result<()> {
     rings.insert(gateway.to_string(), r.clone());
     save_rings(&authority.store.ledger, &rings)?;
     drop(authority);
-    let receivers = refresh(ctx, "receiver", &receiver)?;
-    let gateways = refresh(ctx, "gateway", gateway)?;
+    let receivers = super::nodes::refresh(ctx, "receiver", &receiver)?;
+    let gateways = super::nodes::refresh(ctx, "gateway", gateway)?;
     let mut human = format!(
         "gateway `{gateway}`: new link key {next}; receiver `{receiver}` accepts key {} until {} (Unix {retire_at}), then rejects frames under it (retired_key)",
         next - 1,
@@ -523,8 +361,8 @@ fn rotate(ctx: &Context, gateway: &str, window: Duration) -> Result<()> {
     Ok(())
 }
 
-fn human_list(r: &[Refreshed]) -> String {
-    human(r).replace("\n  ", "\n    ")
+fn human_list(r: &[super::nodes::Refreshed]) -> String {
+    super::nodes::human(r).replace("\n  ", "\n    ")
 }
 
 fn or_hint(list: &str, hint: &str) -> String {
@@ -553,13 +391,13 @@ fn retire(ctx: &Context, gateway: &str) -> Result<()> {
     rings.insert(gateway.to_string(), r.clone());
     save_rings(&authority.store.ledger, &rings)?;
     drop(authority);
-    let receivers = refresh(ctx, "receiver", &receiver)?;
+    let receivers = super::nodes::refresh(ctx, "receiver", &receiver)?;
     let human = format!(
         "gateway `{gateway}`: key {} retired, key {} only; receiver `{receiver}`:{}",
         old.id,
         r.current,
         or_hint(
-            &human(&receivers),
+            &super::nodes::human(&receivers),
             &format!(
                 "\n  `provisioner emit receiver {receiver} --out DIR` (or `deploy receiver`), install, `systemctl reload lora-link-rx`"
             )
@@ -576,7 +414,7 @@ fn status(ctx: &Context) -> Result<()> {
     let site = ctx.site()?;
     let store = ctx.store()?;
     let rings = load_rings(&store.ledger)?;
-    let nodes = load_nodes(&store.ledger)?;
+    let nodes = super::nodes::all(&store)?;
     let mut human = String::new();
     let mut list = Vec::new();
     for (gw, g) in &site.gateways {

@@ -12,7 +12,9 @@ pub mod device;
 pub mod emit;
 pub mod init;
 pub mod link;
+pub mod nodes;
 pub mod provision;
+pub mod renew;
 pub mod server;
 pub mod site;
 

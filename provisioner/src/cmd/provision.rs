@@ -32,8 +32,12 @@ EXAMPLES:
 
 Running it again on a provisioned board verifies it and reports; a chip locked with another
 configuration is refused with the difference by field name. --reissue gives a new certificate
-for the same chip key and revokes the old one. After provisioning, re-run `emit broker` so
-the broker's ACL lets the new devices in.
+for the same chip key and revokes the old one. Every broker directory `emit broker`
+registered gets the new ACL at once; the reload to run is printed.
+
+A board the ledger knows under another profile is refused (nothing changed) unless
+--change-profile is given: then the ledger records the new profile and its topics, and every
+registered broker's ACL admits them (the old topics are dropped).
 
 A board provisioned by another CA home (its device.crt or ca.crt does not chain to this home's
 CA) is refused with what was found, and nothing is changed: provisioning it would re-key the
@@ -96,6 +100,11 @@ pub struct Args {
     /// key slot keeps its key, which this home then certifies.
     #[arg(long)]
     takeover: bool,
+    /// Re-provision a board the ledger knows with another --profile: the ledger records the
+    /// new profile and its topics, and every registered broker's ACL admits them (its old
+    /// topics are dropped). Without it, a profile change is refused and nothing is changed.
+    #[arg(long)]
+    change_profile: bool,
     /// Protocol spoken by the board's firmware.
     #[arg(long, value_enum, default_value = "kit")]
     transport: Transport,
@@ -335,6 +344,42 @@ fn key_slot_help(
     fixes.join("; ")
 }
 
+/// Checks every job against the profile the ledger holds for its id: a different profile is
+/// an error naming both and the flag, unless `allowed`; then the changes, for the report.
+fn profile_changes(ctx: &Context, jobs: &[(String, Job)], allowed: bool) -> Result<Vec<String>> {
+    let store = ctx.store()?;
+    let mut changes = Vec::new();
+    for (port, job) in jobs {
+        let Some(known) = store.ledger.identity(&job.id)? else {
+            continue;
+        };
+        if known.kind != "device" || known.status != "active" || known.profile == job.profile_name {
+            continue;
+        }
+        let (id, old, new) = (
+            manifests::text::escape(&job.id),
+            manifests::text::escape(&known.profile),
+            manifests::text::escape(&job.profile_name),
+        );
+        if !allowed {
+            return Err(CliError::new(
+                Code::State,
+                format!(
+                    "{port}: `{id}` is provisioned with profile `{old}` (topics {}); --profile {new} would change what it publishes, and nothing was changed",
+                    known.acl_write.join(", ")
+                ),
+            )
+            .with_help(format!(
+                "re-run with --change-profile to record profile `{new}` in the ledger and admit its topics in every registered broker's ACL, or keep --profile {old}"
+            )));
+        }
+        changes.push(format!(
+            "{id}: profile `{old}` -> `{new}` recorded in the ledger; every registered broker's ACL follows (reload below)"
+        ));
+    }
+    Ok(changes)
+}
+
 /// Runs `device provision`.
 pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let site = ctx.site()?;
@@ -428,6 +473,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
+    // A board the ledger knows under another profile: refused before any port is opened,
+    // unless the change is asked for.
+    let changes = profile_changes(ctx, &jobs, args.change_profile)?;
     // Fail on the profile before touching any chip.
     let chip = provision::chip_profile(&profile.chip, &ctx.layout.home)
         .map_err(|e| CliError::new(Code::Input, e.to_string()))?;
@@ -650,6 +698,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             }
         }
     }
+    for c in &changes {
+        human.push_str(&format!("{c}\n"));
+    }
     human.push_str(&format!(
         "{} board(s) in {:.1} s",
         results.len(),
@@ -661,6 +712,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             "ok": worst.is_none(),
             "exit_code": worst.as_ref().map_or(0, CliError::code),
             "seconds": started.elapsed().as_secs_f64(),
+            "profile_changes": changes,
         }),
         &human,
     );

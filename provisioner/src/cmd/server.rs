@@ -48,69 +48,12 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
         ips = site.broker.ip.clone();
     }
     let mut authority = ctx.authority()?;
-    let key_path = ctx.layout.keys_dir().join(format!("{}.key", args.id));
-    // A key from an earlier (possibly interrupted) run is reused: same key, same request.
-    // Created only if absent, atomically: two `server issue` at once agree on one key.
-    let key = if key_path.exists() {
-        ca::keys::read_plain(&key_path)?
-    } else {
-        let k = ca::keys::generate()?;
-        let pem = zeroize::Zeroizing::new(k.serialize_pem());
-        if ca::fsutil::write_new(&key_path, pem.as_bytes(), 0o600)? {
-            k
-        } else {
-            ca::keys::read_plain(&key_path)?
-        }
-    };
-    let public_key = PublicKey::from_sec1(key.public_key_raw())?;
-    let mut names: Vec<String> = dns
-        .iter()
-        .cloned()
-        .chain(ips.iter().map(ToString::to_string))
-        .collect();
-    names.sort();
-    let request_id = ca::authority::request_id(&[
-        b"server",
-        args.id.as_bytes(),
-        &public_key.0,
-        names.join(",").as_bytes(),
-    ]);
-    let subject = Subject {
-        common_name: dns
-            .first()
-            .cloned()
-            .or_else(|| ips.first().map(ToString::to_string))
-            .unwrap_or_default(),
-        organization: site.site.organization.clone(),
-        dns: dns.clone(),
-        ips: ips.clone(),
-        serial_number: None,
-    };
-    let identity = IdentityRecord {
-        id: args.id.clone(),
-        kind: "server".into(),
-        profile: "server".into(),
-        acl_write: vec![],
-        acl_read: vec![],
-        attrs: Default::default(),
-        status: "active".into(),
-    };
-    let issued = authority.issue(IssueRequest {
-        profile: Profile::Server,
-        subject,
-        public_key,
-        request_id,
-        days: site.site.leaf_days,
-        identity: Some(identity),
-    })?;
-    authority
-        .store
-        .ledger
-        .set_meta(&format!("server:{}", args.id), &issued.record.serial)?;
-    // The certificate (and chain) beside its key, for operators who run the broker by hand.
-    let cert_path = ctx.layout.keys_dir().join(format!("{}.crt", args.id));
-    let chain = format!("{}{}", issued.pem, authority.store.chain_pem()?);
-    ca::fsutil::write_atomic(&cert_path, chain.as_bytes(), 0o644)?;
+    let ServerIssued {
+        issued,
+        names,
+        cert_path,
+        key_path,
+    } = issue_server(ctx, &mut authority, &args.id, dns, ips)?;
     let renewed = issued.renewal_note();
     let human = format!(
         "{} broker certificate {} for {}{}\n  certificate  {}\n  key          {} (0600)\n  next: provisioner emit broker --out DIR{}",
@@ -146,4 +89,99 @@ pub fn run(ctx: &Context, cmd: ServerCommand) -> Result<()> {
         &human,
     );
     Ok(())
+}
+
+/// The broker certificate `issue_server` issued (or found), and where its files are.
+pub(crate) struct ServerIssued {
+    /// What the CA issued, or the existing certificate.
+    pub issued: ca::authority::Issued,
+    /// The names in its SAN, sorted.
+    pub names: Vec<String>,
+    /// keys/ID.crt (certificate and chain).
+    pub cert_path: std::path::PathBuf,
+    /// keys/ID.key (0600).
+    pub key_path: std::path::PathBuf,
+}
+
+/// Issues the broker certificate `id` for `dns` and `ips` with the key kept under keys/
+/// (made once), records it as the ledger's `server:ID` and writes keys/ID.crt: a new one
+/// when none exists for these names or the existing one is due (same key). Used by `server
+/// issue` and `renew`.
+pub(crate) fn issue_server(
+    ctx: &Context,
+    authority: &mut ca::Authority,
+    id: &str,
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+) -> Result<ServerIssued> {
+    let site = ctx.site()?;
+    let key_path = ctx.layout.keys_dir().join(format!("{id}.key"));
+    // A key from an earlier (possibly interrupted) run is reused: same key, same request.
+    // Created only if absent, atomically: two `server issue` at once agree on one key.
+    let key = if key_path.exists() {
+        ca::keys::read_plain(&key_path)?
+    } else {
+        let k = ca::keys::generate()?;
+        let pem = zeroize::Zeroizing::new(k.serialize_pem());
+        if ca::fsutil::write_new(&key_path, pem.as_bytes(), 0o600)? {
+            k
+        } else {
+            ca::keys::read_plain(&key_path)?
+        }
+    };
+    let public_key = PublicKey::from_sec1(key.public_key_raw())?;
+    let mut names: Vec<String> = dns
+        .iter()
+        .cloned()
+        .chain(ips.iter().map(ToString::to_string))
+        .collect();
+    names.sort();
+    let request_id = ca::authority::request_id(&[
+        b"server",
+        id.as_bytes(),
+        &public_key.0,
+        names.join(",").as_bytes(),
+    ]);
+    let subject = Subject {
+        common_name: dns
+            .first()
+            .cloned()
+            .or_else(|| ips.first().map(ToString::to_string))
+            .unwrap_or_default(),
+        organization: site.site.organization.clone(),
+        dns: dns.clone(),
+        ips: ips.clone(),
+        serial_number: None,
+    };
+    let identity = IdentityRecord {
+        id: id.to_string(),
+        kind: "server".into(),
+        profile: "server".into(),
+        acl_write: vec![],
+        acl_read: vec![],
+        attrs: Default::default(),
+        status: "active".into(),
+    };
+    let issued = authority.issue(IssueRequest {
+        profile: Profile::Server,
+        subject,
+        public_key,
+        request_id,
+        days: site.site.leaf_days,
+        identity: Some(identity),
+    })?;
+    authority
+        .store
+        .ledger
+        .set_meta(&format!("server:{id}"), &issued.record.serial)?;
+    // The certificate (and chain) beside its key, for operators who run the broker by hand.
+    let cert_path = ctx.layout.keys_dir().join(format!("{id}.crt"));
+    let chain = format!("{}{}", issued.pem, authority.store.chain_pem()?);
+    ca::fsutil::write_atomic(&cert_path, chain.as_bytes(), 0o644)?;
+    Ok(ServerIssued {
+        issued,
+        names,
+        cert_path,
+        key_path,
+    })
 }

@@ -49,6 +49,24 @@ impl Home {
             .stdin(Stdio::null());
         c
     }
+    /// Runs with the provisioner's clock at `t` (Unix seconds; `PROVISIONER_FAKE_NOW`, debug
+    /// builds) and returns the output, whatever the status.
+    pub fn at(&self, t: i64, args: &[&str]) -> Output {
+        self.cmd(args)
+            .env("PROVISIONER_FAKE_NOW", t.to_string())
+            .output()
+            .expect("run provisioner")
+    }
+    /// Runs at `t` and asserts success; returns stdout.
+    pub fn ok_at(&self, t: i64, args: &[&str]) -> String {
+        let out = self.at(t, args);
+        assert!(
+            out.status.success(),
+            "provisioner {args:?} at {t}: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
     /// Runs and returns the output, whatever the status.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run provisioner")
@@ -183,6 +201,24 @@ pub fn openssl_client(dir: &Path, cn: &str) -> Client {
     Client { key, csr, crt }
 }
 
+/// Now on the real clock, Unix seconds.
+pub fn real_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// Status, stdout and stderr of a run, for assertion messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -299,6 +335,19 @@ pub fn subscribe_one(port: u16, cafile: &Path, c: &Client, filter: &str, timeout
         .stderr(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub")
+}
+
+/// The first message on `filter` within `timeout_s` (`topic payload`), or what
+/// mosquitto_sub printed by then (nothing).
+pub fn first_message(port: u16, cafile: &Path, c: &Client, filter: &str, timeout_s: u32) -> String {
+    use std::io::Read;
+    let mut sub = subscribe_one(port, cafile, c, filter, timeout_s);
+    let _ = sub.wait();
+    let mut got = String::new();
+    if let Some(mut out) = sub.stdout.take() {
+        let _ = out.read_to_string(&mut got);
+    }
+    got
 }
 
 /// A simulated board (`provisioner sim-board`) on a pty linked at `link`; killed on drop.
