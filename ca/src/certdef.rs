@@ -240,6 +240,33 @@ pub fn device_params(
     compressed::make_compressible(p, &xy_of(key), issue, form.years)
 }
 
+/// The parameters of the compressible certificate a device request asks for, issued at `t`.
+pub fn device_request_params(
+    req: &crate::authority::IssueRequest,
+    form: &DeviceForm,
+    t: time::OffsetDateTime,
+) -> Result<CertificateParams> {
+    let sn = req.subject.serial_number.as_deref().ok_or_else(|| {
+        Error::BadRequest("a device certificate needs the chip serial number".into())
+    })?;
+    if sn.len() != 18
+        || !sn
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return Err(Error::BadRequest(format!(
+            "a compressible device certificate carries the 9-byte chip serial as 18 lower-case hex digits (got `{sn}`)"
+        )));
+    }
+    device_params(
+        form,
+        &req.subject.common_name,
+        sn,
+        &req.public_key,
+        compressed::issue_hour(t)?,
+    )
+}
+
 /// The parameters of a compressible issuing CA certificate.
 pub fn signer_params(
     name: &str,
@@ -372,7 +399,8 @@ fn signature_of(der: &[u8]) -> Result<[u8; 64]> {
     Ok(rs)
 }
 
-fn common_name(der: &[u8], issuer: bool) -> Result<String> {
+/// The subject's (or the issuer's) common name of a certificate.
+pub fn common_name(der: &[u8], issuer: bool) -> Result<String> {
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(der)
         .map_err(|_| Error::BadRequest("not a DER certificate".into()))?;
     let name = if issuer { c.issuer() } else { c.subject() };

@@ -70,6 +70,20 @@ The receiver republishes on the broker on its side (default localhost); run `pro
 broker` for that broker afterwards so its ACL knows the receiver."
     )]
     Receiver(ReceiverArgs),
+    /// Certificate definitions (atcacert_def_t) of a compressible device profile: C and JSON.
+    #[command(
+        long_about = "Writes the certificate definitions of a compressible device profile \
+([profiles.NAME.compressed]) for firmware built on Microchip's cryptoauthlib: \
+cert_def_NAME.c and .h (the signer's and the device's atcacert_def_t with their templates, \
+ready to compile against cryptoauthlib's headers) and cert_def_NAME.json (the same \
+definitions, keys and nesting as atcacert_def_t's fields, enum values as numbers). One \
+definition serves every device of the profile: atcacert_read_cert rebuilds each device's \
+certificate from its chip alone.",
+        after_help = "EXAMPLES:\n  \
+provisioner emit certdef --profile coffre --out ./certdef\n  \
+gcc -c -I CRYPTOAUTHLIB/lib ./certdef/cert_def_coffre.c"
+    )]
+    Certdef(super::certdef::CertdefArgs),
 }
 
 /// Arguments of `emit gateway`.
@@ -261,6 +275,7 @@ pub struct BrokerArgs {
 pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
     match cmd {
         EmitCommand::Broker(args) => broker(ctx, args),
+        EmitCommand::Certdef(args) => super::certdef::run(ctx, args),
         EmitCommand::Gateway(args) => {
             let opts = args.gateway.node(&args.place);
             let out = prepare_out(&args.out)?;
@@ -884,6 +899,11 @@ impl BrokerAccess {
 }
 
 /// Creates OUT (0700) and returns its canonical path.
+/// Creates an output directory (0700) if absent, as every `emit` does.
+pub(crate) fn prepare_out_dir(out: &Path) -> Result<PathBuf> {
+    prepare_out(out)
+}
+
 fn prepare_out(out: &Path) -> Result<PathBuf> {
     BrokerAccess {
         group: None,

@@ -3,6 +3,8 @@
 pub mod audit;
 pub mod brokers;
 pub mod cert;
+pub mod certdef;
+pub mod certdef_c;
 pub mod crl;
 pub mod demo;
 pub mod deploy;
