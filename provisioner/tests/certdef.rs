@@ -193,3 +193,146 @@ fn emit_certdef_writes_c_that_compiles_against_cryptoauthlib_and_json_named_as_a
         String::from_utf8_lossy(&out2.stderr)
     );
 }
+
+/// Microchip's cryptoauthlib (the conformance test's venv), run on `port` with the emitted
+/// JSON definition: the signer's and the device's certificates as it rebuilds them.
+fn cryptoauthlib_read_certs(port: &str, definition: &Path, root: &Path) -> (Vec<u8>, Vec<u8>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/tests/cryptoauthlib");
+    let setup = Command::new("bash")
+        .arg(dir.join("setup-venv.sh"))
+        .output()
+        .expect("setup-venv.sh");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let venv = String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let out = Command::new(format!("{venv}/bin/python"))
+        .env("LD_PRELOAD", format!("{venv}/shim/dtr_shim.so"))
+        .arg(dir.join("read_certs.py"))
+        .arg(port)
+        .arg(definition)
+        .arg(root)
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "read_certs.py: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = |what: &str| {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} ")))
+            .expect(what);
+        hex::decode(line.trim()).expect("hex")
+    };
+    (cert("signer"), cert("device"))
+}
+
+fn pem(der: &[u8]) -> String {
+    ca::authority::cert_pem(der)
+}
+
+#[test]
+fn a_compressible_device_carries_its_identity_in_the_chip_and_cryptoauthlib_rebuilds_it_byte_for_byte()
+ {
+    let home = Home::new();
+    init_compressible(&home);
+    let board = common::SimBoard::start(&home.work(), "b", 115_200, false);
+    let port = board.port();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "device",
+            "provision",
+            "--port",
+            &port,
+            "--id",
+            "salon-01",
+            "--profile",
+            "coffre",
+        ];
+        args.extend_from_slice(extra);
+        home.json(&args)
+    };
+    let steps = |v: &serde_json::Value| -> Vec<(String, String, String)> {
+        v["boards"][0]["result"]["steps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no steps in {v}"))
+            .iter()
+            .map(|s| {
+                (
+                    s["step"].as_str().unwrap_or("").into(),
+                    s["action"].as_str().unwrap_or("").into(),
+                    s["detail"].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    };
+    let first = run(&["--lock"]);
+    let s = steps(&first);
+    let find = |s: &[(String, String, String)], name: &str| {
+        s.iter()
+            .find(|x| x.0 == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {s:?}"))
+    };
+    let identity = find(&s, "chip identity");
+    assert_eq!(identity.1, "done", "{identity:?}");
+    assert!(identity.2.contains("byte for byte"), "{identity:?}");
+    assert_eq!(find(&s, "identity lock").1, "done");
+    // A second run finds everything in place.
+    let again = steps(&run(&["--lock"]));
+    assert_eq!(find(&again, "chip identity").1, "verified");
+    assert_eq!(find(&again, "identity lock").1, "verified");
+
+    // Only the emitted definition and the chip: cryptoauthlib rebuilds both certificates.
+    let out = home.work().join("certdef");
+    home.ok(&[
+        "emit",
+        "certdef",
+        "--profile",
+        "coffre",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    let root = home.path().join("ca/root.crt");
+    let (signer, device) =
+        cryptoauthlib_read_certs(&port, &out.join("cert_def_coffre.json"), &root);
+    let store = ca::Store::open(&ca::Layout::new(home.path())).expect("store");
+    let issued = store.ledger.certificates_of("salon-01").expect("ledger");
+    assert_eq!(issued.len(), 1);
+    assert_eq!(
+        device, issued[0].der,
+        "the device certificate, byte for byte"
+    );
+    assert_eq!(
+        signer,
+        store.issuer_der().expect("issuer"),
+        "the signer certificate, byte for byte"
+    );
+    // And the chain they make is valid for openssl.
+    let (s, d) = (
+        home.work().join("signer.pem"),
+        home.work().join("device.pem"),
+    );
+    std::fs::write(&s, pem(&signer)).expect("signer");
+    std::fs::write(&d, pem(&device)).expect("device");
+    common::openssl_ok(&[
+        "verify",
+        "-x509_strict",
+        "-CAfile",
+        &root.to_string_lossy(),
+        "-untrusted",
+        &s.to_string_lossy(),
+        &d.to_string_lossy(),
+    ]);
+    drop(board);
+}

@@ -8,6 +8,8 @@
 //! configuration to the device and read them back. Each step first checks whether it is
 //! already done, so running it again on a provisioned board verifies and reports.
 
+pub mod chip_identity;
+
 use std::sync::Mutex;
 
 use atecc::client::ClientError;
@@ -174,6 +176,8 @@ pub fn chip_profile(
 ) -> Result<atecc::profile::Profile, ProvisionError> {
     let text = if name == "tls-device" {
         atecc::profile::TLS_DEVICE_PROFILE.to_string()
+    } else if name == "tls-device-atcacert" {
+        atecc::profile::TLS_DEVICE_ATCACERT_PROFILE.to_string()
     } else {
         manifests::topic::check_identity(name)
             .map_err(|e| ProvisionError::Config(format!("chip profile name: expected {e}")))?;
@@ -900,6 +904,9 @@ pub fn provision<B: Board + ?Sized>(
             issued.record.serial
         ),
     );
+
+    // A compressible profile keeps the identity in the chip too (issue 19).
+    chip_identity::chip_identity(&cx, board, &mut out, &profile, &issued.record.der)?;
 
     // Device files, then the configuration where the firmware keeps its own.
     let config = device_config(site, &profile, job, readings, status_topic);

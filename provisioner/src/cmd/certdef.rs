@@ -4,11 +4,9 @@
 
 use std::path::PathBuf;
 
-use ca::certdef::{self, CertDef, ChipSlots, DeviceForm};
-use ca::compressed::TemplateIds;
+use ca::certdef::{self, CertDef};
 use ca::{Authority, Store};
-use manifests::site::{DeviceProfile, Site};
-use manifests::site_compressed::{parse_signer_id, whole_years};
+use manifests::site::Site;
 use serde_json::json;
 
 use crate::context::Context;
@@ -25,27 +23,7 @@ pub struct CertdefArgs {
     pub out: PathBuf,
 }
 
-/// The CA's form of a compressible profile (None for the others).
-pub fn form(site: &Site, profile: &DeviceProfile) -> Option<DeviceForm> {
-    let c = profile.compressed.as_ref()?;
-    Some(DeviceForm {
-        organization: site.site.organization.clone(),
-        id_len: c.id_length?,
-        years: whole_years(profile.cert_days.unwrap_or(site.site.leaf_days))?,
-        ids: TemplateIds {
-            template_id: c.template_id,
-            chain_id: c.chain_id,
-            signer_id: parse_signer_id(site.site.signer_id.as_deref())?,
-        },
-        slots: ChipSlots {
-            key: profile.key_slot,
-            device_cert: c.device_cert_slot,
-            signer_key: c.signer_key_slot,
-            signer_cert: c.signer_cert_slot,
-            device_id: c.device_id_slot,
-        },
-    })
-}
+pub use crate::bench::provision::chip_identity::form;
 
 /// Tells the CA which site profiles issue compressible certificates.
 pub fn apply(site: &Site, authority: &mut Authority) {
