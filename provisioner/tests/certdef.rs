@@ -16,6 +16,14 @@ fn init_compressible(home: &Home) {
     home.ok(&["init", "--site", &site.to_string_lossy()]);
 }
 
+/// `emit certdef --profile coffre` into WORK/certdef: the directory and the JSON report.
+fn emit_certdef(home: &Home) -> (std::path::PathBuf, serde_json::Value) {
+    let out = home.work().join("certdef");
+    let dir = out.to_string_lossy().into_owned();
+    let report = home.json(&["emit", "certdef", "--profile", "coffre", "--out", &dir]);
+    (out, report)
+}
+
 #[test]
 fn a_profile_that_cannot_be_compressed_is_refused_by_site_check_and_init_with_the_reason() {
     let home = Home::new();
@@ -112,15 +120,7 @@ pub fn compile_against_cryptoauthlib(c: &Path, dir: &Path) {
 fn emit_certdef_writes_c_that_compiles_against_cryptoauthlib_and_json_named_as_atcacert_def_t() {
     let home = Home::new();
     init_compressible(&home);
-    let out = home.work().join("certdef");
-    let report = home.json(&[
-        "emit",
-        "certdef",
-        "--profile",
-        "coffre",
-        "--out",
-        &out.to_string_lossy(),
-    ]);
+    let (out, report) = emit_certdef(&home);
     assert_eq!(report["template_id"], 2);
     let text = std::fs::read_to_string(out.join("cert_def_coffre.json")).expect("json");
     let json: serde_json::Value = serde_json::from_str(&text).expect("parse");
@@ -294,15 +294,7 @@ fn a_compressible_device_carries_its_identity_in_the_chip_and_cryptoauthlib_rebu
     assert_eq!(find(&again, "identity lock").1, "verified");
 
     // Only the emitted definition and the chip: cryptoauthlib rebuilds both certificates.
-    let out = home.work().join("certdef");
-    home.ok(&[
-        "emit",
-        "certdef",
-        "--profile",
-        "coffre",
-        "--out",
-        &out.to_string_lossy(),
-    ]);
+    let (out, _) = emit_certdef(&home);
     let root = home.path().join("ca/root.crt");
     let (signer, device) =
         cryptoauthlib_read_certs(&port, &out.join("cert_def_coffre.json"), &root);
