@@ -644,6 +644,28 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> String {
 }
 
 impl CertDef {
+    /// Rebuilds as [`CertDef::rebuild`] and compares with the certificate `issued`: the
+    /// error says why it does not rebuild, or where the two first differ.
+    pub fn check_rebuild(
+        &self,
+        comp: &[u8],
+        xy: &[u8; 64],
+        ca_xy: Option<&[u8; 64]>,
+        read: &dyn Fn(&DeviceLoc) -> Option<Vec<u8>>,
+        issued: &[u8],
+    ) -> std::result::Result<(), String> {
+        let rebuilt = self
+            .rebuild(comp, xy, ca_xy, read)
+            .map_err(|e| format!("it does not rebuild ({e})"))?;
+        if rebuilt != issued {
+            return Err(format!(
+                "the rebuilt one differs from the issued one: {}",
+                first_difference(&rebuilt, issued)
+            ));
+        }
+        Ok(())
+    }
+
     /// Rebuilds the certificate from the compressed certificate `comp`, the subject public
     /// key `xy`, the issuer's public key `ca_xy` (for the authority key id) and the chip data
     /// of each extra element (`read` returns the bytes of a device location).

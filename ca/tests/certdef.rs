@@ -155,3 +155,62 @@ fn a_device_id_of_another_length_is_refused() {
     .expect_err("short id");
     assert!(e.to_string().contains("exactly 8"), "{e}");
 }
+
+#[test]
+fn a_chip_that_holds_something_else_is_caught_with_the_first_difference() {
+    let c = chain();
+    let signer_def =
+        certdef::signer_def(&c.signer, &c.root, form().ids, SLOTS).expect("signer def");
+    let def = certdef::device_def(&form(), &c.signer, signer_def).expect("device def");
+    let issuer = Issuer::from_ca_cert_der(&c.signer.clone().into(), &c.signer_key).expect("issuer");
+    let signer_xy = certdef::public_key_of(&c.signer).expect("signer key");
+    let (_, device_pub) = key();
+    let sn = [1u8, 0x23, 9, 8, 7, 6, 5, 4, 0xee];
+    let issue = compressed::issue_hour(time::OffsetDateTime::now_utc()).expect("hour");
+    let p = certdef::device_params(
+        &form(),
+        "salon-01",
+        &certdef::chip_sn_hex(&sn),
+        &device_pub,
+        issue,
+    )
+    .expect("params");
+    let der = p
+        .signed_by(&device_pub, &issuer)
+        .expect("device")
+        .der()
+        .to_vec();
+    let comp = certdef::compress(&def, &der, [0x00, 0xa1]).expect("compress");
+    let mut config = [0u8; 13];
+    config[..4].copy_from_slice(&sn[..4]);
+    config[8..].copy_from_slice(&sn[4..]);
+    let chip = |id: &'static [u8]| {
+        move |loc: &DeviceLoc| -> Option<Vec<u8>> {
+            let (o, n) = (usize::from(loc.offset), usize::from(loc.count));
+            match loc.zone {
+                zone::DATA => Some(id[o..o + n].to_vec()),
+                _ => Some(config[o..o + n].to_vec()),
+            }
+        }
+    };
+    let xy = xy(&device_pub);
+    def.check_rebuild(&comp, &xy, Some(&signer_xy), &chip(b"salon-01"), &der)
+        .expect("the chip as written");
+    // Another id in its slot, a flipped signature bit, another template: each is refused.
+    let e = def
+        .check_rebuild(&comp, &xy, Some(&signer_xy), &chip(b"salon-02"), &der)
+        .expect_err("other id");
+    assert!(e.contains("first difference at byte"), "{e}");
+    let mut flipped = comp;
+    flipped[10] ^= 1;
+    let e = def
+        .check_rebuild(&flipped, &xy, Some(&signer_xy), &chip(b"salon-01"), &der)
+        .expect_err("other signature");
+    assert!(e.contains("differs"), "{e}");
+    let mut other = comp;
+    other[69] = 0x50;
+    let e = def
+        .check_rebuild(&other, &xy, Some(&signer_xy), &chip(b"salon-01"), &der)
+        .expect_err("other template");
+    assert!(e.contains("template 5"), "{e}");
+}
