@@ -237,6 +237,22 @@ fn cryptoauthlib_read_certs(port: &str, definition: &Path, root: &Path) -> (Vec<
     (cert("signer"), cert("device"))
 }
 
+/// `--json device provision --port PORT --id salon-01 --profile coffre EXTRA...`.
+fn provision_coffre(home: &Home, port: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "--json",
+        "device",
+        "provision",
+        "--port",
+        port,
+        "--id",
+        "salon-01",
+    ];
+    args.extend_from_slice(&["--profile", "coffre"]);
+    args.extend_from_slice(extra);
+    home.run(&args)
+}
+
 fn pem(der: &[u8]) -> String {
     ca::authority::cert_pem(der)
 }
@@ -249,18 +265,13 @@ fn a_compressible_device_carries_its_identity_in_the_chip_and_cryptoauthlib_rebu
     let board = common::SimBoard::start(&home.work(), "b", 115_200, false);
     let port = board.port();
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "device",
-            "provision",
-            "--port",
-            &port,
-            "--id",
-            "salon-01",
-            "--profile",
-            "coffre",
-        ];
-        args.extend_from_slice(extra);
-        home.json(&args)
+        let out = provision_coffre(&home, &port, extra);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
     };
     let steps = |v: &serde_json::Value| -> Vec<(String, String, String)> {
         v["boards"][0]["result"]["steps"]
@@ -326,5 +337,37 @@ fn a_compressible_device_carries_its_identity_in_the_chip_and_cryptoauthlib_rebu
         &s.to_string_lossy(),
         &d.to_string_lossy(),
     ]);
-    drop(board);
+    // In the chip: the four slots, each locked.
+    let chip = board.stop_and_open_chip();
+    let zone = chip.config_zone();
+    for slot in [10, 11, 12, 13] {
+        assert!(zone.is_slot_locked(slot), "slot {slot} locked");
+    }
+    assert_eq!(chip.slot(13).map(|s| &s[..8]), Some(&b"salon-01"[..]));
+    assert_eq!(
+        chip.slot(10).map(|s| s[69]),
+        Some(0x20),
+        "template 2, chain 0"
+    );
+}
+
+#[test]
+fn a_compressible_profile_over_mongoose_os_is_refused_before_the_chip_is_touched() {
+    let home = Home::new();
+    init_compressible(&home);
+    let board =
+        common::SimBoard::start_with(&home.work(), "m", 115_200, false, &["--transport", "mos"]);
+    let port = board.port();
+    let out = provision_coffre(&home, &port, &["--transport", "mos", "--lock"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let err = v["boards"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("identity in the chip") && err.contains("--transport kit"),
+        "{v}"
+    );
+    assert!(
+        !board.stop_and_open_chip().config_zone().is_config_locked(),
+        "chip untouched"
+    );
 }

@@ -769,6 +769,10 @@ pub fn provision<B: Board + ?Sized>(
         .clone();
     let chip_prof = chip_profile(&profile.chip, &shared.home)?;
     check_profile(&profile, &chip_prof, job.key_source)?;
+    let compressed = chip_identity::form(site, &profile);
+    if let Some(form) = &compressed {
+        chip_identity::check_setup(form, &chip_prof, &profile.chip, &caps)?;
+    }
     let (readings, status_topic, topics) = device_topics(site, &profile, job);
     let cx = Ctx {
         port: port.clone(),
@@ -861,6 +865,14 @@ pub fn provision<B: Board + ?Sized>(
             &format!("{} where they differ", caps.files),
         )?;
         cx.step(&mut out, plan.step, plan.action, plan.detail);
+        if let Some(form) = &compressed {
+            let s = form.slots;
+            let detail = format!(
+                "write the compressed device certificate, the signer's public key and certificate and the device id to slots {}, {}, {}, {}, rebuild both certificates from the chip and lock the slots",
+                s.device_cert, s.signer_key, s.signer_cert, s.device_id
+            );
+            cx.step(&mut out, "chip identity", "would", detail);
+        }
         let plan = ownership::slot_lock_plan(wanted, zone, slot, job);
         let (action, detail) = slot_lock_report(&cx, plan);
         cx.step(&mut out, "key lock", action, detail);

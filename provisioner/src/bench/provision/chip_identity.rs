@@ -36,6 +36,32 @@ pub fn form(site: &Site, profile: &DeviceProfile) -> Option<DeviceForm> {
     })
 }
 
+/// Refuses, before the chip is touched, a compressible profile the transport or the chip
+/// profile cannot serve: the slots must be read back and locked (the kit transport), and
+/// the chip profile must make them clear-writable after the data lock, readable and Lockable.
+pub(super) fn check_setup(
+    form: &DeviceForm,
+    chip: &atecc::profile::Profile,
+    chip_name: &str,
+    caps: &crate::bench::Caps,
+) -> Result<(), ProvisionError> {
+    if let Some(why) = caps.no_slot_lock {
+        return Err(ProvisionError::Config(format!(
+            "this profile keeps the identity in the chip, which needs its slots read back and locked; this transport cannot ({why}): use --transport kit"
+        )));
+    }
+    let s = form.slots;
+    for slot in [s.device_cert, s.signer_key, s.signer_cert, s.device_id] {
+        let p = chip.slot(slot as usize);
+        if p.write_config != 0 || p.is_secret || p.encrypt_read || !p.lockable {
+            return Err(ProvisionError::Config(format!(
+                "slot {slot} of chip profile `{chip_name}` must hold public data written in clear after the data lock and locked once written (write_config = 0b0000, is_secret = false, lockable = true), as in the built-in tls-device-atcacert"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One slot's wanted contents.
 struct SlotData {
     slot: u8,
