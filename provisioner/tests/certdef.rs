@@ -237,17 +237,9 @@ fn cryptoauthlib_read_certs(port: &str, definition: &Path, root: &Path) -> (Vec<
     (cert("signer"), cert("device"))
 }
 
-/// `--json device provision --port PORT --id salon-01 --profile coffre EXTRA...`.
-fn provision_coffre(home: &Home, port: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "--json",
-        "device",
-        "provision",
-        "--port",
-        port,
-        "--id",
-        "salon-01",
-    ];
+/// `--json device provision --port PORT --id ID --profile coffre EXTRA...`.
+fn provision_coffre(home: &Home, port: &str, id: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--json", "device", "provision", "--port", port, "--id", id];
     args.extend_from_slice(&["--profile", "coffre"]);
     args.extend_from_slice(extra);
     home.run(&args)
@@ -265,7 +257,7 @@ fn a_compressible_device_carries_its_identity_in_the_chip_and_cryptoauthlib_rebu
     let board = common::SimBoard::start(&home.work(), "b", 115_200, false);
     let port = board.port();
     let run = |extra: &[&str]| {
-        let out = provision_coffre(&home, &port, extra);
+        let out = provision_coffre(&home, &port, "salon-01", extra);
         assert!(
             out.status.success(),
             "{}",
@@ -287,6 +279,12 @@ fn a_compressible_device_carries_its_identity_in_the_chip_and_cryptoauthlib_rebu
             })
             .collect()
     };
+    // An id of another length is refused before the chip is touched.
+    let short = provision_coffre(&home, &port, "salon-1", &["--lock"]);
+    let v: serde_json::Value = serde_json::from_slice(&short.stdout).expect("json");
+    let err = v["boards"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("exactly 8"), "{v}");
+    assert!(v["boards"][0]["result"].is_null(), "no step ran: {v}");
     let first = run(&["--lock"]);
     let s = steps(&first);
     let find = |s: &[(String, String, String)], name: &str| {
@@ -358,7 +356,7 @@ fn a_compressible_profile_over_mongoose_os_is_refused_before_the_chip_is_touched
     let board =
         common::SimBoard::start_with(&home.work(), "m", 115_200, false, &["--transport", "mos"]);
     let port = board.port();
-    let out = provision_coffre(&home, &port, &["--transport", "mos", "--lock"]);
+    let out = provision_coffre(&home, &port, "salon-01", &["--transport", "mos", "--lock"]);
     assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let err = v["boards"][0]["error"].as_str().unwrap_or_default();

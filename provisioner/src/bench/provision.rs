@@ -771,7 +771,7 @@ pub fn provision<B: Board + ?Sized>(
     check_profile(&profile, &chip_prof, job.key_source)?;
     let compressed = chip_identity::form(site, &profile);
     if let Some(form) = &compressed {
-        chip_identity::check_setup(form, &chip_prof, &profile.chip, &caps)?;
+        chip_identity::check_setup(form, &chip_prof, &profile.chip, &caps, &job.id)?;
     }
     let (readings, status_topic, topics) = device_topics(site, &profile, job);
     let cx = Ctx {

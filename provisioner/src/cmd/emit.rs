@@ -81,7 +81,7 @@ definition serves every device of the profile: atcacert_read_cert rebuilds each 
 certificate from its chip alone.",
         after_help = "EXAMPLES:\n  \
 provisioner emit certdef --profile coffre --out ./certdef\n  \
-gcc -c -I CRYPTOAUTHLIB/lib ./certdef/cert_def_coffre.c"
+gcc -c -I BUILD -I CRYPTOAUTHLIB/lib ./certdef/cert_def_coffre.c   # BUILD: its atca_config.h"
     )]
     Certdef(super::certdef::CertdefArgs),
 }

@@ -44,7 +44,16 @@ pub(super) fn check_setup(
     chip: &atecc::profile::Profile,
     chip_name: &str,
     caps: &crate::bench::Caps,
+    id: &str,
 ) -> Result<(), ProvisionError> {
+    if id.len() != form.id_len {
+        return Err(ProvisionError::Config(format!(
+            "device id `{}` has {} characters; the ids of this compressed profile have exactly {} (the certificate's subject has a fixed length)",
+            manifests::text::escape(id),
+            id.len(),
+            form.id_len
+        )));
+    }
     if let Some(why) = caps.no_slot_lock {
         return Err(ProvisionError::Config(format!(
             "this profile keeps the identity in the chip, which needs its slots read back and locked; this transport cannot ({why}): use --transport kit"
