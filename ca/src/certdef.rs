@@ -512,7 +512,7 @@ pub fn signer_def(
     let real = public_key_of(signer_der)?;
     if issue.at(0)? != nb || issue.at(years).ok() != Some(na) {
         return Err(Error::BadRequest(format!(
-            "the issuing CA `{cn}` is not compressible: its validity ({nb} to {na}) is not on the hour with a whole-year lifetime; create the home with a compressible profile in its site (`init --issuing-ca`)"
+            "the issuing CA `{cn}` is not compressible: its validity ({nb} to {na}) is not on the hour with a whole-year lifetime; a compressible issuing CA is made by `provisioner init --site FILE` when FILE has a compressed profile (use a new home)"
         )));
     }
     let xy = placeholder_xy();

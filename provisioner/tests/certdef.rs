@@ -369,3 +369,25 @@ fn a_compressible_profile_over_mongoose_os_is_refused_before_the_chip_is_touched
         "chip untouched"
     );
 }
+
+#[test]
+fn a_compressed_profile_added_to_a_home_whose_issuing_ca_is_not_compressible_is_refused_before_the_chip()
+ {
+    let home = Home::new();
+    let site = home.work().join("site.toml");
+    std::fs::write(&site, common::site_text(common::free_port())).expect("site");
+    home.ok(&["init", "--issuing-ca", "--site", &site.to_string_lossy()]);
+    // The operator edits the site in place and adds the compressed profile.
+    let stored = home.path().join("site.toml");
+    let text = std::fs::read_to_string(&stored).expect("stored site") + common::COFFRE_PROFILE;
+    std::fs::write(&stored, text).expect("edit");
+    let board = common::SimBoard::start(&home.work(), "n", 115_200, false);
+    let out = provision_coffre(&home, &board.port(), "salon-01", &["--lock"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let err = v["boards"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("is not compressible"), "{v}");
+    assert!(
+        !board.stop_and_open_chip().config_zone().is_config_locked(),
+        "chip untouched"
+    );
+}

@@ -772,6 +772,8 @@ pub fn provision<B: Board + ?Sized>(
     let compressed = chip_identity::form(site, &profile);
     if let Some(form) = &compressed {
         chip_identity::check_setup(form, &chip_prof, &profile.chip, &caps, &job.id)?;
+        // The home's issuing CA must be compressible too: known before the chip is touched.
+        chip_identity::definition(shared, form)?;
     }
     let (readings, status_topic, topics) = device_topics(site, &profile, job);
     let cx = Ctx {

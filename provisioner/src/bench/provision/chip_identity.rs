@@ -95,8 +95,11 @@ fn unpadded(v: &[u8]) -> Option<[u8; 64]> {
 }
 
 /// The profile's definition and the issuing CA's certificate, from the ledger.
-fn definition(cx: &Ctx<'_, '_>, form: &DeviceForm) -> Result<(CertDef, Vec<u8>), ProvisionError> {
-    let guard = lock_ca(cx.shared);
+pub(super) fn definition(
+    shared: &super::Shared<'_>,
+    form: &DeviceForm,
+) -> Result<(CertDef, Vec<u8>), ProvisionError> {
+    let guard = lock_ca(shared);
     let store = guard.store();
     if store.ledger.meta("issuing_serial")?.is_none() {
         return Err(ProvisionError::Config(
@@ -120,7 +123,7 @@ pub(super) fn chip_identity<B: Board + ?Sized>(
     let Some(form) = form(cx.shared.site, profile) else {
         return Ok(());
     };
-    let (def, signer_der) = definition(cx, &form)?;
+    let (def, signer_der) = definition(cx.shared, &form)?;
     let signer_def = def
         .ca_cert_def
         .as_deref()
