@@ -373,6 +373,12 @@ fn parse_slot(key: &str) -> Result<usize, ProfileError> {
 /// injectable by encrypted PrivWrite, slot 4 the write key, slots 9–10 certificate storage.
 pub const TLS_DEVICE_PROFILE: &str = include_str!("../profiles/tls-device.toml");
 
+/// The built-in profile for an identity kept whole in the chip
+/// (`profiles/tls-device-atcacert.toml`): `tls-device` with Trust&GO's certificate slots
+/// (10 device certificate, 11 signer public key, 12 signer certificate, 13 device id),
+/// writable in clear after the data lock and Lockable.
+pub const TLS_DEVICE_ATCACERT_PROFILE: &str = include_str!("../profiles/tls-device-atcacert.toml");
+
 /// Earlier revisions of the built-in profile, oldest first. A config zone is locked for ever,
 /// so a chip locked with one of them must still be recognised as a `tls-device` chip (and
 /// provisioned as its revision allows: revision 1 has no Lockable slot, so its key slot is

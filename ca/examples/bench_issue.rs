@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             name: "Bench Root CA".into(),
             organization: None,
             issuing_ca: false,
+            compressed_signer: None,
         },
         &pass,
     )?;

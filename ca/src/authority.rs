@@ -94,6 +94,9 @@ pub struct InitOptions {
     pub organization: Option<String>,
     /// Also create an issuing CA under the root, and issue leaves from it.
     pub issuing_ca: bool,
+    /// Make the issuing CA compressible (Microchip compressed certificates) with this signer
+    /// id, which ends its name (see [`crate::certdef::signer_params`]).
+    pub compressed_signer: Option<[u8; 2]>,
 }
 
 /// What `init` did.
@@ -615,6 +618,7 @@ pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     issuer_not_after: OffsetDateTime,
     policy: LifetimePolicy,
+    compressed: std::collections::BTreeMap<String, crate::certdef::DeviceForm>,
 }
 
 /// The lifetime `policy` gives the certificate `req` asks for.
@@ -678,15 +682,25 @@ impl Authority {
                 name
             };
             let subj = Subject::named(&name, opts.organization.clone());
-            let p = profile::params(
-                Profile::IssuingCa,
-                &subj,
-                &random_serial()?,
-                t,
-                ISSUING_DAYS,
-                0,
-            )?;
+            let p = match opts.compressed_signer {
+                Some(id) => crate::certdef::signer_params(
+                    &format!("{name} {}", hex::encode_upper(id)),
+                    opts.organization.clone(),
+                    &PublicKey::from_sec1(issuing_key.public_key_raw())?,
+                    crate::compressed::issue_hour(now())?,
+                    (ISSUING_DAYS / 365) as u8,
+                )?,
+                None => profile::params(
+                    Profile::IssuingCa,
+                    &subj,
+                    &random_serial()?,
+                    t,
+                    ISSUING_DAYS,
+                    0,
+                )?,
+            };
             let cert = p.signed_by(&issuing_key, &root_issuer)?;
+            let name = crate::certdef::common_name(cert.der(), false)?;
             records.push(ca_record(cert.der(), Profile::IssuingCa, &name)?);
         }
         let created = ledger.transaction(|tx| {
@@ -752,6 +766,7 @@ impl Authority {
             issuer,
             issuer_not_after: not_after,
             policy: LifetimePolicy::default(),
+            compressed: Default::default(),
         })
     }
 
@@ -771,6 +786,11 @@ impl Authority {
     /// Sets the lifetimes and renewal points by kind of identity (from the site file).
     pub fn set_policy(&mut self, policy: LifetimePolicy) {
         self.policy = policy;
+    }
+
+    /// Issues the device certificates of site profile `profile` in compressible form.
+    pub fn set_compressed(&mut self, profile: &str, form: crate::certdef::DeviceForm) {
+        self.compressed.insert(profile.to_string(), form);
     }
 
     /// The lifetimes and renewal points in force.
@@ -812,6 +832,7 @@ impl Authority {
         let issuer = &self.issuer;
         let issuer_not_after = self.issuer_not_after;
         let policy = &self.policy;
+        let compressed = &self.compressed;
         let records = self.store.ledger.transaction(|tx| {
             let mut out = Vec::with_capacity(reqs.len());
             for req in &reqs {
@@ -832,7 +853,27 @@ impl Authority {
                     }
                 };
                 let days = life.days.unwrap_or(req.days);
-                let record = sign(req, &serial, days, t, issuer, issuer_not_after)?;
+                let record = match compressed_form(compressed, req) {
+                    Some(form) => {
+                        let p = crate::certdef::device_request_params(req, form, t)?;
+                        if p.not_after > issuer_not_after {
+                            return Err(Error::BadRequest(format!(
+                                "a compressible certificate of {} years would outlive the issuing CA (until {}); it cannot be shortened",
+                                form.years,
+                                rfc3339(issuer_not_after.unix_timestamp())
+                            )));
+                        }
+                        let rec = record(req, p, t, issuer)?;
+                        if tx.serial_exists(&rec.serial)? {
+                            return Err(Error::Conflict(format!(
+                                "serial {} (from the key and the hour) is already in the ledger: issue again next hour",
+                                rec.serial
+                            )));
+                        }
+                        rec
+                    }
+                    None => sign(req, &serial, days, t, issuer, issuer_not_after)?,
+                };
                 // The identity has one active certificate: the one just signed. The one it
                 // renews and any other live one are superseded (still valid until they
                 // expire: a board keeps its old certificate until it has the new one).
@@ -1151,13 +1192,39 @@ fn sign(
         days.min(max_days),
         0,
     )?;
+    record(req, params, t, issuer)
+}
+
+/// The compressible form for `req`, if it is a device of a compressible profile.
+fn compressed_form<'a>(
+    forms: &'a std::collections::BTreeMap<String, crate::certdef::DeviceForm>,
+    req: &IssueRequest,
+) -> Option<&'a crate::certdef::DeviceForm> {
+    let i = req.identity.as_ref()?;
+    (req.profile == Profile::Device && i.kind == "device")
+        .then(|| forms.get(&i.profile))
+        .flatten()
+}
+
+/// Signs `params` for `req` and makes its ledger record.
+fn record(
+    req: &IssueRequest,
+    params: rcgen::CertificateParams,
+    t: OffsetDateTime,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<CertRecord> {
+    let serial = params
+        .serial_number
+        .as_ref()
+        .map(|s| s.to_bytes())
+        .unwrap_or_default();
     let (nb, na) = (
         params.not_before.unix_timestamp(),
         params.not_after.unix_timestamp(),
     );
     let cert = params.signed_by(&req.public_key, issuer)?;
     Ok(CertRecord {
-        serial: hex::encode(serial),
+        serial: hex::encode(&serial),
         request_id: req.request_id.clone(),
         identity: req
             .identity

@@ -7,7 +7,9 @@
 //! see [`authority`].
 
 pub mod authority;
+pub mod certdef;
 pub mod clock;
+pub mod compressed;
 pub mod error;
 pub mod fault;
 pub mod fsutil;

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod link;
 pub mod mosquitto;
 pub mod site;
+pub mod site_compressed;
 pub mod text;
 pub mod topic;
 pub mod update;

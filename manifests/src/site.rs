@@ -185,6 +185,10 @@ pub struct SiteInfo {
     /// Days a CRL stays valid before it must be renewed (default 30).
     #[serde(default = "default_crl_days")]
     pub crl_days: u32,
+    /// Signer id of a compressible issuing CA (4 upper-case hex digits, default `0001`):
+    /// ends its name, and is what compressed device certificates name their signer by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_id: Option<String>,
 }
 
 fn default_leaf_days() -> u32 {
@@ -302,6 +306,10 @@ pub struct DeviceProfile {
     /// Renew at this fraction of the lifetime, `"N/M"` (default `"2/3"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<String>,
+    /// Keep the identity in the chip as Microchip compressed certificates (see
+    /// [`crate::site_compressed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<crate::site_compressed::CompressedProfile>,
 }
 
 impl DeviceProfile {
@@ -440,6 +448,12 @@ impl Site {
         if !(1..=3650).contains(&self.site.leaf_days) {
             return Err(invalid(at("site.leaf_days"), "1..3650 days".into()));
         }
+        if crate::site_compressed::parse_signer_id(self.site.signer_id.as_deref()).is_none() {
+            return Err(invalid(
+                at("site.signer_id"),
+                "4 upper-case hex digits, e.g. \"00A1\"".into(),
+            ));
+        }
         if !(1..=365).contains(&self.site.crl_days) {
             return Err(invalid(at("site.crl_days"), "1..365 days".into()));
         }
@@ -520,6 +534,14 @@ impl Site {
             p.lifetime()
                 .check(self.site.leaf_days)
                 .map_err(|(key, e)| invalid(f(key), e))?;
+            if let Some(c) = &p.compressed {
+                c.check(
+                    p.cert_days.unwrap_or(self.site.leaf_days),
+                    p.key_slot,
+                    p.write_key_slot,
+                )
+                .map_err(|(key, e)| invalid(f(key), e))?;
+            }
         }
         for (kind, l) in self.lifetimes.by_kind() {
             if let Some(l) = l {

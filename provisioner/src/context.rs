@@ -163,6 +163,10 @@ impl Context {
         let _ = self.known_passphrase.set(pass);
         // Lifetimes and renewal points from the site file (defaults without one).
         authority.set_policy(crate::cmd::audit::home_policy(self));
+        // Compressible profiles (issue 19): their device certificates fit the chip.
+        if self.layout.site().exists() {
+            crate::cmd::certdef::apply(&self.site()?, &mut authority);
+        }
         Ok(authority)
     }
 

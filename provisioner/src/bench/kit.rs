@@ -708,6 +708,23 @@ impl Board for KitLink {
         self.chip().lock_slot(slot)
     }
 
+    fn read_slot(&mut self, slot: u8) -> Op<Vec<u8>> {
+        // Whole 32-byte blocks, then 4-byte words for the tail of a 36- or 72-byte slot.
+        let size = atecc::config::slot_size(slot as usize);
+        let mut out = Vec::with_capacity(size);
+        for block in 0..size / 32 {
+            out.extend(self.chip().read_slot_block(slot, block as u8)?);
+        }
+        for word in 0..(size % 32) / 4 {
+            let addr = atecc::config::address::data(slot, (size / 32) as u8, word as u8);
+            let w: [u8; 4] = self
+                .chip()
+                .execute_exact(&Command::read(Zone::Data, addr, false))?;
+            out.extend(w);
+        }
+        Ok(out)
+    }
+
     fn gen_key(&mut self, slot: u8) -> Op<[u8; 64]> {
         self.chip().gen_key(slot)
     }

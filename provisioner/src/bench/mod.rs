@@ -41,6 +41,19 @@ pub trait Board {
     fn lock_data(&mut self, summary: Option<u16>) -> Op<()>;
     /// Locks one slot (Lock, one slot).
     fn lock_slot(&mut self, slot: u8) -> Op<()>;
+    /// Reads a whole data slot in clear (a slot that is not secret), for the compressed
+    /// certificates of issue 19. Transports without a Read say so.
+    fn read_slot(&mut self, slot: u8) -> Op<Vec<u8>> {
+        Err(atecc::client::ClientError::Transport(
+            LinkError::Unsupported {
+                port: self.port().to_string(),
+                operation: "reading a data slot",
+                reason: format!(
+                    "slot {slot} cannot be read back here: use the kit transport (--transport kit)"
+                ),
+            },
+        ))
+    }
     /// GenKey: a new private key in the slot; its public key X‖Y.
     fn gen_key(&mut self, slot: u8) -> Op<[u8; 64]>;
     /// Puts a host-made private key into the slot, encrypted with the write key (by the host

@@ -8,6 +8,8 @@
 //! configuration to the device and read them back. Each step first checks whether it is
 //! already done, so running it again on a provisioned board verifies and reports.
 
+pub mod chip_identity;
+
 use std::sync::Mutex;
 
 use atecc::client::ClientError;
@@ -174,6 +176,8 @@ pub fn chip_profile(
 ) -> Result<atecc::profile::Profile, ProvisionError> {
     let text = if name == "tls-device" {
         atecc::profile::TLS_DEVICE_PROFILE.to_string()
+    } else if name == "tls-device-atcacert" {
+        atecc::profile::TLS_DEVICE_ATCACERT_PROFILE.to_string()
     } else {
         manifests::topic::check_identity(name)
             .map_err(|e| ProvisionError::Config(format!("chip profile name: expected {e}")))?;
@@ -771,6 +775,12 @@ pub fn provision<B: Board + ?Sized>(
         .clone();
     let chip_prof = chip_profile(&profile.chip, &shared.home)?;
     check_profile(&profile, &chip_prof, job.key_source)?;
+    let compressed = chip_identity::form(site, &profile);
+    if let Some(form) = &compressed {
+        chip_identity::check_setup(form, &chip_prof, &profile.chip, &caps, &job.id)?;
+        // The home's issuing CA must be compressible too: known before the chip is touched.
+        chip_identity::definition(shared, form)?;
+    }
     let (readings, status_topic, topics) = device_topics(site, &profile, job);
     let cx = Ctx {
         port: port.clone(),
@@ -863,6 +873,14 @@ pub fn provision<B: Board + ?Sized>(
             &format!("{} where they differ", caps.files),
         )?;
         cx.step(&mut out, plan.step, plan.action, plan.detail);
+        if let Some(form) = &compressed {
+            let s = form.slots;
+            let detail = format!(
+                "write the compressed device certificate, the signer's public key and certificate and the device id to slots {}, {}, {}, {}, rebuild both certificates from the chip and lock the slots",
+                s.device_cert, s.signer_key, s.signer_cert, s.device_id
+            );
+            cx.step(&mut out, "chip identity", "would", detail);
+        }
         let plan = ownership::slot_lock_plan(wanted, zone, slot, job);
         let (action, detail) = slot_lock_report(&cx, plan);
         cx.step(&mut out, "key lock", action, detail);
@@ -906,6 +924,9 @@ pub fn provision<B: Board + ?Sized>(
             issued.record.serial
         ),
     );
+
+    // A compressible profile keeps the identity in the chip too (issue 19).
+    chip_identity::chip_identity(&cx, board, &mut out, &profile, &issued.record.der)?;
 
     // Device files, then the configuration where the firmware keeps its own.
     let config = device_config(site, &profile, job, readings, status_topic);

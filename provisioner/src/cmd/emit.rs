@@ -79,6 +79,20 @@ OUT is registered with these options (and gets a .provisioner-home marker): `pro
 renew` writes it again when the certificate is due; `emit receiver --forget OUT` stops that."
     )]
     Receiver(ReceiverArgs),
+    /// Certificate definitions (atcacert_def_t) of a compressible device profile: C and JSON.
+    #[command(
+        long_about = "Writes the certificate definitions of a compressible device profile \
+([profiles.NAME.compressed]) for firmware built on Microchip's cryptoauthlib: \
+cert_def_NAME.c and .h (the signer's and the device's atcacert_def_t with their templates, \
+ready to compile against cryptoauthlib's headers) and cert_def_NAME.json (the same \
+definitions, keys and nesting as atcacert_def_t's fields, enum values as numbers). One \
+definition serves every device of the profile: atcacert_read_cert rebuilds each device's \
+certificate from its chip alone.",
+        after_help = "EXAMPLES:\n  \
+provisioner emit certdef --profile coffre --out ./certdef\n  \
+gcc -c -I BUILD -I CRYPTOAUTHLIB/lib ./certdef/cert_def_coffre.c   # BUILD: its atca_config.h"
+    )]
+    Certdef(super::certdef::CertdefArgs),
 }
 
 /// Which node directory `emit gateway|receiver` writes (ID and OUT), or forgets.
@@ -279,6 +293,7 @@ pub struct BrokerArgs {
 pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
     match cmd {
         EmitCommand::Broker(args) => broker(ctx, args),
+        EmitCommand::Certdef(args) => super::certdef::run(ctx, args),
         EmitCommand::Gateway(args) => {
             let opts = args.gateway.node(&args.place);
             emit_node(ctx, "gateway", &args.target, &opts)
@@ -983,6 +998,11 @@ impl BrokerAccess {
 }
 
 /// Creates OUT (0700) and returns its canonical path.
+/// Creates an output directory (0700) if absent, as every `emit` does.
+pub(crate) fn prepare_out_dir(out: &Path) -> Result<PathBuf> {
+    prepare_out(out)
+}
+
 fn prepare_out(out: &Path) -> Result<PathBuf> {
     BrokerAccess {
         group: None,

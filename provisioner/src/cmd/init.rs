@@ -19,7 +19,8 @@ pub struct Args {
     /// example house of manifests/examples/smart-home.toml.
     #[arg(long, value_name = "FILE")]
     site: Option<PathBuf>,
-    /// Also create an issuing CA under the root; leaves are then signed by it.
+    /// Also create an issuing CA under the root; leaves are then signed by it. Implied by a
+    /// site with a compressed profile (the issuing CA is then compressible too).
     #[arg(long)]
     issuing_ca: bool,
 }
@@ -68,7 +69,11 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
     let opts = InitOptions {
         name: format!("{} Root CA", site.site.name),
         organization: site.site.organization.clone(),
-        issuing_ca: args.issuing_ca,
+        // A compressible device profile needs a compressible issuing CA (its signer).
+        issuing_ca: args.issuing_ca || manifests::site_compressed::any(&site),
+        compressed_signer: manifests::site_compressed::any(&site)
+            .then(|| manifests::site_compressed::parse_signer_id(site.site.signer_id.as_deref()))
+            .flatten(),
     };
     let report = Authority::init(&ctx.layout, &opts, &pass)?;
     ca::fsutil::write_atomic(&site_path, text.as_bytes(), 0o600)?;

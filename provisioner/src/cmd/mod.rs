@@ -4,6 +4,8 @@ pub mod agents;
 pub mod audit;
 pub mod brokers;
 pub mod cert;
+pub mod certdef;
+pub mod certdef_c;
 pub mod crl;
 pub mod demo;
 pub mod deploy;

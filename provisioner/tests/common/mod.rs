@@ -508,3 +508,50 @@ impl PiRoot {
         self.root.join(pi_path.trim_start_matches('/'))
     }
 }
+
+/// The test site plus `coffre`, a compressible profile (issue 19): two-year certificates,
+/// 8-character device ids, Trust&GO's slots, its chip profile `tls-device-atcacert`.
+pub fn compressible_site_text(port: u16) -> String {
+    let mut s = site_text(port).replace("crl_days = 30", "crl_days = 30\nsigner_id = \"00A1\"");
+    s.push_str(COFFRE_PROFILE);
+    s
+}
+
+/// The compressible profile of [`compressible_site_text`].
+pub const COFFRE_PROFILE: &str = r#"
+[profiles.coffre]
+description = "identity in the chip: Microchip compressed certificates"
+chip = "tls-device-atcacert"
+cert_days = 730
+readings = [{ topic = "{root}/{room}/temperature", quantity = "temperature" }]
+qos = 1
+interval_s = 1
+[profiles.coffre.compressed]
+id_length = 8
+template_id = 2
+chain_id = 0
+"#;
+
+/// Cryptoauthlib's source distribution (the package the conformance test installs),
+/// downloaded and unpacked once: the directory holding `lib/atcacert/atcacert_def.h`.
+pub fn cryptoauthlib_sources() -> PathBuf {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware/tests/cryptoauthlib/sdist.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("sdist.sh");
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    )
+}

@@ -151,6 +151,7 @@ fn rogue_ca(broker: &Broker<'_>, site: &Site) -> Result<Intrusion> {
                 name: "Rogue Root CA".into(),
                 organization: None,
                 issuing_ca: false,
+                compressed_signer: None,
             },
             &pass,
         )?;
