@@ -1,7 +1,8 @@
 //! The CA key in a PKCS#11 token (SoftHSM2 in a temporary directory): every profile and the
 //! CRL are signed in the token and pass `openssl verify -x509_strict`, the token reports the
 //! keys sensitive and never extractable, the home holds no CA key material and no PIN, and a
-//! wrong PIN, a missing module, token or key object are clear errors that change nothing.
+//! wrong PIN, a missing module, token or key object are clear errors that change nothing, and
+//! an `init` killed after the key was made in the token completes with that key.
 
 mod common;
 
@@ -182,7 +183,15 @@ fn assert_token_keys_never_leave(hsm: &SoftHsm, home: &Home) {
         assert_eq!(usage.trim(), "Usage:      sign", "{label}");
     }
     // The token's root public key is the one the root certificate holds.
-    let der = home.work().join("root-pub.der");
+    assert_eq!(
+        token_root_public_key(hsm, home),
+        ca_public_key(home, "root")
+    );
+}
+
+/// The public key (PEM) of the root key pair in the token, as the token gives it.
+fn token_root_public_key(hsm: &SoftHsm, home: &Home) -> String {
+    let der = s(&home.work().join("root-pub.der"));
     let o = hsm.tool(&[
         "--read-object",
         "--type",
@@ -190,13 +199,10 @@ fn assert_token_keys_never_leave(hsm: &SoftHsm, home: &Home) {
         "--label",
         "provisioner-ca",
         "-o",
-        &s(&der),
+        &der,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        public_key_of(&["pkey", "-pubin", "-inform", "DER", "-in", &s(&der)]),
-        ca_public_key(home, "root"),
-    );
+    public_key_of(&["pkey", "-pubin", "-inform", "DER", "-in", &der])
 }
 
 #[test]
@@ -364,4 +370,34 @@ fn a_wrong_pin_a_missing_module_token_or_key_are_clear_errors_that_change_nothin
     // None of these changed the home: no certificate, no key file, the same CRL.
     assert_eq!(home.files(), files);
     assert_eq!(crl(), before);
+}
+
+#[test]
+fn an_init_killed_after_the_key_was_made_in_the_token_completes_with_that_key() {
+    let Some(hsm) = SoftHsm::new("bench") else {
+        return;
+    };
+    let mut home = Home::new();
+    home.env = hsm.env(TOKEN_PIN);
+    home.env
+        .push(("PROVISIONER_CRASH_AT".into(), "init-after-key".into()));
+    let mut args = vec!["init".to_string()];
+    args.extend(hsm.init_args(SOFTHSM_MODULE));
+    let crashed = home.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!crashed.status.success(), "{}", stderr(&crashed));
+    let made = hsm.private_keys();
+    assert_eq!(made.matches("Private Key Object").count(), 1, "{made}");
+    // Run again without the crash and without the flags: the recorded token and key are used.
+    home.env.pop();
+    let r = home.json(&["init"]);
+    assert_eq!(r["ca"]["created"], true);
+    assert_eq!(
+        hsm.private_keys(),
+        made,
+        "the key made before the crash is the CA's"
+    );
+    assert_eq!(
+        token_root_public_key(&hsm, &home),
+        ca_public_key(&home, "root")
+    );
 }
