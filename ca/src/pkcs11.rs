@@ -102,6 +102,18 @@ fn module(path: &Path) -> Result<Pkcs11> {
             path.display()
         )));
     }
+    {
+        use std::os::unix::fs::MetadataExt;
+        // Loading it runs its code with the CA's rights: whoever may rewrite it must not.
+        if meta.mode() & 0o022 != 0 {
+            return Err(Error::Token(format!(
+                "PKCS#11 module {} is writable by group or others (mode {:04o}): refusing to load it\n  fix: chmod go-w {}",
+                path.display(),
+                meta.mode() & 0o7777,
+                path.display()
+            )));
+        }
+    }
     let ctx = Pkcs11::new(path).map_err(|e| {
         Error::Token(format!(
             "PKCS#11 module {} cannot be loaded: {e}",
@@ -305,12 +317,14 @@ fn find_slot(ctx: &Pkcs11, label: &str, serial: Option<&str>) -> Result<(Slot, S
                 && want != s
             {
                 return Err(Error::Token(format!(
-                    "token `{label}` has serial {s}, but this home's CA key is in the token with serial {want}: insert the right token"
+                    "token `{label}` has serial {}, but this home's CA key is in the token with serial {want}: insert the right token",
+                    shown(&s)
                 )));
             }
             return Ok((slot, s));
         }
-        seen.push(l);
+        // What a token says of itself is untrusted text: escaped before it is shown.
+        seen.push(shown(&l));
     }
     Err(Error::Token(format!(
         "no token labelled `{label}` in this module (tokens present: {}); insert it, or initialise it (SoftHSM2: softhsm2-util --init-token --free --label {label})",
@@ -320,6 +334,11 @@ fn find_slot(ctx: &Pkcs11, label: &str, serial: Option<&str>) -> Result<(Slot, S
             seen.join(", ")
         }
     )))
+}
+
+/// Text from a token made printable (controls and quotes shown escaped).
+fn shown(s: &str) -> String {
+    s.chars().flat_map(char::escape_debug).collect()
 }
 
 /// `CKA_EC_POINT` holds the DER OCTET STRING of the uncompressed point (some modules give

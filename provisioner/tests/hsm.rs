@@ -212,6 +212,11 @@ fn every_profile_and_the_crl_signed_in_the_token_verify_strictly_and_the_key_nev
     };
     let (home, out) = token_home(&hsm, SOFTHSM_MODULE, true);
     assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("CA key            in token `bench`"),
+        "{said}"
+    );
     // The issuing CA, signed by the root key in the token.
     let issuing = home.path().join("ca/issuing.crt");
     let o = openssl(&[

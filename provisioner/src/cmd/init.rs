@@ -143,8 +143,20 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .ledger
         .set_meta("crl_days", &site.site.crl_days.to_string())?;
     let crl = authority.crl(false)?;
+    let key_store = match ca::keystore::KeyStore::load(&ctx.layout)? {
+        ca::keystore::KeyStore::Token(c) => Some(c),
+        ca::keystore::KeyStore::File => None,
+    };
+    let key_line = key_store.as_ref().map_or_else(String::new, |c| {
+        format!(
+            "\n  CA key            in token `{}` (serial {}), object `{}`",
+            manifests::text::escape(&c.token_label),
+            manifests::text::escape(&c.token_serial),
+            manifests::text::escape(&c.signing_key().label)
+        )
+    });
     let human = format!(
-        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: {}",
+        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}{key_line}\n  CRL number        {} (next update {})\n  next: {}",
         if report.created {
             "created"
         } else {
@@ -160,7 +172,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         server_issue_hint(&site),
     );
     ctx.print(
-        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert() }),
+        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert(), "key_store": key_store }),
         &human,
     );
     Ok(())
