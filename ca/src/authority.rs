@@ -616,7 +616,7 @@ pub fn crl_pem(der: &[u8]) -> String {
 pub struct Authority {
     /// Ledger and files.
     pub store: Store,
-    passphrase: Passphrase,
+    sealer: crate::vault::VaultSealer,
     vault: Option<crate::vault::Vault>,
     issuer: Issuer<'static, CaKey>,
     issuer_not_after: OffsetDateTime,
@@ -734,7 +734,7 @@ impl Authority {
         let store = Store::open(layout)?;
         let issuing = store.ledger.meta("issuing_serial")?.is_some();
         let der = store.issuer_der()?;
-        let key = keystore::signing_key(layout, issuing, passphrase)?;
+        let (key, sealer) = keystore::signing_key(layout, issuing, passphrase)?;
         let (_, cert) =
             x509_parser::certificate::X509Certificate::from_der(&der).map_err(|_| {
                 Error::CaUnavailable("the CA certificate in the ledger is damaged".into())
@@ -769,7 +769,7 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&der.into(), key)?;
         Ok(Authority {
             store,
-            passphrase: passphrase.clone(),
+            sealer,
             vault: None,
             issuer,
             issuer_not_after: not_after,
@@ -888,9 +888,9 @@ impl Authority {
     fn vault(&mut self) -> Result<&crate::vault::Vault> {
         if self.vault.is_none() {
             let path = self.store.layout.ca_dir().join("vault.key");
-            self.vault = Some(crate::vault::Vault::open_or_create(
+            self.vault = Some(crate::vault::Vault::open_or_create_with(
                 &path,
-                &self.passphrase,
+                &self.sealer,
             )?);
         }
         self.vault

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::keys::{self, Passphrase};
 use crate::pkcs11::{KeyRef, Token, TokenConfig, TokenKey, TokenSpec};
+use crate::vault::VaultSealer;
 
 const MAX_CONFIG: u64 = 16 * 1024;
 
@@ -19,7 +20,7 @@ pub enum KeyStore {
     /// Encrypted files under `ca/` (passphrase).
     File,
     /// A PKCS#11 token (PIN).
-    Token(TokenConfig),
+    Token(Box<TokenConfig>),
 }
 
 impl KeyStore {
@@ -41,7 +42,7 @@ impl KeyStore {
             path: path.clone(),
             reason: format!("not a key-store record: {e}"),
         })?;
-        Ok(KeyStore::Token(config))
+        Ok(KeyStore::Token(Box::new(config)))
     }
 
     /// The token's label, if the keys are in a token (what the PIN prompt names).
@@ -116,7 +117,7 @@ pub fn init_keys(
     secret: &Passphrase,
 ) -> Result<InitKeys> {
     let recorded = match KeyStore::load(layout)? {
-        KeyStore::Token(c) => Some(c),
+        KeyStore::Token(c) => Some(*c),
         KeyStore::File => None,
     };
     if recorded.is_none() && spec.is_none() {
@@ -130,6 +131,11 @@ pub fn init_keys(
         return Ok(InitKeys { root, issuing });
     }
     let (config, token) = token_config(layout, recorded, spec, issuing, secret)?;
+    if let Some(v) = &config.vault
+        && token.find_secret(v)?.is_none()
+    {
+        token.generate_secret(v)?;
+    }
     let root = token_key(&token, &config.root, &config.token_label)?;
     let issuing = match &config.issuing {
         Some(k) => Some(token_key(&token, k, &config.token_label)?),
@@ -205,8 +211,24 @@ fn token_config(
         } else {
             None
         },
+        vault: if token.can_seal() {
+            Some(key_ref(format!("{}-vault", spec.key_label))?)
+        } else {
+            tracing::warn!(
+                token = %spec.token,
+                "the token cannot make AES-GCM keys: the vault key (ca/vault.key) is sealed under the PIN instead"
+            );
+            None
+        },
     };
-    for k in std::iter::once(&config.root).chain(&config.issuing) {
+    for k in [
+        Some(&config.root),
+        config.issuing.as_ref(),
+        config.vault.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         token.check_label_free(k, &config.token_label)?;
     }
     if !save(layout, &config)? {
@@ -218,7 +240,7 @@ fn token_config(
 
 fn load_config(layout: &Layout) -> Result<TokenConfig> {
     match KeyStore::load(layout)? {
-        KeyStore::Token(c) => Ok(c),
+        KeyStore::Token(c) => Ok(*c),
         KeyStore::File => Err(Error::Generate("key-store record vanished".into())),
     }
 }
@@ -247,14 +269,21 @@ fn file_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair> {
 }
 
 /// Loads the key that signs leaves and CRLs (the issuing key if `issuing`, else the root's),
-/// with the passphrase or, in a token home, the PIN.
-pub fn signing_key(layout: &Layout, issuing: bool, secret: &Passphrase) -> Result<CaKey> {
+/// with the passphrase or, in a token home, the PIN; and what seals the vault key.
+pub fn signing_key(
+    layout: &Layout,
+    issuing: bool,
+    secret: &Passphrase,
+) -> Result<(CaKey, VaultSealer)> {
     match KeyStore::load(layout)? {
         KeyStore::Token(c) => {
             let token = Token::open(&c.module, &c.token_label, Some(&c.token_serial), secret)?;
-            Ok(CaKey::Token(
-                token.require(c.signing_key(), &c.token_label)?,
-            ))
+            let key = CaKey::Token(token.require(c.signing_key(), &c.token_label)?);
+            let sealer = match &c.vault {
+                Some(v) => VaultSealer::Token(token.require_secret(v, &c.token_label)?),
+                None => VaultSealer::Passphrase(secret.clone()),
+            };
+            Ok((key, sealer))
         }
         KeyStore::File => {
             let path = if issuing {
@@ -268,7 +297,8 @@ pub fn signing_key(layout: &Layout, issuing: bool, secret: &Passphrase) -> Resul
                     path.display()
                 )));
             }
-            Ok(CaKey::File(keys::read_encrypted(&path, secret)?))
+            let key = CaKey::File(keys::read_encrypted(&path, secret)?);
+            Ok((key, VaultSealer::Passphrase(secret.clone())))
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct TokenConfig {
     pub root: KeyRef,
     /// The issuing key, when the home has an issuing CA.
     pub issuing: Option<KeyRef>,
+    /// The AES key that seals `ca/vault.key` (None: the token cannot, the PIN seals it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<KeyRef>,
 }
 
 impl TokenConfig {
@@ -135,6 +138,8 @@ fn module(path: &Path) -> Result<Pkcs11> {
 
 /// A logged-in session with one token.
 pub struct Token {
+    ctx: Pkcs11,
+    slot: Slot,
     session: Arc<Mutex<Session>>,
     serial: String,
 }
@@ -170,6 +175,8 @@ impl Token {
             Err(e) => return Err(token_error(e, &format!("logging in to token `{label}`"))),
         }
         Ok(Token {
+            ctx,
+            slot,
             session: Arc::new(Mutex::new(session)),
             serial: found_serial,
         })
@@ -181,10 +188,7 @@ impl Token {
     }
 
     fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
-        let s = self
-            .session
-            .lock()
-            .map_err(|_| Error::Token("token session poisoned".into()))?;
+        let s = lock(&self.session)?;
         f(&s)
     }
 
@@ -218,14 +222,11 @@ impl Token {
         })
     }
 
-    /// Refuses a label already used by another key: a second CA must not adopt it.
+    /// Refuses a label already used by another object: a second CA must not adopt it.
     pub fn check_label_free(&self, key: &KeyRef, token_label: &str) -> Result<()> {
         let others = self.with_session(|s| {
-            s.find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Label(key.label.as_bytes().to_vec()),
-            ])
-            .map_err(|e| token_error(e, "searching the token"))
+            s.find_objects(&[Attribute::Label(key.label.as_bytes().to_vec())])
+                .map_err(|e| token_error(e, "searching the token"))
         })?;
         if others.is_empty() {
             return Ok(());
@@ -272,6 +273,68 @@ impl Token {
             .map_err(|e| token_error(e, "generating the CA key in the token"))
         })?;
         self.key(private, public)
+    }
+
+    /// True if the token can make AES keys and seal with AES-GCM (for the vault key).
+    pub fn can_seal(&self) -> bool {
+        use cryptoki::mechanism::MechanismType;
+        self.ctx.get_mechanism_list(self.slot).is_ok_and(|m| {
+            m.contains(&MechanismType::AES_KEY_GEN) && m.contains(&MechanismType::AES_GCM)
+        })
+    }
+
+    /// The AES key `key`, if the token holds it.
+    pub fn find_secret(&self, key: &KeyRef) -> Result<Option<TokenSecret>> {
+        let id = key_id(key)?;
+        let found = self.with_session(|s| {
+            s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)])
+                .map_err(|e| token_error(e, "searching the token"))
+        })?;
+        Ok(found.first().map(|&key| TokenSecret {
+            session: self.session.clone(),
+            key,
+        }))
+    }
+
+    /// The AES key `key`, or an error naming it and the token.
+    pub fn require_secret(&self, key: &KeyRef, token_label: &str) -> Result<TokenSecret> {
+        self.find_secret(key)?.ok_or_else(|| {
+            Error::Token(format!(
+                "token `{token_label}` holds no secret key labelled `{}` with id {}: the vault key (ca/vault.key) cannot be opened; restore the token from its backup",
+                key.label, key.id
+            ))
+        })
+    }
+
+    /// Generates an AES-256 key inside the token (permanent, sensitive, never extractable)
+    /// that only encrypts and decrypts.
+    pub fn generate_secret(&self, key: &KeyRef) -> Result<TokenSecret> {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Derive(false),
+            Attribute::Label(key.label.as_bytes().to_vec()),
+            Attribute::Id(key_id(key)?),
+        ];
+        let handle = self.with_session(|s| {
+            s.generate_key(&Mechanism::AesKeyGen, &template)
+                .map_err(|e| token_error(e, "generating the vault key in the token"))
+        })?;
+        Ok(TokenSecret {
+            session: self.session.clone(),
+            key: handle,
+        })
     }
 
     fn key(&self, private: ObjectHandle, public: ObjectHandle) -> Result<TokenKey> {
@@ -356,6 +419,62 @@ fn uncompressed_point(v: &[u8]) -> Result<Vec<u8>> {
     Ok(bare.to_vec())
 }
 
+/// The session, for one operation at a time (a PKCS#11 session is not shared between threads).
+fn lock(session: &Mutex<Session>) -> Result<std::sync::MutexGuard<'_, Session>> {
+    session
+        .lock()
+        .map_err(|_| Error::Token("token session poisoned".into()))
+}
+
+fn key_id(key: &KeyRef) -> Result<Vec<u8>> {
+    hex::decode(&key.id).map_err(|_| Error::Token(format!("key id `{}` is not hex", key.id)))
+}
+
+/// An AES-256 key held by a token, sealing small secrets with AES-GCM there.
+pub struct TokenSecret {
+    session: Arc<Mutex<Session>>,
+    key: ObjectHandle,
+}
+
+impl TokenSecret {
+    /// Encrypts `plain` bound to `aad`: `iv (12) || ciphertext || tag (16)`.
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        let mut iv = [0u8; 12];
+        getrandom::fill(&mut iv).map_err(|e| Error::Generate(format!("system RNG: {e}")))?;
+        let mut iv_param = iv;
+        let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv_param, aad, 128.into())
+            .map_err(|e| token_error(e, "AES-GCM parameters"))?;
+        let session = lock(&self.session)?;
+        let ct = session
+            .encrypt(&Mechanism::AesGcm(params), self.key, plain)
+            .map_err(|e| token_error(e, "sealing in the token"))?;
+        let mut out = iv.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Decrypts what [`TokenSecret::seal`] made with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        if sealed.len() < 12 + 16 {
+            return Err(Error::Token("sealed data too short".into()));
+        }
+        let mut iv = [0u8; 12];
+        iv.copy_from_slice(&sealed[..12]);
+        let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, aad, 128.into())
+            .map_err(|e| token_error(e, "AES-GCM parameters"))?;
+        let session = lock(&self.session)?;
+        session
+            .decrypt(&Mechanism::AesGcm(params), self.key, &sealed[12..])
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| {
+                token_error(
+                    e,
+                    "opening in the token (damaged, or sealed by another key)",
+                )
+            })
+    }
+}
+
 /// A CA key held by a token: rcgen signs certificates and CRLs through it.
 pub struct TokenKey {
     session: Arc<Mutex<Session>>,
@@ -373,10 +492,7 @@ impl TokenKey {
     /// Signs a SHA-256 digest in the token; returns the DER ECDSA signature, checked against
     /// the public key (a token that signs wrongly is caught here, not by a device).
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        let session = self
-            .session
-            .lock()
-            .map_err(|_| Error::Token("token session poisoned".into()))?;
+        let session = lock(&self.session)?;
         let rs = session
             .sign(&Mechanism::Ecdsa, self.private, digest)
             .map_err(|e| token_error(e, "signing in the token"))?;

@@ -1,6 +1,7 @@
 //! The CA key in a PKCS#11 token (SoftHSM2 in a temporary directory): every profile and the
 //! CRL are signed in the token and pass `openssl verify -x509_strict`, the token reports the
-//! keys sensitive and never extractable, the home holds no CA key material and no PIN, and a
+//! keys sensitive and never extractable (and seals the vault key), the home holds no CA key
+//! material and no PIN, and a
 //! wrong PIN, a missing module, token or key object are clear errors that change nothing, and
 //! an `init` killed after the key was made in the token completes with that key.
 
@@ -182,6 +183,27 @@ fn assert_token_keys_never_leave(hsm: &SoftHsm, home: &Home) {
             .expect("usage");
         assert_eq!(usage.trim(), "Usage:      sign", "{label}");
     }
+    // The vault key (which seals the link and write keys) is sealed by an AES key that the
+    // token keeps in the same way, not by the PIN.
+    let o = hsm.tool(&["--list-objects", "--type", "secrkey"]);
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listing.contains("label:      provisioner-ca-vault"),
+        "{listing}"
+    );
+    let access = listing
+        .lines()
+        .find(|l| l.contains("Access:"))
+        .expect("access");
+    assert!(
+        access.contains("sensitive") && access.contains("never extractable"),
+        "{access}"
+    );
+    let vault = std::fs::read_to_string(home.path().join("ca/vault.key")).expect("vault");
+    assert!(
+        vault.starts_with("-----BEGIN PROVISIONER VAULT KEY SEALED BY PKCS11-----"),
+        "{vault}"
+    );
     // The token's root public key is the one the root certificate holds.
     assert_eq!(
         token_root_public_key(hsm, home),
@@ -245,6 +267,13 @@ fn every_profile_and_the_crl_signed_in_the_token_verify_strictly_and_the_key_nev
     assert_verifies(&home, "sslclient", &gw.join("passerelle.crt"));
     home.ok(&["emit", "receiver", "recepteur", "--out", &s(&rx)]);
     assert_verifies(&home, "sslclient", &rx.join("recepteur.crt"));
+    // The link key went through the token-sealed vault from one command to the next.
+    let link = |d: &Path| std::fs::read(d.join("link.key")).expect("link key");
+    assert_eq!(
+        link(&gw),
+        link(&rx),
+        "gateway and receiver share the link key"
+    );
     // A CRL signed in the token: openssl checks its signature and honours it.
     home.ok(&["device", "revoke", "probe-1"]);
     let o = openssl(&[
