@@ -1,9 +1,9 @@
 //! The CA key in a PKCS#11 token (SoftHSM2 in a temporary directory): every profile and the
 //! CRL are signed in the token and pass `openssl verify -x509_strict`, the token reports the
 //! keys sensitive and never extractable (and seals the vault key), the home holds no CA key
-//! material and no PIN, and a
-//! wrong PIN, a missing module, token or key object are clear errors that change nothing, and
-//! an `init` killed after the key was made in the token completes with that key.
+//! material and no PIN, a wrong PIN, a missing module, token or key object are clear errors
+//! that change nothing, and an `init` killed after the key was made in the token completes
+//! with that key.
 
 mod common;
 
