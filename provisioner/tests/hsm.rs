@@ -355,6 +355,15 @@ fn a_wrong_pin_a_missing_module_token_or_key_are_clear_errors_that_change_nothin
     // A home made through the copy of the module.
     let (home, out) = token_home(&hsm, &module, true);
     assert!(out.status.success(), "{}", stderr(&out));
+    // A second home cannot adopt the key of the first one: the label is taken.
+    let (other, o) = token_home(&hsm, &module, false);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already holds a key labelled `provisioner-ca`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!other.path().join("ca/key-store.json").exists());
     let files = home.files();
     let crl = || std::fs::read(home.path().join("crl.pem")).expect("crl");
     let before = crl();
