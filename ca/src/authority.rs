@@ -652,15 +652,14 @@ impl Authority {
     }
 
     /// [`Authority::init`] with the CA keys generated in the PKCS#11 token `token` (then
-    /// `secret` is its user PIN), or as encrypted files when `None` (then it is the
-    /// passphrase). A run that was cut short is completed with the key store it recorded.
+    /// `passphrase` is its user PIN), or as encrypted files when `None`. A run that was cut
+    /// short is completed with the key store it recorded.
     pub fn init_with_key_store(
         layout: &Layout,
         opts: &InitOptions,
-        secret: &Passphrase,
+        passphrase: &Passphrase,
         token: Option<&TokenSpec>,
     ) -> Result<InitReport> {
-        let passphrase = secret;
         fsutil::private_dir(&layout.home)?;
         fsutil::private_dir(&layout.ca_dir())?;
         fsutil::private_dir(&layout.keys_dir())?;
