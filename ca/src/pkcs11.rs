@@ -194,8 +194,7 @@ impl Token {
 
     /// The key `key`, if the token holds both halves of it.
     pub fn find(&self, key: &KeyRef) -> Result<Option<TokenKey>> {
-        let id = hex::decode(&key.id)
-            .map_err(|_| Error::Token(format!("key id `{}` is not hex", key.id)))?;
+        let id = key_id(key)?;
         let (private, public) = self.with_session(|s| {
             let find = |class| {
                 s.find_objects(&[Attribute::Class(class), Attribute::Id(id.clone())])
@@ -239,8 +238,7 @@ impl Token {
 
     /// Generates a P-256 key pair inside the token: permanent, sensitive, never extractable.
     pub fn generate(&self, key: &KeyRef) -> Result<TokenKey> {
-        let id = hex::decode(&key.id)
-            .map_err(|_| Error::Token(format!("key id `{}` is not hex", key.id)))?;
+        let id = key_id(key)?;
         let label = key.label.as_bytes().to_vec();
         let public_template = [
             Attribute::Token(true),
