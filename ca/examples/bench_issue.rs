@@ -6,9 +6,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use ca::ledger::IdentityRecord;
-use ca::{Authority, InitOptions, IssueRequest, Layout, Passphrase, Profile, PublicKey, Subject};
-use p256::elliptic_curve::Generate;
+use ca::{Authority, InitOptions, Layout, Passphrase, PublicKey};
+
+mod common;
 
 fn openssl_sign_rate() -> Option<f64> {
     let out = Command::new("openssl")
@@ -47,35 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ca = Authority::open(&layout, &pass)?;
 
     eprintln!("generating {} public keys (not timed)...", n + durable_n);
-    let keys: Vec<PublicKey> = (0..n + durable_n)
-        .map(|_| {
-            let sk = p256::ecdsa::SigningKey::generate();
-            PublicKey::from_sec1(sk.verifying_key().to_sec1_point(false).as_bytes())
-                .expect("valid key")
-        })
-        .collect();
-    let request = |i: usize, key: &PublicKey| IssueRequest {
-        profile: Profile::Device,
-        subject: Subject {
-            common_name: format!("bench-{i}"),
-            organization: None,
-            dns: vec![],
-            ips: vec![],
-            serial_number: Some(format!("0123{i:010x}ee")),
-        },
-        public_key: key.clone(),
-        request_id: ca::authority::request_id(&[b"bench", &key.0]),
-        days: 825,
-        identity: Some(IdentityRecord {
-            id: format!("bench-{i}"),
-            kind: "device".into(),
-            profile: "bench".into(),
-            acl_write: vec![format!("bench/{i}/#")],
-            acl_read: vec![],
-            attrs: Default::default(),
-            status: "active".into(),
-        }),
-    };
+    let keys: Vec<PublicKey> = common::public_keys(n + durable_n);
+    let request = |i: usize, key: &PublicKey| common::device_request(b"bench", i, key);
 
     eprintln!("batched issuance of {n} certificates...");
     let t = Instant::now();

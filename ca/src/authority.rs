@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
-    RevokedCertParams, SerialNumber,
+    CertificateRevocationListParams, Issuer, KeyIdMethod, RevocationReason, RevokedCertParams,
+    SerialNumber,
 };
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -19,8 +19,10 @@ use x509_parser::prelude::FromDer;
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::fsutil;
-use crate::keys::{self, Passphrase};
+use crate::keys::Passphrase;
+use crate::keystore::{self, CaKey};
 use crate::ledger::{CertRecord, CrlRecord, IdentityRecord, Ledger};
+use crate::pkcs11::TokenSpec;
 use crate::profile::{self, Lifetime, LifetimePolicy, Profile, Subject};
 use crate::request::PublicKey;
 
@@ -62,6 +64,10 @@ impl Layout {
     /// The issuing CA key (encrypted PKCS#8).
     pub fn issuing_key(&self) -> PathBuf {
         self.ca_dir().join("issuing.key")
+    }
+    /// Where the CA keys live when they are in a PKCS#11 token (absent: key files).
+    pub fn key_store(&self) -> PathBuf {
+        self.ca_dir().join("key-store.json")
     }
     /// Trust bundle: every CA certificate, issuing first.
     pub fn ca_bundle(&self) -> PathBuf {
@@ -613,9 +619,9 @@ pub fn crl_pem(der: &[u8]) -> String {
 pub struct Authority {
     /// Ledger and files.
     pub store: Store,
-    passphrase: Passphrase,
+    sealer: crate::vault::VaultSealer,
     vault: Option<crate::vault::Vault>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
     issuer_not_after: OffsetDateTime,
     policy: LifetimePolicy,
     compressed: std::collections::BTreeMap<String, crate::certdef::DeviceForm>,
@@ -646,6 +652,18 @@ impl Authority {
         opts: &InitOptions,
         passphrase: &Passphrase,
     ) -> Result<InitReport> {
+        Authority::init_with_key_store(layout, opts, passphrase, None)
+    }
+
+    /// [`Authority::init`] with the CA keys generated in the PKCS#11 token `token` (then
+    /// `passphrase` is its user PIN), or as encrypted files when `None`. A run that was cut
+    /// short is completed with the key store it recorded.
+    pub fn init_with_key_store(
+        layout: &Layout,
+        opts: &InitOptions,
+        passphrase: &Passphrase,
+        token: Option<&TokenSpec>,
+    ) -> Result<InitReport> {
         fsutil::private_dir(&layout.home)?;
         fsutil::private_dir(&layout.ca_dir())?;
         fsutil::private_dir(&layout.keys_dir())?;
@@ -653,15 +671,16 @@ impl Authority {
         let ledger = Ledger::open(&layout.ledger())?;
         if ledger.meta("root_serial")?.is_some() {
             drop(ledger);
+            keystore::check_same_store(layout, token)?;
             let store = Store::open(layout)?;
             // Prove the passphrase opens the existing key before saying all is well.
             Authority::open(layout, passphrase)?;
             return report(&store, false);
         }
-        passphrase.check_strength()?;
         // A key left by an interrupted init is reused: the ledger commit has not happened yet,
         // so nothing was ever certified with another key.
-        let root_key = load_or_create_key(&layout.root_key(), passphrase)?;
+        let keys = keystore::init_keys(layout, token, opts.issuing_ca, passphrase)?;
+        let root_key = keys.root;
         fault::point("init-after-key");
         let t = now() - BACKDATE;
         let subject = Subject::named(&opts.name, opts.organization.clone());
@@ -672,8 +691,7 @@ impl Authority {
         let root_cert = root_params.self_signed(&root_key)?;
         let root_der = root_cert.der().to_vec();
         let mut records = vec![ca_record(&root_der, Profile::RootCa, &opts.name)?];
-        if opts.issuing_ca {
-            let issuing_key = load_or_create_key(&layout.issuing_key(), passphrase)?;
+        if let Some(issuing_key) = &keys.issuing {
             let root_issuer = Issuer::new(root_params, &root_key);
             let name = opts.name.replace("Root", "Issuing");
             let name = if name == opts.name {
@@ -699,7 +717,7 @@ impl Authority {
                     0,
                 )?,
             };
-            let cert = p.signed_by(&issuing_key, &root_issuer)?;
+            let cert = p.signed_by(issuing_key, &root_issuer)?;
             let name = crate::certdef::common_name(cert.der(), false)?;
             records.push(ca_record(cert.der(), Profile::IssuingCa, &name)?);
         }
@@ -729,27 +747,30 @@ impl Authority {
         let store = Store::open(layout)?;
         let issuing = store.ledger.meta("issuing_serial")?.is_some();
         let der = store.issuer_der()?;
-        let key_path = if issuing {
-            layout.issuing_key()
-        } else {
-            layout.root_key()
-        };
-        if !key_path.exists() {
-            return Err(Error::CaUnavailable(format!(
-                "CA key {} is missing: restore it from your backup (the ledger alone cannot sign)",
-                key_path.display()
-            )));
-        }
-        let key = keys::read_encrypted(&key_path, passphrase)?;
+        let (key, sealer) = keystore::signing_key(layout, issuing, passphrase)?;
         let (_, cert) =
             x509_parser::certificate::X509Certificate::from_der(&der).map_err(|_| {
                 Error::CaUnavailable("the CA certificate in the ledger is damaged".into())
             })?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(Error::CaUnavailable(format!(
-                "{} does not match the CA certificate in the ledger",
-                key_path.display()
-            )));
+            return Err(Error::CaUnavailable(
+                match keystore::KeyStore::load(layout)? {
+                    keystore::KeyStore::Token(c) => format!(
+                        "the key `{}` in token `{}` does not match the CA certificate in the ledger",
+                        c.signing_key().label,
+                        c.token_label
+                    ),
+                    keystore::KeyStore::File => format!(
+                        "{} does not match the CA certificate in the ledger",
+                        if issuing {
+                            layout.issuing_key()
+                        } else {
+                            layout.root_key()
+                        }
+                        .display()
+                    ),
+                },
+            ));
         }
         let not_after = cert.validity().not_after.to_datetime();
         if not_after <= now() {
@@ -761,7 +782,7 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&der.into(), key)?;
         Ok(Authority {
             store,
-            passphrase: passphrase.clone(),
+            sealer,
             vault: None,
             issuer,
             issuer_not_after: not_after,
@@ -920,9 +941,9 @@ impl Authority {
     fn vault(&mut self) -> Result<&crate::vault::Vault> {
         if self.vault.is_none() {
             let path = self.store.layout.ca_dir().join("vault.key");
-            self.vault = Some(crate::vault::Vault::open_or_create(
+            self.vault = Some(crate::vault::Vault::open_or_create_with(
                 &path,
-                &self.passphrase,
+                &self.sealer,
             )?);
         }
         self.vault
@@ -1179,7 +1200,7 @@ fn sign(
     serial: &[u8; 16],
     days: u32,
     t: OffsetDateTime,
-    issuer: &Issuer<'static, KeyPair>,
+    issuer: &Issuer<'static, CaKey>,
     issuer_not_after: OffsetDateTime,
 ) -> Result<CertRecord> {
     let not_before = t - BACKDATE;
@@ -1211,7 +1232,7 @@ fn record(
     req: &IssueRequest,
     params: rcgen::CertificateParams,
     t: OffsetDateTime,
-    issuer: &Issuer<'static, KeyPair>,
+    issuer: &Issuer<'static, CaKey>,
 ) -> Result<CertRecord> {
     let serial = params
         .serial_number
@@ -1254,19 +1275,6 @@ fn reason_code(reason: &str) -> Result<RevocationReason> {
             )));
         }
     })
-}
-
-fn load_or_create_key(path: &Path, passphrase: &Passphrase) -> Result<KeyPair> {
-    if path.exists() {
-        return keys::read_encrypted(path, passphrase);
-    }
-    let key = keys::generate()?;
-    let pem = keys::encrypt_pem(&key, passphrase)?;
-    // Created only if absent: two `init` at once end with one key, the first one written.
-    if !fsutil::write_new(path, pem.as_bytes(), 0o600)? {
-        return keys::read_encrypted(path, passphrase);
-    }
-    Ok(key)
 }
 
 fn ca_record(der: &[u8], profile: Profile, name: &str) -> Result<CertRecord> {

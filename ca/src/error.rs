@@ -71,6 +71,17 @@ pub enum Error {
         /// How long this command waited.
         seconds: u64,
     },
+    /// The PIN does not open the token.
+    #[error(
+        "wrong PIN for token `{token}`; nothing was changed (a few more wrong PINs lock the token)"
+    )]
+    WrongPin {
+        /// The token's label.
+        token: String,
+    },
+    /// The PKCS#11 module, the token or the key object is missing or unusable.
+    #[error("{0}")]
+    Token(String),
     /// Certificate or CRL generation failed.
     #[error("certificate generation failed: {0}")]
     Generate(String),

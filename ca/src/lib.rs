@@ -3,7 +3,8 @@
 //! key or a key generated here, revocation and CRLs, all recorded in a SQLite ledger.
 //!
 //! This crate never touches serial ports or radios. Keys at rest are encrypted PKCS#8 (CA)
-//! or plain PKCS#8 (daemons' keys), always 0600; see [`keys`]. Every operation is crash-safe:
+//! or plain PKCS#8 (daemons' keys), always 0600; see [`keys`]. The CA keys can instead be
+//! generated and kept in a PKCS#11 token; see [`pkcs11`] and [`keystore`]. Every operation is crash-safe:
 //! see [`authority`].
 
 pub mod authority;
@@ -14,7 +15,9 @@ pub mod error;
 pub mod fault;
 pub mod fsutil;
 pub mod keys;
+pub mod keystore;
 pub mod ledger;
+pub mod pkcs11;
 pub mod profile;
 pub mod request;
 pub mod vault;

@@ -1,7 +1,8 @@
 //! Secrets the operator must keep but that never travel in clear: per-device write keys,
 //! LoRa link keys. They are stored in the ledger encrypted with AES-256-GCM under a random
 //! vault key; the vault key itself is stored in `ca/vault.key`, encrypted like the CA key
-//! (PBES2 under the CA passphrase). Opening the CA opens the vault.
+//! (PBES2 under the CA passphrase) or, when the CA key is in a PKCS#11 token that can, sealed
+//! with AES-GCM by an AES key in that token ([`VaultSealer`]). Opening the CA opens the vault.
 
 use aes_gcm::aead::Aead;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -14,6 +15,18 @@ use crate::fsutil;
 use crate::keys::{PBKDF2_ROUNDS, Passphrase};
 
 const LABEL: &str = "PROVISIONER VAULT KEY";
+/// PEM label of a vault key sealed by a token's AES key.
+const TOKEN_LABEL: &str = "PROVISIONER VAULT KEY SEALED BY PKCS11";
+/// What a token-sealed vault key is bound to.
+const TOKEN_AAD: &[u8] = b"provisioner vault key v1";
+
+/// What protects the vault key at rest.
+pub enum VaultSealer {
+    /// PBES2 under the CA passphrase (or a token's PIN when the token cannot seal).
+    Passphrase(Passphrase),
+    /// AES-GCM by an AES key that never leaves a PKCS#11 token.
+    Token(crate::pkcs11::TokenSecret),
+}
 
 /// The opened vault key.
 pub struct Vault {
@@ -34,6 +47,47 @@ pub fn random_secret(len: usize) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 impl Vault {
+    /// Opens the vault key file with `sealer`, creating it (0600) if it does not exist yet.
+    pub fn open_or_create_with(path: &std::path::Path, sealer: &VaultSealer) -> Result<Vault> {
+        match sealer {
+            VaultSealer::Passphrase(p) => Vault::open_or_create(path, p),
+            VaultSealer::Token(t) => Vault::open_or_create_in_token(path, t),
+        }
+    }
+
+    fn open_or_create_in_token(
+        path: &std::path::Path,
+        token: &crate::pkcs11::TokenSecret,
+    ) -> Result<Vault> {
+        let bad = |reason: &str| Error::BadFile {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
+        let key = if path.exists() {
+            fsutil::check_private(path)?;
+            let text = Zeroizing::new(fsutil::read_bounded(path, 16 * 1024)?);
+            let (label, sealed) =
+                pkcs8::der::pem::decode_vec(&text).map_err(|_| bad("not a PEM file"))?;
+            if label != TOKEN_LABEL {
+                return Err(bad("not a vault key sealed by the token"));
+            }
+            let k = token.open(TOKEN_AAD, &sealed)?;
+            if k.len() != 32 {
+                return Err(bad("vault key has the wrong length"));
+            }
+            k
+        } else {
+            let k = random_secret(32)?;
+            let sealed = token.seal(TOKEN_AAD, &k)?;
+            if !write_new_pem(path, TOKEN_LABEL, &sealed)? {
+                // Another command created the vault meanwhile: use that one.
+                return Vault::open_or_create_in_token(path, token);
+            }
+            k
+        };
+        Vault::from_key(&key)
+    }
+
     /// Opens the vault key file, creating it (0600) if it does not exist yet.
     pub fn open_or_create(path: &std::path::Path, passphrase: &Passphrase) -> Result<Vault> {
         let bad = |reason: &str| Error::BadFile {
@@ -86,15 +140,17 @@ impl Vault {
                     .map_err(|e| Error::Generate(e.to_string()))?,
             };
             let der = info.to_der().map_err(|e| Error::Generate(e.to_string()))?;
-            let pem = pkcs8::der::pem::encode_string(LABEL, pkcs8::der::pem::LineEnding::LF, &der)
-                .map_err(|e| Error::Generate(e.to_string()))?;
-            if !fsutil::write_new(path, pem.as_bytes(), 0o600)? {
+            if !write_new_pem(path, LABEL, &der)? {
                 // Another command created the vault meanwhile: use that one.
                 return Vault::open_or_create(path, passphrase);
             }
             k
         };
-        let cipher = Aes256Gcm::new_from_slice(&key)
+        Vault::from_key(&key)
+    }
+
+    fn from_key(key: &[u8]) -> Result<Vault> {
+        let cipher = Aes256Gcm::new_from_slice(key)
             .map_err(|_| Error::Generate("vault key length".into()))?;
         Ok(Vault { cipher })
     }
@@ -138,6 +194,13 @@ impl Vault {
                 ))
             })
     }
+}
+
+/// Writes `der` as PEM `label` to `path` (0600) unless the file exists (then false).
+fn write_new_pem(path: &std::path::Path, label: &str, der: &[u8]) -> Result<bool> {
+    let pem = pkcs8::der::pem::encode_string(label, pkcs8::der::pem::LineEnding::LF, der)
+        .map_err(|e| Error::Generate(e.to_string()))?;
+    fsutil::write_new(path, pem.as_bytes(), 0o600)
 }
 
 fn passphrase_bytes(p: &Passphrase) -> &[u8] {

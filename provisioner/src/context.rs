@@ -8,8 +8,10 @@ use manifests::site::Site;
 
 use crate::exit::{CliError, Code, Result};
 
-/// Environment variable holding the CA passphrase.
+/// Environment variable holding the CA passphrase (or, in a token home, the token's PIN).
 pub const PASSPHRASE_ENV: &str = "PROVISIONER_PASSPHRASE";
+/// Environment variable holding the user PIN of the token that holds the CA key.
+pub const PIN_ENV: &str = "PROVISIONER_PKCS11_PIN";
 
 /// The home when neither `--home` nor `PROVISIONER_HOME` is given: an absolute path that does
 /// not depend on the working directory, `$XDG_DATA_HOME/provisioner`, else
@@ -46,7 +48,7 @@ pub struct Context {
     passphrase_file: Option<PathBuf>,
     /// JSON output requested.
     pub json: bool,
-    /// The passphrase once it opened the CA: a command that opens the CA several times (its
+    /// The passphrase (or token PIN) once it opened the CA: a command that opens the CA several times (its
     /// change, then the broker updates it publishes; `renew`) asks once.
     known_passphrase: std::sync::OnceLock<Passphrase>,
 }
@@ -62,11 +64,8 @@ impl Context {
         }
     }
 
-    /// The CA passphrase: env, file, or prompt (twice when `new`).
-    pub fn passphrase(&self, new: bool) -> Result<Passphrase> {
-        if !new && let Some(p) = self.cached_passphrase() {
-            return Ok(p);
-        }
+    /// The secret from `--passphrase-file` or the first of `envs` that is set, if any.
+    fn given_secret(&self, envs: &[&str]) -> Result<Option<Passphrase>> {
         if let Some(path) = &self.passphrase_file {
             ca::fsutil::check_private(path)?;
             let bytes = ca::fsutil::read_bounded(path, 4096)?;
@@ -76,20 +75,60 @@ impl Context {
                     format!("{}: passphrase file is not UTF-8", path.display()),
                 )
             })?;
-            return Ok(Passphrase::new(s));
+            return Ok(Some(Passphrase::new(s)));
         }
-        if let Ok(s) = std::env::var(PASSPHRASE_ENV) {
-            return Ok(Passphrase::new(s));
+        Ok(envs
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+            .map(Passphrase::new))
+    }
+
+    /// Refuses to prompt without a terminal, naming where `what` can come from.
+    fn need_terminal(what: &str, envs: &[&str]) -> Result<()> {
+        if std::io::stdin().is_terminal() {
+            return Ok(());
         }
-        if !std::io::stdin().is_terminal() {
-            return Err(CliError::new(
-                Code::Credentials,
-                "the CA passphrase is needed and there is no terminal to ask on",
-            )
-            .with_help(format!(
-                "set {PASSPHRASE_ENV} or pass --passphrase-file FILE (mode 0600)"
-            )));
+        Err(CliError::new(
+            Code::Credentials,
+            format!("the {what} is needed and there is no terminal to ask on"),
+        )
+        .with_help(format!(
+            "set {} or pass --passphrase-file FILE (mode 0600)",
+            envs.join(" or ")
+        )))
+    }
+
+    /// The user PIN of the token labelled `token`: `--passphrase-file`,
+    /// `PROVISIONER_PKCS11_PIN`, `PROVISIONER_PASSPHRASE`, or a prompt. Never an argument.
+    pub fn pin(&self, token: &str) -> Result<Passphrase> {
+        let envs = [PIN_ENV, PASSPHRASE_ENV];
+        if let Some(pin) = self.given_secret(&envs)? {
+            return Ok(pin);
         }
+        Self::need_terminal(&format!("PIN of token `{token}`"), &envs)?;
+        rpassword::prompt_password(format!("PIN of token `{token}`: "))
+            .map(Passphrase::new)
+            .map_err(|e| CliError::new(Code::Credentials, format!("cannot read the PIN: {e}")))
+    }
+
+    /// What opens this home's CA key: the token's PIN when the key is in a token, else the
+    /// passphrase.
+    pub fn ca_secret(&self) -> Result<Passphrase> {
+        if let Some(p) = self.cached_passphrase() {
+            return Ok(p);
+        }
+        match ca::keystore::KeyStore::load(&self.layout)?.token_label() {
+            Some(token) => self.pin(token),
+            None => self.passphrase(false),
+        }
+    }
+
+    /// The CA passphrase: env, file, or prompt (twice when `new`).
+    pub fn passphrase(&self, new: bool) -> Result<Passphrase> {
+        if let Some(p) = self.given_secret(&[PASSPHRASE_ENV])? {
+            return Ok(p);
+        }
+        Self::need_terminal("CA passphrase", &[PASSPHRASE_ENV])?;
         let first = rpassword::prompt_password(if new {
             "New CA passphrase: "
         } else {
@@ -158,7 +197,7 @@ impl Context {
         if !store_ok {
             self.store()?;
         }
-        let pass = self.passphrase(false)?;
+        let pass = self.ca_secret()?;
         let mut authority = Authority::open(&self.layout, &pass)?;
         let _ = self.known_passphrase.set(pass);
         // Lifetimes and renewal points from the site file (defaults without one).

@@ -72,15 +72,19 @@ impl From<ca::Error> for CliError {
         use ca::Error as E;
         let code = match &e {
             E::WrongPassphrase { .. }
+            | E::WrongPin { .. }
             | E::InsecurePermissions { .. }
             | E::WeakPassphrase { .. } => Code::Credentials,
             E::BadRequest(_) | E::BadFile { .. } => Code::Input,
-            E::CaUnavailable(_) | E::Conflict(_) => Code::State,
+            E::CaUnavailable(_) | E::Conflict(_) | E::Token(_) => Code::State,
             _ => Code::Failure,
         };
         let help = match &e {
             E::WrongPassphrase { .. } => Some(
                 "check PROVISIONER_PASSPHRASE or the --passphrase-file; the passphrase is the one given to `provisioner init`",
+            ),
+            E::WrongPin { .. } => Some(
+                "check PROVISIONER_PKCS11_PIN, PROVISIONER_PASSPHRASE or the --passphrase-file: in a home whose CA key is in a token they hold the token's user PIN",
             ),
             _ => None,
         };

@@ -72,7 +72,8 @@ pub struct Cli {
     /// [default: $XDG_DATA_HOME/provisioner, else ~/.local/share/provisioner]
     #[arg(long, env = "PROVISIONER_HOME", global = true, value_name = "DIR")]
     home: Option<std::path::PathBuf>,
-    /// Read the CA passphrase from this file (mode 0600) instead of PROVISIONER_PASSPHRASE or a prompt.
+    /// Read the CA passphrase (or, when the CA key is in a PKCS#11 token, its PIN) from this
+    /// file (mode 0600) instead of the environment or a prompt.
     #[arg(long, global = true, value_name = "FILE")]
     passphrase_file: Option<std::path::PathBuf>,
     /// Print results as JSON on stdout (logs stay on stderr).

@@ -23,6 +23,70 @@ pub struct Args {
     /// site with a compressed profile (the issuing CA is then compressible too).
     #[arg(long)]
     issuing_ca: bool,
+    /// Where the CA key is made and kept: `file` (encrypted under the passphrase, in the
+    /// home) or `pkcs11` (generated inside a PKCS#11 token and never extractable; the token's
+    /// user PIN is then asked for instead of the passphrase, from --passphrase-file,
+    /// PROVISIONER_PKCS11_PIN, PROVISIONER_PASSPHRASE or a prompt). With --issuing-ca both CA
+    /// keys go into the token.
+    #[arg(long, value_enum, default_value_t = KeyStoreKind::File)]
+    key_store: KeyStoreKind,
+    /// The token's PKCS#11 module (absolute path), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, value_name = "PATH", required_if_eq("key_store", "pkcs11"))]
+    pkcs11_module: Option<PathBuf>,
+    /// Label of the token that holds the CA key.
+    #[arg(long, value_name = "LABEL", required_if_eq("key_store", "pkcs11"))]
+    pkcs11_token: Option<String>,
+    /// Label of the CA key object in the token (the issuing key gets LABEL-issuing).
+    #[arg(long, value_name = "LABEL", default_value = "provisioner-ca")]
+    pkcs11_key_label: String,
+}
+
+/// Where `init` makes the CA key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyStoreKind {
+    /// An encrypted PKCS#8 file in the home.
+    File,
+    /// A PKCS#11 token.
+    Pkcs11,
+}
+
+impl Args {
+    /// The token the CA key goes into, if any.
+    fn token(&self) -> Result<Option<ca::pkcs11::TokenSpec>> {
+        if self.key_store == KeyStoreKind::File {
+            if self.pkcs11_module.is_some() || self.pkcs11_token.is_some() {
+                return Err(CliError::new(
+                    Code::Usage,
+                    "--pkcs11-module and --pkcs11-token need --key-store pkcs11",
+                ));
+            }
+            return Ok(None);
+        }
+        let (Some(module), Some(token)) = (self.pkcs11_module.clone(), self.pkcs11_token.clone())
+        else {
+            return Err(CliError::new(
+                Code::Usage,
+                "--key-store pkcs11 needs --pkcs11-module PATH and --pkcs11-token LABEL",
+            ));
+        };
+        Ok(Some(ca::pkcs11::TokenSpec {
+            module,
+            token,
+            key_label: self.pkcs11_key_label.clone(),
+        }))
+    }
+}
+
+/// The secret that opens (or will protect) the CA key: the token's PIN when the key is, or
+/// is to be, in a token; else the passphrase (asked twice for a new one).
+fn init_secret(ctx: &Context, token: Option<&ca::pkcs11::TokenSpec>) -> Result<ca::Passphrase> {
+    if let Some(t) = token {
+        return ctx.pin(&t.token);
+    }
+    match ca::keystore::KeyStore::load(&ctx.layout)?.token_label() {
+        Some(label) => ctx.pin(label),
+        None => ctx.passphrase(true),
+    }
 }
 
 /// Runs `init`.
@@ -65,7 +129,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             site_path.display()
         )));
     }
-    let pass = ctx.passphrase(true)?;
+    let token = args.token()?;
+    let pass = init_secret(ctx, token.as_ref())?;
     let opts = InitOptions {
         name: format!("{} Root CA", site.site.name),
         organization: site.site.organization.clone(),
@@ -75,7 +140,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             .then(|| manifests::site_compressed::parse_signer_id(site.site.signer_id.as_deref()))
             .flatten(),
     };
-    let report = Authority::init(&ctx.layout, &opts, &pass)?;
+    let report = Authority::init_with_key_store(&ctx.layout, &opts, &pass, token.as_ref())?;
     ca::fsutil::write_atomic(&site_path, text.as_bytes(), 0o600)?;
     let mut authority = Authority::open(&ctx.layout, &pass)?;
     authority
@@ -83,8 +148,20 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .ledger
         .set_meta("crl_days", &site.site.crl_days.to_string())?;
     let crl = authority.crl(false)?;
+    let key_store = match ca::keystore::KeyStore::load(&ctx.layout)? {
+        ca::keystore::KeyStore::Token(c) => Some(c),
+        ca::keystore::KeyStore::File => None,
+    };
+    let key_line = key_store.as_ref().map_or_else(String::new, |c| {
+        format!(
+            "\n  CA key            in token `{}` (serial {}), object `{}`",
+            manifests::text::escape(&c.token_label),
+            manifests::text::escape(&c.token_serial),
+            manifests::text::escape(&c.signing_key().label)
+        )
+    });
     let human = format!(
-        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: {}",
+        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}{key_line}\n  CRL number        {} (next update {})\n  next: {}",
         if report.created {
             "created"
         } else {
@@ -100,7 +177,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         server_issue_hint(&site),
     );
     ctx.print(
-        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert() }),
+        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert(), "key_store": key_store }),
         &human,
     );
     Ok(())

@@ -24,12 +24,15 @@ pub fn require(program: &str) {
 
 pub struct Home {
     pub dir: tempfile::TempDir,
+    /// Extra environment for every command (e.g. a SoftHSM2 token's configuration and PIN).
+    pub env: Vec<(String, String)>,
 }
 
 impl Home {
     pub fn new() -> Self {
         Home {
             dir: tempfile::tempdir().expect("tempdir"),
+            env: Vec::new(),
         }
     }
     pub fn path(&self) -> PathBuf {
@@ -47,6 +50,7 @@ impl Home {
             .env_remove("PROVISIONER_FAKE_NOW")
             .current_dir(self.work())
             .stdin(Stdio::null());
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
     /// Runs with the provisioner's clock at `t` (Unix seconds; `PROVISIONER_FAKE_NOW`, debug
@@ -128,6 +132,13 @@ impl Home {
         args.extend_from_slice(extra);
         self.ok(&args)
     }
+    /// `device provision --lock` of `board` as `id` with the site profile `profile`.
+    pub fn provision_locked(&self, board: &SimBoard, id: &str, profile: &str) -> String {
+        let port = board.port();
+        let mut args = vec!["device", "provision", "--port", &port, "--id", id];
+        args.extend(["--profile", profile, "--lock"]);
+        self.ok(&args)
+    }
     /// Every file under the home, relative.
     pub fn files(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -179,25 +190,23 @@ pub fn openssl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// openssl makes a P-256 key `NAME.key` and a CSR `NAME.csr` for `subject` in `dir`, with
+/// `extra` request flags (e.g. `-addext subjectAltName=...`).
+pub fn openssl_csr(dir: &Path, name: &str, subject: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let (k, c) = (key.to_string_lossy(), csr.to_string_lossy());
+    let mut args = vec!["req", "-new", "-newkey", "ec", "-pkeyopt"];
+    args.extend(["ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &k]);
+    args.extend(["-subj", subject, "-out", &c]);
+    args.extend_from_slice(extra);
+    openssl_ok(&args);
+    (key, csr)
+}
+
 pub fn openssl_client(dir: &Path, cn: &str) -> Client {
-    let key = dir.join(format!("{cn}.key"));
-    let csr = dir.join(format!("{cn}.csr"));
+    let (key, csr) = openssl_csr(dir, cn, &format!("/CN={cn}"), &[]);
     let crt = dir.join(format!("{cn}.crt"));
-    openssl_ok(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &key.to_string_lossy(),
-        "-subj",
-        &format!("/CN={cn}"),
-        "-out",
-        &csr.to_string_lossy(),
-    ]);
     Client { key, csr, crt }
 }
 
@@ -554,4 +563,122 @@ pub fn cryptoauthlib_sources() -> PathBuf {
             .unwrap_or("")
             .trim(),
     )
+}
+
+/// SoftHSM2's PKCS#11 module as Debian's `softhsm2` package installs it.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of test tokens.
+pub const TOKEN_PIN: &str = "246810";
+
+/// A SoftHSM2 token store in a temporary directory, with one initialised token.
+pub struct SoftHsm {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub label: String,
+}
+
+impl SoftHsm {
+    /// A fresh store holding the token `label` (user PIN [`TOKEN_PIN`]); `None`, saying so
+    /// on stderr, when softhsm2 is not installed (scripts/test.sh installs it).
+    pub fn new(label: &str) -> Option<SoftHsm> {
+        if !Path::new(SOFTHSM_MODULE).is_file()
+            || Command::new("softhsm2-util")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!(
+                "SKIPPED: softhsm2 is not installed ({SOFTHSM_MODULE}); scripts/test.sh installs it"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).expect("tokens");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .expect("conf");
+        let hsm = SoftHsm {
+            dir,
+            conf,
+            label: label.to_string(),
+        };
+        let o = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                TOKEN_PIN,
+                "--so-pin",
+                "97531864",
+            ])
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .output()
+            .expect("softhsm2-util");
+        assert!(
+            o.status.success(),
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(hsm)
+    }
+
+    /// The environment a command needs to reach the token, with `pin`.
+    pub fn env(&self, pin: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "SOFTHSM2_CONF".into(),
+                self.conf.to_string_lossy().into_owned(),
+            ),
+            ("PROVISIONER_PKCS11_PIN".into(), pin.into()),
+        ]
+    }
+
+    /// `init` flags that put the CA key into this token through `module`.
+    pub fn init_args(&self, module: &str) -> Vec<String> {
+        [
+            "--key-store",
+            "pkcs11",
+            "--pkcs11-module",
+            module,
+            "--pkcs11-token",
+            &self.label,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Runs OpenSC's `pkcs11-tool` logged in to the token (a test PIN in argv is fine here).
+    pub fn tool(&self, args: &[&str]) -> Output {
+        require("pkcs11-tool");
+        Command::new("pkcs11-tool")
+            .args([
+                "--module",
+                SOFTHSM_MODULE,
+                "--token-label",
+                &self.label,
+                "--login",
+                "--pin",
+                TOKEN_PIN,
+            ])
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .expect("pkcs11-tool")
+    }
+
+    /// `pkcs11-tool --list-objects --type privkey`: what the token says of its private keys.
+    pub fn private_keys(&self) -> String {
+        let o = self.tool(&["--list-objects", "--type", "privkey"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
 }
