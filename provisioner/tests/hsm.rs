@@ -268,10 +268,10 @@ fn every_profile_and_the_crl_signed_in_the_token_verify_strictly_and_the_key_nev
     home.ok(&["emit", "receiver", "recepteur", "--out", &s(&rx)]);
     assert_verifies(&home, "sslclient", &rx.join("recepteur.crt"));
     // The link key went through the token-sealed vault from one command to the next.
-    let link = |d: &Path| std::fs::read(d.join("link.key")).expect("link key");
+    let link = |f: PathBuf| std::fs::read(f).expect("link key");
     assert_eq!(
-        link(&gw),
-        link(&rx),
+        link(gw.join("link.key")),
+        link(rx.join("link-passerelle-1.key")),
         "gateway and receiver share the link key"
     );
     // A CRL signed in the token: openssl checks its signature and honours it.
