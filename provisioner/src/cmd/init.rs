@@ -12,7 +12,7 @@ use crate::exit::{CliError, Code, Result};
 /// Arguments of `init`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Running it again on an initialised home changes nothing and prints the CA's fingerprint."
+    after_help = "Running it again on an initialised home changes nothing and prints the CA's fingerprint.\n\nThe ledger is ledger.sqlite in the home unless --ledger names a PostgreSQL database (several bench stations sharing one ledger: see the README)."
 )]
 pub struct Args {
     /// Site file (TOML) describing the broker, topics and device profiles. Default: the
@@ -22,6 +22,8 @@ pub struct Args {
     /// Also create an issuing CA under the root; leaves are then signed by it.
     #[arg(long)]
     issuing_ca: bool,
+    #[command(flatten)]
+    ledger: crate::cmd::shared_ledger::LedgerArgs,
 }
 
 /// Runs `init`.
@@ -64,6 +66,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             site_path.display()
         )));
     }
+    let joined = crate::cmd::shared_ledger::choose(ctx, &args.ledger)?;
     let pass = ctx.passphrase(true)?;
     let opts = InitOptions {
         name: format!("{} Root CA", site.site.name),
@@ -78,8 +81,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         .ledger
         .set_meta("crl_days", &site.site.crl_days.to_string())?;
     let crl = authority.crl(false)?;
+    let ledger = authority.store.ledger.name().display().to_string();
     let human = format!(
-        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: {}",
+        "{}{} CA `{}` in {}\n  ledger            {ledger}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}\n  CRL number        {} (next update {})\n  next: {}",
+        joined.map(|j| format!("{j}\n")).unwrap_or_default(),
         if report.created {
             "created"
         } else {
@@ -95,7 +100,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         server_issue_hint(&site),
     );
     ctx.print(
-        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert() }),
+        &json!({ "home": ctx.layout.home, "ledger": ledger, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert() }),
         &human,
     );
     Ok(())

@@ -11,6 +11,7 @@ pub mod emit;
 pub mod init;
 pub mod provision;
 pub mod server;
+pub mod shared_ledger;
 pub mod site;
 
 /// The human lines for CRL targets the ledger named but that were refused (empty if none).

@@ -45,6 +45,8 @@ impl Home {
             .env("PROVISIONER_PASSPHRASE", PASSPHRASE)
             .env_remove("PROVISIONER_CRASH_AT")
             .env_remove("PROVISIONER_FAKE_NOW")
+            .env_remove("PROVISIONER_LEDGER_PASSWORD")
+            .env_remove("PGPASSWORD")
             .current_dir(self.work())
             .stdin(Stdio::null());
         c
@@ -415,4 +417,39 @@ pub fn home_with_site(port: u16) -> Home {
     home.ok(&["init", "--site", &site.to_string_lossy()]);
     home.ok(&["server", "issue"]);
     home
+}
+
+/// A bench station: a home whose ledger is the PostgreSQL database `db` of `pg` (password
+/// from the server's 0600 file), with the test site for a broker on `port`. The first station
+/// creates the CA there; a later one (`first` given) joins it with the first one's CA key
+/// copied in, as the README says.
+pub fn pg_station(pg: &test_postgres::PgServer, db: &str, port: u16, first: Option<&Home>) -> Home {
+    let home = Home::new();
+    let site = home.work().join("site.toml");
+    std::fs::write(&site, site_text(port)).expect("site");
+    if let Some(first) = first {
+        let key = home.path().join("ca/root.key");
+        std::fs::create_dir_all(key.parent().expect("ca dir")).expect("ca dir");
+        std::fs::copy(first.path().join("ca/root.key"), &key).expect("copy the CA key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    home.ok(&pg_init_args(pg, db, &site)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    home
+}
+
+/// `init --site SITE --ledger URL --ledger-password-file FILE` for `db` of `pg`.
+pub fn pg_init_args(pg: &test_postgres::PgServer, db: &str, site: &Path) -> Vec<String> {
+    vec![
+        "init".into(),
+        "--site".into(),
+        site.to_string_lossy().into_owned(),
+        "--ledger".into(),
+        pg.url(db),
+        "--ledger-password-file".into(),
+        pg.password_file().to_string_lossy().into_owned(),
+    ]
 }
