@@ -131,8 +131,16 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
         "one CA for every station: {fingerprints:?}"
     );
 
-    // The broker runs from the last station's configuration before any device exists.
+    // The broker runs from the last station's configuration before any device exists. Its
+    // key was made where `server issue` ran (the first station): the ledger holds
+    // certificates, not host-made keys, so a station emitting the broker holds a copy.
     let last = stations[STATIONS.len() - 1];
+    let key = last.path().join("keys/broker.key");
+    std::fs::copy(first.path().join("keys/broker.key"), &key).expect("copy the broker key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     let monitor = last.client("monitor", &["--subscribe", "maison/#"]);
     let broker_dir = last.work().join("broker");
     last.emit_broker(&broker_dir, None, &[]);
