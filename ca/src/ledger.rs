@@ -1075,4 +1075,113 @@ mod tests {
         .expect("no server");
         assert!(matches!(e, Error::Ledger { .. }), "{e}");
     }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 signed by it (openssl's CLI), in `dir`.
+    fn server_pki(dir: &Path, ca: &str) {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj", "/CN=ledger test CA"];
+        a.extend(ec);
+        a.extend(["-keyout", "ca.key", "-out", ca]);
+        a.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        a.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(dir, &a);
+        let mut r = vec![
+            "req",
+            "-new",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+        ];
+        r.extend(ec);
+        r.extend(["-out", "server.csr"]);
+        openssl(dir, &r);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                ca,
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.crt",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_tls_ledger_verifies_the_server_against_the_ca_file_and_refuses_another() {
+        let dir = tempfile::tempdir().expect("tmp");
+        server_pki(dir.path(), "ca.crt");
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).expect("dir");
+        server_pki(&other, "ca.crt");
+        let pg = test_postgres::PgServer::start_with(&test_postgres::Options {
+            durable: false,
+            tls: Some((dir.path().join("server.crt"), dir.path().join("server.key"))),
+        });
+        pg.create_database("ledger");
+        let with_ca = |ca: PathBuf| {
+            crate::pgledger::PgLedger::new(
+                &pg.url("ledger"),
+                Some(pg.password_file()),
+                Some(ca),
+                false,
+            )
+            .expect("settings")
+            .open()
+        };
+        let ledger = with_ca(dir.path().join("ca.crt")).expect("TLS to the verified server");
+        let ssl = ledger
+            .conn
+            .query_opt(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+                |r| r.get::<bool>(0),
+            )
+            .expect("pg_stat_ssl");
+        assert_eq!(ssl, Some(true), "the session is not TLS");
+        ledger.set_meta("over", "tls").expect("write over TLS");
+        let e = with_ca(other.join("ca.crt"))
+            .err()
+            .expect("another CA is refused");
+        let text = e.to_string();
+        assert!(
+            text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"),
+            "{text}"
+        );
+    }
 }
