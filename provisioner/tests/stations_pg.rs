@@ -340,3 +340,75 @@ fn a_station_killed_mid_issuance_and_run_again_has_one_certificate_per_request_o
         );
     }
 }
+
+#[test]
+fn the_ledger_password_comes_from_a_file_or_the_environment_never_the_url() {
+    let pg = PgServer::start();
+    pg.create_database("env");
+    let home = Home::new();
+    let site = home.work().join("site.toml");
+    std::fs::write(&site, site_text(free_port())).expect("site");
+    let site = site.to_string_lossy().into_owned();
+    let in_url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/env",
+        test_postgres::USER,
+        pg.password(),
+        pg.port()
+    );
+    let out = home.run(&["init", "--site", &site, "--ledger", &in_url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds a password"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(pg.password()),
+        "the password was echoed: {err}"
+    );
+    // Plain text to another machine is refused before anything is sent.
+    let remote = home.run(&[
+        "init",
+        "--site",
+        &site,
+        "--ledger",
+        "postgres://ca@192.0.2.1/env",
+    ]);
+    let err = String::from_utf8_lossy(&remote.stderr);
+    assert!(
+        !remote.status.success() && err.contains("refusing a plaintext connection to 192.0.2.1"),
+        "{err}"
+    );
+    // Without a password the server refuses, clearly; nothing is recorded.
+    let url = pg.url("env");
+    let none = home.run(&["init", "--site", &site, "--ledger", &url]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success() && err.contains("password"), "{err}");
+    assert!(!home.path().join("ledger.toml").exists());
+    // From the environment: it works, and the home stores neither the password nor a file.
+    let ok = home
+        .cmd(&["--json", "init", "--site", &site, "--ledger", &url])
+        .env("PROVISIONER_LEDGER_PASSWORD", pg.password())
+        .output()
+        .expect("init");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let stored = std::fs::read_to_string(home.path().join("ledger.toml")).expect("ledger.toml");
+    assert!(
+        stored.contains(&url) && !stored.contains(pg.password()),
+        "{stored}"
+    );
+    assert!(!home.path().join("ledger.sqlite").exists());
+    let listed = home
+        .cmd(&["device", "list"])
+        .env("PGPASSWORD", pg.password())
+        .output()
+        .expect("list");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+}
