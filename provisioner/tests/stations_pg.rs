@@ -50,26 +50,8 @@ fn devices_heard(
     monitor: &Client,
     expected: &BTreeSet<String>,
 ) -> BTreeSet<String> {
-    let mut sub = std::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            "maison/#",
-            "-W",
-            "120",
-        ])
-        .arg("--cafile")
-        .arg(ca)
-        .arg("--cert")
-        .arg(&monitor.crt)
-        .arg("--key")
-        .arg(&monitor.key)
-        .stdout(Stdio::piped())
+    let mut sub = mosquitto_sub(port, ca, monitor, "maison/#")
+        .args(["-W", "120"])
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto_sub");

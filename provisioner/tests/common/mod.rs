@@ -277,33 +277,36 @@ pub fn publish(port: u16, cafile: &Path, c: &Client, topic: &str, msg: &str) -> 
         .expect("mosquitto_pub")
 }
 
+/// mosquitto_sub on `filter` with a client certificate, QoS 1, printing payloads; add flags
+/// and spawn.
+pub fn mosquitto_sub(port: u16, cafile: &Path, c: &Client, filter: &str) -> Command {
+    require("mosquitto_sub");
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        filter,
+    ])
+    .arg("--cafile")
+    .arg(cafile)
+    .arg("--cert")
+    .arg(&c.crt)
+    .arg("--key")
+    .arg(&c.key)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
 /// Starts mosquitto_sub for one message on `filter`, with a timeout in seconds.
 pub fn subscribe_one(port: u16, cafile: &Path, c: &Client, filter: &str, timeout_s: u32) -> Child {
-    require("mosquitto_sub");
-    Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-v",
-            "-W",
-            &timeout_s.to_string(),
-            "-t",
-            filter,
-        ])
-        .arg("--cafile")
-        .arg(cafile)
-        .arg("--cert")
-        .arg(&c.crt)
-        .arg("--key")
-        .arg(&c.key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    mosquitto_sub(port, cafile, c, filter)
+        .args(["-C", "1", "-v", "-W", &timeout_s.to_string()])
         .spawn()
         .expect("mosquitto_sub")
 }
