@@ -158,8 +158,11 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let done = v["boards"].as_array().expect("boards");
         assert_eq!(done.len(), BOARDS, "station {tag}: {v}");
+        // "verified": a run cut short by line noise was run again and found the board done.
         assert!(
-            done.iter().all(|b| b["result"]["status"] == "provisioned"),
+            done.iter().all(|b| b["ok"] == true
+                && ["provisioned", "verified"]
+                    .contains(&b["result"]["status"].as_str().unwrap_or(""))),
             "station {tag}: {v}"
         );
     }
