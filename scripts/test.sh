@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-need_packages mosquitto mosquitto-clients openssl gcc-aarch64-linux-gnu libc6-dev-arm64-cross python3-venv softhsm2 opensc
+need_packages mosquitto mosquitto-clients openssl postgresql gcc-aarch64-linux-gnu libc6-dev-arm64-cross python3-venv softhsm2 opensc
 
 echo "== fmt"; cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings

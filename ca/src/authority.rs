@@ -22,6 +22,7 @@ use crate::fsutil;
 use crate::keys::Passphrase;
 use crate::keystore::{self, CaKey};
 use crate::ledger::{CertRecord, CrlRecord, IdentityRecord, Ledger};
+use crate::pgledger::Location;
 use crate::pkcs11::TokenSpec;
 use crate::profile::{self, Lifetime, LifetimePolicy, Profile, Subject};
 use crate::request::PublicKey;
@@ -76,6 +77,10 @@ impl Layout {
     /// The SQLite ledger.
     pub fn ledger(&self) -> PathBuf {
         self.home.join("ledger.sqlite")
+    }
+    /// Where a home whose ledger is on PostgreSQL says so (see [`crate::pgledger`]).
+    pub fn ledger_config(&self) -> PathBuf {
+        self.home.join(crate::pgledger::CONFIG_FILE)
     }
     /// Host-generated leaf keys (0600).
     pub fn keys_dir(&self) -> PathBuf {
@@ -392,13 +397,13 @@ pub struct Store {
 impl Store {
     /// Opens an initialised home.
     pub fn open(layout: &Layout) -> Result<Store> {
-        if !layout.ledger().exists() {
+        if !Location::configured(layout) {
             return Err(Error::CaUnavailable(format!(
                 "no CA in {}: run `provisioner init` first (or set --home / PROVISIONER_HOME)",
                 layout.home.display()
             )));
         }
-        let ledger = Ledger::open(&layout.ledger())?;
+        let ledger = Location::of_home(layout)?.open()?;
         if ledger.meta("root_serial")?.is_none() {
             return Err(Error::CaUnavailable(format!(
                 "the CA in {} was never completed: run `provisioner init` again",
@@ -668,7 +673,7 @@ impl Authority {
         fsutil::private_dir(&layout.ca_dir())?;
         fsutil::private_dir(&layout.keys_dir())?;
         fsutil::remove_stale_temps(&layout.ca_dir())?;
-        let ledger = Ledger::open(&layout.ledger())?;
+        let ledger = Location::of_home(layout)?.open()?;
         if ledger.meta("root_serial")?.is_some() {
             drop(ledger);
             keystore::check_same_store(layout, token)?;

@@ -53,13 +53,13 @@ pub enum Error {
     /// A state conflict (already exists, not found, already revoked...).
     #[error("{0}")]
     Conflict(String),
-    /// A ledger (SQLite) error.
+    /// A ledger (SQLite or PostgreSQL) error.
     #[error("ledger {path}: {source}")]
     Ledger {
-        /// The ledger file.
+        /// The ledger file, or the PostgreSQL URL (without password).
         path: PathBuf,
         /// The cause.
-        source: rusqlite::Error,
+        source: crate::db::DbError,
     },
     /// Another command held the ledger's write lock for too long.
     #[error(

@@ -193,7 +193,7 @@ impl Context {
 
     /// Opens the CA with its signing key.
     pub fn authority(&self) -> Result<Authority> {
-        let store_ok = self.layout.ledger().exists();
+        let store_ok = ca::pgledger::Location::configured(&self.layout);
         if !store_ok {
             self.store()?;
         }

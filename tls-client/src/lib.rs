@@ -271,6 +271,23 @@ impl ClientSetup {
     }
 }
 
+/// A configuration without client certificate, for a server that authenticates its clients
+/// otherwise (the shared PostgreSQL ledger, by password): the server is verified against
+/// `trust` as everywhere else (for the host connected to, or `server_name`), TLS 1.2 or 1.3 on
+/// ring.
+pub fn server_verified_config(
+    trust: &Trust,
+    server_name: Option<&str>,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let roots = Arc::new(trust.root_store()?);
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+    Ok(Arc::new(
+        verified_by(builder, roots, server_name)?.with_no_client_auth(),
+    ))
+}
+
 /// The server verifier: full WebPKI against `roots`, for the host connected to or, when
 /// `server_name` is given, for that name.
 fn verified_by(

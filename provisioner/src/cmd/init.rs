@@ -12,7 +12,7 @@ use crate::exit::{CliError, Code, Result};
 /// Arguments of `init`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Running it again on an initialised home changes nothing and prints the CA's fingerprint."
+    after_help = "Running it again on an initialised home changes nothing and prints the CA's fingerprint.\n\nThe ledger is ledger.sqlite in the home unless --ledger names a PostgreSQL database (several bench stations sharing one ledger: see the README)."
 )]
 pub struct Args {
     /// Site file (TOML) describing the broker, topics and device profiles. Default: the
@@ -23,6 +23,8 @@ pub struct Args {
     /// site with a compressed profile (the issuing CA is then compressible too).
     #[arg(long)]
     issuing_ca: bool,
+    #[command(flatten)]
+    ledger: crate::cmd::shared_ledger::LedgerArgs,
     /// Where the CA key is made and kept: `file` (encrypted under the passphrase, in the
     /// home) or `pkcs11` (generated inside a PKCS#11 token and never extractable; the token's
     /// user PIN is then asked for instead of the passphrase, from --passphrase-file,
@@ -129,6 +131,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             site_path.display()
         )));
     }
+    let joined = crate::cmd::shared_ledger::choose(ctx, &args.ledger)?;
     let token = args.token()?;
     let pass = init_secret(ctx, token.as_ref())?;
     let opts = InitOptions {
@@ -160,8 +163,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             manifests::text::escape(&c.signing_key().label)
         )
     });
+    let ledger = authority.store.ledger.name().display().to_string();
     let human = format!(
-        "{} CA `{}` in {}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}{key_line}\n  CRL number        {} (next update {})\n  next: {}",
+        "{}{} CA `{}` in {}\n  ledger            {ledger}\n  root serial       {}\n  root fingerprint  SHA256 {}\n  valid until       {}{key_line}\n  CRL number        {} (next update {})\n  next: {}",
+        joined.map(|j| format!("{j}\n")).unwrap_or_default(),
         if report.created {
             "created"
         } else {
@@ -177,7 +182,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         server_issue_hint(&site),
     );
     ctx.print(
-        &json!({ "home": ctx.layout.home, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert(), "key_store": key_store }),
+        &json!({ "home": ctx.layout.home, "ledger": ledger, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert(), "key_store": key_store }),
         &human,
     );
     Ok(())

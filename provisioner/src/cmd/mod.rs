@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod provision;
 pub mod renew;
 pub mod server;
+pub mod shared_ledger;
 pub mod site;
 
 /// The human lines for CRL targets the ledger named but that were refused (empty if none).

@@ -48,6 +48,8 @@ impl Home {
             .env("PROVISIONER_PASSPHRASE", PASSPHRASE)
             .env_remove("PROVISIONER_CRASH_AT")
             .env_remove("PROVISIONER_FAKE_NOW")
+            .env_remove("PROVISIONER_LEDGER_PASSWORD")
+            .env_remove("PGPASSWORD")
             .current_dir(self.work())
             .stdin(Stdio::null());
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -315,33 +317,36 @@ pub fn publish_with(port: u16, cafile: &Path, c: &Client, args: &[&str]) -> Outp
         .expect("mosquitto_pub")
 }
 
+/// mosquitto_sub on `filter` with a client certificate, QoS 1, printing payloads; add flags
+/// and spawn.
+pub fn mosquitto_sub(port: u16, cafile: &Path, c: &Client, filter: &str) -> Command {
+    require("mosquitto_sub");
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        filter,
+    ])
+    .arg("--cafile")
+    .arg(cafile)
+    .arg("--cert")
+    .arg(&c.crt)
+    .arg("--key")
+    .arg(&c.key)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
 /// Starts mosquitto_sub for one message on `filter`, with a timeout in seconds.
 pub fn subscribe_one(port: u16, cafile: &Path, c: &Client, filter: &str, timeout_s: u32) -> Child {
-    require("mosquitto_sub");
-    Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-v",
-            "-W",
-            &timeout_s.to_string(),
-            "-t",
-            filter,
-        ])
-        .arg("--cafile")
-        .arg(cafile)
-        .arg("--cert")
-        .arg(&c.crt)
-        .arg("--key")
-        .arg(&c.key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    mosquitto_sub(port, cafile, c, filter)
+        .args(["-C", "1", "-v", "-W", &timeout_s.to_string()])
         .spawn()
         .expect("mosquitto_sub")
 }
@@ -681,4 +686,39 @@ impl SoftHsm {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
+}
+
+/// A bench station: a home whose ledger is the PostgreSQL database `db` of `pg` (password
+/// from the server's 0600 file), with the test site for a broker on `port`. The first station
+/// creates the CA there; a later one (`first` given) joins it with the first one's CA key
+/// copied in, as the README says.
+pub fn pg_station(pg: &test_postgres::PgServer, db: &str, port: u16, first: Option<&Home>) -> Home {
+    let home = Home::new();
+    let site = home.work().join("site.toml");
+    std::fs::write(&site, site_text(port)).expect("site");
+    if let Some(first) = first {
+        let key = home.path().join("ca/root.key");
+        std::fs::create_dir_all(key.parent().expect("ca dir")).expect("ca dir");
+        std::fs::copy(first.path().join("ca/root.key"), &key).expect("copy the CA key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    home.ok(&pg_init_args(pg, db, &site)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    home
+}
+
+/// `init --site SITE --ledger URL --ledger-password-file FILE` for `db` of `pg`.
+pub fn pg_init_args(pg: &test_postgres::PgServer, db: &str, site: &Path) -> Vec<String> {
+    vec![
+        "init".into(),
+        "--site".into(),
+        site.to_string_lossy().into_owned(),
+        "--ledger".into(),
+        pg.url(db),
+        "--ledger-password-file".into(),
+        pg.password_file().to_string_lossy().into_owned(),
+    ]
 }
