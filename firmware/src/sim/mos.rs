@@ -48,6 +48,12 @@
 //!   `atcab_write_zone` gives.
 //! - `Config.Save` with `reboot` on an ESP8266 whose strapping pins still select the boot
 //!   loader answers 418 (`esp_strapping_to_bootloader`); the twin's pins never do.
+//! - The twin never sends XOFF: it reads its UART as fast as the wire delivers and never
+//!   falls behind, where the firmware (`esp_uart.c`, `rpc.uart.fc_type` 2) sends XOFF when
+//!   its receive buffer is full and XON once it drained; hosts that follow XON/XOFF (the
+//!   provisioner, `mos --rpc-uart-no-delay`) see no difference on an idle board.
+//! - Chip commands are polled for as cryptoauthlib 3 does (1 ms, then every 2 ms), but the
+//!   I2C transfers and the wake pulse take no time.
 //! - `mac` is derived from the chip's serial number (5C:CF:7F and its bytes 5..8), so the
 //!   default `device.id` `esp8266_??????` becomes `esp8266_` and those three bytes in hex.
 //!
@@ -75,7 +81,7 @@ use super::bus::{EmulatedBus, SharedChip};
 use super::mos_config::{self as conf, USER_LEVEL};
 use super::mqtt::Provisioned;
 use super::pty::Pty;
-use super::serial::{BoardEvents, LineNoise, SharedStore};
+use super::serial::{BoardEvents, LineNoise, READ_BURST, SharedStore, burst_schedule};
 use crate::chip::{Atecc, ChipError, MAX_RESPONSE};
 use crate::crc::crc32;
 use crate::pacing::Pacer;
@@ -1258,11 +1264,13 @@ impl MosLoop {
         let mut master = pty.master();
         // Since when the host has not taken our bytes: past TX_STALL they are dropped at once.
         let mut stalled: Option<Instant> = None;
+        let baud = self.baud;
         let mut send =
             |bytes: &[u8], tx: &mut Pacer, noise: &mut LineNoise| -> std::io::Result<()> {
-                for chunk in bytes.chunks(16) {
-                    sleep_until(tx.schedule(ns(Instant::now()), chunk.len() as u64));
-                    let wire: Vec<u8> = chunk.iter().filter_map(|&b| noise.pass(b)).collect();
+                for (piece, at) in burst_schedule(tx, baud, ns(Instant::now()), bytes.len()) {
+                    sleep_until(at);
+                    let wire: Vec<u8> =
+                        bytes[piece].iter().filter_map(|&b| noise.pass(b)).collect();
                     let mut at = 0;
                     while at < wire.len() {
                         match master.write(&wire[at..]) {
@@ -1295,7 +1303,7 @@ impl MosLoop {
         }
         let mut channel = UartChannel::default();
         let mut last_chatter = Instant::now();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; READ_BURST];
         let mut input = pty.master();
         while !self.stop.load(Ordering::SeqCst) {
             if board.reboot_due() {

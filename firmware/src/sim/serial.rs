@@ -13,7 +13,7 @@ use super::bus::SharedChip;
 use super::persist::FilePersist;
 use super::pty::Pty;
 use crate::bridge::{Bridge, Reply};
-use crate::pacing::Pacer;
+use crate::pacing::{Pacer, wire_time_ns};
 use crate::store::Store;
 
 /// The store shared by the bridge and the application.
@@ -97,6 +97,31 @@ impl LineNoise {
     }
 }
 
+/// Bytes the board's UART driver hands over per read: a burst is paced as one, so a late
+/// wake-up of the simulator costs it once per burst, not once per few bytes.
+pub const READ_BURST: usize = 512;
+
+/// Schedules a burst of `len` bytes handed to the UART at `now_ns`: the 16-byte pieces it is
+/// written in and, for each, when it has left the wire. A UART sends a burst back to back, so
+/// every piece's time counts from the burst's start: a late wake-up of the simulator delays
+/// one piece, it does not slow the wire down.
+pub fn burst_schedule(
+    tx: &mut Pacer,
+    baud: u32,
+    now_ns: u64,
+    len: usize,
+) -> Vec<(std::ops::Range<usize>, u64)> {
+    let end = tx.schedule(now_ns, len as u64);
+    let start = end.saturating_sub(wire_time_ns(len as u64, baud));
+    (0..len)
+        .step_by(16)
+        .map(|at| {
+            let to = (at + 16).min(len);
+            (at..to, start + wire_time_ns(to as u64, baud))
+        })
+        .collect()
+}
+
 impl SerialLoop {
     /// Runs until stopped or the pty fails.
     pub fn run(self, pty: &Pty, events: &dyn BoardEvents) -> std::io::Result<()> {
@@ -113,7 +138,7 @@ impl SerialLoop {
         let mut bridge = Bridge::new();
         let mut reply = Reply::new();
         let mut master = pty.master();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; READ_BURST];
         let trace = std::env::var_os("SENSOR_SIM_TRACE").is_some();
         let mut traced: Vec<u8> = Vec::new();
         let mut noise = self.noise.clone();
@@ -162,9 +187,13 @@ impl SerialLoop {
                 }
                 self.last_line_ms
                     .store(super::now_ms().max(1), Ordering::SeqCst);
-                for chunk in reply.as_bytes().chunks(16) {
-                    sleep_until(tx.schedule(ns(Instant::now()), chunk.len() as u64));
-                    let noisy: Vec<u8> = chunk.iter().filter_map(|&b| noise.pass(b)).collect();
+                let bytes = reply.as_bytes();
+                for (piece, at) in
+                    burst_schedule(&mut tx, self.baud, ns(Instant::now()), bytes.len())
+                {
+                    sleep_until(at);
+                    let noisy: Vec<u8> =
+                        bytes[piece].iter().filter_map(|&b| noise.pass(b)).collect();
                     master.write_all(&noisy)?;
                 }
                 if let Some(name) = outcome.changed() {

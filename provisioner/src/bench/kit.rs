@@ -80,7 +80,8 @@ pub struct LinkStats {
     pub retries: u64,
     /// Chip commands sent.
     pub chip_commands: u64,
-    /// Sum of the datasheet's typical execution times of those commands, in microseconds.
+    /// Sum of the datasheet's typical execution times of those commands, in microseconds (on
+    /// Mongoose OS, as its cryptoauthlib polls for them: [`super::mos::polled_us`]).
     pub chip_typical_us: u64,
 }
 

@@ -3,9 +3,18 @@
 //! Frames are JSON objects between delimiters: a newline (the current format) or three double
 //! quotes (the legacy format, which we send, as `mos` does: `\n"""{json}crc"""\n`). After the
 //! last `}` comes comma-separated metadata whose first field is the CRC-32 (zlib) of the JSON
-//! bytes, 8 lowercase hex digits. Before each frame the host asks "ready?" with a frame holding
-//! only 0x04 and waits for the same frame back (the board has no hardware flow control at
-//! 115200 and may be busy logging). Everything else on the UART is the board's log: skipped.
+//! bytes, 8 lowercase hex digits. Before the first frame the host asks "ready?" with a frame
+//! holding only 0x04 and waits for the same frame back. Everything else on the UART is the
+//! board's log: skipped.
+//!
+//! Writes follow the board's flow control: the firmware's RPC UART uses XON/XOFF
+//! (`rpc.uart.fc_type` 2, rpc-uart `mos.yml`), sending XOFF when its receive buffer is full and
+//! XON once it drained (`esp_uart.c`), so frames go out whole, in pieces of one RX FIFO
+//! (128 bytes) each drained before the next, held while the board said XOFF: what
+//! `mos --rpc-uart-no-delay` does (mos `common/mgrpc/codec/serial.go`: one handshake, then
+//! `connWriteWithFC`). After the line lost an exchange the link falls back to mos's default for
+//! the rest of its life: the ready handshake before every frame and 16-byte chunks 5 ms apart,
+//! which a board that fell behind can keep up with.
 //!
 //! Every byte from the port is hostile: buffers are bounded, frames with a wrong CRC are
 //! dropped and counted, replies to other requests are ignored, and a silent board gives a
@@ -32,6 +41,18 @@ const MAX_INCOMING: usize = 64 * 1024;
 const EOF: u8 = 0x04;
 /// How often the ready question is repeated, as `mos` does.
 const READY_EVERY: Duration = Duration::from_millis(200);
+/// XON and XOFF (mos `serial.go` `xonChar`/`xoffChar`, mgos_uart.h): never in JSON text.
+const XON: u8 = 0x11;
+/// See [`XON`].
+const XOFF: u8 = 0x13;
+/// Bytes written and drained at a time while following XON/XOFF: the ESP8266's RX FIFO holds
+/// 128 bytes, so a piece still on the wire when the board says XOFF fits in it.
+const FC_PIECE: usize = 128;
+/// mos's default pacing (`serial.go` with `SendChunkSize` 16, `SendChunkDelay` 5 ms), used
+/// once the line lost an exchange.
+const SLOW_CHUNK: usize = 16;
+/// See [`SLOW_CHUNK`].
+const SLOW_GAP: Duration = Duration::from_millis(5);
 /// Raw bytes per `FS.Put` call: base64 makes 1024 of them 1368 characters, well inside a frame.
 pub const PUT_CHUNK: usize = 1024;
 /// Bytes asked per `FS.Get` call.
@@ -91,6 +112,8 @@ pub struct Decoder {
     limit: usize,
     /// Dropping the rest of an oversized token, up to the next delimiter.
     skipping: bool,
+    /// The last flow-control byte from the board was XOFF: hold writes until XON.
+    pub xoff: bool,
 }
 
 impl Default for Decoder {
@@ -112,6 +135,7 @@ impl Decoder {
             buf: Vec::new(),
             limit,
             skipping: false,
+            xoff: false,
         }
     }
 
@@ -119,7 +143,8 @@ impl Decoder {
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Token>) {
         for &b in data {
             // XON/XOFF flow control bytes are not data (the board's UART uses fc_type 2).
-            if b == 0x11 || b == 0x13 {
+            if b == XON || b == XOFF {
+                self.xoff = b == XOFF;
                 continue;
             }
             self.buf.push(b);
@@ -247,23 +272,30 @@ pub struct MosStats {
     pub corrupt: u64,
     /// Tokens thrown away for their size.
     pub oversized: u64,
+    /// Times the board said XOFF while we wrote (writes held until its XON).
+    pub xoff_holds: u64,
+    /// Ready handshakes the board answered.
+    pub handshakes: u64,
     /// Requests sent again after a lost or garbled reply.
     pub retries: u64,
     /// Chip commands the calls made the board run (as its ATCA service does them).
     pub chip_commands: u64,
-    /// Sum of the datasheet's typical execution times of those commands, in microseconds.
+    /// How long the firmware waits for those commands, in microseconds: the datasheet's
+    /// typical execution times, each rounded up to cryptoauthlib's next poll ([`polled_us`]).
     pub chip_typical_us: u64,
 }
 
-/// The chip commands the firmware's ATCA service runs for one call (mgos_atca_service.c:
-/// GetConfig reads the zone in 4 blocks, SetConfig writes it word by word then UpdateExtra
-/// twice, Sign is Random + Nonce + Sign, SetKey of a private key is Nonce + GenDig +
-/// PrivWrite): what the physical floor of a run counts.
+/// The chip commands the firmware's ATCA service runs for one call (mgos_atca_service.c on
+/// cryptoauthlib 3: GetConfig reads the zone in 4 blocks; SetConfig is
+/// `calib_write_config_zone`: bytes 16..127 in 13 Writes (32-byte blocks where aligned, words
+/// in blocks 0 and 2, bytes 84..87 skipped) then UpdateExtra twice; Sign is Random + Nonce +
+/// Sign; SetKey of a private key is Nonce + GenDig + PrivWrite), and how long the firmware
+/// waits for them: what the physical floor of a run counts.
 fn chip_work(method: &str, params: &Value) -> (u64, u64) {
     use atecc::opcode::Opcode::*;
     let ops: &[(atecc::opcode::Opcode, u64)] = match method {
         "ATCA.GetConfig" => &[(Read, 4)],
-        "ATCA.SetConfig" => &[(Write, 27), (UpdateExtra, 2)],
+        "ATCA.SetConfig" => &[(Write, 13), (UpdateExtra, 2)],
         "ATCA.LockZone" => &[(Lock, 1)],
         "ATCA.GenKey" | "ATCA.GetPubKey" => &[(GenKey, 1)],
         "ATCA.Sign" => &[(Random, 1), (Nonce, 1), (Sign, 1)],
@@ -274,8 +306,20 @@ fn chip_work(method: &str, params: &Value) -> (u64, u64) {
         _ => &[],
     };
     ops.iter().fold((0, 0), |(n, us), &(op, k)| {
-        (n + k, us + k * u64::from(op.typical_us()))
+        (n + k, us + k * polled_us(op.typical_us()))
     })
+}
+
+/// How long the firmware takes to see a command of `typical_us` done: cryptoauthlib 3 does not
+/// wait out the execution time but polls, first after `ATCA_POLLING_INIT_TIME_MSEC` (1 ms), then
+/// every `ATCA_POLLING_FREQUENCY_TIME_MSEC` (2 ms) (`lib/hal/atca_hal.h`,
+/// `lib/calib/calib_execution.c` `calib_execute_command`), so a command finished between two
+/// polls is picked up at the next one: a wait of stock firmware that no host can shorten.
+pub fn polled_us(typical_us: u32) -> u64 {
+    const FIRST: u64 = 1_000;
+    const EVERY: u64 = 2_000;
+    let t = u64::from(typical_us);
+    FIRST + t.saturating_sub(FIRST).div_ceil(EVERY) * EVERY
 }
 
 /// The arguments of `ATCA.SetKey`.
@@ -301,8 +345,14 @@ pub struct MosLink {
     port: Box<dyn SerialPort>,
     path: String,
     timeout: Duration,
-    chunk_gap: Duration,
+    /// mos's default pacing (handshake before every frame, 16-byte chunks 5 ms apart) instead
+    /// of whole frames under XON/XOFF: set once the line lost an exchange.
+    slow: bool,
+    /// The board answered a ready question and no exchange was lost since.
+    synced: bool,
     decoder: Decoder,
+    /// Tokens read while writing (watching for XOFF), for the reply loop.
+    held: Vec<Token>,
     next_id: u64,
     /// Nothing is read after this: the whole link's calls end by then.
     deadline: Instant,
@@ -374,7 +424,7 @@ impl MosLink {
     /// Whether the board answers the kit protocol's `board:device(00)` (the provisioning
     /// firmware names the chip it bridges, `ATECC508A(00)`).
     fn kit_board(&mut self) -> Option<LinkError> {
-        self.write_paced(b"\nboard:device(00)\n").ok()?;
+        self.write_paced(b"\nboard:device(00)\n", false).ok()?;
         let until = (Instant::now() + Duration::from_millis(600)).min(self.deadline);
         let mut lines = super::kit::LineReader::default();
         let mut buf = [0u8; 512];
@@ -418,8 +468,10 @@ impl MosLink {
             port,
             path: path.to_string(),
             timeout,
-            chunk_gap: Duration::from_millis(5),
+            slow: false,
+            synced: false,
             decoder: Decoder::default(),
+            held: Vec::new(),
             next_id,
             deadline: Instant::now() + super::kit::BOARD_LIMIT,
             stats: MosStats::default(),
@@ -435,29 +487,65 @@ impl MosLink {
         self.plaintext_allowed = allowed;
     }
 
-    /// Sets the pause between 16-byte chunks (the board's UART FIFO is small and there is no
-    /// hardware flow control); zero writes whole frames.
+    /// Writes as `mos` does by default from the start (the ready handshake before every
+    /// frame, 16-byte chunks 5 ms apart), as the link does after a lost exchange.
     #[cfg(test)]
-    pub fn set_chunk_gap(&mut self, gap: Duration) {
-        self.chunk_gap = gap;
+    pub fn set_slow(&mut self, slow: bool) {
+        self.slow = slow;
     }
 
-    fn write_paced(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
-        let io = |source| LinkError::Io {
+    fn io_error(&self, source: std::io::Error) -> LinkError {
+        LinkError::Io {
             port: self.path.clone(),
             source,
-        };
-        if self.chunk_gap.is_zero() {
-            self.port.write_all(bytes).map_err(io)?;
-        } else {
-            for (i, chunk) in bytes.chunks(16).enumerate() {
-                if i > 0 {
-                    std::thread::sleep(self.chunk_gap);
-                }
-                self.port.write_all(chunk).map_err(io)?;
-            }
         }
-        self.stats.bytes_out += bytes.len() as u64;
+    }
+
+    /// Writes `bytes`: under XON/XOFF in drained pieces of [`FC_PIECE`], or in mos's slow
+    /// chunks once the line lost an exchange. `follow_fc` false (the ready question, which
+    /// mos sends whatever the board said last) writes through an XOFF.
+    fn write_paced(&mut self, bytes: &[u8], follow_fc: bool) -> Result<(), LinkError> {
+        let (piece, gap) = if self.slow {
+            (SLOW_CHUNK, SLOW_GAP)
+        } else {
+            (FC_PIECE, Duration::ZERO)
+        };
+        for (i, chunk) in bytes.chunks(piece).enumerate() {
+            if i > 0 && !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
+            if follow_fc {
+                self.wait_for_xon()?;
+            }
+            self.port.write_all(chunk).map_err(|e| self.io_error(e))?;
+            // Drained (tcdrain): no more than one piece is on its way when XOFF comes.
+            self.port.flush().map_err(|e| self.io_error(e))?;
+            self.stats.bytes_out += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads what the board sent while we write (without waiting) and, after an XOFF, until
+    /// its XON. An XON that does not come within the resend time (lost on the line) is taken
+    /// as given: the CRC and the resend catch what the board could not take.
+    fn wait_for_xon(&mut self) -> Result<(), LinkError> {
+        let mut tokens = std::mem::take(&mut self.held);
+        let pending = self
+            .port
+            .bytes_to_read()
+            .map_err(|e| self.io_error(e.into()))?;
+        if pending > 0 {
+            self.read_tokens(&mut tokens)?;
+        }
+        if self.decoder.xoff {
+            self.stats.xoff_holds += 1;
+            let until = (Instant::now() + self.resend_after).min(self.deadline);
+            while self.decoder.xoff && Instant::now() < until {
+                self.read_tokens(&mut tokens)?;
+            }
+            self.decoder.xoff = false;
+        }
+        self.held = tokens;
         Ok(())
     }
 
@@ -529,12 +617,13 @@ impl MosLink {
         }
     }
 
-    /// Asks "ready?" every 200 ms until the board answers.
+    /// Asks "ready?" every 200 ms until the board answers; its writes are not held by an
+    /// earlier XOFF, and after the answer none holds them (as mos `WriteWithContext`).
     fn ready(&mut self, command: &str) -> Result<(), LinkError> {
         let deadline = (Instant::now() + self.timeout).min(self.deadline);
-        let mut tokens = Vec::new();
+        let mut tokens = std::mem::take(&mut self.held);
         loop {
-            self.write_paced(b"\"\"\"\x04\"\"\"\n")?;
+            self.write_paced(b"\"\"\"\x04\"\"\"\n", false)?;
             let again = (Instant::now() + READY_EVERY).min(deadline);
             while Instant::now() < again {
                 self.read_tokens(&mut tokens)?;
@@ -544,6 +633,9 @@ impl MosLink {
                     ready |= t == Token::Ready;
                 }
                 if ready {
+                    self.stats.handshakes += 1;
+                    self.synced = true;
+                    self.decoder.xoff = false;
                     return Ok(());
                 }
             }
@@ -553,10 +645,11 @@ impl MosLink {
         }
     }
 
-    /// One call: handshake, request, the reply with the same id. An error object becomes
+    /// One call: request, the reply with the same id. An error object becomes
     /// [`LinkError::Refused`] with its code and message. A request whose reply does not come
     /// (lost or garbled on a noisy line: a dropped frame is seen) is sent again with a new
-    /// id, within the call's timeout; a late reply to an earlier attempt is ignored.
+    /// id, within the call's timeout, after a new ready handshake and from then on at mos's
+    /// default pace; a late reply to an earlier attempt is ignored.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, LinkError> {
         // The method only: the parameters of ATCA.SetKey carry keys in clear.
         tracing::debug!(port = %self.path, method = %method.escape_debug(), "RPC call");
@@ -572,7 +665,9 @@ impl MosLink {
                 return Err(self.timeout_error(method));
             }
             self.stats.retries += 1;
-            tracing::debug!(port = %self.path, method = %method.escape_debug(), "no reply: sending again");
+            self.synced = false;
+            self.slow = true;
+            tracing::debug!(port = %self.path, method = %method.escape_debug(), "no reply: sending again, at mos's default pace");
         }
     }
 
@@ -597,9 +692,15 @@ impl MosLink {
                 ),
             });
         }
-        self.ready(&format!("ready handshake before {method}"))?;
-        self.write_paced(&encode_frame(&text))?;
+        if self.slow || !self.synced {
+            self.ready(&format!("ready handshake before {method}"))?;
+        }
+        self.write_paced(&encode_frame(&text), true)?;
         self.stats.requests += 1;
+        // What came while we wrote cannot answer this request.
+        for t in std::mem::take(&mut self.held) {
+            self.count(&t);
+        }
         let deadline = (Instant::now() + self.resend_after).min(until);
         let dropped = self.stats.corrupt + self.stats.oversized;
         let mut tokens = Vec::new();
@@ -1221,6 +1322,13 @@ mod tests {
 
     /// A scripted board on the master side of a pty.
     fn scripted(reply: impl Fn(&Value) -> Vec<u8> + Send + 'static) -> MosLink {
+        scripted_with(move |v, _| reply(v))
+    }
+
+    /// As [`scripted`]; the script also gets the master side, to write on it later.
+    fn scripted_with(
+        reply: impl Fn(&Value, &std::fs::File) -> Vec<u8> + Send + 'static,
+    ) -> MosLink {
         use std::os::fd::AsFd;
         let pty = nix::pty::openpty(None, None).expect("openpty");
         let mut t = nix::sys::termios::tcgetattr(pty.slave.as_fd()).expect("tcgetattr");
@@ -1247,7 +1355,7 @@ mod tests {
                 for t in toks {
                     let out = match t {
                         Token::Ready => b"[log] rpc ready\n\n\"\"\"\x04\"\"\"\n".to_vec(),
-                        Token::Frame(v) => reply(&v),
+                        Token::Frame(v) => reply(&v, &master),
                         _ => continue,
                     };
                     if master.write_all(&out).is_err() {
@@ -1257,14 +1365,80 @@ mod tests {
             }
         });
         let port = crate::bench::port::open(&path, 115_200).expect("open pty");
-        let mut link = MosLink::with_port(port, &path, Duration::from_millis(800));
-        link.set_chunk_gap(Duration::ZERO);
-        link
+        MosLink::with_port(port, &path, Duration::from_millis(800))
     }
 
     fn reply_frame(v: &Value) -> Vec<u8> {
         let text = v.to_string();
         format!("{text}{:08x}\n", crc32(text.as_bytes())).into_bytes()
+    }
+
+    /// mos `common/mgrpc/codec/serial.go` (`connRead`, `connWriteWithFC`) against rpc-uart's
+    /// XON/XOFF (`mos.yml` `rpc.uart.fc_type` 2; `esp_uart.c` sends XOFF when its receive
+    /// buffer is full, XON once drained): after the board's XOFF the next request waits for
+    /// its XON, and the ready handshake is made once, not before every frame.
+    #[test]
+    fn writes_wait_for_the_boards_xon_after_its_xoff() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let xon_sent = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(AtomicU64::new(0));
+        let (sent, seen) = (xon_sent.clone(), frames.clone());
+        let mut link = scripted_with(move |req, master| {
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            let result = json!({"after_xon": sent.load(Ordering::SeqCst)});
+            let mut out = reply_frame(&json!({"id": req["id"], "result": result}));
+            if first {
+                // Busy: XOFF right after the reply, XON a while later.
+                out.push(XOFF);
+                let mut m = master.try_clone().expect("clone");
+                let sent = sent.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    sent.store(true, Ordering::SeqCst);
+                    let _ = m.write_all(&[XON]);
+                });
+            }
+            out
+        });
+        let r = link.call("Sys.GetInfo", json!({})).expect("first call");
+        assert_eq!(r["after_xon"], json!(false));
+        // Let the XOFF arrive before the next request is written.
+        std::thread::sleep(Duration::from_millis(50));
+        let r = link.call("Sys.GetInfo", json!({})).expect("second call");
+        assert_eq!(
+            r["after_xon"],
+            json!(true),
+            "the request went out before the XON"
+        );
+        assert_eq!(link.stats.xoff_holds, 1);
+        assert_eq!(frames.load(Ordering::SeqCst), 2);
+        // No handshake before the second frame.
+        assert_eq!(link.stats.handshakes, 1);
+    }
+
+    /// mos `serial.go` with its default `SendChunkDelay`: after a lost exchange the link
+    /// shakes hands before every frame again.
+    #[test]
+    fn a_lost_reply_brings_back_the_handshake_before_every_frame() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let frames = Arc::new(AtomicU64::new(0));
+        let seen = frames.clone();
+        let mut link = scripted(move |req| {
+            // The first request's reply is lost.
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Vec::new();
+            }
+            reply_frame(&json!({"id": req["id"], "result": null}))
+        });
+        link.resend_after = Duration::from_millis(150);
+        link.call("Sys.GetInfo", json!({}))
+            .expect("answered on the resend");
+        link.call("Sys.GetInfo", json!({})).expect("second call");
+        assert_eq!(link.stats.retries, 1);
+        // The first frame, then the resend and the next call each behind a handshake.
+        assert_eq!(link.stats.handshakes, 3);
     }
 
     #[test]
