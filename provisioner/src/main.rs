@@ -105,6 +105,9 @@ enum Command {
     Crl(cmd::crl::Args),
     /// Every certificate's days left; exits 10 if one is due for renewal, 11 if one expired.
     Audit(cmd::audit::Args),
+    /// Renewal in the field: the CA-side service that answers the boards' renewal requests.
+    #[command(subcommand)]
+    RenewalService(cmd::renewal::RenewalCommand),
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
@@ -180,6 +183,7 @@ fn run(cli: Cli) -> exit::Result<()> {
         Command::Device(c) => cmd::device::run(&ctx, c),
         Command::Crl(a) => cmd::crl::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::RenewalService(c) => cmd::renewal::run(&ctx, c),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Demo(a) => cmd::demo::run(&ctx, a),

@@ -10,6 +10,7 @@ pub mod device;
 pub mod emit;
 pub mod init;
 pub mod provision;
+pub mod renewal;
 pub mod server;
 pub mod site;
 
