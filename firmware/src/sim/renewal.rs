@@ -14,7 +14,8 @@
 //! Test hooks (environment, debug builds only): `SENSOR_SIM_RENEW_RETRY_MS` (default 60000),
 //! `SENSOR_SIM_CRASH_AT=renew-after-request|renew-after-stage|renew-after-commit` (abort
 //! there, like a power cut), `SENSOR_SIM_RENEW_EXTRA_ANCHOR=FILE` (a PEM CA the check also
-//! accepts, so a test can make the broker refuse a certificate the board took).
+//! accepts, so a test can make the broker refuse a certificate the board took),
+//! `SENSOR_SIM_RENEW_CSR_FILE=FILE` (send this request instead of the chip-signed one).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,21 @@ use crate::signer::{DigestSigner, p256_spki_der};
 pub const NEW_CERT_BLOB: &str = "device.crt.new";
 /// The certificate a renewal replaced.
 pub const PREV_CERT_BLOB: &str = "device.crt.prev";
+/// The last renewed certificate the broker refused: not tried again if sent again (it may be
+/// a retained message).
+pub const REFUSED_CERT_BLOB: &str = "device.crt.refused";
+
+/// When the next request may go (the board's monotonic clock, ms): shared by the sessions of
+/// this boot, so a rollback or a reconnection does not resend at once.
+static NEXT_REQUEST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_request_ms() -> u64 {
+    NEXT_REQUEST_MS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn set_next_request_ms(t: u64) {
+    NEXT_REQUEST_MS.store(t, std::sync::atomic::Ordering::SeqCst);
+}
 
 /// Aborts the board at a named step when `SENSOR_SIM_CRASH_AT` asks (debug builds).
 pub fn crash_point(step: &str) {
@@ -123,7 +139,6 @@ pub struct Renewer {
     trial: bool,
     accepted: bool,
     retry_ms: u64,
-    next_request_ms: u64,
 }
 
 impl Renewer {
@@ -147,7 +162,6 @@ impl Renewer {
             trial,
             accepted: false,
             retry_ms,
-            next_request_ms: 0,
         }
     }
 
@@ -186,9 +200,13 @@ impl Renewer {
         if !self.trial || self.accepted {
             return None;
         }
-        if let Err(e) = delete_blob(&self.store, NEW_CERT_BLOB) {
+        let refused = blob(&self.store, NEW_CERT_BLOB).unwrap_or_default();
+        if let Err(e) = put_blob(&self.store, REFUSED_CERT_BLOB, &refused)
+            .and_then(|()| delete_blob(&self.store, NEW_CERT_BLOB))
+        {
             eprintln!("sensor-sim: renewal: {e}");
         }
+        set_next_request_ms(super::now_ms() + self.retry_ms);
         eprintln!(
             "sensor-sim: renewal FAILED: the broker refused the new certificate ({why}); back to the previous certificate"
         );
@@ -199,7 +217,7 @@ impl Renewer {
     /// request has had its retry period.
     pub fn request_if_due(&mut self, now_ms: u64) -> Option<(String, Vec<u8>)> {
         let c = self.cfg.clone()?;
-        if self.trial || !self.accepted || now_ms < self.next_request_ms {
+        if self.trial || !self.accepted || now_ms < next_request_ms() {
             return None;
         }
         let (nb, na) = validity(self.chain.first()?).ok()?;
@@ -207,10 +225,10 @@ impl Renewer {
         let now = unix_now();
         if now < at {
             // Check again when it falls due (at most hourly, the clock may jump).
-            self.next_request_ms = now_ms + ((at - now) as u64 * 1000).min(3_600_000);
+            set_next_request_ms(now_ms + ((at - now) as u64 * 1000).min(3_600_000));
             return None;
         }
-        self.next_request_ms = now_ms + self.retry_ms;
+        set_next_request_ms(now_ms + self.retry_ms);
         match self.csr() {
             Ok(der) => {
                 eprintln!(
@@ -225,8 +243,12 @@ impl Renewer {
         }
     }
 
-    /// Builds the request for the chip's key, signed by the chip.
+    /// Builds the request for the chip's key, signed by the chip (a test may substitute a
+    /// request of its own with `SENSOR_SIM_RENEW_CSR_FILE`, sent over this same session).
     fn csr(&self) -> Result<Vec<u8>, String> {
+        if let Some(f) = hook("SENSOR_SIM_RENEW_CSR_FILE") {
+            return std::fs::read(&f).map_err(|e| format!("{f}: {e}"));
+        }
         let xy = self
             .signer
             .public_key()
@@ -276,7 +298,9 @@ impl Renewer {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("not PEM certificates: {e}"))?;
         let leaf = chain.first().ok_or("no certificate in the message")?;
-        if self.chain.first() == Some(leaf) {
+        let refused = blob(&self.store, REFUSED_CERT_BLOB)
+            .and_then(|b| CertificateDer::pem_slice_iter(&b).next()?.ok());
+        if self.chain.first() == Some(leaf) || refused.as_ref() == Some(leaf) {
             return Ok(None);
         }
         let xy = self

@@ -79,6 +79,11 @@ impl Responder {
                 (rec, o)
             }
             Decision::Issue(req, old) => {
+                if let Some(pem) = test_issuer_certificate(&req)? {
+                    let o = Outcome::Issued(format!("by the test issuer (renews {})", old.serial));
+                    let id = id.to_string();
+                    return Ok((Some((FieldRenewal::cert_topic(&self.prefix, &id), pem)), o));
+                }
                 let issued = self.authority.issue(*req)?;
                 let o = Outcome::Issued(format!(
                     "{} (renews {}, valid until {})",
@@ -99,6 +104,30 @@ impl Responder {
             outcome,
         ))
     }
+}
+
+/// Test hook (debug builds): `PROVISIONER_RENEWAL_TEST_ISSUER=DIR` signs the answer with the
+/// CA in DIR (`ca.crt`, `ca.key`, PEM) instead of the site's, and records nothing: the
+/// broker refuses such a certificate, which is how the board's rollback is tested.
+fn test_issuer_certificate(req: &ca::IssueRequest) -> ca::Result<Option<String>> {
+    if !cfg!(debug_assertions) {
+        return Ok(None);
+    }
+    let Some(dir) = std::env::var_os("PROVISIONER_RENEWAL_TEST_ISSUER") else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let read = |name: &str| {
+        let p = dir.join(name);
+        safe_fs::read_limited_string(&p, 64 * 1024)
+            .map_err(|e| ca::Error::Io { path: p, source: e })
+    };
+    let key = rcgen::KeyPair::from_pem(&read("ca.key")?)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("ca.crt")?, key)?;
+    let now = ca::clock::now() - time::Duration::minutes(5);
+    let params = ca::profile::params(req.profile, &req.subject, &[7; 16], now, req.days, 0)?;
+    let cert = params.signed_by(&req.public_key, &issuer)?;
+    Ok(Some(cert.pem()))
 }
 
 /// Logs an outcome (untrusted text escaped).
