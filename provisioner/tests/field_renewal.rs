@@ -411,6 +411,12 @@ fn a_certificate_the_broker_refuses_is_rolled_back_and_the_failure_reported() {
         ],
     );
     let anchor = wrong.join("ca.crt").to_string_lossy().into_owned();
+    let wrong_s = wrong.to_string_lossy().into_owned();
+    // The service subscribes first: the board asks only once (a long retry period).
+    f.start_service(&[("PROVISIONER_RENEWAL_TEST_ISSUER", &wrong_s)]);
+    f.wait("the service", 30, || {
+        f.service_log().contains("connected to the broker")
+    });
     f.restart(
         0,
         &[
@@ -418,9 +424,6 @@ fn a_certificate_the_broker_refuses_is_rolled_back_and_the_failure_reported() {
             ("SENSOR_SIM_RENEW_RETRY_MS", "600000"),
         ],
     );
-    f.wait("readings", 30, || f.readings("salon-1") >= 2);
-    let wrong_s = wrong.to_string_lossy().into_owned();
-    f.start_service(&[("PROVISIONER_RENEWAL_TEST_ISSUER", &wrong_s)]);
     f.wait("the rollback", 60, || {
         f.log(0)
             .contains("renewal FAILED: the broker refused the new certificate")
