@@ -515,10 +515,10 @@ fn kills_on_the_boards_and_in_the_service_leave_working_certificates_and_a_consi
     // The service dies right after its first ledger commit, before it answers.
     f.start_service(&[("PROVISIONER_CRASH_AT", "issue-after-ledger")]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !f
+    while f
         .service
         .as_mut()
-        .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        .is_none_or(|c| c.try_wait().ok().flatten().is_none())
     {
         assert!(
             Instant::now() < deadline,

@@ -178,10 +178,10 @@ impl Renewer {
             return Ok(());
         }
         let new_pem = blob(&self.store, NEW_CERT_BLOB).ok_or("the staged certificate vanished")?;
-        if let Some(old) = blob(&self.store, DEVICE_CERT_BLOB) {
-            if old != new_pem {
-                put_blob(&self.store, PREV_CERT_BLOB, &old)?;
-            }
+        if let Some(old) = blob(&self.store, DEVICE_CERT_BLOB)
+            && old != new_pem
+        {
+            put_blob(&self.store, PREV_CERT_BLOB, &old)?;
         }
         put_blob(&self.store, DEVICE_CERT_BLOB, &new_pem)?;
         crash_point("renew-after-commit");
@@ -345,12 +345,12 @@ fn hex_lower(b: &[u8]) -> String {
 /// Says at start-up what a board whose certificate expired must do: it cannot renew in the
 /// field (the broker refuses an expired certificate before any message).
 pub fn warn_if_expired(cfg: &DeviceConfig, chain: &[CertificateDer<'static>]) {
-    if let Some((_, na)) = chain.first().and_then(|c| validity(c).ok()) {
-        if na <= unix_now() {
-            eprintln!(
-                "sensor-sim: the certificate of `{}` expired (notAfter {na}): the broker will refuse it; renew it at the bench with `provisioner device provision` again",
-                cfg.device_id
-            );
-        }
+    if let Some((_, na)) = chain.first().and_then(|c| validity(c).ok())
+        && na <= unix_now()
+    {
+        eprintln!(
+            "sensor-sim: the certificate of `{}` expired (notAfter {na}): the broker will refuse it; renew it at the bench with `provisioner device provision` again",
+            cfg.device_id
+        );
     }
 }
