@@ -98,7 +98,7 @@ pub fn decide(
 }
 
 /// The certificate `active` renewed, if `active` itself came from a field renewal of this
-/// device and key.
+/// device and key (its request identity names one of the device's other certificates).
 fn answered_before(
     ledger: &Ledger,
     active: &CertRecord,
@@ -106,11 +106,10 @@ fn answered_before(
     key: &[u8],
 ) -> ca::Result<Option<String>> {
     Ok(ledger
-        .supersessions()?
+        .certificates_of(id)?
         .into_iter()
-        .filter(|s| s.by_serial == active.serial)
-        .map(|s| s.serial)
-        .find(|old| request_id(id, key, old) == active.request_id))
+        .map(|c| c.serial)
+        .find(|old| *old != active.serial && request_id(id, key, old) == active.request_id))
 }
 
 fn issue_request(
