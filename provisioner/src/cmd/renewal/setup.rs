@@ -129,7 +129,6 @@ fn unit_text(ctx: &Context, args: &SetupArgs) -> Result<String> {
          Restart=on-failure\n\
          RestartSec=5\n\
          NoNewPrivileges=yes\n\
-         PrivateTmp=yes\n\
          ProtectSystem=strict\n\
          ReadWritePaths={home}\n\n\
          [Install]\n\
