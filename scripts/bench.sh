@@ -29,10 +29,12 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "building (release)..." >&2
 cargo build --release -q -p provisioner -p gateway -p lora-link
+cargo build -q -p provisioner
 cargo build --release -q -p ca --example bench_issue
 cargo build --release -q -p lora-link --example bytes_on_air
 cargo build --release -q -p gateway --example bench_gateway
-cargo build --release -q -p provisioner --example bench_renewal
+# bench_renewal moves its set-up clock with PROVISIONER_FAKE_NOW: debug builds only.
+cargo build -q -p provisioner --example bench_renewal
 
 echo "provisioning: $runs runs..." >&2
 scripts/bench-provision.sh "$runs" >"$out/provision.txt"
@@ -47,7 +49,7 @@ echo "gateway: throughput and latency (log: $target/bench-gateway.log)..." >&2
     || { tail -20 "$target/bench-gateway.log" >&2; exit 1; }
 
 echo "renewal service: ${RENEW_N:-1000} queued requests..." >&2
-"$target/release/examples/bench_renewal" --bin "$target/release/provisioner" "${RENEW_N:-1000}" \
+"$target/debug/examples/bench_renewal" --bin "$target/debug/provisioner" "${RENEW_N:-1000}" \
     >"$out/renewal.json" 2>"$target/bench-renewal.log" \
     || { tail -20 "$target/bench-renewal.log" >&2; exit 1; }
 
