@@ -12,6 +12,9 @@
 #                  broker (GATEWAY_N=20000 readings); end-to-end latency p50/p99 through gateway,
 #                  emulated air, lora-link rx and the far broker, without the time on air
 #                  (LATENCY_N=300 readings, one every 100 ms)
+#   renewal        provisioner/examples/bench_renewal.rs: renewals per second for RENEW_N=1000
+#                  queued requests answered by `provisioner renewal-service run` through a real
+#                  mosquitto, next to the batched issuance rate of the same CA in the same run
 #   memory         peak resident set (VmHWM) of `gateway` and `lora-link rx` during a short
 #                  `provisioner demo` (6 sensors, 10 s of traffic)
 # Usage: scripts/bench.sh [PROVISIONING_RUNS] (default 3); ISSUE_N=2000 certificates.
@@ -26,9 +29,12 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "building (release)..." >&2
 cargo build --release -q -p provisioner -p gateway -p lora-link
+cargo build -q -p provisioner
 cargo build --release -q -p ca --example bench_issue
 cargo build --release -q -p lora-link --example bytes_on_air
 cargo build --release -q -p gateway --example bench_gateway
+# bench_renewal moves its set-up clock with PROVISIONER_FAKE_NOW: debug builds only.
+cargo build -q -p provisioner --example bench_renewal
 
 echo "provisioning: $runs runs..." >&2
 scripts/bench-provision.sh "$runs" >"$out/provision.txt"
@@ -41,6 +47,11 @@ echo "gateway: throughput and latency (log: $target/bench-gateway.log)..." >&2
     --messages "${GATEWAY_N:-20000}" --latency-messages "${LATENCY_N:-300}" \
     >"$out/gateway.json" 2>"$target/bench-gateway.log" \
     || { tail -20 "$target/bench-gateway.log" >&2; exit 1; }
+
+echo "renewal service: ${RENEW_N:-1000} queued requests..." >&2
+"$target/debug/examples/bench_renewal" --bin "$target/debug/provisioner" "${RENEW_N:-1000}" \
+    >"$out/renewal.json" 2>"$target/bench-renewal.log" \
+    || { tail -20 "$target/bench-renewal.log" >&2; exit 1; }
 
 echo "memory: provisioner demo (6 sensors, 10 s)..." >&2
 # Samples VmHWM of the demo's gateway and lora-link children every 100 ms; the last sample
@@ -128,6 +139,13 @@ rows.append(("gateway CPU per message", "%.1f us" % t["gateway_cpu_us_per_msg"],
 rows.append(("end-to-end latency without time on air, p50 / p99 (%d readings)" % l["messages"],
              "%.1f / %.1f ms" % (l["p50_ms"], l["p99_ms"]), "time on air %.1f ms" % l["air_mean_ms"],
              "%.3f" % (l["p99_ms"] / l["air_mean_ms"]), "p99 / air < 0.25"))
+
+ren = json.load(open(f"{d}/renewal.json"))
+report["renewal"] = ren
+rows.append(("renewal service, %d queued requests through mosquitto" % ren["requests"],
+             "%.0f /s (%d/%d answered)" % (ren["renewals_per_s"], ren["answered"], ren["requests"]),
+             "batched issuance %.0f /s" % ren["batched_issuance_per_s"],
+             "%.3f" % ren["ratio"], "-"))
 
 mem = json.load(open(f"{d}/memory.json"))
 report["memory"] = mem

@@ -63,6 +63,7 @@ pub mod app;
 pub mod bridge;
 pub mod chip;
 pub mod crc;
+pub mod csr;
 pub mod hex;
 pub mod line;
 pub mod pacing;

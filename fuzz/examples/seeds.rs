@@ -185,6 +185,7 @@ fn main() {
         clean_session: true,
         interval_s: 5,
         key_slot: 0,
+        renewal: None,
     };
     write(&dir, "manifest_device", "salon", cfg.to_blob().unwrap());
 

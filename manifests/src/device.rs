@@ -78,6 +78,52 @@ pub struct DeviceConfig {
     pub interval_s: u32,
     /// Chip slot holding the TLS private key.
     pub key_slot: u8,
+    /// Renewal in the field (absent: the board renews only at the bench).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<FieldRenewal>,
+}
+
+/// Where and when a board renews its certificate over its MQTT session: it publishes a
+/// chip-signed CSR on [`FieldRenewal::renew_topic`] and reads the answer on
+/// [`FieldRenewal::cert_topic`] (the broker's ACL gives each device only its own pair).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRenewal {
+    /// Topic prefix of the renewal topics, outside the sensor tree: `<topics.root>_pki`.
+    pub topic_prefix: String,
+    /// Renew at this fraction of the lifetime, in thousandths (1..999; default 667).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_at_permille: Option<u16>,
+    /// Renew this many days before expiry (instead of `renew_at_permille`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_days: Option<u32>,
+}
+
+impl FieldRenewal {
+    /// The renewal topic prefix of a site whose topic root is `root`.
+    pub fn prefix_for(root: &str) -> String {
+        format!("{root}_pki")
+    }
+    /// Where device `id` publishes its CSR.
+    pub fn renew_topic(prefix: &str, id: &str) -> String {
+        format!("{prefix}/renew/{id}")
+    }
+    /// Where device `id` receives its new certificate.
+    pub fn cert_topic(prefix: &str, id: &str) -> String {
+        format!("{prefix}/cert/{id}")
+    }
+    /// The Unix time from which a certificate valid from `not_before` to `not_after` is due.
+    pub fn renew_at(&self, not_before: i64, not_after: i64) -> i64 {
+        let life = (not_after - not_before).max(0);
+        if let Some(d) = self.renew_before_days {
+            let window = i64::from(d) * 86_400;
+            if window < life {
+                return not_after - window;
+            }
+        }
+        let permille = i64::from(self.renew_at_permille.unwrap_or(667).clamp(1, 999));
+        not_before + life * permille / 1000
+    }
 }
 
 impl DeviceConfig {
@@ -169,6 +215,13 @@ impl DeviceConfig {
         if self.key_slot > 15 {
             return Err(at("key_slot", "a slot number 0..15"));
         }
+        if let Some(r) = &self.renewal {
+            crate::topic::check_topic_name(&r.topic_prefix)
+                .map_err(|e| at("renewal.topic_prefix", &e))?;
+            if r.renew_at_permille.is_some_and(|p| !(1..=999).contains(&p)) {
+                return Err(at("renewal.renew_at_permille", "1..999 thousandths"));
+            }
+        }
         Ok(())
     }
 }
@@ -196,6 +249,11 @@ mod tests {
             clean_session: true,
             interval_s: 5,
             key_slot: 0,
+            renewal: Some(FieldRenewal {
+                topic_prefix: "maison_pki".into(),
+                renew_at_permille: Some(667),
+                renew_before_days: None,
+            }),
         }
     }
 

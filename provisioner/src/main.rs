@@ -110,6 +110,9 @@ enum Command {
     /// Renew every broker, gateway and receiver certificate (and the CRL) that is due, where
     /// it is installed; --reload reloads the brokers on this machine.
     Renew(cmd::renew::Args),
+    /// Renewal in the field: the CA-side service that answers the boards' renewal requests.
+    #[command(subcommand)]
+    RenewalService(cmd::renewal::RenewalCommand),
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
@@ -189,6 +192,7 @@ fn run(cli: Cli) -> exit::Result<()> {
         Command::Crl(a) => cmd::crl::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Renew(a) => cmd::renew::run(&ctx, a),
+        Command::RenewalService(c) => cmd::renewal::run(&ctx, c),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Link(c) => cmd::link::run(&ctx, c),

@@ -432,3 +432,29 @@ impl ServerCertVerifier for NamedServerVerifier {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks that `chain` (leaf first, then intermediates) is a client certificate chain the
+/// broker would accept under `roots` at `now`: WebPKI path building, signatures, validity and
+/// the clientAuth purpose, with the same provider as every connection. A board checks a
+/// renewed certificate this way before it stores it.
+pub fn verify_client_chain(
+    roots: &[CertificateDer<'static>],
+    chain: &[CertificateDer<'static>],
+    now: rustls::pki_types::UnixTime,
+) -> Result<(), String> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .map_err(|e| format!("trust anchor: {e}"))?;
+    }
+    let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, now)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -246,12 +246,17 @@ pub fn run(args: Args) -> Result<(), String> {
         let mut rx = gen_rx;
         loop {
             rx.borrow_and_update();
+            // A renewed certificate on trial (possibly left by a kill) comes first.
+            let (cert, trial) = match protocol {
+                Protocol::Kit => crate::sim::renewal::cert_to_use(&store),
+                Protocol::Mos => (None, false),
+            };
             let provisioned = {
                 let Ok(s) = store.lock() else { return };
                 match protocol {
                     Protocol::Kit => Provisioned::from_blobs(
                         s.blob(manifests::device::BLOB_NAME.as_bytes()),
-                        s.blob(DEVICE_CERT_BLOB.as_bytes()),
+                        cert.as_deref(),
                         s.blob(CA_CERT_BLOB.as_bytes()),
                     ),
                     // Mongoose OS: the saved configuration names the files and the key slot.
@@ -266,7 +271,11 @@ pub fn run(args: Args) -> Result<(), String> {
                         last_line_ms.clone(),
                         signs.clone(),
                     ));
-                    crate::sim::mqtt::run(p, signer, rx.clone()).await;
+                    let mut p = p;
+                    if protocol == Protocol::Mos {
+                        p.config.renewal = None; // stock Mongoose OS renews at the bench
+                    }
+                    crate::sim::mqtt::run(p, signer, rx.clone(), store.clone(), trial).await;
                 }
                 Err(why) => {
                     eprintln!("sensor-sim: waiting for provisioning: {why}");

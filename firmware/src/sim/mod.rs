@@ -9,6 +9,7 @@ pub mod mos_uart;
 pub mod mqtt;
 pub mod persist;
 pub mod pty;
+pub mod renewal;
 pub mod sensor;
 pub mod serial;
 

@@ -1172,6 +1172,8 @@ pub fn device_config(c: &Value) -> Result<(DeviceConfig, String, String), String
         clean_session: c["mqtt"]["clean_session"] != json!(false),
         interval_s: u32::try_from(n("sensor.interval_s")).unwrap_or(0),
         key_slot: slot,
+        // Stock Mongoose OS renews at the bench.
+        renewal: None,
     };
     cfg.validate().map_err(|e| e.to_string())?;
     Ok((cfg, s("mqtt.ssl_cert"), s("mqtt.ssl_ca_cert")))

@@ -14,7 +14,9 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tls_client::{ClientAuth, ClientSetup, Trust};
 use tokio::sync::watch;
 
+use super::renewal::{Ended, Renewer};
 use super::sensor::{Sensor, Value};
+use super::serial::SharedStore;
 use crate::app::{Action, Qos, Schedule, SensorApp, State};
 use crate::signer::{ChipSigningKey, DigestSigner};
 
@@ -105,17 +107,29 @@ fn qos(q: Qos) -> QoS {
     }
 }
 
-/// Runs the application for one configuration until `changed` fires (then returns so the
-/// caller restarts it with the new blobs).
-pub async fn run(p: Provisioned, signer: Arc<dyn DigestSigner>, mut changed: watch::Receiver<u64>) {
+/// Runs the application for one configuration until `changed` fires or a renewal asks for
+/// a new session (then returns so the caller restarts it with the blobs of the store).
+/// `trial`: the certificate is a renewed one the broker has not accepted yet.
+pub async fn run(
+    p: Provisioned,
+    signer: Arc<dyn DigestSigner>,
+    mut changed: watch::Receiver<u64>,
+    store: SharedStore,
+    trial: bool,
+) -> Ended {
     let schedule = p.schedule();
     let c = &p.config;
+    super::renewal::warn_if_expired(c, &p.chain);
+    let mut renewer = Renewer::new(&p, signer.clone(), store, trial);
     let tls = match tls_config(&p, signer) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sensor-sim: not connecting: {e}");
+            if let Some(end) = renewer.on_connection_failed(&e) {
+                return end;
+            }
             let _ = changed.changed().await;
-            return;
+            return Ended::Changed;
         }
     };
     // The client id is the identity (the certificate's CN): the broker replaces any other by
@@ -146,8 +160,14 @@ pub async fn run(p: Provisioned, signer: Arc<dyn DigestSigner>, mut changed: wat
     );
     loop {
         let now = super::now_ms();
+        if let Some((topic, csr)) = renewer.request_if_due(now) {
+            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, csr) {
+                eprintln!("sensor-sim: renewal request queue: {e}");
+            }
+            super::renewal::crash_point("renew-after-request");
+        }
         let wait_until = match app.poll(now) {
-            Action::Idle => return,
+            Action::Idle => return Ended::Changed,
             Action::Publish { qos: q, retain } => {
                 let t = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -181,16 +201,21 @@ pub async fn run(p: Provisioned, signer: Arc<dyn DigestSigner>, mut changed: wat
             Action::WaitUntil(t) => t,
         };
         let sleep = tokio::time::sleep(Duration::from_millis(
-            wait_until.saturating_sub(now).min(3_600_000),
+            wait_until.saturating_sub(now).clamp(1, 1_000),
         ));
         let connected = !matches!(app.state(), State::Disconnected { .. });
         tokio::select! {
             _ = changed.changed() => {
                 let _ = client.try_disconnect();
-                return;
+                return Ended::Changed;
             }
             _ = sleep => {}
-            ev = poll_if(&mut events, connected) => handle(ev, &mut app, &client, c, schedule.qos),
+            ev = poll_if(&mut events, connected) => {
+                if let Some(end) = handle(ev, &mut app, &mut renewer, &client, c, schedule.qos) {
+                    let _ = client.try_disconnect();
+                    return end;
+                }
+            }
         }
     }
 }
@@ -206,15 +231,22 @@ async fn poll_if(events: &mut EventLoop, enabled: bool) -> Result<Event, rumqttc
 fn handle(
     ev: Result<Event, rumqttc::ConnectionError>,
     app: &mut SensorApp,
+    renewer: &mut Renewer,
     client: &AsyncClient,
     c: &DeviceConfig,
     q: Qos,
-) {
+) -> Option<Ended> {
     let now = super::now_ms();
     match ev {
         Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
             eprintln!("sensor-sim: connected to the broker ({:?})", ack.code);
             app.on_connected(now);
+            if let Err(e) = renewer.on_connected() {
+                eprintln!("sensor-sim: renewal: {e}");
+            }
+            if let Some(t) = renewer.cert_topic() {
+                let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+            }
             if let Some(t) = &c.status_topic {
                 let _ = client.try_publish(t.clone(), QoS::AtLeastOnce, true, "online");
             }
@@ -226,10 +258,19 @@ fn handle(
         Ok(Event::Incoming(Incoming::PubAck(a))) => app.on_puback(a.pkid),
         Ok(Event::Incoming(Incoming::PubRec(a))) => app.on_pubrec(a.pkid),
         Ok(Event::Incoming(Incoming::PubComp(a))) => app.on_pubcomp(a.pkid),
+        Ok(Event::Incoming(Incoming::Publish(m)))
+            if renewer.cert_topic().as_deref() == Some(m.topic.as_ref()) =>
+        {
+            return renewer.on_certificate(&m.payload);
+        }
         Ok(_) => {}
         Err(e) => {
+            if let Some(end) = renewer.on_connection_failed(&e.to_string()) {
+                return Some(end);
+            }
             let delay = app.on_connection_lost(now, now as u32);
             eprintln!("sensor-sim: connection failed: {e}; retrying in {delay} ms");
         }
     }
+    None
 }

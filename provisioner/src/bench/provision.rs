@@ -634,6 +634,24 @@ pub(crate) fn device_config(
         clean_session: profile.clean_session,
         interval_s: profile.interval_s,
         key_slot: profile.key_slot,
+        renewal: Some(field_renewal(site, profile)),
+    }
+}
+
+/// The board's renewal settings: the site's renewal topics and the profile's renewal point.
+fn field_renewal(site: &Site, profile: &DeviceProfile) -> manifests::device::FieldRenewal {
+    use manifests::site::RenewPoint;
+    let (permille, before) = match profile.lifetime().renew_point() {
+        Some(RenewPoint::Fraction(n, d)) => {
+            (Some((n * 1000 / d.max(1)).clamp(1, 999) as u16), None)
+        }
+        Some(RenewPoint::DaysBefore(d)) => (None, Some(d)),
+        None => (None, None),
+    };
+    manifests::device::FieldRenewal {
+        topic_prefix: manifests::device::FieldRenewal::prefix_for(&site.topics.root),
+        renew_at_permille: permille,
+        renew_before_days: before,
     }
 }
 

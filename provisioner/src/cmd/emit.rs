@@ -697,11 +697,18 @@ fn acl_entries(store: &ca::Store, site: &manifests::site::Site) -> Result<(Vec<A
             continue;
         }
         devices += 1;
+        let (mut write, mut read) = (i.acl_write, i.acl_read);
+        if i.kind == "device" {
+            // Renewal in the field: its own request topic and its own answer topic only.
+            let prefix = manifests::device::FieldRenewal::prefix_for(&site.topics.root);
+            write.push(manifests::device::FieldRenewal::renew_topic(&prefix, &i.id));
+            read.push(manifests::device::FieldRenewal::cert_topic(&prefix, &i.id));
+        }
         entries.push(AclEntry {
             comment: format!("{} `{}` (profile {})", i.kind, i.id, i.profile),
             user: i.id,
-            write: i.acl_write,
-            read: i.acl_read,
+            write,
+            read,
         });
     }
     // Gateways of the site read what they forward, even before their certificate exists,

@@ -17,6 +17,7 @@ pub mod link;
 pub mod nodes;
 pub mod provision;
 pub mod renew;
+pub mod renewal;
 pub mod server;
 pub mod shared_ledger;
 pub mod site;

@@ -378,9 +378,27 @@ impl SimBoard {
     }
 
     pub fn start_with(dir: &Path, name: &str, baud: u32, trace: bool, extra: &[&str]) -> SimBoard {
+        Self::start_env(dir, name, baud, trace, extra, &[])
+    }
+
+    /// A board with test hooks in its environment (`SENSOR_SIM_*`); its log is appended to,
+    /// so a board restarted on the same state keeps the earlier lines.
+    pub fn start_env(
+        dir: &Path,
+        name: &str,
+        baud: u32,
+        trace: bool,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> SimBoard {
         let link = dir.join(format!("{name}.tty"));
         let state = dir.join(format!("{name}.chip"));
         let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
         // A board killed earlier leaves its link behind, pointing at a pty number the kernel
         // may have given to another test's board: wait for this board's own link.
         let _ = std::fs::remove_file(&link);
@@ -395,9 +413,10 @@ impl SimBoard {
             &baud.to_string(),
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"));
+        .stderr(log_file);
         if trace {
             cmd.env("SENSOR_SIM_TRACE", "1");
         }
