@@ -304,13 +304,10 @@ fn revocation_cuts_the_identity_off_within_5_s_while_another_qos1_stream_arrives
 
     // x: a persistent subscriber and a publisher; y: a persistent subscriber counting z's
     // QoS 1 stream; z: 200 readings at 20 ms through one persistent session.
-    let xs = Sub::start(mosq(
-        "mosquitto_sub",
-        port,
-        &ca,
-        &x,
-        &["-t", "maison/#", "-c", "-i", "x", "-v"],
-    ));
+    // x subscribes and publishes through ONE session: the broker makes every connection of
+    // an identity client id x (`use_username_as_clientid`), so a second connection of x
+    // (a separate mosquitto_pub) would take the first one's session over.
+    let xs = XSession::start(port, &ca, &x);
     let ys = Sub::start(mosq(
         "mosquitto_sub",
         port,
@@ -343,21 +340,7 @@ fn revocation_cuts_the_identity_off_within_5_s_while_another_qos1_stream_arrives
         // Give the last QoS 1 exchanges time before closing the input.
         std::thread::sleep(Duration::from_secs(2));
     });
-    // x's own publisher, one persistent session that keeps going after the revocation.
-    let mut xp = mosq(
-        "mosquitto_pub",
-        port,
-        &ca,
-        &x,
-        &["-t", "maison/x/t", "-i", "x-pub", "-l"],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("mosquitto_pub");
-    let mut xin = xp.stdin.take().expect("stdin");
-    writeln!(xin, "before").expect("x publishes");
+    xs.publish("maison/x/t", "before");
     wait_for(10, "x's reading at y", || {
         ys.lines().iter().any(|l| l == "maison/x/t before")
     });
@@ -381,7 +364,7 @@ fn revocation_cuts_the_identity_off_within_5_s_while_another_qos1_stream_arrives
     // receives nothing (z's stream goes on meanwhile).
     std::thread::sleep(Duration::from_millis(200));
     let x_seen_at_reload = xs.lines().len();
-    writeln!(xin, "after-reload").expect("x publishes");
+    xs.publish("maison/x/t", "after-reload");
     std::thread::sleep(Duration::from_millis(500));
     let x_after: Vec<String> = xs.lines()[x_seen_at_reload..].to_vec();
     assert!(
@@ -397,7 +380,7 @@ fn revocation_cuts_the_identity_off_within_5_s_while_another_qos1_stream_arrives
     let _ = broker.child.wait();
     broker = Mosquitto::start(&conf, port, &home.work().join("m2.log"));
     // Cut off: x's subscriber, refused on reconnect by the CRL, ends; x's publisher too.
-    wait_for(5, "x's subscriber to be refused", || exited(&xs));
+    wait_for(5, "x's session to be refused", || xs.refused());
     let cut_s = t0.elapsed().as_secs_f64();
     let refused = publish(port, &ca, &x, "maison/x/t", "late");
     assert!(!refused.status.success(), "x could still publish");
@@ -429,10 +412,8 @@ fn revocation_cuts_the_identity_off_within_5_s_while_another_qos1_stream_arrives
     );
 
     feeder.join().expect("feeder");
-    drop(xin);
     let _ = zp.wait();
-    let _ = xp.kill();
-    let _ = xp.wait();
+    drop(xs);
     wait_for(10, "z's whole stream at y", || {
         distinct(&ys.lines(), "maison/z/t ") == N
     });
@@ -452,13 +433,80 @@ fn revocation_cuts_the_identity_off_within_5_s_while_another_qos1_stream_arrives
     );
 }
 
-/// True once the subscriber's process has ended (reaped here; its Drop then finds it gone).
-fn exited(s: &Sub) -> bool {
-    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
-    !matches!(
-        nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-        Ok(nix::sys::wait::WaitStatus::StillAlive)
-    )
+/// One MQTT session of a client (rumqttc over the workspace's rustls client configuration),
+/// persistent, subscribed to `maison/#`: what it received (`topic payload`) and whether the
+/// broker refused it on a reconnection.
+struct XSession {
+    client: rumqttc::Client,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl XSession {
+    fn start(port: u16, ca: &Path, c: &Client) -> XSession {
+        use std::sync::atomic::Ordering;
+        let id = tls_client::certificate_identity(&c.crt).expect("client identity");
+        let tls = tls_client::client_config(&tls_client::TlsFiles {
+            ca_file: ca.to_path_buf(),
+            cert_file: c.crt.clone(),
+            key_file: c.key.clone(),
+            server_name: None,
+        })
+        .expect("TLS client configuration");
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+                tls,
+            )));
+        let (client, mut connection) = rumqttc::Client::new(opts, 16);
+        client
+            .subscribe("maison/#", rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, r) = (got.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        g.lock().expect("lock").push(format!(
+                            "{} {}",
+                            p.topic,
+                            String::from_utf8_lossy(&p.payload)
+                        ))
+                    }
+                    Ok(_) => {}
+                    // The broker's TLS alert (the CRL): refused. Anything else (the restart's
+                    // dropped connection, the port closed meanwhile): try again.
+                    Err(e) if format!("{e:?}").contains("CertificateRevoked") => {
+                        r.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        XSession {
+            client,
+            got,
+            refused,
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .expect("publish");
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    fn refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn distinct(lines: &[String], prefix: &str) -> usize {
