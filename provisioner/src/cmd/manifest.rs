@@ -210,6 +210,7 @@ impl Outputs {
                 format!("--out {}: expected a file name", out.display()),
             ));
         }
+        // FILE's last extension is replaced by a longer one: never FILE itself.
         Ok(Outputs {
             signer: out.with_extension("signer.crt"),
             ca: out.with_extension("ca.crt"),
