@@ -51,6 +51,9 @@ pub enum Profile {
     Device,
     /// A gateway, receiver or other client: CN = its name, EKU clientAuth.
     Client,
+    /// The key that signs Microchip manifests of this site's devices (`emit manifest`):
+    /// digitalSignature only, no EKU (nothing defines one for manifests), never a TLS peer.
+    ManifestSigner,
 }
 
 impl Profile {
@@ -62,6 +65,7 @@ impl Profile {
             Profile::Server => "server",
             Profile::Device => "device",
             Profile::Client => "client",
+            Profile::ManifestSigner => "manifest-signer",
         }
     }
 
@@ -73,6 +77,7 @@ impl Profile {
             "server" => Ok(Profile::Server),
             "device" => Ok(Profile::Device),
             "client" => Ok(Profile::Client),
+            "manifest-signer" => Ok(Profile::ManifestSigner),
             other => Err(Error::BadRequest(format!(
                 "unknown profile `{other}`: expected one of server, client, device"
             ))),
@@ -210,6 +215,9 @@ pub fn params(
         Profile::Device | Profile::Client => {
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        Profile::ManifestSigner => {
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         }
     }
     Ok(p)

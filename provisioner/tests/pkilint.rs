@@ -1,6 +1,7 @@
-//! One certificate of every profile, as the commands issue them in fresh homes, is clean under
-//! pkilint's RFC 5280 linter (`lint_pkix_cert`) at WARNING and passes `openssl verify
-//! -x509_strict` with the matching purpose.
+//! One certificate of every profile (the manifest signer of `emit manifest` included), as the
+//! commands issue them in fresh homes, is clean under pkilint's RFC 5280 linter
+//! (`lint_pkix_cert`) at WARNING and passes `openssl verify -x509_strict` with the matching
+//! purpose (the manifest signer has none: it signs no TLS handshake).
 //!
 //! pkilint is a Python package: `ca/tests/pkilint/run.sh` (called by scripts/test.sh) installs
 //! it in a cached venv and runs this test with `PKILINT` naming its `lint_pkix_cert`. Without
@@ -164,6 +165,16 @@ fn issue_all(home: &Home, with_device: bool) -> Vec<(String, PathBuf, Option<&'s
     {
         certs.push((format!("ca-bundle[{i}]"), ca, None));
     }
+    if with_device {
+        // The manifest signer (`emit manifest`, issue 19): it signs manifests, no TLS purpose.
+        let manifest = w.join("manifest.json");
+        home.ok(&["emit", "manifest", "--out", &manifest.to_string_lossy()]);
+        certs.push((
+            "manifest-signer".to_string(),
+            w.join("manifest.signer.crt"),
+            None,
+        ));
+    }
     certs
 }
 
@@ -200,7 +211,7 @@ fn every_profile_is_clean_under_pkilint_at_warning() {
     let home = Home::new();
     home.ok(&["init"]);
     let certs = issue_all(&home, true);
-    assert_eq!(certs.len(), 6, "{certs:?}");
+    assert_eq!(certs.len(), 7, "{certs:?}");
     lint_all(&lint, &home, &certs);
 
     // The device certificate names its chip in the subject, and every end-entity certificate
@@ -213,7 +224,7 @@ fn every_profile_is_clean_under_pkilint_at_warning() {
         "{device}"
     );
     assert!(!device.contains("URI:"), "{device}");
-    for (label, file, _) in &certs[..5] {
+    for (label, file, _) in certs[..5].iter().chain(&certs[6..]) {
         let t = text_of(file);
         assert!(t.contains("X509v3 Subject Key Identifier:"), "{label}: {t}");
         assert_eq!(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # pkilint (the linter CAs use for the Web PKI and S/MIME profiles) checks one certificate of
 # every profile the provisioner issues with its RFC 5280 linter, `lint_pkix_cert`, at WARNING:
-# root and issuing CA, server, client, gateway, receiver and device. The certificates come from
-# provisioner/tests/pkilint.rs, which issues them in fresh homes and asserts zero findings.
+# root and issuing CA, server, client, gateway, receiver, device and manifest signer. The
+# certificates come from provisioner/tests/pkilint.rs, which issues them in fresh homes and
+# asserts zero findings.
 # pkilint is installed (pinned) in a venv on first use and reused after.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

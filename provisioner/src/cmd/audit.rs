@@ -311,7 +311,7 @@ fn report(ctx: &Context, items: &[Item], now: i64) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let help = "re-run the command that issued it (server issue, cert sign, emit gateway|receiver, device provision) to renew it, `provisioner crl` for the CRL; `provisioner renew` does the broker, gateways, receivers and the CRL at once";
+    let help = "re-run the command that issued it (server issue, cert sign, emit gateway|receiver|manifest, device provision) to renew it, `provisioner crl` for the CRL; `provisioner renew` does the broker, gateways, receivers and the CRL at once";
     match worst {
         State::Ok => Ok(()),
         State::Renew => Err(CliError::new(

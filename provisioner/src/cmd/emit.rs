@@ -1,4 +1,5 @@
-//! `provisioner emit broker|gateway|receiver`: the configuration other programs consume.
+//! `provisioner emit broker|gateway|receiver`: the configuration other programs consume
+//! (`emit certdef` and `emit manifest` live in `cmd::certdef` and `cmd::manifest`).
 //!
 //! * `broker`: a complete mosquitto 2.0 configuration from the ledger.
 //! * `gateway ID`: the gateway's manifest (`gateway.toml`), its link manifest (`link.toml`),
@@ -93,6 +94,23 @@ provisioner emit certdef --profile coffre --out ./certdef\n  \
 gcc -c -I BUILD -I CRYPTOAUTHLIB/lib ./certdef/cert_def_coffre.c   # BUILD: its atca_config.h"
     )]
     Certdef(super::certdef::CertdefArgs),
+    /// Microchip's signed manifest of the devices, for cloud registration (AWS IoT).
+    #[command(
+        long_about = "Writes Microchip's manifest of the site's devices (all active ones, or \
+those given with --device): a JSON array of SignedSecureElement objects, one per chip, each \
+a JWS (ES256) whose payload names the chip serial (uniqueId), its public key and its \
+certificate chain (x5c), as the bench recorded them in the ledger. A manifest signer key \
+(made once, 0600 in the home's keys/) signs every entry; the CA certifies it (profile \
+manifest-signer: digitalSignature only). Beside FILE: FILE's name with .signer.crt (the \
+signer's certificate, which the importer asks for) and .ca.crt (the CA certificates). All \
+three are public and written 0644.",
+        after_help = "EXAMPLES:\n  \
+provisioner emit manifest --out ./manifest.json     # also manifest.signer.crt, manifest.ca.crt\n  \
+provisioner emit manifest --out ./lot-1.json --device salon-01 --device cuisine-02\n\n\
+An unknown or inactive --device is refused and nothing is written. See the README section\n\
+\"Registering the devices with AWS IoT (Microchip manifest)\" for loading it."
+    )]
+    Manifest(super::manifest::ManifestArgs),
 }
 
 /// Which node directory `emit gateway|receiver` writes (ID and OUT), or forgets.
@@ -294,6 +312,7 @@ pub fn run(ctx: &Context, cmd: EmitCommand) -> Result<()> {
     match cmd {
         EmitCommand::Broker(args) => broker(ctx, args),
         EmitCommand::Certdef(args) => super::certdef::run(ctx, args),
+        EmitCommand::Manifest(args) => super::manifest::run(ctx, args),
         EmitCommand::Gateway(args) => {
             let opts = args.gateway.node(&args.place);
             emit_node(ctx, "gateway", &args.target, &opts)
@@ -1134,6 +1153,36 @@ pub(crate) struct NodeIdentity {
     pub(crate) renewed: Option<String>,
 }
 
+/// The P-256 key at `path` (plain PKCS#8, 0600), made there if absent. A key from an earlier
+/// (possibly interrupted) run is reused: same key, same request, same certificate.
+pub(crate) fn host_key(path: &Path) -> Result<rcgen::KeyPair> {
+    if path.exists() {
+        return Ok(ca::keys::read_plain(path)?);
+    }
+    let k = ca::keys::generate()?;
+    ca::keys::write_plain(path, &k)?;
+    Ok(k)
+}
+
+/// Refuses a certificate the ledger reissued although it is revoked (a re-run finds the
+/// revoked one for the same key): the way out is a new key at `key_path`.
+pub(crate) fn refuse_revoked(issued: &ca::Issued, whose: &str, key_path: &Path) -> Result<()> {
+    if issued.record.revoked_at.is_none() {
+        return Ok(());
+    }
+    Err(CliError::new(
+        Code::State,
+        format!(
+            "the certificate {} of {whose} is revoked",
+            issued.record.serial
+        ),
+    )
+    .with_help(format!(
+        "remove {} to get a new key and certificate, then emit again",
+        key_path.display()
+    )))
+}
+
 /// Issues (or reuses) the client certificate of a node the site does not list as a device:
 /// key generated here once (keys/ID.key), identity `kind` with these ACL lines.
 pub(crate) fn issue_node(
@@ -1159,14 +1208,7 @@ pub(crate) fn issue_node(
         .with_help("rename the gateway or receiver in the site file"));
     }
     let key_path = ctx.layout.keys_dir().join(format!("{id}.key"));
-    // A key from an earlier (possibly interrupted) run is reused: same key, same request.
-    let key = if key_path.exists() {
-        ca::keys::read_plain(&key_path)?
-    } else {
-        let k = ca::keys::generate()?;
-        ca::keys::write_plain(&key_path, &k)?;
-        k
-    };
+    let key = host_key(&key_path)?;
     let public_key = ca::PublicKey::from_sec1(key.public_key_raw())?;
     let request_id =
         ca::authority::request_id(&[b"node", kind.as_bytes(), id.as_bytes(), &public_key.0]);
@@ -1193,19 +1235,7 @@ pub(crate) fn issue_node(
         days: site.site.leaf_days,
         identity: Some(identity.clone()),
     })?;
-    if issued.record.revoked_at.is_some() {
-        return Err(CliError::new(
-            Code::State,
-            format!(
-                "the certificate {} of `{id}` is revoked",
-                issued.record.serial
-            ),
-        )
-        .with_help(format!(
-            "remove {} to get a new key and certificate, then emit again",
-            key_path.display()
-        )));
-    }
+    refuse_revoked(&issued, &format!("`{id}`"), &key_path)?;
     // The ACL follows the site file even when the certificate existed already.
     authority.upsert_identity(&identity)?;
     let chain_pem = format!("{}{}", issued.pem, authority.store.chain_pem()?);

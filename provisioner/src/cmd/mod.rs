@@ -14,6 +14,7 @@ pub mod device;
 pub mod emit;
 pub mod init;
 pub mod link;
+pub mod manifest;
 pub mod nodes;
 pub mod provision;
 pub mod renew;

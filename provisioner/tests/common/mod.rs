@@ -192,6 +192,19 @@ pub fn openssl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The extensions `exts` (comma-separated openssl names) of the PEM certificate `cert`, as
+/// `openssl x509 -ext` prints them.
+pub fn openssl_ext(cert: &Path, exts: &str) -> String {
+    openssl_ok(&[
+        "x509",
+        "-in",
+        &cert.to_string_lossy(),
+        "-noout",
+        "-ext",
+        exts,
+    ])
+}
+
 /// openssl makes a P-256 key `NAME.key` and a CSR `NAME.csr` for `subject` in `dir`, with
 /// `extra` request flags (e.g. `-addext subjectAltName=...`).
 pub fn openssl_csr(dir: &Path, name: &str, subject: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
