@@ -21,6 +21,7 @@
 //! (the intrusions), [`revocation`] (the live revocation), [`summary`] (text and JSON).
 
 mod boards;
+mod chip_identity;
 mod house;
 mod live;
 mod network;
@@ -241,6 +242,8 @@ impl<'a> Demo<'a> {
         let pass = ca::Passphrase::new(self.passphrase.to_string());
         let mut authority = ca::Authority::open(&layout, &pass)?;
         authority.set_policy(crate::cmd::audit::policy(site));
+        // Compressible profiles (issue 19): their device certificates fit the chip.
+        crate::cmd::certdef::apply(site, &mut authority);
         Ok(authority)
     }
 
@@ -281,9 +284,10 @@ fn demo(
     let tools = Tools::find()?;
     let d = Demo::prepare(args, procs, dir)?;
     let n = usize::from(args.sensors);
-    let sensors = house::sensors(n, &d.links, &d.work)?;
+    let mut sensors = house::sensors(n, &d.links, &d.work)?;
     let ports = Ports::pick()?;
-    let (site, scale) = house::demo_site(ports.near, &sensors, args.duration)?;
+    let (mut site, scale) = house::demo_site(ports.near, &sensors, args.duration)?;
+    chip_identity::in_the_chip(&mut site, &mut sensors)?;
     partial("ports", ports.json());
     partial("home", json!(d.home));
     let site_file = d.work.join("site.toml");
@@ -309,6 +313,7 @@ fn demo(
     );
     let authority = Mutex::new(d.authority(&site)?);
     let provisioned = boards::provision(&d, &sensors, &site, &authority, ctx.json, &boards)?;
+    let in_chip = chip_identity::check(&d, &site, &authority, &provisioned)?;
 
     step(
         5,
@@ -375,6 +380,7 @@ fn demo(
         ended: &ended,
         intrusions: &intrusions,
         revocation: revocation.as_ref(),
+        chip_identity: &in_chip,
         scale,
         ports: &ports,
         procs,
