@@ -17,7 +17,8 @@
 //! The parts, one concern each: [`procs`] (child processes, process groups, signals and
 //! cleanup), [`network`] (directory, programs, ports, the emitted configurations, brokers,
 //! air, receiver and gateway), [`house`] (the site and its sensors), [`boards`] (the simulated
-//! boards and their provisioning), [`live`] (the monitors and the live view), [`scenario`]
+//! boards and their provisioning), [`chip_identity`] (the first board's identity in the chip,
+//! issue 19), [`live`] (the monitors and the live view), [`scenario`]
 //! (the intrusions), [`revocation`] (the live revocation), [`summary`] (text and JSON).
 
 mod boards;
@@ -61,7 +62,8 @@ EXAMPLES:
   provisioner demo --sensors 3 --duration 10 --json | jq .messages
 
 EXIT CODES: 0 every device provisioned, every QoS 1/2 reading delivered at the far side,
-every intrusion refused and the revoked board cut off within 5 s; 1 otherwise (or interrupted: everything is stopped either way).";
+every intrusion refused, the revoked board cut off within 5 s and the certificates rebuilt
+from the first board's chip equal to the ledger's; 1 otherwise (or interrupted: everything is stopped either way).";
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
