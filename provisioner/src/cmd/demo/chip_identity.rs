@@ -68,6 +68,8 @@ pub(super) struct ChipCheck {
     signer_len: usize,
     /// None: both equal the ledger's; otherwise the first difference.
     mismatch: Option<String>,
+    /// Seconds the read-back and rebuild took (over the serial link).
+    seconds: f64,
 }
 
 impl ChipCheck {
@@ -101,6 +103,7 @@ impl ChipCheck {
             "signer_cert_bytes": self.signer_len,
             "equal_to_ledger": self.ok(),
             "mismatch": self.mismatch,
+            "read_back_seconds": self.seconds,
         })
     }
 }
@@ -141,6 +144,7 @@ pub(super) fn check(
             .by_serial(&serial)?
             .ok_or_else(|| failed(format!("certificate {serial} is not in the ledger")))?
             .der;
+        let t = std::time::Instant::now();
         let mut link = KitLink::connect(&s.link.to_string_lossy(), d.args.baud)
             .map_err(|e| failed(e.to_string()))?;
         let config = link
@@ -155,6 +159,7 @@ pub(super) fn check(
             device_len: rebuilt.device.as_ref().map_or(0, Vec::len),
             signer_len: rebuilt.signer.as_ref().map_or(0, Vec::len),
             mismatch: rebuilt.compare(&issued, &signer_der).err(),
+            seconds: t.elapsed().as_secs_f64(),
         };
         note(&c.line());
         checks.push(c);
