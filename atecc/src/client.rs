@@ -246,7 +246,10 @@ impl<T: Transport> Client<T> {
         ))
     }
 
-    /// Writes a whole slot in clear, 32 bytes at a time (`data` is zero-padded to full blocks).
+    /// Writes a slot in clear before the data lock, 32 bytes at a time (`data` is
+    /// zero-padded to full blocks; a slot's short last block, 4 bytes of a 36-byte slot or 8
+    /// of a 72-byte one, goes as a zero-padded 32-byte write, the only size the chip takes
+    /// before the lock).
     pub fn write_slot(&mut self, slot: u8, data: &[u8]) -> ClientResult<(), T::Error> {
         if data.len() > slot_size(slot as usize) {
             return Err(ClientError::Chip(Error::DataTooLong));
@@ -255,6 +258,30 @@ impl<T: Transport> Client<T> {
             let mut buf = [0u8; 32];
             buf[..chunk.len()].copy_from_slice(chunk);
             self.write_slot_block(slot, block as u8, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// Writes public data to a clear-writable slot after the data lock as cryptoauthlib's
+    /// `calib_write_bytes_zone` (what `atcacert_write_cert` uses) does: 32-byte writes while
+    /// a whole block remains, then 4-byte writes, so the 8-byte tail of a 72-byte slot goes
+    /// as two words and nothing is written past the slot (a last partial word is
+    /// zero-padded).
+    pub fn write_public_slot(&mut self, slot: u8, data: &[u8]) -> ClientResult<(), T::Error> {
+        if data.len() > slot_size(slot as usize) {
+            return Err(ClientError::Chip(Error::DataTooLong));
+        }
+        let whole = data.len() / 32 * 32;
+        for (block, chunk) in data[..whole].chunks_exact(32).enumerate() {
+            let mut buf = [0u8; 32];
+            buf.copy_from_slice(chunk);
+            self.write_slot_block(slot, block as u8, &buf)?;
+        }
+        for (i, chunk) in data[whole..].chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            let addr = address::data(slot, (whole / 32) as u8, i as u8);
+            self.execute_status(&Command::write(Zone::Data, addr, &word))?;
         }
         Ok(())
     }

@@ -410,3 +410,89 @@ fn config_lock_summary_matches_crc16_of_the_zone() {
     let zone = chip.config_zone();
     assert_eq!(host::config_lock_crc(&zone), crc16(&zone.0));
 }
+
+/// A chip with `tls-device-atcacert` written and both zones locked (the identity slots 10-13
+/// stay clear-writable: WriteConfig Always, not secret).
+fn atcacert_locked_chip() -> Chip {
+    let profile =
+        atecc::profile::Profile::from_toml(atecc::profile::TLS_DEVICE_ATCACERT_PROFILE).unwrap();
+    let mut chip = Chip::new_blank();
+    let current = Client::new(&mut chip).read_config_zone().unwrap();
+    let zone = profile.to_config_zone(&current).unwrap();
+    let mut c = Client::new(&mut chip);
+    c.write_config_zone(&zone).unwrap();
+    let zone = c.read_config_zone().unwrap();
+    c.lock_config(&zone).unwrap();
+    c.write_slot(WRITE_KEY_SLOT, &WRITE_KEY).unwrap();
+    let crc = data_summary(&chip);
+    Client::new(&mut chip).lock_data(crc).unwrap();
+    chip
+}
+
+#[test]
+fn a_72_byte_slot_is_written_as_cryptoauthlib_does_and_nothing_past_its_end_is_accepted() {
+    let mut chip = atcacert_locked_chip();
+    let slot = 10u8;
+    let comp: Vec<u8> = (1..=72).collect();
+    // Two 32-byte blocks, then the 8-byte tail as two 4-byte words (calib_write_bytes_zone).
+    Client::new(&mut chip)
+        .write_public_slot(slot, &comp)
+        .unwrap();
+    assert_eq!(chip.slot(10).unwrap(), comp);
+    // The tail again as one 32-byte write, zero-padded: accepted (the data sheets allow it).
+    let mut padded = [0u8; 32];
+    padded[..8].copy_from_slice(&[0xA5; 8]);
+    let tail = address::data(slot, 2, 0);
+    run(&mut chip, Command::write(Zone::Data, tail, &padded)).unwrap();
+    assert_eq!(chip.slot(10).unwrap()[64..], [0xA5; 8]);
+    // Refused, and nothing changes: a padded block whose padding is not zero, a word or a
+    // block past the slot's end, a 4-byte write to a secret slot.
+    padded[8] = 1;
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Data, tail, &padded),
+        Status::ParseError,
+    );
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Data, address::data(slot, 2, 2), &[1, 2, 3, 4]),
+        Status::ParseError,
+    );
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Data, address::data(slot, 3, 0), &[0; 32]),
+        Status::ParseError,
+    );
+    expect_refused(
+        &mut chip,
+        Command::write(
+            Zone::Data,
+            address::data(WRITE_KEY_SLOT, 0, 0),
+            &[1, 2, 3, 4],
+        ),
+        Status::ExecutionError,
+    );
+    assert_eq!(
+        Client::new(&mut chip).write_public_slot(slot, &[0; 76]),
+        Err(ClientError::Chip(Error::DataTooLong))
+    );
+}
+
+#[test]
+fn before_the_data_lock_only_32_byte_writes_are_taken_so_a_short_tail_goes_padded() {
+    let mut chip = configured_chip();
+    let zone = Client::new(&mut chip).read_config_zone().unwrap();
+    Client::new(&mut chip).lock_config(&zone).unwrap();
+    // Slot 8 is public in the TLS profile; a 4-byte write before the data lock is refused.
+    expect_refused(
+        &mut chip,
+        Command::write(Zone::Data, address::data(8, 0, 0), &[1, 2, 3, 4]),
+        Status::ExecutionError,
+    );
+    // A 36-byte slot's 4-byte tail goes as a zero-padded 32-byte block (`write_slot`).
+    let data: Vec<u8> = (1..=36).collect();
+    Client::new(&mut chip)
+        .write_slot(WRITE_KEY_SLOT, &data)
+        .unwrap();
+    assert_eq!(chip.slot(WRITE_KEY_SLOT as usize).unwrap(), data);
+}

@@ -628,8 +628,22 @@ pub struct Authority {
     vault: Option<crate::vault::Vault>,
     issuer: Issuer<'static, CaKey>,
     issuer_not_after: OffsetDateTime,
+    /// The signing CA's subject key identifier as its certificate states it (a compressible
+    /// issuing CA's is atcacert's SHA-1 of the key, not rcgen's own): the CRL's authority
+    /// key identifier must equal it, or OpenSSL finds no CRL for the CA's certificates.
+    issuer_key_id: Option<Vec<u8>>,
     policy: LifetimePolicy,
     compressed: std::collections::BTreeMap<String, crate::certdef::DeviceForm>,
+}
+
+/// The subject key identifier a certificate states, if any.
+fn subject_key_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
 }
 
 /// The lifetime `policy` gives the certificate `req` asks for.
@@ -784,6 +798,7 @@ impl Authority {
                 rfc3339(not_after.unix_timestamp())
             )));
         }
+        let issuer_key_id = subject_key_id(&cert);
         let issuer = Issuer::from_ca_cert_der(&der.into(), key)?;
         Ok(Authority {
             store,
@@ -791,6 +806,7 @@ impl Authority {
             vault: None,
             issuer,
             issuer_not_after: not_after,
+            issuer_key_id,
             policy: LifetimePolicy::default(),
             compressed: Default::default(),
         })
@@ -1108,7 +1124,10 @@ impl Authority {
                 crl_number: SerialNumber::from(number as u64),
                 issuing_distribution_point: None,
                 revoked_certs: entries,
-                key_identifier_method: KeyIdMethod::Sha256,
+                key_identifier_method: match &self.issuer_key_id {
+                    Some(id) => KeyIdMethod::PreSpecified(id.clone()),
+                    None => KeyIdMethod::Sha256,
+                },
             };
             let crl = params.signed_by(issuer)?;
             let rec = CrlRecord {

@@ -391,3 +391,48 @@ fn a_compressed_profile_added_to_a_home_whose_issuing_ca_is_not_compressible_is_
         "chip untouched"
     );
 }
+
+#[test]
+fn the_crl_of_a_compressible_issuing_ca_names_its_key_so_openssl_finds_it_for_every_leaf() {
+    let home = Home::new();
+    init_compressible(&home);
+    let out = home.json(&["server", "issue", "--dns", "localhost", "--ip", "127.0.0.1"]);
+    let leaf = out["certificate"]
+        .as_str()
+        .expect("certificate")
+        .to_string();
+    home.ok(&["crl", "--renew"]);
+    let path = |p: &str| home.path().join(p).to_string_lossy().into_owned();
+    let (root, issuing, crl) = (path("ca/root.crt"), path("ca/issuing.crt"), path("crl.pem"));
+    // The CRL's authority key id is the issuing CA's subject key id (atcacert's SHA-1 of
+    // the key), not another hash of the same key...
+    let skid = common::openssl_ok(&[
+        "x509",
+        "-in",
+        &issuing,
+        "-noout",
+        "-ext",
+        "subjectKeyIdentifier",
+    ]);
+    let id = skid.lines().last().expect("skid").trim().to_string();
+    let text = common::openssl_ok(&["crl", "-in", &crl, "-noout", "-text"]);
+    assert!(
+        id.len() == 59 && text.contains(&id),
+        "SKID {id} not in the CRL:\n{text}"
+    );
+    // ...so OpenSSL (as mosquitto with `crlfile` runs it) finds the CRL for the CA's leaves;
+    // with another key id it said "unable to get certificate CRL" and mosquitto refused
+    // every client of the home.
+    let verified = common::openssl_ok(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        &root,
+        "-untrusted",
+        &issuing,
+        "-CRLfile",
+        &crl,
+        &leaf,
+    ]);
+    assert!(verified.contains("OK"), "{verified}");
+}

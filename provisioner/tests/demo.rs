@@ -81,6 +81,47 @@ fn the_demo_provisions_three_boards_delivers_every_qos12_reading_refuses_intrude
         );
     }
 
+    // The identity in the chip (issue 19): the first board's profile is compressible; its
+    // compressed certificate and signer went into slots 10-13, and read back over its serial
+    // link after provisioning they rebuild the ledger's certificates byte for byte. Its
+    // serial is atcacert's public-key hash (16 bytes, top bits 01), and it ran in the house.
+    let chip = s["chip_identity"].as_array().expect("chip_identity");
+    assert_eq!(chip.len(), 1, "{chip:?}");
+    let c = &chip[0];
+    assert_eq!(c["id"], "chambre_1-1", "{c}");
+    assert_eq!(list[0]["profile"], "climat_puce", "{c}");
+    let slots = &c["slots"];
+    assert_eq!(
+        [
+            &slots["device_cert"],
+            &slots["signer_key"],
+            &slots["signer_cert"],
+            &slots["device_id"]
+        ],
+        [10, 11, 12, 13],
+        "{c}"
+    );
+    assert_eq!(c["equal_to_ledger"], true, "{c}");
+    assert!(c["mismatch"].is_null(), "{c}");
+    let bytes = c["device_cert_bytes"].as_u64().expect("bytes");
+    assert!((400..600).contains(&bytes), "{c}");
+    assert!(
+        c["signer_cert_bytes"].as_u64().is_some_and(|n| n > 300),
+        "{c}"
+    );
+    let line = format!(
+        "board chambre_1-1: identity in the chip, certificate rebuilt from slots 10-13 (device 10, signer key 11, signer 12, id 13), {bytes} bytes, equal to the ledger's"
+    );
+    assert!(
+        stderr.contains(&format!("identity in the chip  {line}")),
+        "summary line `{line}` missing:\n{stderr}"
+    );
+    let serial = list[0]["certificate"].as_str().expect("serial");
+    assert!(
+        serial.len() == 32 && matches!(serial.as_bytes()[0], b'4'..=b'7'),
+        "not a public-key-hash serial: {serial}"
+    );
+
     // Messages: every QoS 1/2 message the broker on Pi #1 accepted reached Pi #2.
     let m = &s["messages"];
     assert_eq!(m["qos12_missing"], 0, "{m}");

@@ -384,6 +384,10 @@ fn write(cmd: &Command<'_>, nv: &mut NvState, vol: &mut Volatile) -> Out {
             };
             let stored = &mut nv.slots[slot];
             let end = (offset + len).min(stored.len());
+            // A slot's short last block (4 bytes of a 36-byte slot, 8 of a 72-byte one) takes
+            // a 32-byte write only zero-padded (Microchip's data sheets: "the additional bytes
+            // need to be padded with zeros"); anything past the slot is refused.
+            require(plain[end - offset..].iter().all(|b| *b == 0), Parse)?;
             stored[offset..end].copy_from_slice(&plain[..end - offset]);
         }
         (Zone::Data, None) => return Err(Parse),

@@ -9,8 +9,8 @@ import traceback
 
 from cryptoauthlib import (atcab_ecdh, atcab_genkey, atcab_get_pubkey, atcab_info, atcab_init,
                            atcab_is_locked, atcab_lock_config_zone_crc, atcab_lock_data_zone, atcab_priv_write,
-                           atcab_random, atcab_read_config_zone, atcab_release, atcab_sign, atcab_write_config_zone,
-                           atcab_write_zone, load_cryptoauthlib)
+                           atcab_random, atcab_read_bytes_zone, atcab_read_config_zone, atcab_release, atcab_sign,
+                           atcab_write_bytes_zone, atcab_write_config_zone, atcab_write_zone, load_cryptoauthlib)
 from cryptoauthlib import iface
 from cryptoauthlib.library import AtcaReference
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +24,7 @@ KEY_SLOT = 0        # GenKey'd device key: external sign + ECDH (clear result)
 INJECT_SLOT = 1     # key injected with an encrypted PrivWrite
 WRITE_KEY_SLOT = 4  # the write key authorising that PrivWrite
 WRITE_KEY = bytes(range(0x40, 0x60))
+CERT_SLOT = 10      # 72 bytes, public, written in clear after the data lock (Trust&GO's device cert)
 
 results = []
 
@@ -106,10 +107,12 @@ def t_write_config():
     slot(INJECT_SLOT, 0x4000 | (WRITE_KEY_SLOT << 8) | 0x81, 0x0033)
     # The write key: a secret 32-byte non-ECC key.
     slot(WRITE_KEY_SLOT, 0x0080, 0x001C)
+    # A compressed certificate's slot: WriteConfig Always, not secret, read in clear, Lockable.
+    slot(CERT_SLOT, 0x0000, 0x003C)
     ok(atcab_write_config_zone(bytes(conf)), "write config zone")
     back = bytearray(128)
     ok(atcab_read_config_zone(back), "read back")
-    for i in (KEY_SLOT, INJECT_SLOT, WRITE_KEY_SLOT):
+    for i in (KEY_SLOT, INJECT_SLOT, WRITE_KEY_SLOT, CERT_SLOT):
         assert back[20 + 2 * i:22 + 2 * i] == conf[20 + 2 * i:22 + 2 * i], f"SlotConfig {i}"
         assert back[96 + 2 * i:98 + 2 * i] == conf[96 + 2 * i:98 + 2 * i], f"KeyConfig {i}"
     state["config"] = back
@@ -192,11 +195,26 @@ def t_wrong_write_key():
     verify(state["injected"], digest, rs)
 
 
+def t_write_72_bytes():
+    # atcacert_write_cert's path: calib_write_bytes_zone sends two 32-byte writes and the
+    # 8-byte tail as two 4-byte writes; calib_read_bytes_zone reads it back the same way.
+    comp = os.urandom(72)
+    ok(atcab_write_bytes_zone(2, CERT_SLOT, 0, comp, 72), "write 72 bytes (2 x 32 + 2 x 4)")
+    back = bytearray(72)
+    ok(atcab_read_bytes_zone(2, CERT_SLOT, 0, back, 72), "read 72 bytes back")
+    assert bytes(back) == comp, back.hex()
+    # Nothing past the slot: a 4-byte write at byte 72 is refused, the slot unchanged.
+    assert atcab_write_zone(2, CERT_SLOT, 2, 2, bytes(4), 4) != ATCA_SUCCESS, "a write past the slot"
+    ok(atcab_read_bytes_zone(2, CERT_SLOT, 0, back, 72), "read again")
+    assert bytes(back) == comp
+
+
 for name, fn in [("init", t_init), ("info", t_info), ("read config zone", t_read_config),
                  ("write config zone", t_write_config), ("lock config zone with CRC", t_lock_config),
                  ("random", t_random), ("write key into its slot", t_write_key), ("genkey + read pubkey", t_genkey),
                  ("sign verified by cryptography", t_sign), ("ecdh", t_ecdh), ("lock data zone", t_lock_data),
-                 ("encrypted privwrite, sign verifies", t_privwrite), ("wrong write key fails", t_wrong_write_key)]:
+                 ("encrypted privwrite, sign verifies", t_privwrite), ("wrong write key fails", t_wrong_write_key),
+                 ("72-byte slot written and read as cryptoauthlib does", t_write_72_bytes)]:
     check(name, fn)
     if name == "init" and results[-1][1] is not None:
         break

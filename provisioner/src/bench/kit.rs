@@ -689,6 +689,10 @@ impl Board for KitLink {
         self.chip().write_slot(slot, data)
     }
 
+    fn write_public_slot(&mut self, slot: u8, data: &[u8]) -> Op<()> {
+        self.chip().write_public_slot(slot, data)
+    }
+
     fn write_otp(&mut self, otp: &[u8; OTP_SIZE]) -> Op<()> {
         for (block, data) in otp.chunks(32).enumerate() {
             let addr = atecc::config::address::block_word(block as u8, 0);

@@ -41,6 +41,21 @@ pub trait Board {
     fn lock_data(&mut self, summary: Option<u16>) -> Op<()>;
     /// Locks one slot (Lock, one slot).
     fn lock_slot(&mut self, slot: u8) -> Op<()>;
+    /// Writes public data to a clear-writable slot after the data lock (the compressed
+    /// certificates of issue 19): whole 32-byte blocks, then 4-byte words for a slot's short
+    /// tail, as cryptoauthlib writes it. Transports without a plain Write say so.
+    fn write_public_slot(&mut self, slot: u8, data: &[u8]) -> Op<()> {
+        let _ = data;
+        Err(atecc::client::ClientError::Transport(
+            LinkError::Unsupported {
+                port: self.port().to_string(),
+                operation: "writing a data slot after the data lock",
+                reason: format!(
+                    "slot {slot} cannot be written here: use the kit transport (--transport kit)"
+                ),
+            },
+        ))
+    }
     /// Reads a whole data slot in clear (a slot that is not secret), for the compressed
     /// certificates of issue 19. Transports without a Read say so.
     fn read_slot(&mut self, slot: u8) -> Op<Vec<u8>> {

@@ -11,7 +11,7 @@ use ca::compressed::TemplateIds;
 use manifests::site::{DeviceProfile, Site};
 use manifests::site_compressed::{parse_signer_id, whole_years};
 
-use super::{Ctx, Outcome, ProvisionError, lock_ca};
+use super::{Ctx, Outcome, ProvisionError, chip_err, lock_ca};
 use crate::bench::Board;
 
 /// The CA's form of a compressible profile (None for the others).
@@ -95,7 +95,7 @@ fn unpadded(v: &[u8]) -> Option<[u8; 64]> {
 }
 
 /// The profile's definition and the issuing CA's certificate, from the ledger.
-pub(super) fn definition(
+pub fn definition(
     shared: &super::Shared<'_>,
     form: &DeviceForm,
 ) -> Result<(CertDef, Vec<u8>), ProvisionError> {
@@ -195,24 +195,58 @@ fn write_slot<B: Board + ?Sized>(
         ));
     }
     cx.progress(&format!("writing the {} to slot {}", w.what, w.slot));
-    cx.chip("write slot", board.write_slot(w.slot, &full))?;
+    cx.chip("write slot", board.write_public_slot(w.slot, &full))?;
     Ok(true)
 }
 
-/// Reads the slots back and rebuilds both certificates from what the chip holds.
-fn rebuild<B: Board + ?Sized>(
-    cx: &Ctx<'_, '_>,
+/// The device and signer certificates as the chip's slots rebuild them with the profile's
+/// definition (what firmware built on cryptoauthlib does with `atcacert_read_cert`), each
+/// with why it does not rebuild.
+pub struct FromChip {
+    /// The device certificate (DER).
+    pub device: Result<Vec<u8>, String>,
+    /// The signer's certificate (DER).
+    pub signer: Result<Vec<u8>, String>,
+}
+
+impl FromChip {
+    /// Both equal the issued ones, or the first difference (for the operator).
+    pub fn compare(&self, issued_der: &[u8], signer_der: &[u8]) -> Result<(), String> {
+        for (what, rebuilt, issued) in [
+            ("signer", &self.signer, signer_der),
+            ("device", &self.device, issued_der),
+        ] {
+            let rebuilt = rebuilt.as_ref().map_err(|e| {
+                format!("the {what} certificate from the chip: it does not rebuild ({e})")
+            })?;
+            if rebuilt != issued {
+                return Err(format!(
+                    "the {what} certificate from the chip: the rebuilt one differs from the issued one: {}",
+                    certdef::first_difference(rebuilt, issued)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the identity slots (and the device's public key) and rebuilds both certificates
+/// from what the chip holds alone.
+pub fn from_chip<B: Board + ?Sized>(
     board: &mut B,
     def: &CertDef,
-    issued_der: &[u8],
-    signer_der: &[u8],
     config: &ConfigZone,
-) -> Result<(), ProvisionError> {
+) -> Result<FromChip, ProvisionError> {
+    let port = board.port().to_string();
     let signer_def = def
         .ca_cert_def
         .as_deref()
         .ok_or_else(|| ProvisionError::Config("the definition has no signer".into()))?;
-    let mut read = |loc: &DeviceLoc| cx.chip("read slot", board.read_slot(loc.slot as u8));
+    let mut read = |loc: &DeviceLoc| {
+        board
+            .read_slot(loc.slot as u8)
+            .map_err(chip_err(&port, "read slot"))
+    };
     let device_comp = read(&def.comp_cert_dev_loc)?;
     let signer_key = read(&signer_def.public_key_dev_loc)?;
     let signer_comp = read(&signer_def.comp_cert_dev_loc)?;
@@ -228,12 +262,16 @@ fn rebuild<B: Board + ?Sized>(
         };
         elements.push((e.device_loc, bytes.get(o..o + n).map(<[u8]>::to_vec)));
     }
-    let public = cx.chip(
-        "read public key",
-        board.public_key(def.private_key_slot as u8),
-    )?;
-    let signer_xy = unpadded(&signer_key)
-        .ok_or_else(|| cx.failed("chip identity", "signer public key slot too short".into()))?;
+    let public = board
+        .public_key(def.private_key_slot as u8)
+        .map_err(chip_err(&port, "read public key"))?;
+    let Some(signer_xy) = unpadded(&signer_key) else {
+        let short = Err("the signer public key slot is too short".to_string());
+        return Ok(FromChip {
+            device: short.clone(),
+            signer: short,
+        });
+    };
     let lookup = |loc: &DeviceLoc| {
         elements
             .iter()
@@ -241,31 +279,26 @@ fn rebuild<B: Board + ?Sized>(
             .and_then(|(_, b)| b.clone())
     };
     let cut = |v: &[u8]| v.get(..72).map(<[u8]>::to_vec).unwrap_or_default();
-    let checks = [
-        (
-            "signer",
-            signer_def.check_rebuild(&cut(&signer_comp), &signer_xy, None, &|_| None, signer_der),
-        ),
-        (
-            "device",
-            def.check_rebuild(
-                &cut(&device_comp),
-                &public,
-                Some(&signer_xy),
-                &lookup,
-                issued_der,
-            ),
-        ),
-    ];
-    for (what, check) in checks {
-        check.map_err(|e| {
-            cx.failed(
-                "chip identity",
-                format!("the {what} certificate from the chip: {e}; nothing was locked"),
-            )
-        })?;
-    }
-    Ok(())
+    let text = |r: ca::Result<Vec<u8>>| r.map_err(|e| e.to_string());
+    Ok(FromChip {
+        signer: text(signer_def.rebuild(&cut(&signer_comp), &signer_xy, None, &|_| None)),
+        device: text(def.rebuild(&cut(&device_comp), &public, Some(&signer_xy), &lookup)),
+    })
+}
+
+/// Reads the slots back and rebuilds both certificates from what the chip holds; they must
+/// equal the issued ones.
+fn rebuild<B: Board + ?Sized>(
+    cx: &Ctx<'_, '_>,
+    board: &mut B,
+    def: &CertDef,
+    issued_der: &[u8],
+    signer_der: &[u8],
+    config: &ConfigZone,
+) -> Result<(), ProvisionError> {
+    from_chip(board, def, config)?
+        .compare(issued_der, signer_der)
+        .map_err(|e| cx.failed("chip identity", format!("{e}; nothing was locked")))
 }
 
 /// Locks each identity slot once written and verified (needs `--lock`: irreversible).

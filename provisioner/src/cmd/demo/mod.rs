@@ -17,10 +17,12 @@
 //! The parts, one concern each: [`procs`] (child processes, process groups, signals and
 //! cleanup), [`network`] (directory, programs, ports, the emitted configurations, brokers,
 //! air, receiver and gateway), [`house`] (the site and its sensors), [`boards`] (the simulated
-//! boards and their provisioning), [`live`] (the monitors and the live view), [`scenario`]
+//! boards and their provisioning), [`chip_identity`] (the first board's identity in the chip,
+//! issue 19), [`live`] (the monitors and the live view), [`scenario`]
 //! (the intrusions), [`revocation`] (the live revocation), [`summary`] (text and JSON).
 
 mod boards;
+mod chip_identity;
 mod house;
 mod live;
 mod network;
@@ -60,7 +62,8 @@ EXAMPLES:
   provisioner demo --sensors 3 --duration 10 --json | jq .messages
 
 EXIT CODES: 0 every device provisioned, every QoS 1/2 reading delivered at the far side,
-every intrusion refused and the revoked board cut off within 5 s; 1 otherwise (or interrupted: everything is stopped either way).";
+every intrusion refused, the revoked board cut off within 5 s and the certificates rebuilt
+from the first board's chip equal to the ledger's; 1 otherwise (or interrupted: everything is stopped either way).";
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -241,6 +244,8 @@ impl<'a> Demo<'a> {
         let pass = ca::Passphrase::new(self.passphrase.to_string());
         let mut authority = ca::Authority::open(&layout, &pass)?;
         authority.set_policy(crate::cmd::audit::policy(site));
+        // Compressible profiles (issue 19): their device certificates fit the chip.
+        crate::cmd::certdef::apply(site, &mut authority);
         Ok(authority)
     }
 
@@ -281,9 +286,10 @@ fn demo(
     let tools = Tools::find()?;
     let d = Demo::prepare(args, procs, dir)?;
     let n = usize::from(args.sensors);
-    let sensors = house::sensors(n, &d.links, &d.work)?;
+    let mut sensors = house::sensors(n, &d.links, &d.work)?;
     let ports = Ports::pick()?;
-    let (site, scale) = house::demo_site(ports.near, &sensors, args.duration)?;
+    let (mut site, scale) = house::demo_site(ports.near, &sensors, args.duration)?;
+    chip_identity::in_the_chip(&mut site, &mut sensors)?;
     partial("ports", ports.json());
     partial("home", json!(d.home));
     let site_file = d.work.join("site.toml");
@@ -309,6 +315,7 @@ fn demo(
     );
     let authority = Mutex::new(d.authority(&site)?);
     let provisioned = boards::provision(&d, &sensors, &site, &authority, ctx.json, &boards)?;
+    let in_chip = chip_identity::check(&d, &site, &authority, &provisioned)?;
 
     step(
         5,
@@ -375,6 +382,7 @@ fn demo(
         ended: &ended,
         intrusions: &intrusions,
         revocation: revocation.as_ref(),
+        chip_identity: &in_chip,
         scale,
         ports: &ports,
         procs,

@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use super::boards::{BoardResult, Provisioned};
+use super::chip_identity::ChipCheck;
 use super::house::{Sensor, features};
 use super::live::{MONITORS, Seen, lock};
 use super::network::{Ended, Ports};
@@ -155,6 +156,8 @@ pub(super) struct Report<'a> {
     pub(super) intrusions: &'a [Intrusion],
     /// The board revoked live (none with a single board).
     pub(super) revocation: Option<&'a Revocation>,
+    /// The boards whose identity is in the chip, as their slots rebuild it.
+    pub(super) chip_identity: &'a [ChipCheck],
     pub(super) scale: f64,
     pub(super) ports: &'a Ports,
     pub(super) procs: &'a Procs,
@@ -210,7 +213,8 @@ impl Report<'_> {
         let ok = counts.missing == 0
             && refused == self.intrusions.len()
             && provisioned == outcomes.len()
-            && self.revocation.is_none_or(Revocation::ok);
+            && self.revocation.is_none_or(Revocation::ok)
+            && self.chip_identity.iter().all(ChipCheck::ok);
         Tally {
             counts,
             airtime_us,
@@ -302,6 +306,7 @@ impl Report<'_> {
                 "refused": i.refused, "evidence": i.evidence })).collect::<Vec<_>>(),
             "intrusions_refused": t.refused, "intrusions_tried": self.intrusions.len(),
             "revocation": self.revocation.map(Revocation::json),
+            "chip_identity": self.chip_identity.iter().map(ChipCheck::json).collect::<Vec<_>>(),
             "features": t.features,
             "interval_scale": self.scale,
             "processes": self.procs.listing(),
@@ -319,6 +324,9 @@ impl Report<'_> {
             "   devices provisioned   {} of {} in {:.1} s",
             t.provisioned, self.n, self.provisioned.seconds
         );
+        for c in self.chip_identity {
+            eprintln!("   identity in the chip  {}", c.line());
+        }
         eprintln!(
             "   messages              {} published on Pi #1, {} forwarded over LoRa in {} frame(s), {} of them delivered on Pi #2",
             c.published, gateway["sent"], gateway["frames_sent"], c.delivered
