@@ -28,6 +28,8 @@ const REWAKE_AFTER: Duration = Duration::from_millis(900);
 const LINE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Sends of one line before giving up (a noisy line garbles a command or its reply).
 const ATTEMPTS: u32 = 6;
+/// Wakes tried when the chip is reported silent (see [`KitLink::wake`]).
+const WAKE_ATTEMPTS: u32 = 3;
 /// All the attempts at one command, resynchronisations included, end within this.
 const COMMAND_LIMIT: Duration = Duration::from_secs(6);
 /// Draining what the board sends ends when it has been quiet for one read timeout (50 ms);
@@ -519,9 +521,24 @@ impl KitLink {
         self.status_exchange(command).map(|_| ())
     }
 
-    /// Wakes the chip (checks the 04 11 33 43 wake token).
+    /// Wakes the chip (checks the 04 11 33 43 wake token). A wake is idempotent, so one
+    /// answered "the chip did not answer" is asked again (a few times): that answer may be a
+    /// late reply to the line before (an idle sent to a chip already asleep answers so), which
+    /// a loaded host reads after its own timeout; a chip that is really missing still fails.
     pub fn wake(&mut self) -> Result<(), LinkError> {
-        let token = self.status_exchange("E:w()")?;
+        let mut attempt = 1;
+        let token = loop {
+            match self.status_exchange("E:w()") {
+                Err(LinkError::Refused { ref reason, .. })
+                    if attempt < WAKE_ATTEMPTS && reason.starts_with(fw_reason(0xE1)) =>
+                {
+                    attempt += 1;
+                    self.stats.retries += 1;
+                    self.resync()?;
+                }
+                other => break other?,
+            }
+        };
         if token != [0x04, 0x11, 0x33, 0x43] {
             return Err(LinkError::Protocol {
                 port: self.path.clone(),
