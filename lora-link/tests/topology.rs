@@ -12,21 +12,23 @@
 //! * a topic table changed at one end only: every frame is rejected
 //!   (`topic_table_mismatch`, logged and counted), no record is printed under any topic.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime};
 
-use lora_link::air::{AirFrame, AirHub, AirMsg, AirPort, HubConfig, HubHandle};
+use common::sender::AirSender;
+use common::{hub, signal, sleep_until_unix, start_rx};
+use lora_link::air::HubHandle;
 use lora_link::airtime::Modulation;
 use lora_link::crypto::LinkKeys;
-use lora_link::link::{LinkSender, SenderConfig, Submit, TxPoll};
-use lora_link::records::{Record, TopicTable};
+use lora_link::link::{LinkSender, SenderConfig};
+use lora_link::records::TopicTable;
 use lora_link::state::CounterLease;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lora-link");
 const RX: u8 = 1;
 const TOPICS: [&str; 3] = [
     "maison/salon/temperature",
@@ -72,18 +74,6 @@ fn write_manifest(dir: &Path, hub: &HubHandle, peers: &BTreeMap<u8, PeerKeys>, t
     manifests::link::write_secret(&dir.join("receiver.toml"), m.as_bytes()).expect("manifest");
 }
 
-fn lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// `lora-link rx` on a manifest in its own directory, its output read as JSON lines.
 struct Rx {
     child: Child,
@@ -98,24 +88,11 @@ struct Rx {
 
 impl Rx {
     fn start(dir: &Path) -> Rx {
-        let mut child = Command::new(BIN)
-            .args(["rx", "--metrics", "127.0.0.1:0", "--manifest"])
-            .arg(dir.join("receiver.toml"))
-            .env_remove("LORA_LINK_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rx");
-        let err = lines(child.stderr.take().expect("stderr"));
-        let out = lines(child.stdout.take().expect("stdout"));
-        let first = err
-            .recv_timeout(Duration::from_secs(20))
-            .expect("rx starts");
-        assert!(first.contains("counters on"), "{first}");
+        let p = start_rx(&dir.join("receiver.toml"));
         Rx {
-            child,
-            out,
-            err,
+            child: p.child,
+            out: p.stdout,
+            err: p.stderr,
             records: Vec::new(),
             log: Vec::new(),
             dir: dir.to_path_buf(),
@@ -194,17 +171,11 @@ impl Rx {
     }
 }
 
-fn signal(child: &Child, s: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), s).expect("signal");
-}
-
 /// A gateway's sending half, putting its frames on the air.
 struct Gw {
-    tx: LinkSender,
-    port: AirPort,
+    air: AirSender,
     addr: u8,
     state: PathBuf,
-    now: Duration,
 }
 
 impl Gw {
@@ -220,29 +191,17 @@ impl Gw {
             1_000_000,
         )
         .with_key_id(key_id);
+        let tx = LinkSender::new(keys, cfg, table(topics), lease);
         Gw {
-            tx: LinkSender::new(keys, cfg, table(topics), lease),
-            port: AirPort::connect(hub.addr).expect("port"),
+            air: AirSender::new(tx, hub, Duration::ZERO, None),
             addr,
             state: state.to_path_buf(),
-            now: Duration::ZERO,
         }
     }
 
     /// Seals one record and puts it on the air, then waits out its time on air.
     fn send(&mut self, topic: &str, payload: &str) {
-        assert_eq!(self.tx.submit(Record::new(topic, payload)), Submit::Queued);
-        match self.tx.poll(self.now).expect("poll") {
-            TxPoll::Send(f) => {
-                self.port
-                    .send(&AirMsg::Inject(AirFrame::new(f.bytes)))
-                    .expect("inject");
-                self.now += f.time_on_air;
-                // one frame on the air at a time (the hub honours time on air)
-                std::thread::sleep(f.time_on_air + Duration::from_millis(40));
-            }
-            other => panic!("expected a frame, got {other:?}"),
-        }
+        self.air.send(topic, payload);
     }
 
     /// Switches to another key (what a restart with the rotated manifest does).
@@ -254,15 +213,8 @@ impl Gw {
             self.addr,
         ))
         .expect("lease");
-        self.tx.rekey(keys, key_id, lease);
+        self.air.tx.rekey(keys, key_id, lease);
     }
-}
-
-fn hub() -> HubHandle {
-    AirHub::bind("127.0.0.1:0".parse().expect("a"), HubConfig::default())
-        .expect("bind")
-        .spawn()
-        .expect("spawn")
 }
 
 #[test]
@@ -371,14 +323,7 @@ fn a_rotation_under_traffic_loses_no_frame_and_accepts_none_under_the_retired_ke
         "frames lost across the rotation"
     );
     // 3. After the window: frames still sealed under key 1 are all rejected.
-    while SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        < retire_at
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    sleep_until_unix(retire_at);
     const LATE: usize = 4;
     for i in 0..LATE {
         old.send(TOPICS[0], &format!("late{i}"));

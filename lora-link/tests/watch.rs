@@ -2,19 +2,20 @@
 //! flood costs a bounded number of lines), the counters are served in the Prometheus text
 //! format on a loopback listener and match the final counters line.
 
+mod common;
 mod prom;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use lora_link::air::{AirFrame, AirHub, AirMsg, AirPort, HubConfig, HubHandle};
+use common::{BIN, hub};
+use lora_link::air::{AirFrame, AirMsg, AirPort, HubHandle};
 use lora_link::crypto::LinkKeys;
 use lora_link::frame;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lora-link");
 const KEY: [u8; 16] = [0x22; 16];
 const GW: u8 = 10;
 const RX: u8 = 1;
@@ -29,24 +30,9 @@ struct Rx {
     _dir: tempfile::TempDir,
 }
 
-fn lines(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// Starts `lora-link rx --metrics 127.0.0.1:0` on a fresh hub; returns once it serves.
 fn start_rx() -> Rx {
-    let hub = AirHub::bind("127.0.0.1:0".parse().expect("a"), HubConfig::default())
-        .expect("bind")
-        .spawn()
-        .expect("spawn");
+    let hub = hub();
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = format!(
         "version = 1\nrole = \"receiver\"\nstate_dir = \"{state}\"\n[node]\nname = \"pi2\"\naddress = {RX}\n[[peers]]\nname = \"pi1\"\naddress = {GW}\n[radio]\nbackend = \"emulated\"\n[key]\nhex = \"{key}\"\n[air]\nhub = \"{hub}\"\n[[topics]]\nindex = 0\ntopic = \"maison/salon/temperature\"\n",
@@ -56,31 +42,13 @@ fn start_rx() -> Rx {
     );
     let path = dir.path().join("receiver.toml");
     manifests::link::write_secret(&path, manifest.as_bytes()).expect("write");
-    let mut child = Command::new(BIN)
-        .args(["rx", "--metrics", "127.0.0.1:0", "--manifest"])
-        .arg(&path)
-        .env_remove("LORA_LINK_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rx");
-    let stderr = lines(child.stderr.take().expect("stderr"));
-    let stdout = lines(child.stdout.take().expect("stdout"));
-    let line = stderr
-        .recv_timeout(Duration::from_secs(20))
-        .expect("rx says where its counters are");
-    let metrics = line
-        .strip_prefix("lora-link rx: counters on http://")
-        .and_then(|l| l.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .parse()
-        .expect("address");
+    let p = common::start_rx(&path);
     let port = AirPort::connect(hub.addr).expect("port");
     Rx {
-        child,
-        stderr,
-        stdout,
-        metrics,
+        child: p.child,
+        stderr: p.stderr,
+        stdout: p.stdout,
+        metrics: p.metrics,
         hub,
         port,
         _dir: dir,

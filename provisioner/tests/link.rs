@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::link::{monitor_sub, monitor_subscribed};
 use common::*;
 
 /// A daemon of ours, killed (and reaped) on drop so no process is left behind.
@@ -103,18 +104,6 @@ impl Drop for Daemon {
     }
 }
 
-/// `gateway` and `lora-link`, built next to `provisioner` (`cargo test --workspace` builds
-/// them; alone: `cargo build -p gateway -p lora-link`).
-fn sibling_bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p gateway -p lora-link` (or `cargo test --workspace`) first",
-        p.display()
-    );
-    p
-}
-
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .expect("bind")
@@ -131,68 +120,19 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
-/// mosquitto_sub printing `topic hex-payload` for `count` messages.
-fn subscribe_hex(
-    port: u16,
-    cafile: &Path,
-    c: &Client,
-    filter: &str,
-    count: usize,
-    timeout_s: u32,
-) -> Child {
-    require("mosquitto_sub");
-    Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-C",
-            &count.to_string(),
-            "-W",
-            &timeout_s.to_string(),
-        ])
-        // the client id is the certificate's CN (the broker would make it so anyway)
-        .args(["-F", "%t %x", "-t", filter, "-i", "moniteur"])
-        .arg("--cafile")
-        .arg(cafile)
-        .arg("--cert")
-        .arg(&c.crt)
-        .arg("--key")
-        .arg(&c.key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub")
+/// The far-side monitor's subscription printing `topic hex-payload` for `count` messages,
+/// returned once it is on `broker`.
+fn subscribe_hex(broker: &Mosquitto, port: u16, cafile: &Path, c: &Client, count: usize) -> Child {
+    monitor_subscribed(broker, || {
+        monitor_sub(port, cafile, c, "maison/#", count, 30, &["-F", "%t %x"])
+    })
 }
 
 /// mosquitto_pub of a file's bytes at QoS 1.
 fn publish_bytes(port: u16, cafile: &Path, c: &Client, topic: &str, payload: &[u8], dir: &Path) {
     let f = dir.join("payload.bin");
     std::fs::write(&f, payload).expect("payload");
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-        ])
-        .arg(&f)
-        .arg("--cafile")
-        .arg(cafile)
-        .arg("--cert")
-        .arg(&c.crt)
-        .arg("--key")
-        .arg(&c.key)
-        .output()
-        .expect("mosquitto_pub");
+    let out = publish_with(port, cafile, c, &["-t", topic, "-f", &f.to_string_lossy()]);
     assert!(
         out.status.success(),
         "publish to {topic}: {}",
@@ -203,8 +143,8 @@ fn publish_bytes(port: u16, cafile: &Path, c: &Client, topic: &str, payload: &[u
 #[test]
 fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byte() {
     let started = Instant::now();
-    let gateway_bin = sibling_bin("gateway");
-    let lora_bin = sibling_bin("lora-link");
+    let gateway_bin = workspace_bin("gateway");
+    let lora_bin = workspace_bin("lora-link");
     let home = Home::with_broker();
     let w = home.work();
     let sensor = home.client("capteur-salon", &["--publish", "maison/#"]);
@@ -360,17 +300,7 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
             b"inline topic, not in the table".to_vec(),
         ),
     ];
-    let mut sub = subscribe_hex(far_port, &far_ca, &monitor, "maison/#", messages.len(), 30);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !far.log_text().contains(" as moniteur ") {
-        assert!(
-            Instant::now() < deadline,
-            "the far-side subscriber never connected:\n{}",
-            far.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // its SUBSCRIBE follows the CONNECT
+    let mut sub = subscribe_hex(&far, far_port, &far_ca, &monitor, messages.len());
 
     for (topic, payload) in &messages {
         publish_bytes(near_port, &near_ca, &sensor, topic, payload, &w);
@@ -451,8 +381,7 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
         ("maison/cuisine/temperature", b"19.0".to_vec()),
         ("maison/bureau/luminosite", b"312".to_vec()),
     ];
-    let mut sub = subscribe_hex(far_port, &far_ca, &monitor, "maison/#", later.len(), 30);
-    std::thread::sleep(Duration::from_millis(500));
+    let mut sub = subscribe_hex(&far, far_port, &far_ca, &monitor, later.len());
     for (topic, payload) in &later {
         publish_bytes(near_port, &near_ca, &sensor, topic, payload, &w);
     }
@@ -515,7 +444,7 @@ fn a_certified_reading_crosses_the_lora_link_to_the_far_side_broker_byte_for_byt
 
 #[test]
 fn the_gateway_refuses_a_key_others_can_read_and_a_broker_it_cannot_reach_is_retried() {
-    let gateway_bin = sibling_bin("gateway");
+    let gateway_bin = workspace_bin("gateway");
     let home = Home::with_broker();
     let w = home.work();
     let dir = w.join("gw");
@@ -877,7 +806,7 @@ fn deploy_gateway_refuses_receiver_flags_and_emit_gateway_and_receiver_have_thei
 
 #[test]
 fn gateway_check_refuses_a_manifest_for_a_radio_this_build_cannot_drive() {
-    let gateway = sibling_bin("gateway");
+    let gateway = workspace_bin("gateway");
     let home = Home::new();
     home.ok(&["init"]);
     // No --air: the real SX127x, which a build without `rpi` (this one) cannot open.

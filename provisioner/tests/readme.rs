@@ -23,7 +23,7 @@
 //! | Pi #2's `--prefix /P` (step 5) | `--prefix $PI2/P` |
 //! | Pi #2's broker port (8883) | an ephemeral port P2: `-p 8883` becomes `-p P2`; in step 5, `emit broker` gains `--port P2` and `emit receiver` `--broker-port P2` |
 //! | the SX127x radios of the Pis | `deploy gateway` and `emit receiver` gain `--air 127.0.0.1:AIR`; the test runs `lora-link air` on AIR |
-//! | `lora-link/cross-check.sh --release` | skipped: `scripts/test.sh` runs the cross-build; the host build stands in |
+//! | `lora-link/cross-check.sh --release` | skipped: `scripts/test.sh` type-checks the cross-build (`--check`); the host build stands in |
 //! | `target/aarch64-unknown-linux-gnu/release/` | the directory of the host-built `provisioner`, `gateway`, `lora-link` (also on the bench's `PATH`) |
 //! | `mosquitto -c ...` without `-d`, `lora-link rx` | run in the background (killed at the end) |
 //! | `mosquitto -c ... -d` | after it exits 0, that Pi's broker port (P1 or P2) must be open within 10 s and still 1 s later, else the line fails |

@@ -8,58 +8,33 @@
 //! certified subscriber counts what arrives per topic.
 
 mod common;
+#[path = "../../lora-link/tests/common/sender.rs"]
+mod sender;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use common::link::{monitor_sub, monitor_subscribed};
 use common::*;
-use lora_link::air::{AirFrame, AirHub, AirMsg, AirPort, HubConfig, HubHandle};
-use lora_link::link::{LinkSender, Submit, TxPoll};
-use lora_link::records::Record;
+use lora_link::air::{AirHub, HubConfig, HubHandle};
+use lora_link::link::LinkSender;
+use sender::AirSender;
 
-fn lora_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name("lora-link");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build -p lora-link` first",
-        p.display()
-    );
-    p
-}
-
-/// A gateway's sending half from its emitted `link.toml`.
-struct Gw {
-    tx: LinkSender,
-    port: AirPort,
-    now: Duration,
-}
-
-impl Gw {
-    fn from_dir(dir: &Path, hub: &HubHandle) -> Gw {
-        let l = manifests::link::LinkManifest::load(&dir.join("link.toml")).expect("link.toml");
-        Gw {
-            tx: LinkSender::from_manifest(&l).expect("sender"),
-            port: AirPort::connect(hub.addr).expect("port"),
-            now: Duration::from_secs(3600),
-        }
-    }
-    fn send(&mut self, topic: &str, payload: &str) {
-        assert_eq!(self.tx.submit(Record::new(topic, payload)), Submit::Queued);
-        match self.tx.poll(self.now).expect("poll") {
-            TxPoll::Send(f) => {
-                self.port
-                    .send(&AirMsg::Inject(AirFrame::new(f.bytes)))
-                    .expect("inject");
-                self.now += Duration::from_secs(60);
-                std::thread::sleep(f.time_on_air + Duration::from_millis(40));
-            }
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
+/// A gateway's sending half from its emitted `link.toml`: its clock moves a minute per frame,
+/// so the manifest's duty cycle never holds a frame back.
+fn gw_from_dir(dir: &Path, hub: &HubHandle) -> AirSender {
+    let l = manifests::link::LinkManifest::load(&dir.join("link.toml")).expect("link.toml");
+    let tx = LinkSender::from_manifest(&l).expect("sender");
+    AirSender::new(
+        tx,
+        hub,
+        Duration::from_secs(3600),
+        Some(Duration::from_secs(60)),
+    )
 }
 
 /// `lora-link rx` and its stderr JSON lines.
@@ -71,7 +46,7 @@ struct Rx {
 
 impl Rx {
     fn start(manifest: &Path) -> Rx {
-        let mut child = Command::new(lora_bin())
+        let mut child = Command::new(workspace_bin("lora-link"))
             .args(["rx", "--metrics", "127.0.0.1:0", "--manifest"])
             .arg(manifest)
             .env_remove("LORA_LINK_LOG")
@@ -221,7 +196,7 @@ fn gateways_join_one_receiver_and_rotate_their_keys_without_losing_a_reading() {
     );
     let far_dir = w.join("broker-far");
     home.emit_broker(&far_dir, Some(far_port), &[]);
-    let _far = Mosquitto::start(
+    let far = Mosquitto::start(
         &far_dir.join("mosquitto.conf"),
         far_port,
         &w.join("far.log"),
@@ -229,11 +204,10 @@ fn gateways_join_one_receiver_and_rotate_their_keys_without_losing_a_reading() {
 
     // Expected: 2 + 2 (two gateways), 1 + 1 (third joins), 2 + 3 + 1 (rotation).
     const TOTAL: usize = 12;
-    let sub = subscribe_all(far_port, &far_dir.join("ca.crt"), &monitor, TOTAL);
-    std::thread::sleep(Duration::from_millis(500));
+    let sub = subscribe_all(&far, far_port, &far_dir.join("ca.crt"), &monitor, TOTAL);
     let mut rx = Rx::start(&rx_dir.join("receiver.toml"));
-    let mut gw1 = Gw::from_dir(&gw1_dir, &hub);
-    let mut gw2 = Gw::from_dir(&gw2_dir, &hub);
+    let mut gw1 = gw_from_dir(&gw1_dir, &hub);
+    let mut gw2 = gw_from_dir(&gw2_dir, &hub);
     for i in 0..2 {
         gw1.send("maison/salon/temperature", &format!("p{i}"));
         gw2.send("maison/grenier/temperature", &format!("g{i}"));
@@ -260,7 +234,7 @@ fn gateways_join_one_receiver_and_rotate_their_keys_without_losing_a_reading() {
         "the other gateways' keys are untouched"
     );
     rx.hup();
-    let mut gw3 = Gw::from_dir(&gw3_dir, &hub);
+    let mut gw3 = gw_from_dir(&gw3_dir, &hub);
     gw3.send("maison/cave/temperature", "c0");
     gw1.send("maison/salon/temperature", "p2");
 
@@ -285,19 +259,14 @@ fn gateways_join_one_receiver_and_rotate_their_keys_without_losing_a_reading() {
     gw1.send("maison/salon/temperature", "p3"); // key 1, receiver not reloaded yet
     rx.hup();
     gw1.send("maison/salon/temperature", "p4"); // key 1, both accepted
-    let mut gw1_new = Gw::from_dir(&gw1_dir, &hub); // the gateway restarted: key 2
+    let mut gw1_new = gw_from_dir(&gw1_dir, &hub); // the gateway restarted: key 2
     assert_eq!(gw1_new.tx.key_id(), 2);
     for i in 5..8 {
         gw1_new.send("maison/salon/temperature", &format!("p{i}"));
     }
     gw2.send("maison/grenier/temperature", "g2");
     // After the window, key 1 is refused: frames still sealed under it are not delivered.
-    while SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        < retire_at
-    {
+    while lora_link::air::now_us() < retire_at * 1_000_000 {
         std::thread::sleep(Duration::from_millis(100));
     }
     const LATE: usize = 3;
@@ -341,9 +310,8 @@ fn gateways_join_one_receiver_and_rotate_their_keys_without_losing_a_reading() {
     )
     .expect("site");
     emit_gw("passerelle");
-    let sub = subscribe_all(far_port, &far_dir.join("ca.crt"), &monitor, 1);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut gw1_site2 = Gw::from_dir(&gw1_dir, &hub);
+    let sub = subscribe_all(&far, far_port, &far_dir.join("ca.crt"), &monitor, 1);
+    let mut gw1_site2 = gw_from_dir(&gw1_dir, &hub);
     const MISMATCHED: usize = 2;
     for i in 0..MISMATCHED {
         gw1_site2.send("maison/salon/temperature", &format!("wrong-table{i}"));
@@ -379,23 +347,12 @@ fn gw1_site2_addr(dir: &Path) -> u64 {
     u64::from(l.manifest.node.address)
 }
 
-/// mosquitto_sub printing `topic payload` for `count` messages.
-fn subscribe_all(port: u16, cafile: &Path, c: &Client, count: usize) -> Child {
-    require("mosquitto_sub");
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-C", &count.to_string(), "-W", "60", "-v", "-t", "maison/#"])
-        .args(["-i", "moniteur"])
-        .arg("--cafile")
-        .arg(cafile)
-        .arg("--cert")
-        .arg(&c.crt)
-        .arg("--key")
-        .arg(&c.key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub")
+/// The far-side monitor's subscription printing `topic payload` for `count` messages,
+/// returned once it is on `broker`.
+fn subscribe_all(broker: &Mosquitto, port: u16, cafile: &Path, c: &Client, count: usize) -> Child {
+    monitor_subscribed(broker, || {
+        monitor_sub(port, cafile, c, "maison/#", count, 60, &["-v"])
+    })
 }
 
 #[test]

@@ -93,37 +93,59 @@ impl NodeDir {
         cmd
     }
 
-    /// What makes the running node use the files written here. Neither `gateway` nor
-    /// `lora-link rx` re-reads its certificate while it runs, and neither leaves a pid file:
-    /// a restart, which the operator runs (or systemd, for a deployed gateway).
-    pub fn restart(&self) -> String {
+    /// What to run, in order, so that the running node uses the files written here: the copy
+    /// to the node (a place emitted with `--prefix`), then the restart or reload `pickup`
+    /// asks for. A deployed node is told through its unit (its ROOT may be an image to copy).
+    pub fn next_steps(&self, pickup: Pickup) -> Vec<String> {
+        let gateway = self.kind == "gateway";
+        // Only the receiver reloads on SIGHUP, and only its link keys.
+        let reload = pickup == Pickup::LinkKeys && !gateway;
         if self.deploy_bin.is_some() {
-            return format!(
-                "on the Pi: systemctl restart {}",
-                if self.kind == "gateway" {
-                    "iot-gateway"
-                } else {
-                    "lora-link-rx"
-                }
-            );
+            let unit = match (gateway, reload) {
+                (true, _) => "systemctl restart iot-gateway",
+                (false, true) => "systemctl reload lora-link-rx",
+                (false, false) => "systemctl restart lora-link-rx",
+            };
+            return vec![format!(
+                "copy {} to the {} machine if it is not its root, then there: {unit}",
+                sh_path(&self.dir),
+                self.kind
+            )];
         }
-        let (program, manifest) = if self.kind == "gateway" {
+        let (program, file) = if gateway {
             ("gateway", "gateway.toml")
         } else {
             ("lora-link rx", "receiver.toml")
         };
-        match &self.options.prefix {
-            Some(prefix) => format!(
-                "copy it to the node: {}; there, restart `{program} --manifest {}`",
-                super::emit::node_copy_command(&self.dir, prefix),
-                sh_path(&prefix.join(manifest))
-            ),
-            None => format!(
-                "restart `{program} --manifest {}` (stop it, start it again)",
-                sh_path(&self.dir.join(manifest))
-            ),
-        }
+        let mut run = Vec::new();
+        let manifest = match &self.options.prefix {
+            Some(prefix) => {
+                run.push(super::emit::node_copy_command(&self.dir, prefix));
+                prefix.join(file)
+            }
+            None => self.dir.join(file),
+        };
+        let manifest = sh_path(&manifest);
+        run.push(if reload {
+            format!(
+                "send SIGHUP to `{program} --manifest {manifest}` (it reloads its keys without stopping)"
+            )
+        } else {
+            format!("restart `{program} --manifest {manifest}` (stop it, start it again)")
+        });
+        run
     }
+}
+
+/// What changed in a place, which decides how the running node takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pickup {
+    /// A new certificate: neither `gateway` nor `lora-link rx` re-reads it while it runs, and
+    /// neither leaves a pid file: a restart, which the operator runs (or systemd).
+    Restart,
+    /// New link keys: the receiver reloads them on SIGHUP; the gateway restarts (its
+    /// persistent MQTT session keeps what arrives meanwhile).
+    LinkKeys,
 }
 
 /// Every registered place.
@@ -250,7 +272,7 @@ pub fn refresh(ctx: &crate::context::Context, kind: &str, id: &str) -> Result<Ve
         .filter(|n| n.kind == kind && n.id == id)
     {
         let r = match check(&home, &n) {
-            Ok(true) => write_again(ctx, &n).map(|_| after_key_change(&n)),
+            Ok(true) => write_again(ctx, &n).map(|_| n.next_steps(Pickup::LinkKeys)),
             Ok(false) => continue,
             Err(why) => Err(CliError::new(Code::State, why)),
         };
@@ -267,49 +289,6 @@ pub fn refresh(ctx: &crate::context::Context, kind: &str, id: &str) -> Result<Ve
         });
     }
     Ok(out)
-}
-
-/// What to run after a place got new link keys: the receiver reloads them on SIGHUP, the
-/// gateway restarts (its persistent MQTT session keeps what arrives meanwhile).
-fn after_key_change(n: &NodeDir) -> Vec<String> {
-    let is_gateway = n.kind == "gateway";
-    if n.deploy_bin.is_some() {
-        let unit = if is_gateway {
-            "systemctl restart iot-gateway"
-        } else {
-            "systemctl reload lora-link-rx"
-        };
-        return vec![format!(
-            "copy {} to the {} machine if it is not its root, then there: {unit}",
-            n.dir.display(),
-            n.kind
-        )];
-    }
-    let file = if is_gateway {
-        "gateway.toml"
-    } else {
-        "receiver.toml"
-    };
-    let mut run = Vec::new();
-    let manifest = match &n.options.prefix {
-        Some(prefix) => {
-            run.push(super::emit::node_copy_command(&n.dir, prefix));
-            prefix.join(file)
-        }
-        None => n.dir.join(file),
-    };
-    run.push(if is_gateway {
-        format!(
-            "restart `gateway --manifest {}` (SIGTERM, then start it again)",
-            manifest.display()
-        )
-    } else {
-        format!(
-            "send SIGHUP to `lora-link rx --manifest {}` (it reloads its keys without stopping)",
-            manifest.display()
-        )
-    });
-    run
 }
 
 /// The human lines of a refresh report.

@@ -365,7 +365,7 @@ fn renew_node(ctx: &Context, nodes: &[NodeDir], o: &mut Outcome) -> Result<Strin
         match r {
             Ok(e) => {
                 o.written.push(n.describe());
-                o.next.push(n.restart());
+                o.next.extend(n.next_steps(super::nodes::Pickup::Restart));
                 serial = Some(e);
             }
             Err(e) => o.failed.push(format!("{}: {e}", n.describe())),

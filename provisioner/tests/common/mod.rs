@@ -2,6 +2,8 @@
 //! ephemeral loopback port, and openssl-made keys.
 #![allow(dead_code, missing_docs)]
 
+pub mod link;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
