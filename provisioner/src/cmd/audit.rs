@@ -235,7 +235,7 @@ pub(crate) fn items(store: &ca::Store, policy: &LifetimePolicy, now: i64) -> Res
             active.not_after,
         );
     }
-    match store.ledger.latest_crl()? {
+    match store.own_latest_crl()? {
         Some(crl) => {
             // `crl` signs a new one when a third or less of its lifetime is left.
             let renew = Renewal::TWO_THIRDS.renew_at(crl.this_update, crl.next_update);
