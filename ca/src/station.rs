@@ -613,3 +613,23 @@ pub fn check_in_service(store: &Store) -> Result<()> {
         ))),
     }
 }
+
+/// Every CA certificate of the fleet (DER): the root, the root home's issuing CA and every
+/// station's, revoked or not. A board certified by any of them is one of this fleet's.
+pub fn fleet_ca_ders(store: &Store) -> Result<Vec<Vec<u8>>> {
+    let mut serials: Vec<String> = ["root_serial", "issuing_serial"]
+        .into_iter()
+        .map(|k| store.ledger.meta(k))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    serials.extend(list(store)?.into_iter().map(|s| s.serial));
+    let mut ders = Vec::new();
+    for s in serials {
+        if let Some(c) = store.ledger.by_serial(&s)? {
+            ders.push(c.der);
+        }
+    }
+    Ok(ders)
+}

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -104,8 +104,9 @@ fn connected(broker: &Mosquitto, ids: &BTreeSet<String>) -> bool {
     }
 }
 
-/// Provisions BOARDS simulated boards per station, the three stations at once.
-fn provision_all_at_once(stations: &[&Home]) -> Vec<Vec<SimBoard>> {
+/// Provisions BOARDS simulated boards per station, the three stations at once; returns the
+/// boards and the port of each device.
+fn provision_all_at_once(stations: &[&Home]) -> (Vec<Vec<SimBoard>>, HashMap<String, String>) {
     let boards: Vec<Vec<SimBoard>> = stations
         .iter()
         .zip(STATIONS)
@@ -121,6 +122,7 @@ fn provision_all_at_once(stations: &[&Home]) -> Vec<Vec<SimBoard>> {
         .zip(STATIONS)
         .map(|((s, b), (tag, room))| spawn_provision(s, b, &format!("{room}-{tag}{{n}}")))
         .collect();
+    let mut ports = HashMap::new();
     for (child, (tag, _)) in running.into_iter().zip(STATIONS) {
         let out = child.wait_with_output().expect("station");
         assert!(
@@ -139,8 +141,14 @@ fn provision_all_at_once(stations: &[&Home]) -> Vec<Vec<SimBoard>> {
                     .contains(&b["result"]["status"].as_str().unwrap_or(""))),
             "station {tag}: {v}"
         );
+        for b in done {
+            ports.insert(
+                b["id"].as_str().expect("id").to_string(),
+                b["port"].as_str().expect("port").to_string(),
+            );
+        }
     }
-    boards
+    (boards, ports)
 }
 
 /// The shared ledger after the provisioning: the 24 devices, each with one active
@@ -282,7 +290,7 @@ fn three_stations_with_their_own_issuing_ca_provision_eight_boards_each_at_once_
         &last.work().join("mosquitto.log"),
     );
 
-    let boards = provision_all_at_once(&stations);
+    let (boards, ports) = provision_all_at_once(&stations);
     let expected = devices_of(&["a", "b", "c"]);
     check_fleet_ledger(&root, &stations, &expected);
 
@@ -350,17 +358,33 @@ fn three_stations_with_their_own_issuing_ca_provision_eight_boards_each_at_once_
     last.ok(&["crl"]);
     let cafile = std::fs::read_to_string(broker_dir.join("ca.crt")).expect("ca.crt");
     assert_eq!(cafile.matches("BEGIN CERTIFICATE").count(), 4, "{cafile}");
-    // Reconnecting (the broker restarted): a's and c's devices are accepted, b's refused.
+    // A device of b re-issued from station a (--reissue; the chip proves possession again).
+    let reissued = "cuisine-b1";
+    stations[0].ok(&[
+        "device",
+        "provision",
+        "--port",
+        &ports[reissued],
+        "--id",
+        reissued,
+        "--profile",
+        "thermometre",
+        "--lock",
+        "--reissue",
+    ]);
+    // Reconnecting (the broker restarted): a's and c's devices are accepted and the re-issued
+    // one, b's others refused.
     drop(broker);
     broker = Mosquitto::start(
         &broker_dir.join("mosquitto.conf"),
         port,
         &last.work().join("mosquitto-after-revoke.log"),
     );
-    let kept = devices_of(&["a", "c"]);
+    let mut kept = devices_of(&["a", "c"]);
+    kept.insert(reissued.to_string());
     assert!(connected(&broker, &kept), "{}", broker.log_text());
     let log = broker.log_text();
-    for id in devices_of(&["b"]) {
+    for id in devices_of(&["b"]).iter().filter(|id| *id != reissued) {
         assert!(
             !log.contains(&format!(" as {id} ")),
             "{id} accepted:\n{log}"
