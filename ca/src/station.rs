@@ -633,3 +633,13 @@ pub fn fleet_ca_ders(store: &Store) -> Result<Vec<Vec<u8>>> {
     }
     Ok(ders)
 }
+
+/// A CSR (PEM) for station `name`'s issuing CA key.
+pub fn request_pem(name: &str, key: &rcgen::KeyPair) -> Result<String> {
+    check_name(name)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, format!("station {name}"));
+    params.distinguished_name = dn;
+    Ok(params.serialize_request(key)?.pem()?)
+}

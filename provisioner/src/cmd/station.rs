@@ -24,6 +24,19 @@ pub enum StationCommand {
     /// refuse every device it certified.
     #[command(after_help = REVOKE_HELP)]
     Revoke(RevokeArgs),
+    /// On a new station's home: make its issuing CA key here (encrypted under this home's
+    /// passphrase) and a CSR for `station add NAME --csr FILE` on the root's home.
+    Request(RequestArgs),
+}
+
+/// Arguments of `station request`.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// The station's name.
+    name: String,
+    /// Where the CSR (PEM) goes.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 const ADD_HELP: &str = "Without --csr the station's key is made here and written to the bundle encrypted under\n\
@@ -69,6 +82,7 @@ pub fn run(ctx: &Context, cmd: StationCommand) -> Result<()> {
         StationCommand::Add(a) => add(ctx, a),
         StationCommand::List => list(ctx),
         StationCommand::Revoke(a) => revoke(ctx, a),
+        StationCommand::Request(a) => request(ctx, a),
     }
 }
 
@@ -220,4 +234,42 @@ pub fn read_bundle(ctx: &Context, dir: &Path) -> Result<(Bundle, ca::Passphrase)
     let bundle = Bundle::read(dir)?;
     let pass = ctx.passphrase(false)?;
     Ok((bundle, pass))
+}
+
+/// `station request`: the key stays in this home (`ca/issuing.key`); only the CSR leaves.
+fn request(ctx: &Context, args: RequestArgs) -> Result<()> {
+    station::check_name(&args.name)?;
+    if ca::pgledger::Location::configured(&ctx.layout) {
+        return Err(CliError::new(
+            Code::State,
+            format!(
+                "{} is already initialised: `station request` prepares a new station's home",
+                ctx.layout.home.display()
+            ),
+        ));
+    }
+    let pass = ctx.passphrase(true)?;
+    ca::fsutil::private_dir(&ctx.layout.home)?;
+    ca::fsutil::private_dir(&ctx.layout.ca_dir())?;
+    let path = ctx.layout.issuing_key();
+    let key = if path.exists() {
+        ca::keys::read_encrypted(&path, &pass)?
+    } else {
+        let key = ca::keys::generate()?;
+        ca::fsutil::write_new(&path, ca::keys::encrypt_pem(&key, &pass)?.as_bytes(), 0o600)?;
+        ca::keys::read_encrypted(&path, &pass)?
+    };
+    let csr = station::request_pem(&args.name, &key)?;
+    ca::fsutil::write_atomic(&args.out, csr.as_bytes(), 0o644)?;
+    ctx.print(
+        &json!({ "station": args.name, "csr": args.out, "key": path }),
+        &format!(
+            "station key made in {} (encrypted under this home's passphrase)\n  CSR: {}\n  on the root's home: provisioner station add {} --csr {} --out BUNDLE\n  then here: provisioner init --station BUNDLE --ledger URL ...",
+            path.display(),
+            args.out.display(),
+            escape(&args.name),
+            args.out.display()
+        ),
+    );
+    Ok(())
 }

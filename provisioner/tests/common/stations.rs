@@ -44,25 +44,42 @@ pub fn passphrase_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// `station add NAME` on `root` (the key made there, encrypted under the test passphrase),
-/// then a new home made from the bundle with `init --station` on the same ledger.
-pub fn station_home(pg: &PgServer, db: &str, root: &Home, name: &str, port: u16) -> Home {
+/// A station's home on the ledger `db` of `pg`, from `station add NAME` on `root`: with
+/// `csr`, the station makes its key itself (`station request`) and the root certifies the
+/// CSR; else the root's home makes the key and puts it in the bundle, encrypted under the
+/// test passphrase. Then `init --station BUNDLE` on the same ledger.
+pub fn station_home(
+    pg: &PgServer,
+    db: &str,
+    root: &Home,
+    name: &str,
+    port: u16,
+    csr: bool,
+) -> Home {
     let bundle = root.work().join(format!("bundle-{name}"));
-    let pass = passphrase_file(&root.work());
-    root.ok(&[
-        "station",
-        "add",
-        name,
-        "--out",
-        &bundle.to_string_lossy(),
-        "--station-passphrase-file",
-        &pass.to_string_lossy(),
-    ]);
+    let bundle_arg = bundle.to_string_lossy().into_owned();
     let home = Home::new();
+    if csr {
+        let file = home.work().join(format!("{name}.csr"));
+        let file = file.to_string_lossy().into_owned();
+        home.ok(&["station", "request", name, "--out", &file]);
+        root.ok(&["station", "add", name, "--out", &bundle_arg, "--csr", &file]);
+    } else {
+        let pass = passphrase_file(&root.work());
+        root.ok(&[
+            "station",
+            "add",
+            name,
+            "--out",
+            &bundle_arg,
+            "--station-passphrase-file",
+            &pass.to_string_lossy(),
+        ]);
+    }
     let site = home.work().join("site.toml");
     std::fs::write(&site, site_text(port)).expect("site");
     let mut args = pg_init_args(pg, db, &site);
-    args.extend(["--station".into(), bundle.to_string_lossy().into_owned()]);
+    args.extend(["--station".into(), bundle_arg]);
     home.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     home
 }
