@@ -230,14 +230,16 @@ fn check_station_homes(root: &Home, stations: &[&Home]) {
             text.contains(&format!("Station {tag} Issuing CA")) && text.contains("pathlen:0"),
             "{text}"
         );
-        let refused = s.run(&["station", "add", "z"]);
-        assert!(
-            !refused.status.success()
-                && String::from_utf8_lossy(&refused.stderr)
-                    .contains(&format!("this home is bench station `{tag}`")),
-            "{}",
-            output_text(&refused)
-        );
+        for what in [&["station", "add", "z"], &["station", "revoke", "a"]] {
+            let refused = s.run(what);
+            assert!(
+                refused.status.code() == Some(5)
+                    && String::from_utf8_lossy(&refused.stderr)
+                        .contains(&format!("this home is bench station `{tag}`")),
+                "{}",
+                output_text(&refused)
+            );
+        }
     }
     let listed = root.json(&["station", "list"]);
     let names: Vec<&str> = listed
