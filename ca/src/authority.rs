@@ -430,8 +430,8 @@ impl Store {
         let root = self.ca_cert_der("root_serial")?;
         write_if_differs(&self.layout.root_cert(), cert_pem(&root).as_bytes(), 0o644)?;
         let mut bundle = String::new();
-        if self.ledger.meta("issuing_serial")?.is_some() {
-            let issuing = self.ca_cert_der("issuing_serial")?;
+        if let Some(serial) = self.issuing_serial()? {
+            let issuing = self.cert_der(&serial)?;
             write_if_differs(
                 &self.layout.issuing_cert(),
                 cert_pem(&issuing).as_bytes(),
@@ -441,14 +441,14 @@ impl Store {
         }
         bundle.push_str(&cert_pem(&root));
         write_if_differs(&self.layout.ca_bundle(), bundle.as_bytes(), 0o644)?;
-        if let Some(crl) = self.ledger.latest_crl()?
-            && std::fs::read(self.layout.crl()).ok() != Some(crl_pem(&crl.der).into_bytes())
+        if let Some(crl) = self.crl_bundle()?
+            && std::fs::read(self.layout.crl()).ok() != Some(crl.into_bytes())
         {
             // Under the ledger's write lock: a newer CRL committed meanwhile by another
             // command must not be overwritten by this older one.
             self.ledger.transaction(|tx| {
-                if let Some(latest) = tx.latest_crl()? {
-                    write_if_differs(&self.layout.crl(), crl_pem(&latest.der).as_bytes(), 0o644)?;
+                if let Some(latest) = crate::station::crl_bundle(tx)? {
+                    write_if_differs(&self.layout.crl(), latest.as_bytes(), 0o644)?;
                 }
                 Ok(())
             })?;
@@ -456,14 +456,59 @@ impl Store {
         Ok(())
     }
 
+    /// The `crl.pem` brokers load (see [`crate::station::crl_bundle`]).
+    pub fn crl_bundle(&self) -> Result<Option<String>> {
+        self.ledger.transaction(crate::station::crl_bundle)
+    }
+
+    /// The serial of the issuing CA that signs here: this station's (a station's home), or
+    /// the root home's issuing CA, if any.
+    pub fn issuing_serial(&self) -> Result<Option<String>> {
+        match crate::station::of_home(&self.layout)? {
+            Some(s) => Ok(Some(s.serial)),
+            None => self.ledger.meta("issuing_serial"),
+        }
+    }
+
+    /// The serial of the CA that signs leaves and CRLs here.
+    pub fn signer_serial(&self) -> Result<String> {
+        match self.issuing_serial()? {
+            Some(s) => Ok(s),
+            None => self
+                .ledger
+                .meta("root_serial")?
+                .ok_or_else(|| Error::CaUnavailable("ledger has no root_serial".into())),
+        }
+    }
+
+    /// The newest CRL signed by this home's signer.
+    pub fn own_latest_crl(&self) -> Result<Option<CrlRecord>> {
+        let signer = self.signer_serial()?;
+        match self.ledger.meta(&crate::station::crl_meta(&signer))? {
+            Some(n) => {
+                let n = n.parse().map_err(|_| {
+                    Error::Conflict(format!("ledger meta crl_of:{signer} is damaged"))
+                })?;
+                self.ledger.transaction(|tx| tx.crl_by_number(n))
+            }
+            // Before any station: one CA signs every CRL of this ledger.
+            None if crate::station::of_home(&self.layout)?.is_none() => self.ledger.latest_crl(),
+            None => Ok(None),
+        }
+    }
+
     fn ca_cert_der(&self, key: &str) -> Result<Vec<u8>> {
         let serial = self
             .ledger
             .meta(key)?
             .ok_or_else(|| Error::CaUnavailable(format!("ledger has no {key}")))?;
+        self.cert_der(&serial)
+    }
+
+    fn cert_der(&self, serial: &str) -> Result<Vec<u8>> {
         let rec = self
             .ledger
-            .by_serial(&serial)?
+            .by_serial(serial)?
             .ok_or_else(|| Error::CaUnavailable(format!("ledger lost CA certificate {serial}")))?;
         Ok(rec.der)
     }
@@ -475,8 +520,8 @@ impl Store {
 
     /// DER of the certificate that signs leaves (issuing CA if any, else the root).
     pub fn issuer_der(&self) -> Result<Vec<u8>> {
-        if self.ledger.meta("issuing_serial")?.is_some() {
-            self.ca_cert_der("issuing_serial")
+        if let Some(serial) = self.issuing_serial()? {
+            self.cert_der(&serial)
         } else {
             self.root_der()
         }
@@ -484,8 +529,8 @@ impl Store {
 
     /// PEM chain a leaf presents after its own certificate (the issuing CA, if any).
     pub fn chain_pem(&self) -> Result<String> {
-        if self.ledger.meta("issuing_serial")?.is_some() {
-            Ok(cert_pem(&self.ca_cert_der("issuing_serial")?))
+        if let Some(serial) = self.issuing_serial()? {
+            Ok(cert_pem(&self.cert_der(&serial)?))
         } else {
             Ok(String::new())
         }
@@ -632,12 +677,15 @@ pub struct Authority {
     /// issuing CA's is atcacert's SHA-1 of the key, not rcgen's own): the CRL's authority
     /// key identifier must equal it, or OpenSSL finds no CRL for the CA's certificates.
     issuer_key_id: Option<Vec<u8>>,
+    signer_serial: String,
     policy: LifetimePolicy,
     compressed: std::collections::BTreeMap<String, crate::certdef::DeviceForm>,
 }
 
 /// The subject key identifier a certificate states, if any.
-fn subject_key_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<u8>> {
+pub(crate) fn subject_key_id(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Option<Vec<u8>> {
     cert.extensions()
         .iter()
         .find_map(|e| match e.parsed_extension() {
@@ -764,7 +812,9 @@ impl Authority {
     /// Loads the CA: ledger, certificates and the signing key (decrypted with `passphrase`).
     pub fn open(layout: &Layout, passphrase: &Passphrase) -> Result<Authority> {
         let store = Store::open(layout)?;
-        let issuing = store.ledger.meta("issuing_serial")?.is_some();
+        crate::station::check_in_service(&store)?;
+        let issuing = store.issuing_serial()?.is_some();
+        let signer_serial = store.signer_serial()?;
         let der = store.issuer_der()?;
         let (key, sealer) = keystore::signing_key(layout, issuing, passphrase)?;
         let (_, cert) =
@@ -807,6 +857,7 @@ impl Authority {
             issuer,
             issuer_not_after: not_after,
             issuer_key_id,
+            signer_serial,
             policy: LifetimePolicy::default(),
             compressed: Default::default(),
         })
@@ -1058,15 +1109,8 @@ impl Authority {
     /// Signs a new CRL if `force`, if none exists, if a revocation is newer than the current
     /// one, or if a third or less of its lifetime is left; otherwise re-materialises it.
     pub fn crl(&mut self, force: bool) -> Result<CrlReport> {
-        let t = now();
-        let ts = t.unix_timestamp();
-        let latest = self.store.ledger.latest_crl()?;
-        let days = self
-            .store
-            .ledger
-            .meta("crl_days")?
-            .and_then(|d| d.parse::<i64>().ok())
-            .unwrap_or(30);
+        let ts = now().unix_timestamp();
+        let latest = self.store.own_latest_crl()?;
         let newest_revocation = self
             .store
             .ledger
@@ -1084,7 +1128,7 @@ impl Authority {
         };
         if !due {
             let c = latest.ok_or_else(|| Error::Generate("no CRL".into()))?;
-            let (written, skipped) = self.write_crl()?;
+            let (written, skipped) = self.store.write_crl()?;
             return Ok(CrlReport {
                 number: c.number,
                 this_update: rfc3339(c.this_update),
@@ -1095,73 +1139,104 @@ impl Authority {
                 skipped,
             });
         }
-        let issuer = &self.issuer;
-        let issuer_not_after = self.issuer_not_after;
-        let rec = self.store.ledger.transaction(|tx| {
-            // Read the time under the lock: a CRL with a higher number never has an earlier
-            // thisUpdate, even when this command waited for another one.
-            let t = now();
-            let ts = t.unix_timestamp();
-            let next = (t + Duration::days(days)).min(issuer_not_after);
-            let number = tx.next_crl_number()?;
-            let revoked = tx.revoked_unexpired(ts)?;
-            let mut entries = Vec::new();
-            for c in &revoked {
-                let when =
-                    OffsetDateTime::from_unix_timestamp(c.revoked_at.unwrap_or(ts)).unwrap_or(t);
-                let serial = hex::decode(&c.serial)
-                    .map_err(|_| Error::Generate(format!("bad serial {}", c.serial)))?;
-                entries.push(RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&serial),
-                    revocation_time: when,
-                    reason_code: c.reason.as_deref().map(reason_code).transpose()?,
-                    invalidity_date: None,
-                });
-            }
-            let params = CertificateRevocationListParams {
-                this_update: t,
-                next_update: next,
-                crl_number: SerialNumber::from(number as u64),
-                issuing_distribution_point: None,
-                revoked_certs: entries,
-                key_identifier_method: match &self.issuer_key_id {
-                    Some(id) => KeyIdMethod::PreSpecified(id.clone()),
-                    None => KeyIdMethod::Sha256,
-                },
-            };
-            let crl = params.signed_by(issuer)?;
-            let rec = CrlRecord {
-                number,
-                this_update: ts,
-                next_update: next.unix_timestamp(),
-                revoked: revoked.len() as i64,
-                der: crl.der().to_vec(),
-            };
-            tx.insert_crl(&rec)?;
-            Ok(rec)
-        })?;
-        fault::point("crl-after-ledger");
-        let (written, skipped) = self.write_crl()?;
-        Ok(CrlReport {
-            number: rec.number,
-            this_update: rfc3339(rec.this_update),
-            next_update: rfc3339(rec.next_update),
-            revoked: rec.revoked,
-            renewed: true,
-            written,
-            skipped,
-        })
+        sign_crl(
+            &self.store,
+            &self.issuer,
+            self.issuer_not_after,
+            &self.signer_serial,
+            self.issuer_key_id.as_deref(),
+        )
     }
+}
 
-    /// Writes the newest CRL of the ledger to the home and to every broker directory.
+fn crl_days(store: &Store) -> Result<i64> {
+    Ok(store
+        .ledger
+        .meta("crl_days")?
+        .and_then(|d| d.parse::<i64>().ok())
+        .unwrap_or(30))
+}
+
+/// Signs a new CRL with `issuer` (the CA `signer_serial`, whose certificate states the
+/// subject key id `key_id`: the CRL's authority key id, so OpenSSL finds the CRL), records it
+/// as that CA's newest, and publishes the fleet's CRLs to the home and its brokers.
+pub(crate) fn sign_crl(
+    store: &Store,
+    issuer: &Issuer<'static, CaKey>,
+    issuer_not_after: OffsetDateTime,
+    signer_serial: &str,
+    key_id: Option<&[u8]>,
+) -> Result<CrlReport> {
+    let days = crl_days(store)?;
+    let rec = store.ledger.transaction(|tx| {
+        // Read the time under the lock: a CRL with a higher number never has an earlier
+        // thisUpdate, even when this command waited for another one.
+        let t = now();
+        let ts = t.unix_timestamp();
+        let next = (t + Duration::days(days)).min(issuer_not_after);
+        let number = tx.next_crl_number()?;
+        let revoked = tx.revoked_unexpired(ts)?;
+        let mut entries = Vec::new();
+        for c in &revoked {
+            let when = OffsetDateTime::from_unix_timestamp(c.revoked_at.unwrap_or(ts)).unwrap_or(t);
+            let serial = hex::decode(&c.serial)
+                .map_err(|_| Error::Generate(format!("bad serial {}", c.serial)))?;
+            entries.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: when,
+                reason_code: c.reason.as_deref().map(reason_code).transpose()?,
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: t,
+            next_update: next,
+            crl_number: SerialNumber::from(number as u64),
+            issuing_distribution_point: None,
+            revoked_certs: entries,
+            key_identifier_method: match key_id {
+                Some(id) => KeyIdMethod::PreSpecified(id.to_vec()),
+                None => KeyIdMethod::Sha256,
+            },
+        };
+        let crl = params.signed_by(issuer)?;
+        let rec = CrlRecord {
+            number,
+            this_update: ts,
+            next_update: next.unix_timestamp(),
+            revoked: revoked.len() as i64,
+            der: crl.der().to_vec(),
+        };
+        tx.insert_crl(&rec)?;
+        tx.set_meta(
+            &crate::station::crl_meta(signer_serial),
+            &number.to_string(),
+        )?;
+        Ok(rec)
+    })?;
+    fault::point("crl-after-ledger");
+    let (written, skipped) = store.write_crl()?;
+    Ok(CrlReport {
+        number: rec.number,
+        this_update: rfc3339(rec.this_update),
+        next_update: rfc3339(rec.next_update),
+        revoked: rec.revoked,
+        renewed: true,
+        written,
+        skipped,
+    })
+}
+
+impl Store {
+    /// Writes the fleet's CRLs as of the ledger ([`crate::station::crl_bundle`]) to the home
+    /// and to every broker directory.
     ///
-    /// Done under the ledger's write lock, reading the newest CRL there: two commands that
+    /// Done under the ledger's write lock, reading the newest CRLs there: two commands that
     /// each signed a CRL cannot leave the older one in place, whatever order they finish in.
-    fn write_crl(&self) -> Result<(Vec<PathBuf>, Vec<SkippedTarget>)> {
-        let home_crl = self.store.layout.crl();
-        self.store.ledger.transaction(|tx| {
-            let latest = tx
-                .latest_crl()?
+    pub fn write_crl(&self) -> Result<(Vec<PathBuf>, Vec<SkippedTarget>)> {
+        let home_crl = self.layout.crl();
+        self.ledger.transaction(|tx| {
+            let pem = crate::station::crl_bundle(tx)?
                 .ok_or_else(|| Error::Generate("no CRL in the ledger".into()))?;
             let mut targets = tx
                 .meta("crl_targets")?
@@ -1178,13 +1253,11 @@ impl Authority {
             let binding = tx.meta("home_id")?.map(|id| HomeBinding {
                 home_id: id,
                 home: self
-                    .store
                     .layout
                     .home
                     .canonicalize()
-                    .unwrap_or_else(|_| self.store.layout.home.clone()),
+                    .unwrap_or_else(|_| self.layout.home.clone()),
             });
-            let pem = crl_pem(&latest.der);
             let mut written = vec![home_crl.clone()];
             let mut skipped = Vec::new();
             write_if_differs(&home_crl, pem.as_bytes(), 0o644)?;
@@ -1301,7 +1374,7 @@ fn reason_code(reason: &str) -> Result<RevocationReason> {
     })
 }
 
-fn ca_record(der: &[u8], profile: Profile, name: &str) -> Result<CertRecord> {
+pub(crate) fn ca_record(der: &[u8], profile: Profile, name: &str) -> Result<CertRecord> {
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(der)
         .map_err(|_| Error::Generate("cannot parse the new CA certificate".into()))?;
     let serial = hex::encode(c.raw_serial());
@@ -1319,7 +1392,8 @@ fn ca_record(der: &[u8], profile: Profile, name: &str) -> Result<CertRecord> {
     })
 }
 
-fn report(store: &Store, created: bool) -> Result<InitReport> {
+/// What `init` reports of the CA of `store`.
+pub fn report(store: &Store, created: bool) -> Result<InitReport> {
     let root_serial = store.ledger.meta("root_serial")?.unwrap_or_default();
     let root = store.root_der()?;
     let (_, na) = validity(&root)?;

@@ -302,3 +302,24 @@ pub fn signing_key(
         }
     }
 }
+
+/// Loads the root key (file or token) with the passphrase or PIN: what certifies a
+/// station's issuing CA and signs the root's CRL on the root's home.
+pub fn root_key(layout: &Layout, secret: &Passphrase) -> Result<CaKey> {
+    match KeyStore::load(layout)? {
+        KeyStore::Token(c) => {
+            let token = Token::open(&c.module, &c.token_label, Some(&c.token_serial), secret)?;
+            Ok(CaKey::Token(token.require(&c.root, &c.token_label)?))
+        }
+        KeyStore::File => {
+            let path = layout.root_key();
+            if !path.exists() {
+                return Err(Error::CaUnavailable(format!(
+                    "the root key {} is not in this home: run this on the root's home",
+                    path.display()
+                )));
+            }
+            Ok(CaKey::File(keys::read_encrypted(&path, secret)?))
+        }
+    }
+}

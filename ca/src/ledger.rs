@@ -693,6 +693,17 @@ impl Tx<'_> {
             .map_err(self.err())
     }
 
+    /// The CRL numbered `number`, if stored.
+    pub fn crl_by_number(&self, number: i64) -> Result<Option<CrlRecord>> {
+        self.conn
+            .query_opt(
+                "SELECT number, this_update, next_update, revoked, der FROM crls WHERE number = ?1",
+                &[Val::Int(number)],
+                crl_from_row,
+            )
+            .map_err(self.err())
+    }
+
     /// The next CRL number (strictly increasing).
     pub fn next_crl_number(&self) -> Result<i64> {
         self.conn

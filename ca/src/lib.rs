@@ -22,6 +22,7 @@ pub mod pgledger;
 pub mod pkcs11;
 pub mod profile;
 pub mod request;
+pub mod station;
 pub mod vault;
 
 pub use authority::{Authority, InitOptions, IssueRequest, Issued, Layout, Store};

@@ -1,14 +1,17 @@
 //! Benchmark: bench provisioning throughput with the ledger on SQLite and on PostgreSQL,
-//! measured in the same run.
+//! and with `--token` also with the CA key in a PKCS#11 token (SoftHSM2, in a temporary
+//! directory) next to the key file, measured in the same run.
 //!
 //! `cargo build --release -p provisioner && cargo run --release -p provisioner --example
-//! bench_ledger -- [--boards N] [--bin-dir target/release]` (default 8 boards)
+//! bench_ledger -- [--boards N] [--bin-dir target/release] [--token]` (default 8 boards)
 //!
 //! For each engine: a new home (`init`, or `init --ledger postgres://...` on a durable
 //! PostgreSQL server this benchmark starts on loopback, fsync and synchronous commit on), N
 //! blank emulated boards at 115200 baud with the chip's typical timings, and one `device
 //! provision` of all of them at once. Prints boards per minute for each, provisioned/asked,
-//! and the ratio PostgreSQL / SQLite.
+//! and the ratio PostgreSQL / SQLite. With `--token`: a home whose CA key is generated in a
+//! SoftHSM2 token (`init --key-store pkcs11`, SQLite ledger), the same provisioning, and the
+//! ratio token / file against the SQLite run (whose CA key is a file).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,25 +60,58 @@ fn start_boards(bin: &Path, work: &Path, n: usize) -> Res<(Boards, Vec<String>)>
     Ok((boards, links))
 }
 
-fn provisioner(bin: &Path, home: &Path) -> Command {
+fn provisioner(bin: &Path, home: &Path, env: &[(String, String)]) -> Command {
     let mut c = Command::new(bin);
     c.env("PROVISIONER_HOME", home)
         .env("PROVISIONER_PASSPHRASE", "bench passphrase, long enough")
+        .envs(env.iter().cloned())
         .stdin(Stdio::null());
     c
 }
 
-/// Provisions `n` boards in one run on a new home made by `init_args`; returns (boards per
-/// minute, provisioned).
-fn run(bin: &Path, init_args: &[String], n: usize) -> Res<(f64, usize)> {
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "24681012";
+
+/// A SoftHSM2 token `bench` in `dir`; returns the environment that names it and its PIN.
+fn softhsm_token(dir: &Path) -> Res<Vec<(String, String)>> {
+    if !Path::new(MODULE).is_file() {
+        return Err(format!("{MODULE} is missing: apt-get install softhsm2").into());
+    }
+    let tokens = dir.join("tokens");
+    std::fs::create_dir(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    let init = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "bench", "--pin", PIN])
+        .args(["--so-pin", "13572468"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()?;
+    if !init.status.success() {
+        return Err(String::from_utf8_lossy(&init.stderr).into_owned().into());
+    }
+    Ok(vec![
+        ("SOFTHSM2_CONF".into(), conf.to_string_lossy().into_owned()),
+        ("PROVISIONER_PKCS11_PIN".into(), PIN.into()),
+    ])
+}
+
+/// Provisions `n` boards in one run on a new home made by `init_args` (with `env`); returns
+/// (boards per minute, provisioned).
+fn run(bin: &Path, init_args: &[String], env: &[(String, String)], n: usize) -> Res<(f64, usize)> {
     let work = tempfile::tempdir()?;
     let home = work.path().join("home");
-    let init = provisioner(bin, &home).args(init_args).output()?;
+    let init = provisioner(bin, &home, env).args(init_args).output()?;
     if !init.status.success() {
         return Err(format!("init: {}", String::from_utf8_lossy(&init.stderr)).into());
     }
     let (_boards, links) = start_boards(bin, work.path(), n)?;
-    let mut cmd = provisioner(bin, &home);
+    let mut cmd = provisioner(bin, &home, env);
     cmd.args(["--json", "device", "provision"]);
     for l in &links {
         cmd.args(["--port", l]);
@@ -122,7 +158,7 @@ fn main() -> Res<()> {
         .into());
     }
     eprintln!("SQLite ledger: {n} boards in one run...");
-    let (sqlite, sqlite_done) = run(&bin, &["init".into()], n)?;
+    let (sqlite, sqlite_done) = run(&bin, &["init".into()], &[], n)?;
     eprintln!("PostgreSQL ledger (durable server on loopback): {n} boards in one run...");
     let pg = test_postgres::PgServer::start_with(&test_postgres::Options {
         durable: true,
@@ -136,7 +172,25 @@ fn main() -> Res<()> {
         "--ledger-password-file".into(),
         pg.password_file().to_string_lossy().into_owned(),
     ];
-    let (postgres, pg_done) = run(&bin, &pg_args, n)?;
+    let (postgres, pg_done) = run(&bin, &pg_args, &[], n)?;
+    let token_dir = tempfile::tempdir()?;
+    let token = if args.iter().any(|a| a == "--token") {
+        eprintln!("CA key in SoftHSM2 (SQLite ledger): {n} boards in one run...");
+        let env = softhsm_token(token_dir.path())?;
+        let init = [
+            "init",
+            "--key-store",
+            "pkcs11",
+            "--pkcs11-module",
+            MODULE,
+            "--pkcs11-token",
+            "bench",
+        ]
+        .map(String::from);
+        Some(run(&bin, &init, &env, n)?)
+    } else {
+        None
+    };
     println!("{:<56} {:>12}", "measure", "value");
     println!(
         "{:<56} {:>12.1}",
@@ -156,12 +210,22 @@ fn main() -> Res<()> {
         "provisioned / asked, PostgreSQL",
         format!("{pg_done}/{n}")
     );
-    if sqlite_done < n || pg_done < n {
+    if let Some((rate, done)) = token {
         println!(
-            "LOST {} of {}: no ratio",
-            2 * n - sqlite_done - pg_done,
-            2 * n
+            "{:<56} {:>12.1}",
+            "boards per minute, CA key in SoftHSM2 (SQLite)", rate
         );
+        println!(
+            "{:<56} {:>12}",
+            "provisioned / asked, SoftHSM2",
+            format!("{done}/{n}")
+        );
+    }
+    let token_done = token.map_or(0, |t| t.1);
+    let asked = if token.is_some() { 3 * n } else { 2 * n };
+    let done = sqlite_done + pg_done + token_done;
+    if done < asked {
+        println!("LOST {} of {asked}: no ratio", asked - done);
         std::process::exit(1);
     }
     println!(
@@ -169,5 +233,12 @@ fn main() -> Res<()> {
         "ratio PostgreSQL / SQLite (same run)",
         postgres / sqlite
     );
+    if let Some((rate, _)) = token {
+        println!(
+            "{:<56} {:>12.3}",
+            "ratio SoftHSM2 key / file key, SQLite (same run)",
+            rate / sqlite
+        );
+    }
     Ok(())
 }

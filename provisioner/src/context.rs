@@ -53,6 +53,19 @@ pub struct Context {
     known_passphrase: std::sync::OnceLock<Passphrase>,
 }
 
+/// A passphrase (or PIN) from a 0600 file, at most 4 KiB of UTF-8.
+pub fn passphrase_from_file(path: &std::path::Path) -> Result<Passphrase> {
+    ca::fsutil::check_private(path)?;
+    let bytes = ca::fsutil::read_bounded(path, 4096)?;
+    let s = String::from_utf8(bytes).map_err(|_| {
+        CliError::new(
+            Code::Input,
+            format!("{}: passphrase file is not UTF-8", path.display()),
+        )
+    })?;
+    Ok(Passphrase::new(s))
+}
+
 impl Context {
     /// A context.
     pub fn new(home: PathBuf, passphrase_file: Option<PathBuf>, json: bool) -> Self {
@@ -67,15 +80,7 @@ impl Context {
     /// The secret from `--passphrase-file` or the first of `envs` that is set, if any.
     fn given_secret(&self, envs: &[&str]) -> Result<Option<Passphrase>> {
         if let Some(path) = &self.passphrase_file {
-            ca::fsutil::check_private(path)?;
-            let bytes = ca::fsutil::read_bounded(path, 4096)?;
-            let s = String::from_utf8(bytes).map_err(|_| {
-                CliError::new(
-                    Code::Input,
-                    format!("{}: passphrase file is not UTF-8", path.display()),
-                )
-            })?;
-            return Ok(Some(Passphrase::new(s)));
+            return passphrase_from_file(path).map(Some);
         }
         Ok(envs
             .iter()

@@ -113,6 +113,9 @@ enum Command {
     /// Renewal in the field: the CA-side service that answers the boards' renewal requests.
     #[command(subcommand)]
     RenewalService(cmd::renewal::RenewalCommand),
+    /// Bench stations, each with its own issuing CA on the shared ledger: add, list, revoke.
+    #[command(subcommand)]
+    Station(cmd::station::StationCommand),
     /// Write the configuration another program consumes.
     #[command(subcommand)]
     Emit(cmd::emit::EmitCommand),
@@ -193,6 +196,7 @@ fn run(cli: Cli) -> exit::Result<()> {
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Renew(a) => cmd::renew::run(&ctx, a),
         Command::RenewalService(c) => cmd::renewal::run(&ctx, c),
+        Command::Station(c) => cmd::station::run(&ctx, c),
         Command::Emit(c) => cmd::emit::run(&ctx, c),
         Command::Deploy(c) => cmd::deploy::run(&ctx, c),
         Command::Link(c) => cmd::link::run(&ctx, c),

@@ -455,12 +455,7 @@ fn killed_after_any_step_then_run_again_ends_as_an_uninterrupted_run() {
             "climat",
             "--lock",
         ];
-        let crashed = home
-            .cmd(&args)
-            .env("PROVISIONER_CRASH_AT", point)
-            .output()
-            .expect("run");
-        assert!(!crashed.status.success(), "{point}: no crash");
+        crashed_at(&home, &args, point);
         let again = home.run(&args);
         assert!(
             again.status.success(),

@@ -1,19 +1,20 @@
-//! Several bench stations on one PostgreSQL ledger (a real server started by the test, on
-//! loopback, as an unprivileged account): they provision at the same time and the fleet stays
-//! one (distinct serials, one certificate per request, one ACL admitting every device), and a
-//! station killed in the middle of an issuance leaves one certificate per request once run
-//! again, on either ledger engine.
+//! Several bench stations on one PostgreSQL ledger (a real server started by the binary's
+//! tests, shared by them, on loopback, as an unprivileged account), each signing with its own
+//! issuing CA from `station add` (no root key on a station): they provision at the same time
+//! and the fleet stays one (distinct serials, one certificate per request, one ACL admitting
+//! every device on a real mosquitto); a revoked station's devices are refused while the
+//! others' are accepted; and a station killed in the middle of an issuance leaves one
+//! certificate per request once run again, on either ledger engine.
 
 mod common;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use test_postgres::PgServer;
 
 const STATIONS: [(&str, &str); 3] = [("a", "salon"), ("b", "cuisine"), ("c", "garage")];
 const BOARDS: usize = 8;
@@ -79,59 +80,33 @@ fn devices_heard(
     heard.lock().expect("lock").clone()
 }
 
-#[test]
-fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
-    let pg = PgServer::start();
-    pg.create_database("fleet");
-    let port = free_port();
-    let first = pg_station(&pg, "fleet", port, None);
-    first.ok(&["server", "issue"]);
-    // A second station without the CA key is told what to copy, and nothing is recorded.
-    let stray = Home::new();
-    let site = stray.work().join("site.toml");
-    std::fs::write(&site, site_text(port)).expect("site");
-    let args = pg_init_args(&pg, "fleet", &site);
-    let refused = stray.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "joined without the CA key");
-    assert!(
-        err.contains("already holds the CA") && err.contains("install -D -m 600"),
-        "{err}"
-    );
-    assert!(!stray.path().join("ledger.toml").exists());
-    let others: Vec<Home> = (1..STATIONS.len())
-        .map(|_| pg_station(&pg, "fleet", port, Some(&first)))
-        .collect();
-    let stations: Vec<&Home> = std::iter::once(&first).chain(&others).collect();
-    let fingerprints: HashSet<String> = stations
+/// The `(tag, room)` devices of the stations `tags`.
+fn devices_of(tags: &[&str]) -> BTreeSet<String> {
+    STATIONS
         .iter()
-        .map(|s| s.json(&["init"])["ca"]["root_fingerprint"].to_string())
-        .collect();
-    assert_eq!(
-        fingerprints.len(),
-        1,
-        "one CA for every station: {fingerprints:?}"
-    );
+        .filter(|(tag, _)| tags.contains(tag))
+        .flat_map(|(tag, room)| (1..=BOARDS).map(move |n| format!("{room}-{tag}{n}")))
+        .collect()
+}
 
-    // The broker runs from the last station's configuration before any device exists. Its
-    // key was made where `server issue` ran (the first station): the ledger holds
-    // certificates, not host-made keys, so a station emitting the broker holds a copy.
-    let last = stations[STATIONS.len() - 1];
-    let key = last.path().join("keys/broker.key");
-    std::fs::copy(first.path().join("keys/broker.key"), &key).expect("copy the broker key");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+/// Waits up to 90 s for a line ` as ID ` of each of `ids` in the broker's log.
+fn connected(broker: &Mosquitto, ids: &BTreeSet<String>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let log = broker.log_text();
+        if ids.iter().all(|id| log.contains(&format!(" as {id} "))) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let monitor = last.client("monitor", &["--subscribe", "maison/#"]);
-    let broker_dir = last.work().join("broker");
-    last.emit_broker(&broker_dir, None, &[]);
-    let broker = Mosquitto::start(
-        &broker_dir.join("mosquitto.conf"),
-        port,
-        &last.work().join("mosquitto.log"),
-    );
+}
 
+/// Provisions BOARDS simulated boards per station, the three stations at once; returns the
+/// boards and the port of each device.
+fn provision_all_at_once(stations: &[&Home]) -> (Vec<Vec<SimBoard>>, HashMap<String, String>) {
     let boards: Vec<Vec<SimBoard>> = stations
         .iter()
         .zip(STATIONS)
@@ -147,6 +122,7 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
         .zip(STATIONS)
         .map(|((s, b), (tag, room))| spawn_provision(s, b, &format!("{room}-{tag}{{n}}")))
         .collect();
+    let mut ports = HashMap::new();
     for (child, (tag, _)) in running.into_iter().zip(STATIONS) {
         let out = child.wait_with_output().expect("station");
         assert!(
@@ -165,14 +141,20 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
                     .contains(&b["result"]["status"].as_str().unwrap_or(""))),
             "station {tag}: {v}"
         );
+        for b in done {
+            ports.insert(
+                b["id"].as_str().expect("id").to_string(),
+                b["port"].as_str().expect("port").to_string(),
+            );
+        }
     }
+    (boards, ports)
+}
 
-    let expected: BTreeSet<String> = STATIONS
-        .iter()
-        .flat_map(|(tag, room)| (1..=BOARDS).map(move |n| format!("{room}-{tag}{n}")))
-        .collect();
-    // The ledger: 24 devices, each with one active certificate, no serial twice.
-    let ledger = shared_ledger(&first);
+/// The shared ledger after the provisioning: the 24 devices, each with one active
+/// certificate signed by its own station's issuing CA, no serial or request twice.
+fn check_fleet_ledger(root: &Home, stations: &[&Home], expected: &BTreeSet<String>) {
+    let ledger = shared_ledger(root);
     let devices: BTreeSet<String> = ledger
         .identities()
         .expect("identities")
@@ -180,7 +162,7 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
         .filter(|i| i.kind == "device" && i.status == "active")
         .map(|i| i.id)
         .collect();
-    assert_eq!(devices, expected);
+    assert_eq!(&devices, expected);
     let certs = ledger.certificates().expect("certificates");
     let serials: HashSet<&str> = certs.iter().map(|c| c.serial.as_str()).collect();
     assert_eq!(serials.len(), certs.len(), "a serial issued twice");
@@ -188,18 +170,36 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
     assert_eq!(requests.len(), certs.len(), "a request certified twice");
     let device_certs: Vec<_> = certs.iter().filter(|c| c.profile == "device").collect();
     assert_eq!(device_certs.len(), expected.len(), "{device_certs:?}");
-    for id in &expected {
-        let active = ledger
-            .active_of(id)
-            .expect("active")
-            .expect("an active certificate");
-        assert!(
-            active.revoked_at.is_none()
-                && ledger.supersession(&active.serial).expect("q").is_none()
-        );
+    for (station, (tag, _)) in stations.iter().zip(STATIONS) {
+        let ca = station.path().join("ca/issuing.crt");
+        let root_crt = station.path().join("ca/root.crt");
+        let mut verify = vec![
+            "verify".to_string(),
+            "-x509_strict".into(),
+            "-CAfile".into(),
+            root_crt.to_string_lossy().into_owned(),
+            "-untrusted".into(),
+            ca.to_string_lossy().into_owned(),
+        ];
+        for id in devices_of(&[tag]) {
+            let active = ledger
+                .active_of(&id)
+                .expect("active")
+                .expect("an active certificate");
+            assert!(
+                active.revoked_at.is_none()
+                    && ledger.supersession(&active.serial).expect("q").is_none()
+            );
+            let pem = station.work().join(format!("{id}.pem"));
+            std::fs::write(&pem, ca::authority::cert_pem(&active.der)).expect("pem");
+            verify.push(pem.to_string_lossy().into_owned());
+        }
+        // Each device certificate chains to the root through its station's issuing CA only.
+        let out = openssl_ok(&verify.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.matches(": OK").count(), BOARDS, "{out}");
     }
     // Every station sees the whole fleet.
-    for s in &stations {
+    for s in stations {
         let listed = s.json(&["device", "list"]);
         let active: BTreeSet<String> = listed
             .as_array()
@@ -208,14 +208,120 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
             .filter(|r| r["kind"] == "device" && r["active"] == true)
             .filter_map(|r| r["id"].as_str().map(String::from))
             .collect();
-        assert_eq!(active, expected);
+        assert_eq!(&active, expected);
     }
+}
+
+/// The three station homes hold their own issuing CA (path length 0, its name carrying the
+/// station's), none the root key; a station cannot add or revoke stations.
+fn check_station_homes(root: &Home, stations: &[&Home]) {
+    for (s, (tag, _)) in stations.iter().zip(STATIONS) {
+        assert!(
+            !s.path().join("ca/root.key").exists(),
+            "station {tag} holds the root key"
+        );
+        let text = openssl_ok(&[
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "basicConstraints",
+            "-in",
+            &s.path().join("ca/issuing.crt").to_string_lossy(),
+        ]);
+        assert!(
+            text.contains(&format!("Station {tag} Issuing CA")) && text.contains("pathlen:0"),
+            "{text}"
+        );
+        for what in [&["station", "add", "z"], &["station", "revoke", "a"]] {
+            let refused = s.run(what);
+            assert!(
+                refused.status.code() == Some(5)
+                    && String::from_utf8_lossy(&refused.stderr)
+                        .contains(&format!("this home is bench station `{tag}`")),
+                "{}",
+                output_text(&refused)
+            );
+        }
+    }
+    let listed = root.json(&["station", "list"]);
+    let names: BTreeSet<&str> = listed
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["active"] == true)
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["a", "b", "c"]));
+}
+
+#[test]
+fn three_stations_with_their_own_issuing_ca_provision_eight_boards_each_at_once_then_one_is_revoked()
+ {
+    let pg = shared_pg();
+    pg.create_database("fleet");
+    let port = free_port();
+    let root = root_home(&pg, "fleet", port);
+    // A home that only names the ledger is told how to become a station; nothing is recorded.
+    let stray = Home::new();
+    let site = stray.work().join("site.toml");
+    std::fs::write(&site, site_text(port)).expect("site");
+    let args = pg_init_args(&pg, "fleet", &site);
+    let refused = stray.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "joined without a station bundle");
+    assert!(
+        err.contains("already holds the CA") && err.contains("station add NAME"),
+        "{err}"
+    );
+    assert!(!stray.path().join("ledger.toml").exists());
+    // The three at once; station c makes its own key and sends a CSR, a and b get theirs in
+    // the bundle.
+    let homes: Vec<Home> = std::thread::scope(|scope| {
+        let made: Vec<_> = STATIONS
+            .iter()
+            .map(|(tag, _)| {
+                let (pg, root) = (&pg, &root);
+                scope.spawn(move || station_home(pg, "fleet", root, tag, port, *tag == "c"))
+            })
+            .collect();
+        made.into_iter()
+            .map(|h| h.join().expect("station"))
+            .collect()
+    });
+    let stations: Vec<&Home> = homes.iter().collect();
+    check_station_homes(&root, &stations);
+
+    // The broker runs from the last station's configuration before any device exists, with
+    // a broker certificate that station issued.
+    let last = stations[STATIONS.len() - 1];
+    last.ok(&["server", "issue"]);
+    let monitor = last.client("monitor", &["--subscribe", "maison/#"]);
+    let broker_dir = last.work().join("broker");
+    last.emit_broker(&broker_dir, None, &[]);
+    let mut broker = Mosquitto::start(
+        &broker_dir.join("mosquitto.conf"),
+        port,
+        &last.work().join("mosquitto.log"),
+    );
+
+    let (boards, ports) = provision_all_at_once(&stations);
+    let expected = devices_of(&["a", "b", "c"]);
+    check_fleet_ledger(&root, &stations, &expected);
 
     // One ACL, whichever station emits it, admits all 24 on the running broker.
     last.emit_broker(&broker_dir, None, &[]);
     let acl = std::fs::read_to_string(broker_dir.join("acl")).expect("acl");
-    let other_dir = first.work().join("broker-from-a");
-    first.emit_broker(&other_dir, Some(port), &[]);
+    // The broker's key was made where `server issue` ran: the ledger holds certificates,
+    // not host-made keys, so another station emitting the broker holds a copy.
+    let key = stations[0].path().join("keys/broker.key");
+    std::fs::copy(last.path().join("keys/broker.key"), &key).expect("copy the broker key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let other_dir = stations[0].work().join("broker-from-a");
+    stations[0].emit_broker(&other_dir, Some(port), &[]);
     assert_eq!(
         std::fs::read_to_string(other_dir.join("acl")).expect("acl"),
         acl,
@@ -235,13 +341,109 @@ fn three_stations_provision_eight_boards_each_at_once_on_one_postgres_ledger() {
         expected.difference(&heard).collect::<Vec<_>>(),
         broker.log_text()
     );
+    assert!(connected(&broker, &expected), "{}", broker.log_text());
+
+    // A client certificate from each station, made before the revocation.
+    let probes: Vec<Client> = std::thread::scope(|scope| {
+        let made: Vec<_> = stations
+            .iter()
+            .zip(STATIONS)
+            .map(|(s, (tag, _))| scope.spawn(move || s.client(&format!("probe-{tag}"), &[])))
+            .collect();
+        made.into_iter().map(|c| c.join().expect("probe")).collect()
+    });
+    // Station b is revoked on the root's home: its CA is in the root's CRL; the station
+    // that runs the broker publishes the fleet's CRLs and CA file without b's.
+    let out = root.ok(&["station", "revoke", "b"]);
+    assert!(out.contains("run `provisioner crl`"), "{out}");
+    let root_crl = openssl_ok(&[
+        "crl",
+        "-noout",
+        "-text",
+        "-in",
+        &root.path().join("crl.pem").to_string_lossy(),
+    ]);
+    let b_serial = shared_ledger(&root)
+        .meta("stations")
+        .expect("meta")
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|s| s["name"] == "b")?
+                .get("serial")?
+                .as_str()
+                .map(str::to_uppercase)
+        })
+        .expect("b's serial");
+    assert!(
+        root_crl.contains(&b_serial),
+        "{b_serial} not in\n{root_crl}"
+    );
+    last.ok(&["crl"]);
+    let cafile = std::fs::read_to_string(broker_dir.join("ca.crt")).expect("ca.crt");
+    assert_eq!(cafile.matches("BEGIN CERTIFICATE").count(), 4, "{cafile}");
+    // A device of b re-issued from station a (--reissue; the chip proves possession again).
+    let reissued = "cuisine-b1";
+    stations[0].ok(&[
+        "device",
+        "provision",
+        "--port",
+        &ports[reissued],
+        "--id",
+        reissued,
+        "--profile",
+        "thermometre",
+        "--lock",
+        "--reissue",
+    ]);
+    // Reconnecting (the broker restarted): a's and c's devices are accepted and the re-issued
+    // one, b's others refused.
+    drop(broker);
+    broker = Mosquitto::start(
+        &broker_dir.join("mosquitto.conf"),
+        port,
+        &last.work().join("mosquitto-after-revoke.log"),
+    );
+    let mut kept = devices_of(&["a", "c"]);
+    kept.insert(reissued.to_string());
+    assert!(connected(&broker, &kept), "{}", broker.log_text());
     let log = broker.log_text();
-    for id in &expected {
+    for id in devices_of(&["b"]).iter().filter(|id| *id != reissued) {
         assert!(
-            log.contains(&format!(" as {id} ")),
-            "{id} never connected:\n{log}"
+            !log.contains(&format!(" as {id} ")),
+            "{id} accepted:\n{log}"
         );
     }
+    // And a client of each station, connecting now after a reload.
+    broker.reload();
+    for (c, (tag, _)) in probes.iter().zip(STATIONS) {
+        let sent = publish(port, &broker_dir.join("ca.crt"), c, "probe", "x");
+        assert_eq!(
+            sent.status.success(),
+            tag != "b",
+            "station {tag}: {}",
+            output_text(&sent)
+        );
+    }
+    // The revoked station signs nothing more.
+    let refused = stations[1].run(&[
+        "cert",
+        "sign",
+        "--csr",
+        &probes[1].csr.to_string_lossy(),
+        "--profile",
+        "client",
+        "--out",
+        &stations[1].work().join("after.crt").to_string_lossy(),
+    ]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("was revoked"),
+        "{}",
+        output_text(&refused)
+    );
+    drop(boards);
 }
 
 /// A station killed at `point` while provisioning `salon-9`, run again, then once more:
@@ -266,17 +468,7 @@ fn killed_mid_issuance_then_run_again(
         "--lock",
     ];
     let before = ledger().certificates().expect("certs").len();
-    let crashed = home
-        .cmd(&args)
-        .env("PROVISIONER_CRASH_AT", point)
-        .output()
-        .expect("run");
-    assert!(!crashed.status.success(), "{backend} {point}: no crash");
-    assert!(
-        String::from_utf8_lossy(&crashed.stderr).contains(&format!("crash injected at `{point}`")),
-        "{backend} {point}: {}",
-        String::from_utf8_lossy(&crashed.stderr)
-    );
+    crashed_at(home, &args, point);
     home.ok(&args);
     home.ok(&args);
     let l = ledger();
@@ -309,11 +501,11 @@ fn killed_mid_issuance_then_run_again(
 
 #[test]
 fn a_station_killed_mid_issuance_and_run_again_has_one_certificate_per_request_on_both_ledgers() {
-    let pg = PgServer::start();
+    let pg = shared_pg();
     for point in ["issue-after-sign", "issue-after-ledger"] {
         let db = point.replace('-', "_");
         pg.create_database(&db);
-        let station = pg_station(&pg, &db, free_port(), None);
+        let station = pg_station(&pg, &db, free_port());
         killed_mid_issuance_then_run_again(&station, || shared_ledger(&station), point, "postgres");
         let local = home_with_site(free_port());
         let path = local.path().join("ledger.sqlite");
@@ -328,7 +520,7 @@ fn a_station_killed_mid_issuance_and_run_again_has_one_certificate_per_request_o
 
 #[test]
 fn the_ledger_password_comes_from_a_file_or_the_environment_never_the_url() {
-    let pg = PgServer::start();
+    let pg = shared_pg();
     pg.create_database("env");
     let home = Home::new();
     let site = home.work().join("site.toml");

@@ -191,10 +191,10 @@ pub(crate) fn items(store: &ca::Store, policy: &LifetimePolicy, now: i64) -> Res
     let certs = store.ledger.certificates()?;
     // CA certificates: the ones the ledger names, renewal point at two thirds (a rollover to
     // plan, not a re-run).
-    for key in ["root_serial", "issuing_serial"] {
-        if let Some(serial) = store.ledger.meta(key)?
-            && let Some(c) = store.ledger.by_serial(&serial)?
-        {
+    // (On a station's home, its issuing CA is the station's.)
+    let serials = [store.ledger.meta("root_serial")?, store.issuing_serial()?];
+    for serial in serials.into_iter().flatten() {
+        if let Some(c) = store.ledger.by_serial(&serial)? {
             let renew = Renewal::TWO_THIRDS.renew_at(c.not_before, c.not_after);
             push(
                 &c.profile,
@@ -235,7 +235,7 @@ pub(crate) fn items(store: &ca::Store, policy: &LifetimePolicy, now: i64) -> Res
             active.not_after,
         );
     }
-    match store.ledger.latest_crl()? {
+    match store.own_latest_crl()? {
         Some(crl) => {
             // `crl` signs a new one when a third or less of its lifetime is left.
             let renew = Renewal::TWO_THIRDS.renew_at(crl.this_update, crl.next_update);

@@ -557,9 +557,11 @@ pub fn write_broker_dir(
         .with_help("issue a new one with `provisioner server issue`"));
     }
     let key = ca::keys::read_plain(&ctx.layout.keys_dir().join(format!("{}.key", reg.server)))?;
-    let crl = store.ledger.latest_crl()?.ok_or_else(|| {
-        CliError::new(Code::State, "no CRL yet").with_help("run `provisioner crl`")
-    })?;
+    // The CRL of every CA in service (one, unless the fleet has bench stations), and the
+    // number of this home's own newest.
+    let no_crl = || CliError::new(Code::State, "no CRL yet").with_help("run `provisioner crl`");
+    let crl_text = store.crl_bundle()?.ok_or_else(no_crl)?;
+    let crl = store.own_latest_crl()?.ok_or_else(no_crl)?;
 
     let access = BrokerAccess::for_account(reg.run_as.as_deref())?;
     if !create && std::fs::symlink_metadata(&reg.dir).is_err() {
@@ -600,8 +602,8 @@ pub fn write_broker_dir(
     let acl = render_acl(&entries)?;
     let conf = render_conf(&listener, &files)?;
 
-    let bundle = safe_fs::read_limited(&ctx.layout.ca_bundle(), 1 << 20)
-        .map_err(|e| crate::exit::io(&ctx.layout.ca_bundle(), e))?;
+    // The root and every issuing CA in service: a device presents its certificate alone.
+    let bundle = ca::station::broker_cafile(store)?.into_bytes();
     let chain = format!(
         "{}{}",
         ca::authority::cert_pem(&cert.der),
@@ -622,11 +624,7 @@ pub fn write_broker_dir(
                 .to_vec(),
             0o600,
         ),
-        (
-            "crl.pem",
-            ca::authority::crl_pem(&crl.der).into_bytes(),
-            0o644,
-        ),
+        ("crl.pem", crl_text.into_bytes(), 0o644),
         ("acl", acl.into_bytes(), 0o644),
         ("mosquitto.conf", conf.into_bytes(), 0o644),
     ];

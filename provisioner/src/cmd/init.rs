@@ -23,6 +23,16 @@ pub struct Args {
     /// site with a compressed profile (the issuing CA is then compressible too).
     #[arg(long)]
     issuing_ca: bool,
+    /// Make this home a bench station from the bundle `station add` wrote on the root's
+    /// home: it signs with the station's own issuing CA against the shared --ledger (the
+    /// passphrase is the station's, the one its key was encrypted with).
+    #[arg(
+        long,
+        value_name = "BUNDLE",
+        requires = "ledger",
+        conflicts_with = "issuing_ca"
+    )]
+    station: Option<PathBuf>,
     #[command(flatten)]
     ledger: crate::cmd::shared_ledger::LedgerArgs,
     /// Where the CA key is made and kept: `file` (encrypted under the passphrase, in the
@@ -131,19 +141,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
             site_path.display()
         )));
     }
-    let joined = crate::cmd::shared_ledger::choose(ctx, &args.ledger)?;
-    let token = args.token()?;
-    let pass = init_secret(ctx, token.as_ref())?;
-    let opts = InitOptions {
-        name: format!("{} Root CA", site.site.name),
-        organization: site.site.organization.clone(),
-        // A compressible device profile needs a compressible issuing CA (its signer).
-        issuing_ca: args.issuing_ca || manifests::site_compressed::any(&site),
-        compressed_signer: manifests::site_compressed::any(&site)
-            .then(|| manifests::site_compressed::parse_signer_id(site.site.signer_id.as_deref()))
-            .flatten(),
+    let (joined, pass, report, name) = match &args.station {
+        Some(dir) => join_station(ctx, &args, &site, dir)?,
+        None => create_or_check(ctx, &args, &site)?,
     };
-    let report = Authority::init_with_key_store(&ctx.layout, &opts, &pass, token.as_ref())?;
     ca::fsutil::write_atomic(&site_path, text.as_bytes(), 0o600)?;
     let mut authority = Authority::open(&ctx.layout, &pass)?;
     authority
@@ -172,7 +173,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         } else {
             "already initialised:"
         },
-        opts.name,
+        name,
         ctx.layout.home.display(),
         report.root_serial,
         report.root_fingerprint,
@@ -182,10 +183,57 @@ pub fn run(ctx: &Context, args: Args) -> Result<()> {
         server_issue_hint(&site),
     );
     ctx.print(
-        &json!({ "home": ctx.layout.home, "ledger": ledger, "ca": report, "crl": crl, "root_certificate": ctx.layout.root_cert(), "key_store": key_store }),
+        &json!({ "home": ctx.layout.home, "ledger": ledger, "ca": report, "station": ca::station::of_home(&ctx.layout)?, "crl": crl, "root_certificate": ctx.layout.root_cert(), "key_store": key_store }),
         &human,
     );
     Ok(())
+}
+
+/// What the CA part of `init` did: the note on the shared ledger, the secret that opens the
+/// CA key, the report and the CA's name.
+type Done = (
+    Option<String>,
+    ca::Passphrase,
+    ca::authority::InitReport,
+    String,
+);
+
+/// `init` of the root's home (or of a single bench): creates the CA, or checks the one there.
+fn create_or_check(ctx: &Context, args: &Args, site: &Site) -> Result<Done> {
+    let joined = crate::cmd::shared_ledger::choose(ctx, &args.ledger, None)?;
+    let token = args.token()?;
+    let pass = init_secret(ctx, token.as_ref())?;
+    let opts = InitOptions {
+        name: format!("{} Root CA", site.site.name),
+        organization: site.site.organization.clone(),
+        // A compressible device profile needs a compressible issuing CA (its signer).
+        issuing_ca: args.issuing_ca || manifests::site_compressed::any(site),
+        compressed_signer: manifests::site_compressed::any(site)
+            .then(|| manifests::site_compressed::parse_signer_id(site.site.signer_id.as_deref()))
+            .flatten(),
+    };
+    let report = Authority::init_with_key_store(&ctx.layout, &opts, &pass, token.as_ref())?;
+    Ok((joined, pass, report, opts.name))
+}
+
+/// `init --station BUNDLE`: a bench station's home on the shared ledger, signing with the
+/// station's issuing CA; no root key here. Checked (bundle, key, ledger) before anything is
+/// written.
+fn join_station(ctx: &Context, args: &Args, site: &Site, dir: &std::path::Path) -> Result<Done> {
+    if args.key_store != KeyStoreKind::File || manifests::site_compressed::any(site) {
+        return Err(CliError::new(
+            Code::Usage,
+            "--station takes the station key from its bundle (a file key); a site with compressed profiles needs the root home's issuing CA",
+        ));
+    }
+    let (bundle, pass) = crate::cmd::station::read_bundle(ctx, dir)?;
+    let joined = crate::cmd::shared_ledger::choose(ctx, &args.ledger, Some(&bundle))?;
+    let created = ca::station::of_home(&ctx.layout)?.is_none();
+    bundle.install(&ctx.layout, &pass)?;
+    let store = ca::Store::open(&ctx.layout)?;
+    let report = ca::authority::report(&store, created)?;
+    let name = ca::certdef::common_name(&bundle.issuing_der, false)?;
+    Ok((joined, pass, report, name))
 }
 
 /// The `server issue` to run next: without flags it certifies the names of the site's

@@ -22,6 +22,7 @@ pub mod renewal;
 pub mod server;
 pub mod shared_ledger;
 pub mod site;
+pub mod station;
 
 /// The human lines for CRL targets the ledger named but that were refused (empty if none).
 pub(crate) fn skipped_targets(skipped: &[ca::authority::SkippedTarget]) -> String {

@@ -13,7 +13,8 @@ use crate::exit::{CliError, Code, Result};
 pub struct LedgerArgs {
     /// Keep the ledger in this PostgreSQL database instead of `ledger.sqlite` in the home:
     /// postgres://USER@HOST[:PORT]/DATABASE, without password. A database that already holds
-    /// a CA is joined (another bench station; copy the CA key into this home first).
+    /// a CA is joined by a bench station with --station BUNDLE (from `station add` on the
+    /// root's home).
     #[arg(long, value_name = "URL")]
     pub ledger: Option<String>,
     /// The database password, in a 0600 file (otherwise PROVISIONER_LEDGER_PASSWORD or
@@ -34,9 +35,14 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Records the PostgreSQL ledger in the home when `--ledger` is given, after proving it can
-/// be reached (and, when it already holds a CA, that this home has that CA's key). Returns
-/// the note to print, if any. Nothing is written if a check fails.
-pub fn choose(ctx: &Context, args: &LedgerArgs) -> Result<Option<String>> {
+/// be reached (and, when it already holds a CA, that this home has that CA's key or is the
+/// station `station` names). Returns the note to print, if any. Nothing is written if a
+/// check fails.
+pub fn choose(
+    ctx: &Context,
+    args: &LedgerArgs,
+    station: Option<&ca::station::Bundle>,
+) -> Result<Option<String>> {
     let Some(url) = &args.ledger else {
         return Ok(None);
     };
@@ -77,9 +83,24 @@ pub fn choose(ctx: &Context, args: &LedgerArgs) -> Result<Option<String>> {
         ));
     }
     let ledger = pg.open()?;
-    let note = match ledger.meta("root_serial")? {
-        None => None,
-        Some(serial) => Some(join_existing(ctx, &ledger, &serial)?),
+    let note = match (ledger.meta("root_serial")?, station) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(CliError::new(
+                Code::State,
+                format!("the ledger {} holds no CA yet", ledger.name().display()),
+            )
+            .with_help("a station joins the ledger of the root's home: run `init --issuing-ca --ledger URL` and `station add NAME` there first"));
+        }
+        (Some(_), Some(b)) => {
+            b.check_against(&ledger)?;
+            Some(format!(
+                "joined the shared ledger {} as station `{}`",
+                ledger.name().display(),
+                manifests::text::escape(&b.station.name)
+            ))
+        }
+        (Some(serial), None) => Some(join_existing(ctx, &ledger, &serial)?),
     };
     drop(ledger);
     ca::fsutil::private_dir(&layout.home)?;
@@ -112,8 +133,8 @@ fn join_existing(ctx: &Context, ledger: &ca::ledger::Ledger, serial: &str) -> Re
             ),
         )
         .with_help(format!(
-            "to join it as another station, copy the key from the station that created it, then run this init again with the same CA passphrase:\n  install -D -m 600 FIRST_HOME/ca/{file} {}",
-            key.display()
+            "to join it as another bench station, get a station bundle from the root's home (the root key stays there):\n  provisioner station add NAME --out BUNDLE --station-passphrase-file FILE   (on the root's home)\n  provisioner init --station BUNDLE --ledger URL ...   (here, with that passphrase)\n(the same CA's own home restored from a backup holds {file} in {})",
+            layout.ca_dir().display()
         )));
     }
     Ok(format!(

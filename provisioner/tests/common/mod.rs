@@ -3,6 +3,9 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod link;
+pub mod stations;
+#[allow(unused_imports)]
+pub use stations::*;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -722,21 +725,13 @@ impl SoftHsm {
     }
 }
 
-/// A bench station: a home whose ledger is the PostgreSQL database `db` of `pg` (password
-/// from the server's 0600 file), with the test site for a broker on `port`. The first station
-/// creates the CA there; a later one (`first` given) joins it with the first one's CA key
-/// copied in, as the README says.
-pub fn pg_station(pg: &test_postgres::PgServer, db: &str, port: u16, first: Option<&Home>) -> Home {
+/// A home whose ledger is the PostgreSQL database `db` of `pg` (password from the server's
+/// 0600 file), with the test site for a broker on `port`: a new CA there. Stations joining
+/// it: see [`stations`].
+pub fn pg_station(pg: &test_postgres::PgServer, db: &str, port: u16) -> Home {
     let home = Home::new();
     let site = home.work().join("site.toml");
     std::fs::write(&site, site_text(port)).expect("site");
-    if let Some(first) = first {
-        let key = home.path().join("ca/root.key");
-        std::fs::create_dir_all(key.parent().expect("ca dir")).expect("ca dir");
-        std::fs::copy(first.path().join("ca/root.key"), &key).expect("copy the CA key");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
     home.ok(&pg_init_args(pg, db, &site)
         .iter()
         .map(String::as_str)

@@ -91,7 +91,7 @@ pub fn service_dir(ctx: &Context) -> PathBuf {
 /// should be an issuing CA's, whose compromise the root can revoke.
 fn require_issuing_ca(ctx: &Context, allow_root_key: bool) -> Result<()> {
     let store = ctx.store()?;
-    if store.ledger.meta("issuing_serial")?.is_some() || allow_root_key {
+    if store.issuing_serial()?.is_some() || allow_root_key {
         return Ok(());
     }
     Err(CliError::new(
