@@ -123,7 +123,7 @@ fn fill(home: &Path, n: usize) -> Res<()> {
     policy.device_profiles.insert(
         "thermometre".into(),
         ca::profile::Lifetime {
-            days: Some(30),
+            seconds: Some(30 * 86_400),
             renewal: ca::profile::Renewal::default(),
         },
     );

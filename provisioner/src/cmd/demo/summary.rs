@@ -16,6 +16,7 @@ use super::house::{Sensor, features};
 use super::live::{MONITORS, Seen, lock};
 use super::network::{Ended, Ports};
 use super::procs::{Procs, STOP_SIGNAL};
+use super::renewal::Renewal;
 use super::revocation::Revocation;
 use super::scenario::Intrusion;
 
@@ -155,6 +156,8 @@ pub(super) struct Report<'a> {
     pub(super) intrusions: &'a [Intrusion],
     /// The board revoked live (none with a single board).
     pub(super) revocation: Option<&'a Revocation>,
+    /// The board renewed in the field.
+    pub(super) renewal: Option<&'a Renewal>,
     pub(super) scale: f64,
     pub(super) ports: &'a Ports,
     pub(super) procs: &'a Procs,
@@ -210,7 +213,8 @@ impl Report<'_> {
         let ok = counts.missing == 0
             && refused == self.intrusions.len()
             && provisioned == outcomes.len()
-            && self.revocation.is_none_or(Revocation::ok);
+            && self.revocation.is_none_or(Revocation::ok)
+            && self.renewal.is_none_or(Renewal::ok);
         Tally {
             counts,
             airtime_us,
@@ -302,6 +306,7 @@ impl Report<'_> {
                 "refused": i.refused, "evidence": i.evidence })).collect::<Vec<_>>(),
             "intrusions_refused": t.refused, "intrusions_tried": self.intrusions.len(),
             "revocation": self.revocation.map(Revocation::json),
+            "renewal": self.renewal.map(Renewal::json),
             "features": t.features,
             "interval_scale": self.scale,
             "processes": self.procs.listing(),
@@ -387,6 +392,9 @@ impl Report<'_> {
                 r.readings_after_cut
             ),
             None => eprintln!("   revocation            not tried (one board only)"),
+        }
+        if let Some(r) = self.renewal {
+            r.print();
         }
         eprintln!("   MQTT features");
         for (f, ids) in &t.features {
