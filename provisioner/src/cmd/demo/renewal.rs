@@ -172,9 +172,17 @@ pub(super) struct Renewing {
     live_unix: f64,
 }
 
-fn watch(log: PathBuf, steps: Arc<Mutex<Steps>>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+/// Reads the board's log as it grows into `steps`, and says in the live view when the
+/// board asked and when it was back with its new certificate.
+fn watch(
+    id: String,
+    log: PathBuf,
+    steps: Arc<Mutex<Steps>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut seen = 0usize;
+        let mut told = (false, false);
         while !stop.load(Ordering::SeqCst) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.len() > seen {
@@ -182,15 +190,36 @@ fn watch(log: PathBuf, steps: Arc<Mutex<Steps>>, stop: Arc<AtomicBool>) -> JoinH
                 let new = text.get(seen..).unwrap_or("");
                 // Only whole lines: the rest is read again next time.
                 let upto = new.rfind('\n').map_or(0, |i| i + 1);
-                steps
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .read(&new[..upto], t);
+                let now = {
+                    let mut s = steps
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    s.read(&new[..upto], t);
+                    s.clone()
+                };
                 seen += upto;
+                told = tell(&id, &now, told);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     })
+}
+
+/// The live view's lines about the renewal; returns what has been told.
+fn tell(id: &str, s: &Steps, (asked, back): (bool, bool)) -> (bool, bool) {
+    if !asked && s.requested.is_some() {
+        super::note(&format!(
+            "renewal: `{id}` reached its renewal point and sent a CSR signed by its chip over its MQTT session"
+        ));
+    }
+    if !back && let (Some(r), Some((a, serial))) = (s.requested, &s.accepted) {
+        super::note(&format!(
+            "renewal: `{id}` reconnected with its new certificate {} ({:.2} s after its request)",
+            short(serial),
+            a - r
+        ));
+    }
+    (asked || s.requested.is_some(), back || s.accepted.is_some())
 }
 
 /// Starts `renewal-service run` (once Pi #1's broker listens) and the watch of the board's
@@ -228,7 +257,12 @@ pub(super) fn start(d: &Demo<'_>, plan: Plan, provisioned_at: Instant) -> Result
     let board_log = d.log(&format!("board-{}", plan.id));
     let steps = Arc::new(Mutex::new(Steps::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch(board_log.clone(), steps.clone(), stop.clone());
+    let watcher = watch(
+        plan.id.clone(),
+        board_log.clone(),
+        steps.clone(),
+        stop.clone(),
+    );
     super::note(&format!(
         "`{}` (profile {}: lifetime {}, renew {} before expiry) is due {} s after its provisioning; `renewal-service run` answers on Pi #1",
         plan.id,
