@@ -1323,3 +1323,16 @@ fn report(store: &Store, created: bool) -> Result<InitReport> {
         root_not_after: rfc3339(na),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_lifetime_is_backdated_by_a_tenth_of_it_and_a_long_one_by_five_minutes() {
+        assert_eq!(backdate(Duration::minutes(3)), Duration::seconds(18));
+        assert_eq!(backdate(Duration::seconds(90)), Duration::seconds(9));
+        assert_eq!(backdate(Duration::hours(1)), Duration::minutes(5));
+        assert_eq!(backdate(Duration::days(825)), BACKDATE);
+    }
+}

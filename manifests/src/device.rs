@@ -237,6 +237,29 @@ impl DeviceConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_renewal_window_in_seconds_counts_back_from_expiry() {
+        let r = FieldRenewal {
+            topic_prefix: "maison_pki".into(),
+            renew_at_permille: None,
+            renew_before_days: None,
+            renew_before_s: Some(150),
+        };
+        assert_eq!(r.renew_at(1000, 1180), 1030);
+        // A window as long as the certificate falls back to two thirds.
+        let whole = FieldRenewal {
+            renew_before_s: Some(180),
+            ..r.clone()
+        };
+        assert_eq!(whole.renew_at(0, 180), 120);
+        let days = FieldRenewal {
+            renew_before_days: Some(1),
+            renew_before_s: None,
+            ..r
+        };
+        assert_eq!(days.renew_at(0, 10 * 86_400), 9 * 86_400);
+    }
+
     fn sample() -> DeviceConfig {
         DeviceConfig {
             format: FORMAT,
