@@ -361,10 +361,12 @@ impl Renewing {
 pub(super) struct Readings {
     /// The last sequence number seen: the board published at least this many.
     pub(super) sent: u64,
-    /// Distinct readings Pi #1's monitor saw (it misses what comes while it reconnects
-    /// after the revocation's broker restart).
+    /// Sequence numbers Pi #1's monitor saw (it misses what comes while it reconnects after
+    /// the revocation's broker restart).
     pub(super) seen_pi1: usize,
-    /// Distinct readings that reached Pi #2.
+    /// Sequence numbers that reached Pi #2. Counted as numbers, not messages: a reading of
+    /// the application before the reboot, taken in the second of the reboot, cannot be told
+    /// apart by its whole-second timestamp and must not count twice.
     pub(super) arrived: usize,
     /// Sequence numbers between 1 and `sent` that never reached Pi #2.
     pub(super) missing: Vec<u64>,
@@ -390,13 +392,15 @@ fn numbered(seen: &Seen, id: &str, since: f64) -> BTreeSet<(u64, u64)> {
 impl Readings {
     fn of(near: &Seen, far: &Seen, id: &str, live_unix: f64, steps: &Steps) -> Readings {
         let (near, far) = (numbered(near, id, live_unix), numbered(far, id, live_unix));
-        let seqs: BTreeSet<u64> = far.iter().map(|&(s, _)| s).collect();
+        let numbers =
+            |set: &BTreeSet<(u64, u64)>| -> BTreeSet<u64> { set.iter().map(|&(s, _)| s).collect() };
+        let seqs = numbers(&far);
         let sent = near.iter().chain(&far).map(|&(s, _)| s).max().unwrap_or(0);
         let reconnected = steps.accepted.as_ref().map_or(f64::MAX, |(t, _)| t.floor());
         Readings {
             sent,
-            seen_pi1: near.len(),
-            arrived: far.len(),
+            seen_pi1: numbers(&near).len(),
+            arrived: seqs.len(),
             missing: (1..=sent).filter(|s| !seqs.contains(s)).collect(),
             after_reconnect: far
                 .iter()
