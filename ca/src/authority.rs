@@ -945,7 +945,10 @@ impl Authority {
                         break s;
                     }
                 };
-                let days = life.days.unwrap_or(req.days);
+                let validity = life
+                    .seconds
+                    .and_then(|s| i64::try_from(s).ok())
+                    .map_or(Duration::days(i64::from(req.days)), Duration::seconds);
                 let record = match compressed_form(compressed, req) {
                     Some(form) => {
                         let p = crate::certdef::device_request_params(req, form, t)?;
@@ -965,7 +968,7 @@ impl Authority {
                         }
                         rec
                     }
-                    None => sign(req, &serial, days, t, issuer, issuer_not_after)?,
+                    None => sign(req, &serial, validity, t, issuer, issuer_not_after)?,
                 };
                 // The identity has one active certificate: the one just signed. The one it
                 // renews and any other live one are superseded (still valid until they
@@ -1291,23 +1294,31 @@ impl Store {
     }
 }
 
-/// Signs the certificate `req` asks for, valid `days` days, with `serial`, issued at `t`.
+/// How far before its issue a certificate valid for `validity` starts, for clocks that lag:
+/// [`BACKDATE`], or a tenth of a shorter lifetime's (a certificate of 3 minutes starts 18 s
+/// early), so a short-lived certificate is not expired or due the moment it is issued.
+fn backdate(validity: Duration) -> Duration {
+    BACKDATE.min(validity / 10)
+}
+
+/// Signs the certificate `req` asks for, valid for `validity` (counted from its notBefore,
+/// [`backdate`] before `t`; clamped to the issuer's notAfter), with `serial`, issued at `t`.
 fn sign(
     req: &IssueRequest,
     serial: &[u8; 16],
-    days: u32,
+    validity: Duration,
     t: OffsetDateTime,
     issuer: &Issuer<'static, CaKey>,
     issuer_not_after: OffsetDateTime,
 ) -> Result<CertRecord> {
-    let not_before = t - BACKDATE;
-    let max_days = ((issuer_not_after - not_before).whole_days()).max(1) as u32;
-    let params = profile::params(
+    let not_before = t - backdate(validity);
+    let longest = Duration::days((issuer_not_after - not_before).whole_days().max(1));
+    let params = profile::params_valid_for(
         req.profile,
         &req.subject,
         serial,
         not_before,
-        days.min(max_days),
+        validity.min(longest),
         0,
     )?;
     record(req, params, t, issuer)
@@ -1404,4 +1415,17 @@ pub fn report(store: &Store, created: bool) -> Result<InitReport> {
         issuing_serial: store.ledger.meta("issuing_serial")?,
         root_not_after: rfc3339(na),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_lifetime_is_backdated_by_a_tenth_of_it_and_a_long_one_by_five_minutes() {
+        assert_eq!(backdate(Duration::minutes(3)), Duration::seconds(18));
+        assert_eq!(backdate(Duration::seconds(90)), Duration::seconds(9));
+        assert_eq!(backdate(Duration::hours(1)), Duration::minutes(5));
+        assert_eq!(backdate(Duration::days(825)), BACKDATE);
+    }
 }

@@ -148,6 +148,19 @@ pub fn params(
     days: u32,
     path_len: u8,
 ) -> Result<CertificateParams> {
+    let validity = Duration::days(i64::from(days));
+    params_valid_for(profile, subject, serial, not_before, validity, path_len)
+}
+
+/// [`params`] with a validity of any length (short lifetimes of demos and tests).
+pub fn params_valid_for(
+    profile: Profile,
+    subject: &Subject,
+    serial: &[u8],
+    not_before: OffsetDateTime,
+    validity: Duration,
+    path_len: u8,
+) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     if let Some(o) = &subject.organization {
@@ -177,7 +190,7 @@ pub fn params(
     p.distinguished_name = dn;
     p.serial_number = Some(SerialNumber::from_slice(serial));
     p.not_before = not_before;
-    p.not_after = not_before + Duration::days(i64::from(days));
+    p.not_after = not_before + validity;
     p.use_authority_key_identifier_extension = profile != Profile::RootCa;
     // rcgen writes a Subject Key Identifier for CA certificates and, with `ExplicitNoCa`, for
     // end-entity certificates too (with basicConstraints cA FALSE): RFC 5280 4.2.1.2 says
@@ -236,6 +249,8 @@ pub enum Renewal {
     },
     /// This many days before notAfter.
     DaysBefore(u32),
+    /// This many seconds before notAfter (short lifetimes of demos and tests).
+    SecondsBefore(u64),
 }
 
 impl Default for Renewal {
@@ -259,16 +274,17 @@ impl Renewal {
             let den = i64::from(den.max(1));
             not_before + life.saturating_mul(i64::from(num).min(den)) / den
         };
+        let before = |window: i64| {
+            if window >= life {
+                fraction(2, 3)
+            } else {
+                not_after - window
+            }
+        };
         match self {
             Renewal::Fraction { num, den } => fraction(num, den),
-            Renewal::DaysBefore(d) => {
-                let window = i64::from(d) * 86_400;
-                if window >= life {
-                    fraction(2, 3)
-                } else {
-                    not_after - window
-                }
-            }
+            Renewal::DaysBefore(d) => before(i64::from(d) * 86_400),
+            Renewal::SecondsBefore(s) => before(i64::try_from(s).unwrap_or(i64::MAX)),
         }
     }
 }
@@ -278,6 +294,7 @@ impl std::fmt::Display for Renewal {
         match self {
             Renewal::Fraction { num, den } => write!(f, "at {num}/{den} of the lifetime"),
             Renewal::DaysBefore(d) => write!(f, "{d} days before expiry"),
+            Renewal::SecondsBefore(s) => write!(f, "{s} s before expiry"),
         }
     }
 }
@@ -285,8 +302,8 @@ impl std::fmt::Display for Renewal {
 /// Lifetime and renewal point of one kind of certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lifetime {
-    /// Days a new certificate is valid; `None`: what the request asks for.
-    pub days: Option<u32>,
+    /// Seconds a new certificate is valid; `None`: the days the request asks for.
+    pub seconds: Option<u64>,
     /// When it is due for renewal.
     pub renewal: Renewal,
 }
@@ -362,12 +379,15 @@ mod tests {
         // A window as long as the certificate (shortened to its issuer's life) falls back to
         // two thirds instead of renewing on every run.
         assert_eq!(Renewal::DaysBefore(30).renew_at(0, 30 * DAY), 20 * DAY);
+        // Short lifetimes (demos, tests): seconds before expiry, the same fallback.
+        assert_eq!(Renewal::SecondsBefore(150).renew_at(1000, 1180), 1030);
+        assert_eq!(Renewal::SecondsBefore(180).renew_at(0, 180), 120);
     }
 
     #[test]
     fn the_policy_picks_device_profiles_by_name_and_others_by_kind() {
         let short = Lifetime {
-            days: Some(10),
+            seconds: Some(10 * 86_400),
             renewal: Renewal::DaysBefore(2),
         };
         let mut p = LifetimePolicy::default();

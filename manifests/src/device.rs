@@ -97,6 +97,9 @@ pub struct FieldRenewal {
     /// Renew this many days before expiry (instead of `renew_at_permille`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before_days: Option<u32>,
+    /// Renew this many seconds before expiry (a profile's `renew_before` duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_s: Option<u64>,
 }
 
 impl FieldRenewal {
@@ -115,11 +118,15 @@ impl FieldRenewal {
     /// The Unix time from which a certificate valid from `not_before` to `not_after` is due.
     pub fn renew_at(&self, not_before: i64, not_after: i64) -> i64 {
         let life = (not_after - not_before).max(0);
-        if let Some(d) = self.renew_before_days {
-            let window = i64::from(d) * 86_400;
-            if window < life {
-                return not_after - window;
-            }
+        let window = match (self.renew_before_days, self.renew_before_s) {
+            (Some(d), _) => Some(i64::from(d) * 86_400),
+            (None, Some(s)) => i64::try_from(s).ok(),
+            (None, None) => None,
+        };
+        if let Some(window) = window
+            && window < life
+        {
+            return not_after - window;
         }
         let permille = i64::from(self.renew_at_permille.unwrap_or(667).clamp(1, 999));
         not_before + life * permille / 1000
@@ -230,6 +237,29 @@ impl DeviceConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_renewal_window_in_seconds_counts_back_from_expiry() {
+        let r = FieldRenewal {
+            topic_prefix: "maison_pki".into(),
+            renew_at_permille: None,
+            renew_before_days: None,
+            renew_before_s: Some(150),
+        };
+        assert_eq!(r.renew_at(1000, 1180), 1030);
+        // A window as long as the certificate falls back to two thirds.
+        let whole = FieldRenewal {
+            renew_before_s: Some(180),
+            ..r.clone()
+        };
+        assert_eq!(whole.renew_at(0, 180), 120);
+        let days = FieldRenewal {
+            renew_before_days: Some(1),
+            renew_before_s: None,
+            ..r
+        };
+        assert_eq!(days.renew_at(0, 10 * 86_400), 9 * 86_400);
+    }
+
     fn sample() -> DeviceConfig {
         DeviceConfig {
             format: FORMAT,
@@ -253,6 +283,7 @@ mod tests {
                 topic_prefix: "maison_pki".into(),
                 renew_at_permille: Some(667),
                 renew_before_days: None,
+                renew_before_s: None,
             }),
         }
     }

@@ -88,15 +88,25 @@ impl Lifetimes {
 
 /// A certificate lifetime and its renewal point. Unset: `site.leaf_days`, and renewal at two
 /// thirds of the lifetime.
+///
+/// The lifetime is `cert_days` or `lifetime`, a duration such as `"90d"`, `"12h"`, `"3m"` or
+/// `"150s"` (a lifetime under a day is meant for demos and tests: `site check` says so); the
+/// renewal point is `renew_at`, `renew_before_days` or `renew_before` (a duration).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lifetime {
     /// Days a new certificate is valid (1..3650).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days: Option<u32>,
+    /// How long a new certificate is valid, as a duration (instead of `cert_days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<String>,
     /// Renew this many days before expiry (fewer than the lifetime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before_days: Option<u32>,
+    /// Renew this long before expiry, as a duration (shorter than the lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
     /// Renew at this fraction of the lifetime, `"N/M"` (default `"2/3"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<String>,
@@ -109,6 +119,53 @@ pub enum RenewPoint {
     Fraction(u32, u32),
     /// This many days before expiry.
     DaysBefore(u32),
+    /// This many seconds before expiry (`renew_before`).
+    SecondsBefore(u64),
+}
+
+/// Seconds in a day.
+const DAY_S: u64 = 86_400;
+
+/// The longest lifetime or renewal window, in seconds (3650 days, as `cert_days`).
+const MAX_DURATION_S: u64 = 3650 * DAY_S;
+
+/// Parses a duration of the site file strictly: a positive whole number and one unit, `s`,
+/// `m` (minutes), `h` or `d`, nothing else (`"150s"`, `"3m"`, `"12h"`, `"90d"`), at most
+/// 3650 days. Returns seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let expected = || {
+        format!(
+            "a duration such as \"150s\", \"3m\", \"12h\" or \"90d\" (a whole number > 0, one unit s, m, h or d, at most 3650d; got `{s}`)"
+        )
+    };
+    let unit_at = s.len().checked_sub(1).ok_or_else(expected)?;
+    let (n, unit) = s.split_at(unit_at);
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => DAY_S,
+        _ => return Err(expected()),
+    };
+    if n.is_empty() || n.len() > 10 || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0')
+    {
+        return Err(expected());
+    }
+    let n: u64 = n.parse().map_err(|_| expected())?;
+    n.checked_mul(scale)
+        .filter(|&v| v <= MAX_DURATION_S)
+        .ok_or_else(expected)
+}
+
+/// A number of seconds as the site file would write it, in the largest exact unit.
+pub fn format_duration(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % DAY_S == 0 => format!("{}d", s / DAY_S),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 impl Lifetime {
@@ -117,35 +174,77 @@ impl Lifetime {
         if let Some(d) = self.renew_before_days {
             return Some(RenewPoint::DaysBefore(d));
         }
+        if let Some(b) = &self.renew_before {
+            return parse_duration(b).ok().map(RenewPoint::SecondsBefore);
+        }
         let (n, d) = parse_fraction(self.renew_at.as_deref()?).ok()?;
         Some(RenewPoint::Fraction(n, d))
     }
 
-    /// Checks the setting; `leaf_days` is the lifetime when `cert_days` is unset. The error
-    /// names the key at fault and what is expected.
+    /// The lifetime in seconds: `lifetime`, else `cert_days`, else `leaf_days` (validated
+    /// when the site was loaded).
+    pub fn seconds(&self, leaf_days: u32) -> u64 {
+        self.lifetime
+            .as_deref()
+            .and_then(|l| parse_duration(l).ok())
+            .unwrap_or_else(|| u64::from(self.cert_days.unwrap_or(leaf_days)) * DAY_S)
+    }
+
+    /// A lifetime under a day: for demos and tests (`site check` warns about it).
+    pub fn is_short(&self, leaf_days: u32) -> bool {
+        self.seconds(leaf_days) < DAY_S
+    }
+
+    /// Checks the setting; `leaf_days` is the lifetime when neither `cert_days` nor
+    /// `lifetime` is set. The error names the key at fault and what is expected.
     fn check(&self, leaf_days: u32) -> Result<(), (&'static str, String)> {
         if let Some(d) = self.cert_days
             && !(1..=3650).contains(&d)
         {
             return Err(("cert_days", format!("1..3650 days (got {d})")));
         }
-        let days = self.cert_days.unwrap_or(leaf_days);
+        if let Some(l) = &self.lifetime {
+            if self.cert_days.is_some() {
+                return Err(("lifetime", "either lifetime or cert_days, not both".into()));
+            }
+            parse_duration(l).map_err(|e| ("lifetime", e))?;
+        }
+        let life = self.seconds(leaf_days);
         if let Some(b) = self.renew_before_days
-            && !(1..days).contains(&b)
+            && (b == 0 || u64::from(b) * DAY_S >= life)
         {
             return Err((
                 "renew_before_days",
                 format!(
-                    "1..{} days, fewer than the lifetime of {days} days (got {b})",
-                    days.saturating_sub(1)
+                    "1..{} days, fewer than the lifetime of {} (got {b})",
+                    (life / DAY_S).saturating_sub(1),
+                    format_duration(life)
                 ),
             ));
         }
-        if let Some(f) = &self.renew_at {
+        if let Some(b) = &self.renew_before {
             if self.renew_before_days.is_some() {
                 return Err((
+                    "renew_before",
+                    "either renew_before or renew_before_days, not both".into(),
+                ));
+            }
+            let s = parse_duration(b).map_err(|e| ("renew_before", e))?;
+            if s >= life {
+                return Err((
+                    "renew_before",
+                    format!(
+                        "a window shorter than the lifetime of {} (got `{b}`)",
+                        format_duration(life)
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &self.renew_at {
+            if self.renew_before_days.is_some() || self.renew_before.is_some() {
+                return Err((
                     "renew_at",
-                    "either renew_at or renew_before_days, not both".into(),
+                    "either renew_at or renew_before(_days), not both".into(),
                 ));
             }
             parse_fraction(f).map_err(|e| ("renew_at", e))?;
@@ -300,9 +399,16 @@ pub struct DeviceProfile {
     /// Days a device certificate of this profile is valid (default: `site.leaf_days`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_days: Option<u32>,
+    /// How long a device certificate of this profile is valid, as a duration such as `"3m"`
+    /// (instead of `cert_days`; under a day is for demos and tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<String>,
     /// Renew this many days before expiry (instead of `renew_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before_days: Option<u32>,
+    /// Renew this long before expiry, as a duration such as `"150s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
     /// Renew at this fraction of the lifetime, `"N/M"` (default `"2/3"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<String>,
@@ -317,7 +423,9 @@ impl DeviceProfile {
     pub fn lifetime(&self) -> Lifetime {
         Lifetime {
             cert_days: self.cert_days,
+            lifetime: self.lifetime.clone(),
             renew_before_days: self.renew_before_days,
+            renew_before: self.renew_before.clone(),
             renew_at: self.renew_at.clone(),
         }
     }
@@ -417,6 +525,30 @@ impl Site {
                 known.join(", ")
             )
         })
+    }
+
+    /// What `site check` says without refusing: every lifetime under a day (meant for demos
+    /// and tests: such certificates expire within hours unless renewal keeps up).
+    pub fn warnings(&self) -> Vec<String> {
+        let leaf = self.site.leaf_days;
+        let short = |what: String, l: &Lifetime| {
+            l.is_short(leaf).then(|| {
+                format!(
+                    "{what}: a lifetime of {} is under a day; it is meant for demos and tests",
+                    format_duration(l.seconds(leaf))
+                )
+            })
+        };
+        let profiles = self
+            .profiles
+            .iter()
+            .filter_map(|(name, p)| short(format!("profiles.{name}"), &p.lifetime()));
+        let kinds = self
+            .lifetimes
+            .by_kind()
+            .into_iter()
+            .filter_map(|(kind, l)| short(format!("lifetimes.{kind}"), l?));
+        profiles.chain(kinds).collect()
     }
 
     fn validate(&self, file: &str, text: &str) -> Result<(), Error> {
@@ -535,6 +667,12 @@ impl Site {
                 .check(self.site.leaf_days)
                 .map_err(|(key, e)| invalid(f(key), e))?;
             if let Some(c) = &p.compressed {
+                if p.lifetime.is_some() {
+                    return Err(invalid(
+                        f("lifetime"),
+                        "cert_days in whole years: a compressed certificate cannot carry another lifetime".into(),
+                    ));
+                }
                 c.check(
                     p.cert_days.unwrap_or(self.site.leaf_days),
                     p.key_slot,
@@ -606,6 +744,86 @@ fn is_dns_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_parsed_strictly() {
+        assert_eq!(parse_duration("150s"), Ok(150));
+        assert_eq!(parse_duration("3m"), Ok(180));
+        assert_eq!(parse_duration("12h"), Ok(43_200));
+        assert_eq!(parse_duration("90d"), Ok(90 * 86_400));
+        assert_eq!(parse_duration("3650d"), Ok(3650 * 86_400));
+        for bad in [
+            "",
+            "s",
+            "0s",
+            "03m",
+            "3",
+            "3 m",
+            " 3m",
+            "3M",
+            "3min",
+            "1.5h",
+            "-3m",
+            "+3m",
+            "3651d",
+            "99999999999s",
+            "3m3s",
+            "3w",
+        ] {
+            assert!(parse_duration(bad).is_err(), "`{bad}` accepted");
+        }
+        assert_eq!(format_duration(180), "3m");
+        assert_eq!(format_duration(150), "150s");
+        assert_eq!(format_duration(2 * 86_400), "2d");
+    }
+
+    #[test]
+    fn a_short_lifetime_in_a_profile_is_checked_and_warned_about_and_days_still_work() {
+        let with = |extra: &str| {
+            EXAMPLE_SMART_HOME.replacen(
+                "[profiles.climat]",
+                &format!("[profiles.climat]\n{extra}"),
+                1,
+            )
+        };
+        let site = Site::from_toml_str(
+            "s.toml",
+            &with("lifetime = \"3m\"\nrenew_before = \"150s\""),
+        )
+        .expect("short lifetime");
+        let l = site.profiles["climat"].lifetime();
+        assert_eq!(l.seconds(825), 180);
+        assert_eq!(l.renew_point(), Some(RenewPoint::SecondsBefore(150)));
+        let w = site.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("profiles.climat")
+                && w[0].contains("3m")
+                && w[0].contains("demos and tests"),
+            "{w:?}"
+        );
+        let days = Site::from_toml_str("s.toml", &with("cert_days = 30\nrenew_before_days = 7"))
+            .expect("day forms");
+        assert_eq!(days.profiles["climat"].lifetime().seconds(825), 30 * 86_400);
+        assert!(days.warnings().is_empty());
+        for (extra, key) in [
+            ("lifetime = \"3 m\"", "lifetime"),
+            ("lifetime = \"3m\"\ncert_days = 2", "lifetime"),
+            ("lifetime = \"3m\"\nrenew_before = \"3m\"", "renew_before"),
+            (
+                "lifetime = \"3m\"\nrenew_before_days = 1",
+                "renew_before_days",
+            ),
+            (
+                "renew_before = \"1h\"\nrenew_before_days = 1",
+                "renew_before",
+            ),
+            ("renew_before = \"1h\"\nrenew_at = \"2/3\"", "renew_at"),
+        ] {
+            let e = Site::from_toml_str("s.toml", &with(extra)).expect_err(extra);
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+    }
 
     #[test]
     fn example_site_loads() {

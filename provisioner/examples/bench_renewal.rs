@@ -5,9 +5,11 @@
 //! (default N = 1000). Prints one JSON line on stdout:
 //! `{"requests":N,"answered":A,"renewals_per_s":R,"batched_issuance_per_s":B,"ratio":R/B,...}`
 //!
-//! Set-up: a home with an issuing CA created 25 days ago (`PROVISIONER_FAKE_NOW` for the
-//! set-up commands only), N device identities with 30-day certificates issued in one batch
-//! (the reference rate: certificates per second, one ledger commit), the renewal service's
+//! Set-up, on the real clock (no fake-clock hook, so a release build runs it): a home with an
+//! issuing CA, N device identities whose profile's certificates live 5 minutes and are due
+//! from their issue on (`lifetime = "5m"`, `renew_before = "290s"`: the CA backdates them by
+//! 30 s) issued in one batch (the reference rate: certificates per second, one ledger
+//! commit), the renewal service's
 //! identity, a publisher identity allowed to write every renewal topic, the emitted broker
 //! configuration. The service runs once to create its persistent session, stops; the N CSRs
 //! (one per device, its own key) are queued on the broker; the clock starts when the service
@@ -22,15 +24,11 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
 const PASS: &str = "benchmark passphrase for renewal";
-const DAY: i64 = 86_400;
+/// The devices' certificate lifetime and renewal window (s): due at once, valid for minutes.
+const LIFETIME_S: u64 = 300;
+const RENEW_BEFORE_S: u64 = 290;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 struct Bench {
     bin: PathBuf,
@@ -39,23 +37,19 @@ struct Bench {
 }
 
 impl Bench {
-    fn cmd(&self, args: &[&str], past: bool) -> Command {
+    fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.args(args)
             .env("PROVISIONER_HOME", &self.home)
             .env("PROVISIONER_PASSPHRASE", PASS)
             .env_remove("PROVISIONER_CRASH_AT")
+            .env_remove("PROVISIONER_FAKE_NOW")
             .stdin(Stdio::null());
-        if past {
-            c.env("PROVISIONER_FAKE_NOW", (now() - 25 * DAY).to_string());
-        } else {
-            c.env_remove("PROVISIONER_FAKE_NOW");
-        }
         c
     }
 
-    fn ok(&self, args: &[&str], past: bool) -> Res<String> {
-        let o = self.cmd(args, past).output()?;
+    fn ok(&self, args: &[&str]) -> Res<String> {
+        let o = self.cmd(args).output()?;
         if !o.status.success() {
             return Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)).into());
         }
@@ -68,7 +62,7 @@ impl Bench {
             .append(true)
             .open(self.work.join("service.log"))?;
         Ok(self
-            .cmd(&["-v", "renewal-service", "run"], false)
+            .cmd(&["-v", "renewal-service", "run"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?)
@@ -98,7 +92,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Res<()> {
     Ok(())
 }
 
-/// The site: the example house, the broker on 127.0.0.1:`port`, 30-day thermometers.
+/// The site: the example house, the broker on 127.0.0.1:`port`, short-lived thermometers.
 fn site(port: u16) -> String {
     manifests::site::EXAMPLE_SMART_HOME
         .replace(
@@ -109,11 +103,13 @@ fn site(port: u16) -> String {
         .replace("port = 8883", &format!("port = {port}"))
         .replace(
             "description = \"temperature only\"",
-            "description = \"temperature only\"\ncert_days = 30",
+            &format!(
+                "description = \"temperature only\"\nlifetime = \"{LIFETIME_S}s\"\nrenew_before = \"{RENEW_BEFORE_S}s\""
+            ),
         )
 }
 
-/// Mode `fill HOME N` (run with the set-up clock): N devices with their keys, one batch.
+/// Mode `fill HOME N`: N devices with their keys, one batch, with the site's lifetime.
 /// Prints the batch's certificates per second; writes `id key-PEM` lines to HOME/../devices.
 fn fill(home: &Path, n: usize) -> Res<()> {
     use ca::ledger::IdentityRecord;
@@ -123,8 +119,8 @@ fn fill(home: &Path, n: usize) -> Res<()> {
     policy.device_profiles.insert(
         "thermometre".into(),
         ca::profile::Lifetime {
-            days: Some(30),
-            renewal: ca::profile::Renewal::default(),
+            seconds: Some(LIFETIME_S),
+            renewal: ca::profile::Renewal::SecondsBefore(RENEW_BEFORE_S),
         },
     );
     authority.set_policy(policy);
@@ -209,20 +205,17 @@ fn main() -> Res<()> {
         .local_addr()?
         .port();
     std::fs::write(b.work.join("site.toml"), site(port))?;
-    b.ok(
-        &[
-            "init",
-            "--issuing-ca",
-            "--site",
-            &b.work.join("site.toml").to_string_lossy(),
-        ],
-        true,
-    )?;
-    b.ok(&["server", "issue"], true)?;
+    b.ok(&[
+        "init",
+        "--issuing-ca",
+        "--site",
+        &b.work.join("site.toml").to_string_lossy(),
+    ])?;
+    b.ok(&["server", "issue"])?;
     eprintln!("issuing {n} device certificates in one batch (the reference)...");
     let out = Command::new(std::env::current_exe()?)
         .args(["fill", &b.home.to_string_lossy(), &n.to_string()])
-        .env("PROVISIONER_FAKE_NOW", (now() - 25 * DAY).to_string())
+        .env_remove("PROVISIONER_FAKE_NOW")
         .output()?;
     if !out.status.success() {
         return Err(format!("fill: {}", String::from_utf8_lossy(&out.stderr)).into());
@@ -246,48 +239,39 @@ fn main() -> Res<()> {
             "pub.csr",
         ],
     )?;
-    b.ok(
-        &[
-            "cert",
-            "sign",
-            "--csr",
-            &b.work.join("pub.csr").to_string_lossy(),
-            "--profile",
-            "client",
-            "--publish",
-            "maison_pki/renew/#",
-            "--subscribe",
-            "maison_pki/cert/#",
-            "--out",
-            &b.work.join("pub.crt").to_string_lossy(),
-        ],
-        false,
-    )?;
-    b.ok(
-        &[
-            "renewal-service",
-            "setup",
-            "--credential",
-            "/etc/provisioner/renewal.passphrase",
-        ],
-        false,
-    )?;
+    b.ok(&[
+        "cert",
+        "sign",
+        "--csr",
+        &b.work.join("pub.csr").to_string_lossy(),
+        "--profile",
+        "client",
+        "--publish",
+        "maison_pki/renew/#",
+        "--subscribe",
+        "maison_pki/cert/#",
+        "--out",
+        &b.work.join("pub.crt").to_string_lossy(),
+    ])?;
+    b.ok(&[
+        "renewal-service",
+        "setup",
+        "--credential",
+        "/etc/provisioner/renewal.passphrase",
+    ])?;
     let broker_dir = b.work.join("broker");
-    b.ok(
-        &[
-            "emit",
-            "broker",
-            "--out",
-            &broker_dir.to_string_lossy(),
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--run-as",
-            "root",
-        ],
-        false,
-    )?;
+    b.ok(&[
+        "emit",
+        "broker",
+        "--out",
+        &broker_dir.to_string_lossy(),
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--run-as",
+        "root",
+    ])?;
     let mosq = if Path::new("/usr/sbin/mosquitto").exists() {
         "/usr/sbin/mosquitto"
     } else {

@@ -1,7 +1,8 @@
 //! `provisioner demo`, the README's main command, as a newcomer runs it: three simulated
 //! boards are provisioned over their serial ports, their readings cross the LoRa link to the
-//! far-side broker (every QoS 1/2 one), the intrusions are refused, and when it ends no process
-//! and no listening port of the demo is left.
+//! far-side broker (every QoS 1/2 one), the intrusions are refused, one board is revoked live
+//! and one renews its short-lived certificate in the field, and when it ends no process and no
+//! listening port of the demo is left.
 
 mod common;
 
@@ -214,6 +215,47 @@ fn the_demo_provisions_three_boards_delivers_every_qos12_reading_refuses_intrude
             .as_str()
             .is_some_and(|e| e.contains("CertificateRevoked")),
         "{r}"
+    );
+
+    // The renewal in the field, on the real clock: `salon-1` has a profile of its own whose
+    // certificates live about a minute and a half; it sent a chip-signed CSR over its MQTT
+    // session, the renewal service issued, the broker accepted the new certificate; the
+    // ledger has the new serial active and the provisioning one superseded by it; every
+    // reading since the reboot (numbered across the switch) reached Pi #2, some taken after
+    // the reconnection.
+    let n = &s["renewal"];
+    assert_eq!(n["id"], "salon-1", "{n}");
+    assert_eq!(n["ok"], true, "{n}");
+    assert_eq!(n["profile"], "luminosite_ephemere", "{n}");
+    assert_eq!(list[1]["profile"], "luminosite_ephemere", "{n}");
+    let lifetime = n["lifetime_seconds"].as_f64().expect("lifetime");
+    assert!(lifetime < 600.0, "{n}");
+    let old = n["old_serial"].as_str().expect("old serial");
+    let new = n["new_serial"].as_str().expect("new serial");
+    assert_eq!(list[1]["certificate"].as_str(), Some(old), "{n}");
+    assert!(new.len() >= 16 && new != old, "{n}");
+    assert_eq!(n["ledger_active"].as_str(), Some(new), "{n}");
+    assert!(
+        n["old_in_ledger"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("superseded by it")),
+        "{n}"
+    );
+    assert!(n["issued_by_service"].as_u64() >= Some(1), "{n}");
+    assert!(
+        n["request_to_reconnect_seconds"]
+            .as_f64()
+            .is_some_and(|t| t > 0.0 && t < lifetime),
+        "{n}"
+    );
+    let rd = &n["readings"];
+    assert!(rd["sent"].as_u64().is_some_and(|k| k >= 2), "{rd}");
+    assert_eq!(rd["arrived_pi2"], rd["sent"], "{rd}");
+    assert_eq!(rd["missing_seq"], serde_json::json!([]), "{rd}");
+    assert!(rd["after_reconnect"].as_u64() >= Some(1), "{rd}");
+    assert!(
+        stderr.contains("renewal in the field  `salon-1` RENEWED"),
+        "{stderr}"
     );
 
     // Features: QoS 0 and 1, keep-alive, clean and persistent sessions among three sensors.

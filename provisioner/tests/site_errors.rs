@@ -92,3 +92,50 @@ fn site_check_validates_a_file_without_a_home_or_any_change() {
     assert_eq!(v["ok"], false);
     assert!(!home.path().exists(), "no home was created");
 }
+
+#[test]
+fn site_check_accepts_a_lifetime_of_minutes_with_a_warning_and_refuses_a_loose_duration() {
+    let home = Home::new();
+    let short = home.work().join("short.toml");
+    let text = manifests::site::EXAMPLE_SMART_HOME.replacen(
+        "[profiles.climat]",
+        "[profiles.climat]\nlifetime = \"3m\"\nrenew_before = \"150s\"",
+        1,
+    );
+    std::fs::write(&short, &text).expect("short");
+    let o = home.run(&["--json", "site", "check", &short.to_string_lossy()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "profiles.climat: a lifetime of 3m is under a day; it is meant for demos and tests"
+        ),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["warnings"].as_array().map(Vec::len), Some(1), "{v}");
+    // The day forms give no warning.
+    let o = home.run(&[
+        "--json",
+        "site",
+        "check",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/examples/smart-home.toml"
+        ),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    // "3 min" is not a duration of the site file: refused at its line, nothing guessed.
+    let loose = home.work().join("loose.toml");
+    std::fs::write(&loose, text.replace("\"3m\"", "\"3 min\"")).expect("loose");
+    let o = home.run(&["site", "check", &loose.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("profiles.climat.lifetime") && err.contains("3 min"),
+        "{err}"
+    );
+    assert!(!home.path().exists(), "no home was created");
+}

@@ -107,10 +107,30 @@ fn qos(q: Qos) -> QoS {
     }
 }
 
+/// The readings' sequence number: it restarts with the application (a reboot, new blobs),
+/// not when a renewal switches certificates, so a reading lost then shows as a gap.
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Runs the application for one configuration until `changed` fires or a renewal asks for
 /// a new session (then returns so the caller restarts it with the blobs of the store).
 /// `trial`: the certificate is a renewed one the broker has not accepted yet.
 pub async fn run(
+    p: Provisioned,
+    signer: Arc<dyn DigestSigner>,
+    changed: watch::Receiver<u64>,
+    store: SharedStore,
+    trial: bool,
+) -> Ended {
+    let end = session(p, signer, changed, store, trial).await;
+    if end == Ended::Changed {
+        SEQ.store(0, std::sync::atomic::Ordering::SeqCst);
+        super::renewal::forget_request();
+    }
+    end
+}
+
+/// One MQTT session of [`run`].
+async fn session(
     p: Provisioned,
     signer: Arc<dyn DigestSigner>,
     mut changed: watch::Receiver<u64>,
@@ -153,7 +173,6 @@ pub async fn run(
     let mut app = SensorApp::new();
     app.configure(schedule, super::now_ms());
     let mut sensor = Sensor::new(u64::from(super::now_ms() as u32) ^ c.device_id.len() as u64);
-    let mut seq: u64 = 0;
     eprintln!(
         "sensor-sim: configured: {} -> {}:{} (qos {}, retain {})",
         c.device_id, c.broker_host, c.port, c.qos, c.retain
@@ -174,13 +193,14 @@ pub async fn run(
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0);
                 for r in &c.readings {
+                    // Numbered before the check: a reading dropped here is a gap downstream.
+                    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     if !app.can_publish(q) {
                         eprintln!(
-                            "sensor-sim: dropping a reading: too many awaiting acknowledgement"
+                            "sensor-sim: dropping reading #{seq}: too many awaiting acknowledgement"
                         );
                         continue;
                     }
-                    seq += 1;
                     let payload = match sensor.read(r.quantity, t) {
                         Value::Number(v, unit) => {
                             serde_json::json!({"device": c.device_id, "value": v, "unit": unit, "seq": seq, "ts": t as u64})

@@ -49,6 +49,12 @@ fn set_next_request_ms(t: u64) {
     NEXT_REQUEST_MS.store(t, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The application restarted (a reboot clears the board's RAM): a request that was due is
+/// sent again at once instead of after the retry period.
+pub fn forget_request() {
+    set_next_request_ms(0);
+}
+
 /// Aborts the board at a named step when `SENSOR_SIM_CRASH_AT` asks (debug builds).
 pub fn crash_point(step: &str) {
     #[cfg(debug_assertions)]

@@ -641,17 +641,19 @@ pub(crate) fn device_config(
 /// The board's renewal settings: the site's renewal topics and the profile's renewal point.
 fn field_renewal(site: &Site, profile: &DeviceProfile) -> manifests::device::FieldRenewal {
     use manifests::site::RenewPoint;
-    let (permille, before) = match profile.lifetime().renew_point() {
+    let (permille, before, before_s) = match profile.lifetime().renew_point() {
         Some(RenewPoint::Fraction(n, d)) => {
-            (Some((n * 1000 / d.max(1)).clamp(1, 999) as u16), None)
+            (Some((n * 1000 / d.max(1)).clamp(1, 999) as u16), None, None)
         }
-        Some(RenewPoint::DaysBefore(d)) => (None, Some(d)),
-        None => (None, None),
+        Some(RenewPoint::DaysBefore(d)) => (None, Some(d), None),
+        Some(RenewPoint::SecondsBefore(s)) => (None, None, Some(s)),
+        None => (None, None, None),
     };
     manifests::device::FieldRenewal {
         topic_prefix: manifests::device::FieldRenewal::prefix_for(&site.topics.root),
         renew_at_permille: permille,
         renew_before_days: before,
+        renew_before_s: before_s,
     }
 }
 

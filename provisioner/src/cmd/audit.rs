@@ -40,10 +40,11 @@ pub struct Args {}
 /// The ca lifetime policy the site file describes.
 pub(crate) fn policy(site: &Site) -> LifetimePolicy {
     let convert = |l: &manifests::site::Lifetime| Lifetime {
-        days: l.cert_days.or(Some(site.site.leaf_days)),
+        seconds: Some(l.seconds(site.site.leaf_days)),
         renewal: match l.renew_point() {
             Some(RenewPoint::Fraction(num, den)) => Renewal::Fraction { num, den },
             Some(RenewPoint::DaysBefore(d)) => Renewal::DaysBefore(d),
+            Some(RenewPoint::SecondsBefore(s)) => Renewal::SecondsBefore(s),
             None => Renewal::TWO_THIRDS,
         },
     };

@@ -16,6 +16,8 @@ pub enum SiteCommand {
     #[command(after_help = "EXAMPLES:\n  \
 provisioner site check manifests/examples/smart-home.toml\n  \
 provisioner site check \"$PROVISIONER_HOME/site.toml\"   # after editing it in place\n\n\
+Warnings (valid, exit 0): a certificate lifetime under a day (`lifetime = \"3m\"`), meant for\n\
+demos and tests.\n\n\
 Exit codes: 0 valid, 3 invalid (the first error found, at its line).")]
     Check {
         /// The site file.
@@ -28,6 +30,10 @@ Exit codes: 0 valid, 3 invalid (the first error found, at its line).")]
 pub fn run(ctx: &Context, cmd: SiteCommand) -> Result<()> {
     let SiteCommand::Check { file } = cmd;
     let site = Site::load(&file)?;
+    let warnings = site.warnings();
+    for w in &warnings {
+        tracing::warn!("{}: {w}", file.display());
+    }
     let human = format!(
         "{}: valid site `{}`: broker {}:{}, {} device profile(s) ({}), {} gateway(s), {} receiver(s)",
         file.display(),
@@ -40,7 +46,7 @@ pub fn run(ctx: &Context, cmd: SiteCommand) -> Result<()> {
         site.receivers.len(),
     );
     ctx.print(
-        &json!({ "file": file, "valid": true, "site": site.site.name,
+        &json!({ "file": file, "valid": true, "site": site.site.name, "warnings": warnings,
                  "profiles": site.profiles.keys().collect::<Vec<_>>(),
                  "gateways": site.gateways.keys().collect::<Vec<_>>(),
                  "receivers": site.receivers.keys().collect::<Vec<_>>() }),

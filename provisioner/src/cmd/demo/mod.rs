@@ -18,8 +18,9 @@
 //! cleanup), [`network`] (directory, programs, ports, the emitted configurations, brokers,
 //! air, receiver and gateway), [`house`] (the site and its sensors), [`boards`] (the simulated
 //! boards and their provisioning), [`chip_identity`] (the first board's identity in the chip,
-//! issue 19), [`live`] (the monitors and the live view), [`scenario`]
-//! (the intrusions), [`revocation`] (the live revocation), [`summary`] (text and JSON).
+//! issue 19), [`live`] (the monitors and the live view), [`scenario`] (the intrusions),
+//! [`revocation`] (the live revocation), [`renewal`] (one board renews its short-lived
+//! certificate in the field during the run), [`summary`] (text and JSON).
 
 mod boards;
 mod chip_identity;
@@ -27,6 +28,7 @@ mod house;
 mod live;
 mod network;
 mod procs;
+mod renewal;
 mod revocation;
 mod scenario;
 mod summary;
@@ -62,8 +64,9 @@ EXAMPLES:
   provisioner demo --sensors 3 --duration 10 --json | jq .messages
 
 EXIT CODES: 0 every device provisioned, every QoS 1/2 reading delivered at the far side,
-every intrusion refused, the revoked board cut off within 5 s and the certificates rebuilt
-from the first board's chip equal to the ledger's; 1 otherwise (or interrupted: everything is stopped either way).";
+every intrusion refused, the revoked board cut off within 5 s, the certificates rebuilt
+from the first board's chip equal to the ledger's and the short-lived board renewed in the
+field with no reading lost; 1 otherwise (or interrupted: everything is stopped either way).";
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -257,11 +260,16 @@ impl<'a> Demo<'a> {
         );
         self.run_me(
             "init",
-            &["init", "--site", &site_file.to_string_lossy()],
+            &[
+                "init",
+                "--issuing-ca",
+                "--site",
+                &site_file.to_string_lossy(),
+            ],
             60,
         )?;
         note(&format!(
-            "home {}: EC P-256 root CA, ledger, site file",
+            "home {}: EC P-256 root CA and issuing CA (the renewal service signs with it), ledger, site file",
             self.home.display()
         ));
         step(2, "The broker's certificate (SAN: localhost, 127.0.0.1)");
@@ -290,6 +298,7 @@ fn demo(
     let ports = Ports::pick()?;
     let (mut site, scale) = house::demo_site(ports.near, &sensors, args.duration)?;
     chip_identity::in_the_chip(&mut site, &mut sensors)?;
+    let plan = renewal::plan(&mut site, &mut sensors, args.duration);
     partial("ports", ports.json());
     partial("home", json!(d.home));
     let site_file = d.work.join("site.toml");
@@ -315,12 +324,16 @@ fn demo(
     );
     let authority = Mutex::new(d.authority(&site)?);
     let provisioned = boards::provision(&d, &sensors, &site, &authority, ctx.json, &boards)?;
+    let provisioned_at = Instant::now();
     let in_chip = chip_identity::check(&d, &site, &authority, &provisioned)?;
 
     step(
         5,
         "Gateway, receiver and the demo's own clients; both brokers' configuration",
     );
+    if plan.is_some() {
+        renewal::setup(&d)?;
+    }
     let configs = network::emit_configs(&d, &site, &ports, authority)?;
 
     step(
@@ -329,6 +342,9 @@ fn demo(
     );
     let mut net = network::Network::start(&d, &tools, &ports, &configs)?;
     let mut monitors = live::Monitors::start(&d, &tools, &ports, &configs)?;
+    let mut renewing = plan
+        .map(|p| renewal::start(&d, p, provisioned_at))
+        .transpose()?;
 
     step(
         7,
@@ -338,6 +354,9 @@ fn demo(
         ),
     );
     live::go_live();
+    if let Some(r) = &mut renewing {
+        r.went_live();
+    }
     for s in &sensors {
         boards::reboot(&s.link, args.baud)?;
     }
@@ -362,6 +381,9 @@ fn demo(
         None => None,
     };
     monitors.watch_until(live_end, &intervals, args.duration)?;
+    if let Some(r) = &mut renewing {
+        r.finish(&d)?;
+    }
 
     step(
         9,
@@ -372,6 +394,7 @@ fn demo(
     let (near, far) = monitors.seen();
     let intrusions = tried.outcomes(&near, &far, &ended.receiver);
     let revocation = revoked.map(|r| r.judge(&near));
+    let renewal = renewing.map(|r| r.judge(&d, &near, &far)).transpose()?;
     let report = summary::Report {
         n,
         sensors: &sensors,
@@ -383,6 +406,7 @@ fn demo(
         intrusions: &intrusions,
         revocation: revocation.as_ref(),
         chip_identity: &in_chip,
+        renewal: renewal.as_ref(),
         scale,
         ports: &ports,
         procs,

@@ -17,6 +17,7 @@ use super::house::{Sensor, features};
 use super::live::{MONITORS, Seen, lock};
 use super::network::{Ended, Ports};
 use super::procs::{Procs, STOP_SIGNAL};
+use super::renewal::Renewal;
 use super::revocation::Revocation;
 use super::scenario::Intrusion;
 
@@ -158,6 +159,8 @@ pub(super) struct Report<'a> {
     pub(super) revocation: Option<&'a Revocation>,
     /// The boards whose identity is in the chip, as their slots rebuild it.
     pub(super) chip_identity: &'a [ChipCheck],
+    /// The board renewed in the field.
+    pub(super) renewal: Option<&'a Renewal>,
     pub(super) scale: f64,
     pub(super) ports: &'a Ports,
     pub(super) procs: &'a Procs,
@@ -214,7 +217,8 @@ impl Report<'_> {
             && refused == self.intrusions.len()
             && provisioned == outcomes.len()
             && self.revocation.is_none_or(Revocation::ok)
-            && self.chip_identity.iter().all(ChipCheck::ok);
+            && self.chip_identity.iter().all(ChipCheck::ok)
+            && self.renewal.is_none_or(Renewal::ok);
         Tally {
             counts,
             airtime_us,
@@ -307,6 +311,7 @@ impl Report<'_> {
             "intrusions_refused": t.refused, "intrusions_tried": self.intrusions.len(),
             "revocation": self.revocation.map(Revocation::json),
             "chip_identity": self.chip_identity.iter().map(ChipCheck::json).collect::<Vec<_>>(),
+            "renewal": self.renewal.map(Renewal::json),
             "features": t.features,
             "interval_scale": self.scale,
             "processes": self.procs.listing(),
@@ -395,6 +400,9 @@ impl Report<'_> {
                 r.readings_after_cut
             ),
             None => eprintln!("   revocation            not tried (one board only)"),
+        }
+        if let Some(r) = self.renewal {
+            r.print();
         }
         eprintln!("   MQTT features");
         for (f, ids) in &t.features {
