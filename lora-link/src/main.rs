@@ -472,6 +472,8 @@ fn run(cli: Cli) -> CliResult {
                     Some(s)
                 }
             };
+            // In receive mode before saying so: a frame sent on that word is heard.
+            radio.listen().map_err(rt)?;
             eprintln!(
                 "lora-link rx: accepting {} (sender: key ids), topic table {}",
                 serde_json::json!(receiver.key_ids()),

@@ -83,6 +83,11 @@ pub trait Radio {
     fn transmit(&mut self, frame: &[u8]) -> Result<(), RadioError>;
     /// Listens up to `timeout` for one packet (`Ok(None)` on timeout).
     fn receive(&mut self, timeout: Duration) -> Result<Option<RxPacket>, RadioError>;
+    /// Puts the radio in receive mode now, so a frame that starts before the first
+    /// [`Radio::receive`] is not missed (a receiver calls it before it says it is ready).
+    fn listen(&mut self) -> Result<(), RadioError> {
+        Ok(())
+    }
 }
 
 impl<R: Radio + ?Sized> Radio for Box<R> {
@@ -91,6 +96,9 @@ impl<R: Radio + ?Sized> Radio for Box<R> {
     }
     fn receive(&mut self, timeout: Duration) -> Result<Option<RxPacket>, RadioError> {
         (**self).receive(timeout)
+    }
+    fn listen(&mut self) -> Result<(), RadioError> {
+        (**self).listen()
     }
 }
 

@@ -376,14 +376,19 @@ where
         Ok(())
     }
 
-    fn receive(&mut self, timeout: Duration) -> Result<Option<RxPacket>, RadioError> {
-        let start = Instant::now();
+    fn listen(&mut self) -> Result<(), RadioError> {
         if !self.receiving {
             // entering RX during a transmission would abort it (the poll_irq bug)
             self.wait_tx_done(self.tx_limit(255))?;
             self.lora.set_mode(RadioMode::RxContinuous).map_err(drv)?;
             self.receiving = true;
         }
+        Ok(())
+    }
+
+    fn receive(&mut self, timeout: Duration) -> Result<Option<RxPacket>, RadioError> {
+        let start = Instant::now();
+        self.listen()?;
         loop {
             let flags = self.read_reg(reg::IRQ_FLAGS)?;
             if flags & irq::RX_DONE != 0 {
