@@ -6,7 +6,10 @@
 # (emulator) and the ledger. Prints the counts, writes target/fault-campaign-TRANSPORT.json, and exits
 # non-zero if any run ended inconsistent. Harness: provisioner/examples/fault_campaign.rs.
 # Usage: scripts/fault-campaign.sh [RUNS] [kit|mos] [-- extra harness options, e.g. --seed N --jobs 2]
-# (the transport: the provisioning firmware's kit protocol, the default, or Mongoose OS RPC)
+# (the transport: the provisioning firmware's kit protocol, the default, or Mongoose OS RPC).
+# A campaign can be made in parts: the same --seed, and --first N for the number of the first
+# run (0 by default), e.g. `200 mos -- --seed S` as `60 mos -- --seed S --json A.json` then
+# `140 mos -- --seed S --first 60 --json B.json`; each part writes its own report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-200}

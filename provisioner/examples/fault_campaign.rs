@@ -20,7 +20,9 @@
 //!     --bin target/release/provisioner --runs 200 --json target/fault-campaign.json
 //! ```
 //! Options: `--runs N` (200), `--jobs N` (2), `--max-fault-rate P` (0.003), `--kill-prob P`
-//! (0.75), `--seed N` (random; printed, so a campaign can be replayed), `--keep` (keep the
+//! (0.75), `--seed N` (random; printed, so a campaign can be replayed), `--first N` (number
+//! of the first run, 0: runs `N .. N+runs` of the seed's campaign, so one campaign can be made
+//! of several invocations with the same seed and consecutive ranges), `--keep` (keep the
 //! work directory). Exit status 1 if any run is inconsistent.
 
 use std::path::{Path, PathBuf};
@@ -73,6 +75,8 @@ struct Run {
 struct Options {
     bin: PathBuf,
     runs: usize,
+    /// Number of the first run: runs `first .. first + runs` are made.
+    first: usize,
     jobs: usize,
     max_fault_rate: f64,
     kill_prob: f64,
@@ -89,6 +93,7 @@ fn parse_args() -> Options {
     let mut o = Options {
         bin: PathBuf::from("target/release/provisioner"),
         runs: 200,
+        first: 0,
         jobs: 2,
         max_fault_rate: 0.003,
         kill_prob: 0.75,
@@ -107,6 +112,7 @@ fn parse_args() -> Options {
             "--bin" => o.bin = PathBuf::from(value()),
             "--runs" => o.runs = value().parse().unwrap_or_else(|_| usage("--runs N")),
             "--jobs" => o.jobs = value().parse().unwrap_or_else(|_| usage("--jobs N")),
+            "--first" => o.first = value().parse().unwrap_or_else(|_| usage("--first N")),
             "--max-fault-rate" => {
                 o.max_fault_rate = value()
                     .parse()
@@ -133,7 +139,7 @@ fn parse_args() -> Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "fault_campaign: {msg}\nusage: fault_campaign --bin PROVISIONER [--runs N] [--jobs N] [--max-fault-rate P] [--kill-prob P] [--seed N] [--json FILE] [--keep] [--transport kit|mos]"
+        "fault_campaign: {msg}\nusage: fault_campaign --bin PROVISIONER [--runs N] [--first N] [--jobs N] [--max-fault-rate P] [--kill-prob P] [--seed N] [--json FILE] [--keep] [--transport kit|mos]"
     );
     std::process::exit(2)
 }
@@ -529,8 +535,10 @@ fn main() {
     );
     let kill_window_ms = cal_ms * 6 / 5;
     eprintln!(
-        "fault campaign: {} runs, {} jobs, seed {}, fault rate 0..{}, kill probability {}, clean run {} ms, kills within {} ms; work {}",
+        "fault campaign: {} runs ({} .. {}), {} jobs, seed {}, fault rate 0..{}, kill probability {}, clean run {} ms, kills within {} ms; work {}",
         o.runs,
+        o.first,
+        o.first + o.runs,
         o.jobs,
         o.seed,
         o.max_fault_rate,
@@ -541,7 +549,7 @@ fn main() {
     );
 
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(o.first));
     let runs = Arc::new(Mutex::new(Vec::new()));
     let bench = Arc::new(bench);
     let o = Arc::new(o);
@@ -551,7 +559,7 @@ fn main() {
             std::thread::spawn(move || {
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= o.runs {
+                    if n >= o.first + o.runs {
                         break;
                     }
                     // One stream per run: a run is replayed by its seed and number alone.
@@ -566,7 +574,7 @@ fn main() {
                     }
                     let mut all = runs.lock().expect("runs");
                     all.push(r);
-                    if all.len() % 20 == 0 {
+                    if all.len() % 10 == 0 {
                         eprintln!("  {} / {} runs", all.len(), o.runs);
                     }
                 }
@@ -594,7 +602,12 @@ fn main() {
             .or_default() += 1;
     }
 
-    println!("fault campaign, seed {}", o.seed);
+    println!(
+        "fault campaign, seed {}, runs {} .. {}",
+        o.seed,
+        o.first,
+        o.first + o.runs
+    );
     println!("  runs                    {:>5}", runs.len());
     println!("  provisioner killed      {killed:>5}");
     println!("  succeeded               {succeeded:>5}");
@@ -608,6 +621,8 @@ fn main() {
 
     let report = serde_json::json!({
         "runs": runs.len(),
+        "first_run": o.first,
+        "transport": o.transport,
         "succeeded": succeeded,
         "stopped_cleanly": stopped,
         "inconsistent": inconsistent,

@@ -28,8 +28,13 @@
 //! nobody reads loses bytes instead of stopping the board.
 //!
 //! Differences that remain on purpose:
-//! - Log lines (`[Jan  1 hh:mm:ss.mmm] text`) are shorter than the firmware's and keep the
-//!   twin's own words for dropped frames (`Frame too long`); they are not part of the RPC.
+//! - Log lines (`[Jan  1 hh:mm:ss.mmm] text`) are shorter than the firmware's; they are not
+//!   part of the RPC. For a dropped frame they keep the firmware's words (rpc-uart
+//!   `mg_rpc_channel_uart_dispatcher`: `Corrupted frame` at LL_WARN, `Incoming frame is too
+//!   big, dropping.` at LL_ERROR), which a host may take as the signal to send again, but the
+//!   corrupted-frame line does not quote the frame, its metadata and both CRCs as the
+//!   firmware's does (the quote can hold an `ATCA.SetKey` key in clear; a host must not log
+//!   it either way).
 //! - `mg_rpc.c` queues a reply that finds the channel busy and sends it after the current
 //!   frame; the twin appends it at once (same bytes, same order, unless the host pipelines
 //!   a request behind a ready question in one burst, which `mos` never does).
@@ -1388,7 +1393,10 @@ impl MosLoop {
             if channel.end_of_burst().is_some() {
                 eprintln!("sensor-sim: mos: frame longer than {MAX_FRAME} bytes dropped");
                 send(
-                    &log_line(started, "mgos_rpc_channel_uart Frame too long, dropped"),
+                    &log_line(
+                        started,
+                        "mgos_rpc_channel_uart Incoming frame is too big, dropping.",
+                    ),
                     &mut tx,
                     &mut noise,
                 )?;

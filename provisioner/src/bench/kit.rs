@@ -80,6 +80,9 @@ pub struct LinkStats {
     pub bytes_in: u64,
     /// Lines sent again after a lost or garbled exchange.
     pub retries: u64,
+    /// Of those, sent again at once because the board said it dropped the request (Mongoose
+    /// OS logs `Corrupted frame` or `Incoming frame is too big`), not after a silence.
+    pub resent_on_report: u64,
     /// Chip commands sent.
     pub chip_commands: u64,
     /// Sum of the datasheet's typical execution times of those commands, in microseconds (on
@@ -94,6 +97,7 @@ impl LinkStats {
         self.bytes_out += o.bytes_out;
         self.bytes_in += o.bytes_in;
         self.retries += o.retries;
+        self.resent_on_report += o.resent_on_report;
         self.chip_commands += o.chip_commands;
         self.chip_typical_us += o.chip_typical_us;
     }

@@ -19,6 +19,18 @@
 //! Every byte from the port is hostile: buffers are bounded, frames with a wrong CRC are
 //! dropped and counted, replies to other requests are ignored, and a silent board gives a
 //! timeout naming the port and the call.
+//!
+//! A request is sent again as soon as its loss is known, not only after a silence: when a
+//! frame from the board was dropped since it went out (most likely its reply), or when the
+//! board says it dropped the request. rpc-uart does (`mg_rpc_channel_uart_dispatcher`): a
+//! frame whose CRC does not match is logged at LL_WARN as `Corrupted frame (len): 'frame'
+//! 'meta' expected computed` and dropped without a reply, a buffer past `rpc.max_frame_size`
+//! is logged at LL_ERROR as `Incoming frame is too big, dropping.`; the log shares the RPC
+//! UART, which is suspended only while a reply goes out. Those log lines echo the request,
+//! so they are never logged here. Resending is safe for every call but `ATCA.LockZone` (the
+//! others write the same bytes again, `FS.Put` at its offset, or return a fresh key that
+//! replaces the last one): before a lock is sent again, `ATCA.GetConfig` tells whether the
+//! lost attempt locked the zone, and a locked zone is taken as that attempt's success.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -278,6 +290,10 @@ pub struct MosStats {
     pub handshakes: u64,
     /// Requests sent again after a lost or garbled reply.
     pub retries: u64,
+    /// Of those, sent again at once because the board logged that it dropped the request.
+    pub reported_drops: u64,
+    /// Times a lost lock was checked (`ATCA.GetConfig`) before it was sent again.
+    pub lock_checks: u64,
     /// Chip commands the calls made the board run (as its ATCA service does them).
     pub chip_commands: u64,
     /// How long the firmware waits for those commands, in microseconds: the datasheet's
@@ -335,6 +351,25 @@ pub struct SetKey<'a> {
     pub key: &'a [u8],
     /// The write key and its slot, for an encrypted write made by the board. SECRET.
     pub write_key: Option<(u8, &'a [u8; 32])>,
+}
+
+/// Whether a board log line says the board dropped a frame we sent (rpc-uart
+/// `mg_rpc_channel_uart_dispatcher`: `Corrupted frame` for a CRC mismatch, `Incoming frame is
+/// too big` past `rpc.max_frame_size`).
+pub fn board_dropped_frame(line: &str) -> bool {
+    line.contains("Corrupted frame") || line.contains("Incoming frame is too big")
+}
+
+/// How one attempt at a call ended.
+enum Attempt {
+    /// The reply (or the board's error object) came.
+    Reply(Result<Value, LinkError>),
+    /// Lost: the board said it dropped the request, a frame from the board was dropped (most
+    /// likely the reply), or nothing came within the resend time.
+    Lost {
+        /// The board said so (a log line), rather than a silence or a garbled reply.
+        reported: bool,
+    },
 }
 
 /// What the board sends when it does not know a method.
@@ -574,6 +609,12 @@ impl MosLink {
 
     fn count(&mut self, t: &Token) {
         match t {
+            // The firmware's line about a dropped frame quotes the frame: an ATCA.SetKey
+            // request holds a key in clear.
+            Token::Log(line) if board_dropped_frame(line) => {
+                self.stats.log_lines += 1;
+                tracing::debug!(port = %self.path, "board log: it dropped a frame from us (the line quotes it: not shown)");
+            }
             Token::Log(line) => {
                 self.stats.log_lines += 1;
                 self.kit_replies |= super::kit::parse_reply(line)
@@ -647,37 +688,86 @@ impl MosLink {
 
     /// One call: request, the reply with the same id. An error object becomes
     /// [`LinkError::Refused`] with its code and message. A request whose reply does not come
-    /// (lost or garbled on a noisy line: a dropped frame is seen) is sent again with a new
-    /// id, within the call's timeout, after a new ready handshake and from then on at mos's
-    /// default pace; a late reply to an earlier attempt is ignored.
+    /// (the board said it dropped the request, a dropped frame is seen, or a silence) is sent
+    /// again with a new id, within the call's timeout, after a new ready handshake and from
+    /// then on at mos's default pace; a late reply to an earlier attempt is ignored. A lock
+    /// is checked before it is sent again ([`MosLink::lost_lock_done`]).
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, LinkError> {
+        let until = (Instant::now() + self.timeout).min(self.deadline);
+        self.call_until(method, &params, until)
+    }
+
+    /// [`MosLink::call`], every attempt done by `until`.
+    fn call_until(
+        &mut self,
+        method: &str,
+        params: &Value,
+        until: Instant,
+    ) -> Result<Value, LinkError> {
         // The method only: the parameters of ATCA.SetKey carry keys in clear.
         tracing::debug!(port = %self.path, method = %method.escape_debug(), "RPC call");
-        let until = (Instant::now() + self.timeout).min(self.deadline);
-        let (commands, typical) = chip_work(method, &params);
+        let (commands, typical) = chip_work(method, params);
         loop {
             self.stats.chip_commands += commands;
             self.stats.chip_typical_us += typical;
-            if let Some(r) = self.attempt(method, &params, until)? {
-                return r;
-            }
+            let reported = match self.attempt(method, params, until)? {
+                Attempt::Reply(r) => return r,
+                Attempt::Lost { reported } => reported,
+            };
             if Instant::now() >= until {
                 return Err(self.timeout_error(method));
             }
             self.stats.retries += 1;
+            self.stats.reported_drops += u64::from(reported);
             self.synced = false;
             self.slow = true;
-            tracing::debug!(port = %self.path, method = %method.escape_debug(), "no reply: sending again, at mos's default pace");
+            if method == "ATCA.LockZone" && self.lost_lock_done(method, params, until)? {
+                return Ok(Value::Null);
+            }
+            let why = if reported {
+                "the board dropped the request"
+            } else {
+                "no reply"
+            };
+            tracing::debug!(port = %self.path, method = %method.escape_debug(), "{why}: sending again, at mos's default pace");
         }
     }
 
-    /// One request and its reply; `None` when it did not come in time (send again).
+    /// Whether the zone of a lock whose reply was lost is locked now: the lost attempt (or one
+    /// before it) locked it, and sending the lock again would only fail. The board handles
+    /// frames in order, so `ATCA.GetConfig` sees what every earlier request did. The engine
+    /// locks only a zone it saw unlocked and reads the zone back after the lock.
+    fn lost_lock_done(
+        &mut self,
+        method: &str,
+        params: &Value,
+        until: Instant,
+    ) -> Result<bool, LinkError> {
+        self.stats.lock_checks += 1;
+        let zone = match self.call_until("ATCA.GetConfig", &json!({}), until) {
+            Ok(r) => ConfigZone(self.bytes_field("ATCA.GetConfig", &r, "config")?),
+            // The lock's own time ran out while checking it.
+            Err(LinkError::RpcTimeout { .. }) => return Err(self.timeout_error(method)),
+            Err(e) => return Err(e),
+        };
+        let locked = match params["zone"].as_u64() {
+            Some(0) => zone.is_config_locked(),
+            Some(1) => zone.is_data_locked(),
+            _ => false,
+        };
+        if locked {
+            tracing::debug!(port = %self.path, "ATCA.LockZone: its reply was lost, and the zone is locked: taken as done");
+        }
+        Ok(locked)
+    }
+
+    /// One request and its reply, or why it was lost (send again).
     fn attempt(
         &mut self,
         method: &str,
         params: &Value,
         until: Instant,
-    ) -> Result<Option<Result<Value, LinkError>>, LinkError> {
+    ) -> Result<Attempt, LinkError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({ "id": id, "src": "provisioner", "method": method, "params": params });
@@ -707,19 +797,27 @@ impl MosLink {
         while Instant::now() < deadline {
             self.read_tokens(&mut tokens)?;
             let got = std::mem::take(&mut tokens);
+            let mut reported = false;
             for t in got {
                 self.count(&t);
-                let Token::Frame(v) = t else { continue };
+                let v = match t {
+                    Token::Frame(v) => v,
+                    Token::Log(line) => {
+                        reported |= board_dropped_frame(&line);
+                        continue;
+                    }
+                    _ => continue,
+                };
                 match reply_for(&v, id) {
                     None => continue,
-                    Some(Ok(result)) => return Ok(Some(Ok(result))),
+                    Some(Ok(result)) => return Ok(Attempt::Reply(Ok(result))),
                     Some(Err((code, message))) => {
                         let hint = if code == 404 {
                             format!(": {HINT_404}")
                         } else {
                             String::new()
                         };
-                        return Ok(Some(Err(LinkError::Refused {
+                        return Ok(Attempt::Reply(Err(LinkError::Refused {
                             port: self.path.clone(),
                             command: method.into(),
                             reason: format!("error {code}: {message}{hint}"),
@@ -727,12 +825,15 @@ impl MosLink {
                     }
                 }
             }
+            if reported {
+                return Ok(Attempt::Lost { reported: true });
+            }
             // A frame was dropped since the request went out: most likely its reply.
             if self.stats.corrupt + self.stats.oversized > dropped {
-                return Ok(None);
+                return Ok(Attempt::Lost { reported: false });
             }
         }
-        Ok(None)
+        Ok(Attempt::Lost { reported: false })
     }
 
     fn bytes_field<const N: usize>(
@@ -1014,6 +1115,7 @@ impl Board for MosLink {
             bytes_out: self.stats.bytes_out,
             bytes_in: self.stats.bytes_in,
             retries: self.stats.retries,
+            resent_on_report: self.stats.reported_drops,
             chip_commands: self.stats.chip_commands,
             chip_typical_us: self.stats.chip_typical_us,
         }
@@ -1417,21 +1519,30 @@ mod tests {
         assert_eq!(link.stats.handshakes, 1);
     }
 
+    /// A scripted board that answers the first request with `first`'s bytes and the others
+    /// with a reply whose result is `result`; it counts the requests.
+    fn first_lost(
+        first: impl Fn(&Value) -> Vec<u8> + Send + 'static,
+        result: Value,
+    ) -> (MosLink, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let frames = std::sync::Arc::new(AtomicU64::new(0));
+        let seen = frames.clone();
+        let link = scripted(move |req| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                return first(req);
+            }
+            reply_frame(&json!({"id": req["id"], "result": result}))
+        });
+        (link, frames)
+    }
+
     /// mos `serial.go` with its default `SendChunkDelay`: after a lost exchange the link
     /// shakes hands before every frame again.
     #[test]
     fn a_lost_reply_brings_back_the_handshake_before_every_frame() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let frames = Arc::new(AtomicU64::new(0));
-        let seen = frames.clone();
-        let mut link = scripted(move |req| {
-            // The first request's reply is lost.
-            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                return Vec::new();
-            }
-            reply_frame(&json!({"id": req["id"], "result": null}))
-        });
+        // The first request's reply is lost.
+        let (mut link, _) = first_lost(|_| Vec::new(), Value::Null);
         link.resend_after = Duration::from_millis(150);
         link.call("Sys.GetInfo", json!({}))
             .expect("answered on the resend");
@@ -1439,6 +1550,106 @@ mod tests {
         assert_eq!(link.stats.retries, 1);
         // The first frame, then the resend and the next call each behind a handshake.
         assert_eq!(link.stats.handshakes, 3);
+    }
+
+    /// rpc-uart `mg_rpc_channel_uart_dispatcher`: a request whose CRC does not match is
+    /// logged (`Corrupted frame (len): 'frame' 'meta' expected computed`, LL_WARN, on the RPC
+    /// UART) and dropped without a reply. The link sends it again on that line: with a resend
+    /// time longer than the call's timeout, only the board's report can bring the reply in time.
+    #[test]
+    fn a_request_the_board_reports_dropped_is_sent_again_at_once() {
+        let report = |req: &Value| {
+            let quoted = req.to_string();
+            format!(
+                "[Jan  1 00:00:03.120] mgos_rpc_channel_ua:118 0x3fff1c40 Corrupted frame ({}): '{quoted}' '0badc0de' 0badc0de 1234abcd\r\n",
+                quoted.len()
+            )
+            .into_bytes()
+        };
+        let (mut link, frames) = first_lost(report, json!({"pubkey": b64::encode(&[9u8; 64])}));
+        link.resend_after = Duration::from_secs(30);
+        let k = link.get_pub_key(0).expect("answered on the resend");
+        assert_eq!(k, [9u8; 64]);
+        assert_eq!(frames.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(link.stats.retries, 1);
+        assert_eq!(link.stats.reported_drops, 1);
+        assert_eq!(link.stats().resent_on_report, 1);
+        // The firmware's other drop: a buffer past rpc.max_frame_size.
+        assert!(board_dropped_frame(
+            "[Jan  1 00:00:04.000] mgos_rpc_channel_ua:146 Incoming frame is too big, dropping."
+        ));
+        assert!(!board_dropped_frame(
+            "[Jan  1 00:00:04.000] mgos_debug uptime: 4.00, RAM: 52000, 41000 free"
+        ));
+    }
+
+    /// A board whose config zone locks once (a second ATCA.LockZone fails, as the chip
+    /// refuses a locked zone) and whose replies to the first `lose` LockZone requests are
+    /// garbled on the line, or (`drop_first`) which reports the first LockZone request
+    /// corrupted and does not run it; it counts the LockZone requests it ran.
+    fn locking_board(
+        lose: u64,
+        drop_first: bool,
+    ) -> (MosLink, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let locks = Arc::new(AtomicU64::new(0));
+        let locked = Arc::new(AtomicBool::new(false));
+        let ran = locks.clone();
+        let dropped = AtomicBool::new(!drop_first);
+        let link = scripted(move |req| {
+            if req["method"] == "ATCA.LockZone" && !dropped.swap(true, Ordering::SeqCst) {
+                return b"[Jan  1 00:00:05.000] mgos_rpc_channel_ua:118 Corrupted frame\r\n"
+                    .to_vec();
+            }
+            let reply = match req["method"].as_str() {
+                Some("ATCA.GetConfig") => {
+                    let mut zone = [0x55u8; 128];
+                    zone[87] = if locked.load(Ordering::SeqCst) {
+                        0x00
+                    } else {
+                        0x55
+                    };
+                    json!({"id": req["id"], "result": {"config": b64::encode(&zone)}})
+                }
+                Some("ATCA.LockZone") => {
+                    let n = ran.fetch_add(1, Ordering::SeqCst);
+                    if locked.swap(true, Ordering::SeqCst) {
+                        json!({"id": req["id"], "error": {"code": 500, "message": "ATCA_EXECUTION_ERROR"}})
+                    } else if n < lose {
+                        let mut bad = reply_frame(&json!({"id": req["id"], "result": null}));
+                        bad[4] ^= 0x02;
+                        return bad;
+                    } else {
+                        json!({"id": req["id"], "result": null})
+                    }
+                }
+                _ => json!({"id": req["id"], "error": {"code": 404, "message": "No handler"}}),
+            };
+            reply_frame(&reply)
+        });
+        (link, locks)
+    }
+
+    /// A resent lock is not idempotent (the chip refuses a locked zone): when the reply to
+    /// `ATCA.LockZone` is lost, the link asks `ATCA.GetConfig` first, finds the zone locked
+    /// and takes the lost attempt as done, without a second lock.
+    #[test]
+    fn a_lock_whose_reply_was_lost_is_checked_not_sent_again() {
+        use std::sync::atomic::Ordering;
+        let (mut link, locks) = locking_board(1, false);
+        link.lock_zone(0).expect("the lost attempt locked the zone");
+        assert_eq!(locks.load(Ordering::SeqCst), 1, "the lock was sent again");
+        assert_eq!(link.stats.lock_checks, 1);
+        assert_eq!(link.stats.retries, 1);
+        // A lock the board reports dropped: the check finds the zone unlocked, and the lock
+        // is sent again.
+        let (mut link, locks) = locking_board(0, true);
+        link.lock_zone(0).expect("locked on the resend");
+        assert_eq!(locks.load(Ordering::SeqCst), 1);
+        assert_eq!(link.stats.lock_checks, 1);
+        assert_eq!(link.stats.reported_drops, 1);
+        assert_eq!(link.stats.requests, 3, "lock, GetConfig, lock");
     }
 
     #[test]
