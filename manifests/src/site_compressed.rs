@@ -48,6 +48,24 @@ pub struct CompressedProfile {
     pub device_id_slot: u8,
 }
 
+impl CompressedProfile {
+    /// The default layout (what a site gets when it names only `id_length`): template 2,
+    /// chain 0, device certificate in slot 10, signer key 11, signer certificate 12, device
+    /// id 13, as Trust&GO lays them out.
+    #[must_use]
+    pub fn with_id_length(id_length: Option<usize>) -> CompressedProfile {
+        CompressedProfile {
+            id_length,
+            template_id: default_template_id(),
+            chain_id: 0,
+            device_cert_slot: default_device_cert_slot(),
+            signer_key_slot: default_signer_key_slot(),
+            signer_cert_slot: default_signer_cert_slot(),
+            device_id_slot: default_device_id_slot(),
+        }
+    }
+}
+
 fn default_template_id() -> u8 {
     2
 }
@@ -177,15 +195,7 @@ mod tests {
     use super::*;
 
     fn profile(id_length: Option<usize>) -> CompressedProfile {
-        CompressedProfile {
-            id_length,
-            template_id: 2,
-            chain_id: 0,
-            device_cert_slot: 10,
-            signer_key_slot: 11,
-            signer_cert_slot: 12,
-            device_id_slot: 13,
-        }
+        CompressedProfile::with_id_length(id_length)
     }
 
     #[test]

@@ -44,15 +44,7 @@ pub(super) fn in_the_chip(site: &mut Site, sensors: &mut [Sensor]) -> Result<()>
     );
     p.chip = "tls-device-atcacert".into();
     p.cert_days = Some(CERT_DAYS);
-    p.compressed = Some(CompressedProfile {
-        id_length: Some(s.id.len()),
-        template_id: 2,
-        chain_id: 0,
-        device_cert_slot: 10,
-        signer_key_slot: 11,
-        signer_cert_slot: 12,
-        device_id_slot: 13,
-    });
+    p.compressed = Some(CompressedProfile::with_id_length(Some(s.id.len())));
     let name = format!("{}{SUFFIX}", s.profile);
     site.profiles.insert(name.clone(), p);
     s.profile = name;
