@@ -694,6 +694,14 @@ pub(crate) fn subject_key_id(
         })
 }
 
+/// True if both certificates certify the same public key (false if either cannot be read).
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    matches!(
+        (crate::certdef::public_key_of(a), crate::certdef::public_key_of(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
+}
+
 /// The lifetime `policy` gives the certificate `req` asks for.
 fn lifetime_of(policy: &LifetimePolicy, req: &IssueRequest) -> Lifetime {
     policy.lifetime(
@@ -977,7 +985,15 @@ impl Authority {
                     tx.supersede(old, &record.serial, "renewed", ts)?;
                 }
                 for other in tx.live_of(&record.identity)? {
-                    tx.supersede(&other, &record.serial, "replaced", ts)?;
+                    // The same key certified again (a chip's key renewed in the field, or
+                    // at the bench under another request) is a renewal; another key, a
+                    // replacement.
+                    let why = if same_key(&other.der, &record.der) {
+                        "renewed"
+                    } else {
+                        "replaced"
+                    };
+                    tx.supersede(&other, &record.serial, why, ts)?;
                 }
                 tx.insert_cert(&record)?;
                 if let Some(i) = &req.identity {
@@ -1427,5 +1443,70 @@ mod tests {
         assert_eq!(backdate(Duration::seconds(90)), Duration::seconds(9));
         assert_eq!(backdate(Duration::hours(1)), Duration::minutes(5));
         assert_eq!(backdate(Duration::days(825)), BACKDATE);
+    }
+
+    fn key() -> PublicKey {
+        use p256::elliptic_curve::Generate;
+        let sk = p256::ecdsa::SigningKey::generate();
+        PublicKey::from_sec1(sk.verifying_key().to_sec1_point(false).as_bytes()).expect("key")
+    }
+
+    fn request(tag: &[u8], key: &PublicKey) -> IssueRequest {
+        IssueRequest {
+            profile: Profile::Device,
+            subject: Subject {
+                common_name: "salon-1".into(),
+                organization: None,
+                dns: vec![],
+                ips: vec![],
+                serial_number: Some("0123456789abcdefee".into()),
+            },
+            public_key: key.clone(),
+            request_id: request_id(&[tag, &key.0]),
+            days: 825,
+            identity: Some(crate::ledger::IdentityRecord {
+                id: "salon-1".into(),
+                kind: "device".into(),
+                profile: "p".into(),
+                acl_write: vec!["maison/salon/#".into()],
+                acl_read: vec![],
+                attrs: Default::default(),
+                status: "active".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_same_key_certified_again_is_a_renewal_and_another_key_a_replacement() {
+        let dir = tempfile::tempdir().expect("dir");
+        let layout = Layout::new(dir.path().join("home"));
+        let pass = Passphrase::new("a test passphrase".into());
+        let opts = InitOptions {
+            name: "Test Root CA".into(),
+            organization: None,
+            issuing_ca: false,
+            compressed_signer: None,
+        };
+        Authority::init(&layout, &opts, &pass).expect("init");
+        let mut ca = Authority::open(&layout, &pass).expect("open");
+        let chip = key();
+        let first = ca.issue(request(b"bench", &chip)).expect("first").record;
+        // Same key under another request (what the renewal service asks for).
+        let second = ca.issue(request(b"field", &chip)).expect("second").record;
+        let third = ca.issue(request(b"bench", &key())).expect("third").record;
+        let why = |serial: &str| {
+            let s = ca
+                .store
+                .ledger
+                .supersession(serial)
+                .expect("q")
+                .expect("superseded");
+            (s.by_serial, s.why)
+        };
+        assert_eq!(
+            why(&first.serial),
+            (second.serial.clone(), "renewed".into())
+        );
+        assert_eq!(why(&second.serial), (third.serial, "replaced".into()));
     }
 }

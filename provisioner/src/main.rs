@@ -150,7 +150,17 @@ fn main() {
         });
     }
     let cli = Cli::parse();
-    cli_common::init_logging(cli.verbose, "PROVISIONER_LOG");
+    // The renewal service is a daemon: what it issues and refuses is its journal (info).
+    let service = matches!(
+        cli.command,
+        Command::RenewalService(cmd::renewal::RenewalCommand::Run(_))
+    );
+    let verbose = if service {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    };
+    cli_common::init_logging(verbose, "PROVISIONER_LOG");
     // With --json, a command that fails before printing its result still prints one JSON
     // document (the demo prints its own summary, interrupted or not).
     let json_errors = cli.json && !matches!(cli.command, Command::Demo(_) | Command::Tool(_));

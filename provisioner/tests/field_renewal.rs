@@ -196,7 +196,7 @@ impl Field {
             .expect("log");
         let child = self
             .home
-            .cmd(&["-v", "renewal-service", "run"])
+            .cmd(&["renewal-service", "run"])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -291,6 +291,7 @@ impl Field {
             .expect("q")
             .expect("superseded");
         assert_eq!(s.by_serial, new);
+        assert_eq!(s.why, "renewed", "{id}: the chip's own key certified again");
         assert_key_is_the_chips(&l, id, new);
     }
 }

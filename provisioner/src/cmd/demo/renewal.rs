@@ -235,7 +235,7 @@ pub(super) fn start(d: &Demo<'_>, plan: Plan, provisioned_at: Instant) -> Result
         .procs
         .spawn(
             "renewal-service",
-            d.me(&["-v", "renewal-service", "run"]),
+            d.me(&["renewal-service", "run"]),
             &service_log,
             false,
         )?

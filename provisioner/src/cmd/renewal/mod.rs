@@ -41,7 +41,8 @@ pub enum RenewalCommand {
     /// Issue the service's client certificate, register it in the ACL, write its systemd unit.
     #[command(after_help = HELP)]
     Setup(SetupArgs),
-    /// Answer renewal requests from the boards until stopped (SIGINT/SIGTERM).
+    /// Answer renewal requests from the boards until stopped (SIGINT/SIGTERM). Logs at info
+    /// level by default (each certificate issued, each request refused).
     #[command(after_help = HELP)]
     Run(RunArgs),
 }
