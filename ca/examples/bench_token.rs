@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use ca::pkcs11::TokenSpec;
 use ca::{Authority, InitOptions, Layout, Passphrase, PublicKey};
+use test_softhsm::MODULE;
 
 mod common;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "24681012";
 /// Set in the child run: SoftHSM2 reads its configuration from the environment when the
 /// module is initialised, so the token's directory is given to a fresh process.
@@ -88,31 +88,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os(CHILD).is_some() {
         return child(n);
     }
-    if !std::path::Path::new(MODULE).is_file() {
-        return Err(format!("{MODULE} is missing: apt-get install softhsm2").into());
-    }
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens)?;
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )?;
-    let init = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench", "--pin", PIN])
-        .args(["--so-pin", "13572468"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()?;
-    if !init.status.success() {
-        return Err(String::from_utf8_lossy(&init.stderr).into_owned().into());
-    }
+    let hsm = test_softhsm::SoftHsm::new("bench", PIN, "13572468")?;
     let status = Command::new(std::env::current_exe()?)
         .arg(n.to_string())
-        .env("SOFTHSM2_CONF", &conf)
+        .env("SOFTHSM2_CONF", hsm.conf())
         .env(CHILD, "1")
         .status()?;
     if !status.success() {

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use test_softhsm::MODULE;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Boards(Vec<Child>);
@@ -69,37 +71,7 @@ fn provisioner(bin: &Path, home: &Path, env: &[(String, String)]) -> Command {
     c
 }
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "24681012";
-
-/// A SoftHSM2 token `bench` in `dir`; returns the environment that names it and its PIN.
-fn softhsm_token(dir: &Path) -> Res<Vec<(String, String)>> {
-    if !Path::new(MODULE).is_file() {
-        return Err(format!("{MODULE} is missing: apt-get install softhsm2").into());
-    }
-    let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens)?;
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )?;
-    let init = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench", "--pin", PIN])
-        .args(["--so-pin", "13572468"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()?;
-    if !init.status.success() {
-        return Err(String::from_utf8_lossy(&init.stderr).into_owned().into());
-    }
-    Ok(vec![
-        ("SOFTHSM2_CONF".into(), conf.to_string_lossy().into_owned()),
-        ("PROVISIONER_PKCS11_PIN".into(), PIN.into()),
-    ])
-}
 
 /// Provisions `n` boards in one run on a new home made by `init_args` (with `env`); returns
 /// (boards per minute, provisioned).
@@ -173,10 +145,10 @@ fn main() -> Res<()> {
         pg.password_file().to_string_lossy().into_owned(),
     ];
     let (postgres, pg_done) = run(&bin, &pg_args, &[], n)?;
-    let token_dir = tempfile::tempdir()?;
     let token = if args.iter().any(|a| a == "--token") {
         eprintln!("CA key in SoftHSM2 (SQLite ledger): {n} boards in one run...");
-        let env = softhsm_token(token_dir.path())?;
+        let hsm = test_softhsm::SoftHsm::new("bench", PIN, "13572468")?;
+        let env = hsm.env(PIN);
         let init = [
             "init",
             "--key-store",

@@ -306,7 +306,7 @@ fn a_wrong_pin_a_missing_module_token_or_key_are_clear_errors_that_change_nothin
     let Some(hsm) = SoftHsm::new("bench") else {
         return;
     };
-    let module_copy = hsm.dir.path().join("libsofthsm2.so");
+    let module_copy = hsm.dir().join("libsofthsm2.so");
     std::fs::copy(SOFTHSM_MODULE, &module_copy).expect("copy module");
     let module = s(&module_copy);
 

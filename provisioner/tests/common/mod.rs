@@ -608,13 +608,13 @@ pub fn cryptoauthlib_sources() -> PathBuf {
 }
 
 /// SoftHSM2's PKCS#11 module as Debian's `softhsm2` package installs it.
-pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const SOFTHSM_MODULE: &str = test_softhsm::MODULE;
 /// The user PIN of test tokens.
 pub const TOKEN_PIN: &str = "246810";
 
 /// A SoftHSM2 token store in a temporary directory, with one initialised token.
 pub struct SoftHsm {
-    pub dir: tempfile::TempDir,
+    hsm: test_softhsm::SoftHsm,
     pub conf: PathBuf,
     pub label: String,
 }
@@ -623,65 +623,28 @@ impl SoftHsm {
     /// A fresh store holding the token `label` (user PIN [`TOKEN_PIN`]); `None`, saying so
     /// on stderr, when softhsm2 is not installed (scripts/test.sh installs it).
     pub fn new(label: &str) -> Option<SoftHsm> {
-        if !Path::new(SOFTHSM_MODULE).is_file()
-            || Command::new("softhsm2-util")
-                .arg("--version")
-                .output()
-                .is_err()
-        {
+        if !test_softhsm::SoftHsm::available() {
             eprintln!(
                 "SKIPPED: softhsm2 is not installed ({SOFTHSM_MODULE}); scripts/test.sh installs it"
             );
             return None;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).expect("tokens");
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .expect("conf");
-        let hsm = SoftHsm {
-            dir,
-            conf,
+        let hsm = test_softhsm::SoftHsm::new(label, TOKEN_PIN, "97531864").expect("token");
+        Some(SoftHsm {
+            conf: hsm.conf().to_path_buf(),
             label: label.to_string(),
-        };
-        let o = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                TOKEN_PIN,
-                "--so-pin",
-                "97531864",
-            ])
-            .env("SOFTHSM2_CONF", &hsm.conf)
-            .output()
-            .expect("softhsm2-util");
-        assert!(
-            o.status.success(),
-            "softhsm2-util: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Some(hsm)
+            hsm,
+        })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        self.hsm.dir()
     }
 
     /// The environment a command needs to reach the token, with `pin`.
     pub fn env(&self, pin: &str) -> Vec<(String, String)> {
-        vec![
-            (
-                "SOFTHSM2_CONF".into(),
-                self.conf.to_string_lossy().into_owned(),
-            ),
-            ("PROVISIONER_PKCS11_PIN".into(), pin.into()),
-        ]
+        self.hsm.env(pin)
     }
 
     /// `init` flags that put the CA key into this token through `module`.
