@@ -444,17 +444,7 @@ fn killed_after_any_step_then_run_again_ends_as_an_uninterrupted_run() {
         let home = home_with_site(free_port());
         let board = SimBoard::start(&home.work(), "k", 0, false);
         let port = board.port();
-        let args = [
-            "device",
-            "provision",
-            "--port",
-            &port,
-            "--id",
-            "salon-9",
-            "--profile",
-            "climat",
-            "--lock",
-        ];
+        let args = provision_locked(&port, "salon-9", "climat");
         crashed_at(&home, &args, point);
         let again = home.run(&args);
         assert!(

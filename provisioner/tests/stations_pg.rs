@@ -456,17 +456,7 @@ fn killed_mid_issuance_then_run_again(
 ) {
     let board = SimBoard::start(&home.work(), &format!("k-{point}"), 0, false);
     let port = board.port();
-    let args = [
-        "device",
-        "provision",
-        "--port",
-        &port,
-        "--id",
-        "salon-9",
-        "--profile",
-        "climat",
-        "--lock",
-    ];
+    let args = provision_locked(&port, "salon-9", "climat");
     let before = ledger().certificates().expect("certs").len();
     crashed_at(home, &args, point);
     home.ok(&args);

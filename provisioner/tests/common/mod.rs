@@ -714,3 +714,18 @@ pub fn pg_init_args(pg: &test_postgres::PgServer, db: &str, site: &Path) -> Vec<
         pg.password_file().to_string_lossy().into_owned(),
     ]
 }
+
+/// `device provision --port PORT --id ID --profile PROFILE --lock`: one board, locked.
+pub fn provision_locked<'a>(port: &'a str, id: &'a str, profile: &'a str) -> [&'a str; 9] {
+    [
+        "device",
+        "provision",
+        "--port",
+        port,
+        "--id",
+        id,
+        "--profile",
+        profile,
+        "--lock",
+    ]
+}
