@@ -63,6 +63,31 @@ fn chain() -> Chain {
     }
 }
 
+/// The device certificate of [`form`] for `id` on the chip with serial `sn`, issued by
+/// `issuer` at `issue`: its DER, its compressed form (signer id 00a1) and the chip's first
+/// config bytes as the chip holds its serial (bytes 0..4 and 8..13).
+fn device_on_chip(
+    def: &certdef::CertDef,
+    issuer: &Issuer<'_, &KeyPair>,
+    id: &str,
+    sn: &[u8; 9],
+    device_pub: &PublicKey,
+    issue: compressed::HourDate,
+) -> (Vec<u8>, [u8; 72], [u8; 13]) {
+    let p = certdef::device_params(&form(), id, &certdef::chip_sn_hex(sn), device_pub, issue)
+        .expect("device params");
+    let der = p
+        .signed_by(device_pub, issuer)
+        .expect("device")
+        .der()
+        .to_vec();
+    let comp = certdef::compress(def, &der, [0x00, 0xa1]).expect("compress");
+    let mut config = [0u8; 13];
+    config[..4].copy_from_slice(&sn[..4]);
+    config[8..].copy_from_slice(&sn[4..]);
+    (der, comp, config)
+}
+
 fn form() -> DeviceForm {
     DeviceForm {
         organization: Some("Maison".into()),
@@ -93,24 +118,8 @@ fn a_device_and_its_signer_rebuild_byte_for_byte_from_one_definition() {
         ),
     ] {
         let (_, device_pub) = key();
-        let p = certdef::device_params(
-            &form(),
-            id,
-            &certdef::chip_sn_hex(&sn),
-            &device_pub,
-            compressed::issue_hour(time::OffsetDateTime::now_utc()).expect("hour"),
-        )
-        .expect("device params");
-        let der = p
-            .signed_by(&device_pub, &issuer)
-            .expect("device")
-            .der()
-            .to_vec();
-        let comp = certdef::compress(&def, &der, [0x00, 0xa1]).expect("compress");
-        // The chip: the device id in its slot, the serial in the config zone (bytes 0..4, 8..13).
-        let mut config = [0u8; 13];
-        config[..4].copy_from_slice(&sn[..4]);
-        config[8..].copy_from_slice(&sn[4..]);
+        let issue = compressed::issue_hour(time::OffsetDateTime::now_utc()).expect("hour");
+        let (der, comp, config) = device_on_chip(&def, &issuer, id, &sn, &device_pub, issue);
         let read = |loc: &DeviceLoc| -> Option<Vec<u8>> {
             let (o, n) = (usize::from(loc.offset), usize::from(loc.count));
             match (loc.zone, loc.slot) {
@@ -167,23 +176,7 @@ fn a_chip_that_holds_something_else_is_caught_with_the_first_difference() {
     let (_, device_pub) = key();
     let sn = [1u8, 0x23, 9, 8, 7, 6, 5, 4, 0xee];
     let issue = compressed::issue_hour(time::OffsetDateTime::now_utc()).expect("hour");
-    let p = certdef::device_params(
-        &form(),
-        "salon-01",
-        &certdef::chip_sn_hex(&sn),
-        &device_pub,
-        issue,
-    )
-    .expect("params");
-    let der = p
-        .signed_by(&device_pub, &issuer)
-        .expect("device")
-        .der()
-        .to_vec();
-    let comp = certdef::compress(&def, &der, [0x00, 0xa1]).expect("compress");
-    let mut config = [0u8; 13];
-    config[..4].copy_from_slice(&sn[..4]);
-    config[8..].copy_from_slice(&sn[4..]);
+    let (der, comp, config) = device_on_chip(&def, &issuer, "salon-01", &sn, &device_pub, issue);
     let chip = |id: &'static [u8]| {
         move |loc: &DeviceLoc| -> Option<Vec<u8>> {
             let (o, n) = (usize::from(loc.offset), usize::from(loc.count));
